@@ -1,0 +1,1 @@
+"""Amazon EMR: cluster definitions as data, bootstrap, step builders and the CLI."""

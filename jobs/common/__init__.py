@@ -1,0 +1,1 @@
+"""What every job shares: the SparkSession builder, the CLI convention, storage and the run report."""

@@ -1,0 +1,1 @@
+"""Pure transformations, ``DataFrame -> DataFrame``: they never read a path and never write."""

@@ -1,0 +1,1 @@
+"""Schemas declared once, as StructTypes, enforced where data enters and where it leaves."""
