@@ -77,11 +77,31 @@ class _Parser(argparse.ArgumentParser):
         raise JobError(f"{self.prog}: {message}")
 
 
-def job_parser(name: str, description: str) -> argparse.ArgumentParser:
-    """A parser with the options every job shares (``--log-level``)."""
+def job_parser(name: str, description: str, *, run_date_required: bool = False) -> argparse.ArgumentParser:
+    """A parser with the options every job shares.
+
+    ``--run-date YYYY-MM-DD``: the partition the run writes (default: today, UTC, unless required).
+    ``--report-dir URI``: where the run report goes (default ``<output>/_reports``; see
+    :func:`reports_root`). ``--log-level``.
+    """
     parser = _Parser(prog=name, description=description)
+    parser.add_argument(
+        "--run-date",
+        type=run_date,
+        required=run_date_required,
+        default=None if run_date_required else dt.datetime.now(dt.timezone.utc).date(),
+        help="partition date YYYY-MM-DD",
+    )
+    parser.add_argument("--report-dir", default=None, help="run reports root (default <output>/_reports)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     return parser
+
+
+def reports_root(args: argparse.Namespace) -> str:
+    """The run-report root of a parsed job: ``--report-dir``, else ``<output>/_reports``."""
+    if args.report_dir:
+        return str(args.report_dir)
+    return str(args.output).rstrip("/") + "/_reports"
 
 
 def configure_logging(level: str = "INFO") -> None:

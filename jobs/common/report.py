@@ -1,7 +1,8 @@
 """The one run-report writer: counts that matter, checked and written as JSON per stage and date.
 
 Every job ends with :func:`write_report`, which lands at
-``<output>/_reports/<stage>/dt=<run date>.json``. The funnel must balance
+``<reports root>/<stage>/dt=<run date>.json`` (the root is ``--report-dir``, default
+``<output>/_reports``; see :func:`jobs.common.cli.reports_root`). The funnel must balance
 (rows in = rows out + rows rejected + rows dropped on purpose); :func:`check_funnel` refuses a report
 that does not, so a row can never vanish without a line in the report saying where it went.
 """
@@ -17,9 +18,6 @@ from typing import Any
 from jobs.common import storage
 
 LOG = logging.getLogger("stylegraph.report")
-
-REPORTS_DIR = "_reports"
-
 
 @dataclass
 class Funnel:
@@ -64,12 +62,13 @@ def check_funnel(stage: str, funnel: Funnel) -> None:
         )
 
 
-def report_uri(output_uri: str, stage: str, run_date: dt.date | str) -> str:
-    return storage.join(output_uri, REPORTS_DIR, stage, f"dt={run_date}.json")
+def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: str = "json") -> str:
+    """``<reports root>/<stage>/dt=<run date>.<suffix>`` (quality results use ``quality.json``)."""
+    return storage.join(reports_root, stage, f"dt={run_date}.{suffix}")
 
 
 def write_report(
-    output_uri: str,
+    reports_root: str,
     stage: str,
     run_date: dt.date | str,
     funnel: Funnel,
@@ -80,7 +79,7 @@ def write_report(
     """Check the funnel, log the stage's progress line and write the report JSON.
 
     Args:
-        output_uri: the job's output root; the report goes under ``_reports/<stage>/``.
+        reports_root: the run-report root (``cli.reports_root(args)``); the report goes under ``<stage>/``.
         stage: the stage name (``preprocess``, ``embed``, ...).
         run_date: the partition this run wrote.
         funnel: rows in, out, rejected and dropped.
@@ -100,7 +99,7 @@ def write_report(
         "funnel": funnel.as_dict(),
         **dict(details or {}),
     }
-    uri = report_uri(output_uri, stage, run_date)
+    uri = report_uri(reports_root, stage, run_date)
     storage.write_json(uri, report)
     LOG.info(
         "%s: in=%d out=%d rejected=%d dropped=%d seconds=%.1f report=%s",
