@@ -1,0 +1,94 @@
+"""URIs, staged output and the publish swap, on local disk and on S3 (moto server)."""
+from __future__ import annotations
+
+import os
+
+import boto3
+import pytest
+
+from jobs.common import storage
+from jobs.common.cli import JobError
+
+
+def _tree(root) -> dict[str, str]:
+    out = {}
+    for dirpath, _, files in os.walk(root):
+        for name in files:
+            path = os.path.join(dirpath, name)
+            with open(path) as handle:
+                out[os.path.relpath(path, root)] = handle.read()
+    return out
+
+
+def _write(root, files: dict[str, str]) -> None:
+    for rel, text in files.items():
+        path = os.path.join(root, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+
+
+def test_spark_path_and_join() -> None:
+    assert storage.spark_path("s3://b/k") == "s3://b/k"
+    assert storage.spark_path("s3a://b/k") == "s3://b/k"
+    assert storage.spark_path("file:///tmp/x") == "file:///tmp/x"
+    assert storage.spark_path("rel/dir") == "file://" + os.path.abspath("rel/dir")
+    with pytest.raises(JobError, match="hdfs"):
+        storage.spark_path("hdfs://nn/x")
+    assert storage.join("s3://b/out/", "/train/", "dt=2024-03-31") == "s3://b/out/train/dt=2024-03-31"
+
+
+def test_publish_replaces_only_the_target_folder(tmp_path) -> None:
+    out = tmp_path / "out"
+    _write(out, {"train/dt=2024-03-30/a.parquet": "old30", "train/dt=2024-03-31/a.parquet": "old31",
+                 "train/dt=2024-03-31/b.parquet": "stale"})
+    staged = storage.staging_uri(str(out), "preprocess", "run1")
+    _write(staged, {"train/dt=2024-03-31/a.parquet": "new31"})
+
+    storage.publish(storage.join(staged, "train/dt=2024-03-31"), str(out / "train/dt=2024-03-31"))
+
+    assert _tree(out / "train") == {"dt=2024-03-30/a.parquet": "old30", "dt=2024-03-31/a.parquet": "new31"}
+    assert not os.path.exists(os.path.join(staged, "train/dt=2024-03-31"))
+    assert [p for p in os.listdir(out / "train") if "replaced" in p] == []
+
+
+def test_publish_without_staged_output_changes_nothing(tmp_path) -> None:
+    _write(tmp_path / "final", {"x": "good"})
+    with pytest.raises(JobError, match="nothing staged"):
+        storage.publish(str(tmp_path / "missing"), str(tmp_path / "final"))
+    assert _tree(tmp_path / "final") == {"x": "good"}
+
+
+def test_list_files_skips_markers_and_hidden_files(tmp_path) -> None:
+    _write(tmp_path, {"p/part-0.csv.gz": "", "p/_SUCCESS": "", "p/.part-0.csv.gz.crc": "",
+                      "p/_tmp/x.csv.gz": "", "p/sub/part-1.csv.gz": "", "p/notes.txt": ""})
+    assert storage.list_files(str(tmp_path / "p"), suffixes=[".csv.gz"]) == [
+        f"{tmp_path}/p/part-0.csv.gz", f"{tmp_path}/p/sub/part-1.csv.gz"]
+    assert storage.list_files(str(tmp_path / "nothing")) == []
+
+
+def test_json_round_trip_is_atomic_file(tmp_path) -> None:
+    uri = str(tmp_path / "r" / "dt=2024-03-31.json")
+    storage.write_json(uri, {"b": 1, "a": "é,\"x\""})
+    assert storage.read_json(uri) == {"b": 1, "a": "é,\"x\""}
+    assert os.listdir(tmp_path / "r") == ["dt=2024-03-31.json"]
+
+
+def test_publish_on_s3_swaps_objects(aws_env: str) -> None:
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="stylegraph-test")
+    for key, body in {"out/train/dt=1/a": "old", "out/train/dt=1/stale": "old",
+                      "out/train/dt=0/a": "keep", "out/_staging/p/r1/train/dt=1/a": "new",
+                      "out/_staging/p/r1/train/dt=1/sub/b": "new-b"}.items():
+        s3.put_object(Bucket="stylegraph-test", Key=key, Body=body.encode())
+
+    storage.publish("s3://stylegraph-test/out/_staging/p/r1/train/dt=1", "s3://stylegraph-test/out/train/dt=1")
+
+    listed = s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/")["Contents"]
+    keys = {obj["Key"]: s3.get_object(Bucket="stylegraph-test", Key=obj["Key"])["Body"].read().decode()
+            for obj in listed}
+    assert {k: v for k, v in keys.items() if not k.endswith("/")} == {
+        "out/train/dt=0/a": "keep", "out/train/dt=1/a": "new", "out/train/dt=1/sub/b": "new-b"}
+    assert storage.list_files("s3://stylegraph-test/out/train") == [
+        "s3://stylegraph-test/out/train/dt=0/a", "s3://stylegraph-test/out/train/dt=1/a",
+        "s3://stylegraph-test/out/train/dt=1/sub/b"]
