@@ -1,0 +1,97 @@
+"""What the EMR and Glue CLIs share: an AWS session that is checked first, the bucket check, uploads.
+
+Every failure a person can fix (no region, no credentials, a bucket that does not exist, access denied)
+becomes a :class:`~jobs.common.cli.JobError` whose message names the resource, before anything is created.
+``AWS_ENDPOINT_URL`` (honoured by boto3 itself) points every client at a local endpoint in tests.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+
+from jobs.common.cli import JobError
+
+LOG = logging.getLogger("stylegraph.aws")
+
+MISSING_BUCKET_CODES = {"404", "NoSuchBucket", "NotFound"}
+DENIED_CODES = {"403", "AccessDenied", "Forbidden"}
+
+
+def checked_session(region: str | None = None) -> boto3.session.Session:
+    """A boto3 session with a region and credentials, or a JobError saying which is missing."""
+    session = boto3.session.Session(region_name=region or None)
+    if not session.region_name:
+        raise JobError(
+            "no AWS region: pass --region or set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"
+        )
+    try:
+        credentials = session.get_credentials()
+    except BotoCoreError as err:
+        raise JobError(f"AWS credentials could not be loaded: {err}") from None
+    if credentials is None:
+        raise JobError(
+            "no AWS credentials: set AWS_PROFILE or AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, "
+            "or run where an instance or task role is available"
+        )
+    return session
+
+
+def error_text(err: ClientError) -> str:
+    """``Code: message`` of a botocore ClientError."""
+    error = err.response.get("Error", {})
+    return f"{error.get('Code', 'error')}: {error.get('Message', str(err))}"
+
+
+def check_bucket(s3: Any, bucket: str) -> None:
+    """Raise a JobError naming the bucket when it does not exist or cannot be reached."""
+    try:
+        s3.head_bucket(Bucket=bucket)
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in MISSING_BUCKET_CODES:
+            raise JobError(
+                f"S3 bucket {bucket!r} does not exist (create it, or pass another --bucket)"
+            ) from None
+        if code in DENIED_CODES:
+            raise JobError(f"access denied to S3 bucket {bucket!r}: check the credentials' policy") from None
+        raise JobError(f"S3 bucket {bucket!r}: {error_text(err)}") from None
+    except NoCredentialsError:
+        raise JobError("no AWS credentials for S3") from None
+
+
+def s3_uri(bucket: str, key: str) -> str:
+    return f"s3://{bucket}/{key}"
+
+
+def upload_tree(s3: Any, local_dir: str | os.PathLike[str], bucket: str, prefix: str) -> dict[str, str]:
+    """Upload every file below ``local_dir`` to ``s3://bucket/prefix/<relative path>``.
+
+    Returns:
+        relative path -> S3 URI, for every file uploaded.
+    """
+    root = Path(local_dir)
+    if not root.is_dir():
+        raise JobError(f"no build artifacts at {root}: run `make dist` first")
+    uploaded: dict[str, str] = {}
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        relative = path.relative_to(root).as_posix()
+        key = f"{prefix.strip('/')}/{relative}"
+        try:
+            s3.upload_file(str(path), bucket, key)
+        except ClientError as err:
+            raise JobError(f"upload of {path} to {s3_uri(bucket, key)} failed: {error_text(err)}") from None
+        uploaded[relative] = s3_uri(bucket, key)
+    LOG.info("uploaded %d artifacts to %s", len(uploaded), s3_uri(bucket, prefix.strip("/")))
+    return uploaded
+
+
+def artifacts_prefix(prefix: str, manifest: Mapping[str, Any]) -> str:
+    """``<prefix>/artifacts/<zip sha256[:12]>``: each build of the code gets its own S3 folder."""
+    digest = manifest["artifacts"]["stylegraph.zip"]["sha256"][:12]
+    return f"{prefix.strip('/')}/artifacts/{digest}"

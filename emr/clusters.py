@@ -1,0 +1,180 @@
+"""EMR cluster definitions as data: a CPU cluster, and the same with a GPU task group for embeddings.
+
+:data:`CLUSTERS` holds the two definitions; :func:`job_flow` fills in what differs per account (log
+bucket, subnet, roles, the bootstrap action's S3 URIs) and returns ``run_job_flow`` keyword arguments,
+the same dict the DAG gives ``EmrCreateJobFlowOperator(job_flow_overrides=...)``.
+
+GPU scheduling follows the EMR 7.x recipe: YARN's GPU resource plugin (``yarn-site``), the container
+executor's GPU module and cgroups (``container-executor``), the DominantResourceCalculator
+(``capacity-scheduler``) so YARN counts GPUs at all, and Spark asking for one GPU per executor shared by
+its task slots (``spark.task.resource.gpu.amount = 1 / executor cores``), GPUs discovered by EMR's script.
+"""
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+RELEASE_LABEL = "emr-7.5.0"
+APPLICATIONS = [{"Name": "Spark"}, {"Name": "Hadoop"}]
+# EMR 7 runs Amazon Linux 2023, whose default python3 is 3.9: the jobs run on 3.11 (see bootstrap.sh).
+PYTHON = "/usr/bin/python3.11"
+GPU_DISCOVERY_SCRIPT = "/usr/lib/spark/scripts/gpu/getGpusResources.sh"
+GPU_EXECUTOR_CORES = 4
+CGROUP_ROOT = "/spark-rapids-cgroup"
+
+CPU = "cpu"
+GPU = "gpu"
+
+# Spark settings a GPU stage's spark-submit passes (also the GPU cluster's spark-defaults).
+GPU_SPARK_CONF: dict[str, str] = {
+    "spark.executor.cores": str(GPU_EXECUTOR_CORES),
+    "spark.executor.resource.gpu.amount": "1",
+    "spark.task.resource.gpu.amount": str(1 / GPU_EXECUTOR_CORES),
+    "spark.executor.resource.gpu.discoveryScript": GPU_DISCOVERY_SCRIPT,
+}
+
+PYTHON_CONFIGURATIONS: list[dict[str, Any]] = [
+    {
+        "Classification": "spark-env",
+        "Configurations": [
+            {
+                "Classification": "export",
+                "Properties": {"PYSPARK_PYTHON": PYTHON, "PYSPARK_DRIVER_PYTHON": PYTHON},
+            }
+        ],
+        "Properties": {},
+    },
+    {
+        "Classification": "spark-defaults",
+        "Properties": {
+            "spark.sql.session.timeZone": "UTC",
+            "spark.sql.sources.partitionOverwriteMode": "dynamic",
+            "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
+            "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
+        },
+    },
+]
+
+GPU_CONFIGURATIONS: list[dict[str, Any]] = [
+    {
+        "Classification": "yarn-site",
+        "Properties": {
+            "yarn.nodemanager.resource-plugins": "yarn.io/gpu",
+            "yarn.resource-types": "yarn.io/gpu",
+            "yarn.nodemanager.resource-plugins.gpu.allowed-gpu-devices": "auto",
+            "yarn.nodemanager.resource-plugins.gpu.path-to-discovery-executables": "/usr/bin",
+            "yarn.nodemanager.linux-container-executor.cgroups.mount": "true",
+            "yarn.nodemanager.linux-container-executor.cgroups.mount-path": CGROUP_ROOT,
+            "yarn.nodemanager.linux-container-executor.cgroups.hierarchy": "yarn",
+            "yarn.nodemanager.container-executor.class":
+                "org.apache.hadoop.yarn.server.nodemanager.LinuxContainerExecutor",
+        },
+    },
+    {
+        "Classification": "container-executor",
+        "Properties": {},
+        "Configurations": [
+            {"Classification": "gpu", "Properties": {"module.enabled": "true"}},
+            {"Classification": "cgroups", "Properties": {"root": CGROUP_ROOT, "yarn-hierarchy": "yarn"}},
+        ],
+    },
+    {
+        "Classification": "capacity-scheduler",
+        "Properties": {
+            "yarn.scheduler.capacity.resource-calculator":
+                "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator",
+        },
+    },
+    # Only where GPUs are found: the amounts are asked per step (emr/steps.py), so CPU stages on the
+    # same cluster do not wait for a GPU.
+    {
+        "Classification": "spark-defaults",
+        "Properties": {"spark.executor.resource.gpu.discoveryScript": GPU_DISCOVERY_SCRIPT},
+    },
+]
+
+CLUSTERS: dict[str, dict[str, Any]] = {
+    CPU: {
+        "instance_groups": [
+            {"Name": "master", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+            {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.2xlarge", "InstanceCount": 2},
+        ],
+        "configurations": PYTHON_CONFIGURATIONS,
+    },
+    GPU: {
+        "instance_groups": [
+            {"Name": "master", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
+            {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.2xlarge", "InstanceCount": 2},
+            # g5.xlarge: 1 x A10G (24 GB), 4 vCPUs -> one executor of GPU_EXECUTOR_CORES task slots.
+            {"Name": "gpu-task", "InstanceRole": "TASK", "InstanceType": "g5.xlarge", "InstanceCount": 2},
+        ],
+        "configurations": PYTHON_CONFIGURATIONS + GPU_CONFIGURATIONS,
+    },
+}
+
+
+def _merge_configurations(configurations: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per classification (EMR rejects duplicates): later properties win."""
+    merged: dict[str, dict[str, Any]] = {}
+    for item in copy.deepcopy(configurations):
+        current = merged.get(item["Classification"])
+        if current is None:
+            merged[item["Classification"]] = item
+        else:
+            current.setdefault("Properties", {}).update(item.get("Properties", {}))
+            current.setdefault("Configurations", []).extend(item.get("Configurations", []))
+    return list(merged.values())
+
+
+def job_flow(
+    kind: str,
+    *,
+    name: str,
+    log_uri: str,
+    bootstrap_uri: str,
+    wheel_uri: str,
+    subnet_id: str | None = None,
+    ec2_key_name: str | None = None,
+    service_role: str = "EMR_DefaultRole",
+    instance_profile: str = "EMR_EC2_DefaultRole",
+    keep_alive: bool = True,
+    tags: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """``run_job_flow`` keyword arguments for the ``cpu`` or ``gpu`` cluster.
+
+    The bootstrap action (``emr/bootstrap.sh``) gets the wheel's URI and installs it with its pinned
+    dependencies on every node.
+    """
+    if kind not in CLUSTERS:
+        raise ValueError(f"unknown cluster kind {kind!r}: choose from {sorted(CLUSTERS)}")
+    spec = CLUSTERS[kind]
+    instances: dict[str, Any] = {
+        "InstanceGroups": copy.deepcopy(spec["instance_groups"]),
+        "KeepJobFlowAliveWhenNoSteps": keep_alive,
+        "TerminationProtected": False,
+    }
+    if subnet_id:
+        instances["Ec2SubnetId"] = subnet_id
+    if ec2_key_name:
+        instances["Ec2KeyName"] = ec2_key_name
+    return {
+        "Name": name,
+        "ReleaseLabel": RELEASE_LABEL,
+        "LogUri": log_uri,
+        "Applications": copy.deepcopy(APPLICATIONS),
+        "Configurations": _merge_configurations(spec["configurations"]),
+        "Instances": instances,
+        "BootstrapActions": [
+            {
+                "Name": "install stylegraph",
+                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [wheel_uri]},
+            }
+        ],
+        "JobFlowRole": instance_profile,
+        "ServiceRole": service_role,
+        "VisibleToAllUsers": True,
+        "Tags": [
+            {"Key": key, "Value": value}
+            for key, value in sorted({"project": "stylegraph", **(tags or {})}.items())
+        ],
+    }

@@ -1,0 +1,1 @@
+"""Glue entry scripts, one per CPU stage (uploaded as the jobs' ScriptLocation)."""
