@@ -1,0 +1,475 @@
+"""Pure transformations from raw interaction log lines to NCF train and test rows.
+
+Each function takes and returns DataFrames (or Columns) and never reads or writes a path, so the job
+(``jobs/preprocess_interactions.py``) chains them with ``DataFrame.transform`` and the tests call them on
+small frames. The one exception is :func:`filter_k_core`, which must run actions to know when the
+repeated filtering has converged.
+
+Determinism: nothing here depends on the number of partitions, executors or the order of input files.
+Ties are broken by explicit orderings and random choices come from ``xxhash64(seed, salt, user, ...)``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Sequence
+
+from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from schemas import interactions as S
+
+LOG = logging.getLogger(__name__)
+
+# Internal columns.
+_PARSED = "_parsed"
+_CORRUPT = "_corrupt_record"
+_WRAPPED = "_wrapped"
+_HIST = "_hist"
+_N_POS = "_n_pos"
+_N_TEST = "_n_test"
+POS_SET = "_pos_set"
+_TRAIN_ITEMS = "_train_items"
+_TEST_ITEMS = "_test_items"
+_TEST_POS = "_test_pos"
+_Q = "_q"
+_NEGS = "_negs"
+ITEM_RANK = "item_rank"
+N_ITEMS = "n_items"
+
+# Salts keep the train and test random streams independent for the same (seed, user).
+TRAIN_SALT = 1
+TEST_SALT = 2
+FALLBACK_SALT = 3
+# Extra candidates drawn per user beyond what the expected rejection rate needs; users still short after
+# that (rare: users who interacted with most items) take the slow exact path.
+CANDIDATE_MARGIN = 32
+CANDIDATE_SLACK = 1.25
+
+_PARSE_SCHEMA = T.StructType([*S.RAW_EVENT_SCHEMA.fields, T.StructField(_CORRUPT, T.StringType(), True)])
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Parse and check
+
+
+def _raw_token(wrapped: Column, field: str) -> Column:
+    """The field's raw JSON token, quotes kept (``"abc"`` for a string, ``12`` for a number).
+
+    ``get_json_object`` with a wildcard over ``[<line>]`` re-serialises what it matched, so a string
+    keeps its quotes and anything else does not start with one. This is how a number where an id belongs
+    is told apart from the string of the same digits, which ``from_json`` with a string schema cannot do.
+    """
+    return F.get_json_object(wrapped, f"$[*].{field}")
+
+
+def _is_string_token(token: Column) -> Column:
+    return token.startswith('"')
+
+
+def with_parsed_events(lines_df: DataFrame, *, run_date: dt.date) -> DataFrame:
+    """Parse JSON lines and give each the first reason it must be rejected for (null when valid).
+
+    Args:
+        lines_df: ``line`` (the raw text) and ``input_file``.
+        run_date: events at or after the end of this day (UTC) are ``future_event_time``.
+
+    Returns:
+        ``line, input_file, event_id, user_id, item_id, event_type, event_time, session_id, event_ts,
+        reason``; ``event_ts`` is the parsed timestamp (UTC), ``reason`` one of ``S.REJECT_REASONS``.
+    """
+    end_of_day = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(0, 0))
+    parsed_df = lines_df.select(
+        F.col(S.LINE),
+        F.col(S.INPUT_FILE),
+        F.from_json(
+            S.LINE, _PARSE_SCHEMA, {"columnNameOfCorruptRecord": _CORRUPT, "mode": "PERMISSIVE"}
+        ).alias(_PARSED),
+        F.concat(F.lit("["), F.col(S.LINE), F.lit("]")).alias(_WRAPPED),
+    )
+    fields = [f.name for f in S.RAW_EVENT_SCHEMA.fields]
+    flat_df = parsed_df.select(
+        S.LINE,
+        S.INPUT_FILE,
+        _WRAPPED,
+        F.col(f"{_PARSED}.{_CORRUPT}").alias(_CORRUPT),
+        F.col(_PARSED).isNull().alias("_is_null_parse"),
+        *[F.col(f"{_PARSED}.{name}").alias(name) for name in fields],
+    )
+    line = F.rtrim(F.col(S.LINE))
+    id_tokens = {name: _raw_token(F.col(_WRAPPED), name) for name in (*S.ID_FIELDS, *S.OPTIONAL_ID_FIELDS)}
+    # A field from_json saw but the wrapped parse did not: the line has trailing content after the object.
+    has_trailing = F.lit(False)
+    for name in S.ID_FIELDS:
+        has_trailing = has_trailing | (F.col(name).isNotNull() & id_tokens[name].isNull())
+    is_invalid_json = (
+        F.col("_is_null_parse")
+        | F.col(_CORRUPT).isNotNull()
+        | ~F.ltrim(line).startswith("{")
+        | ~line.endswith("}")
+        | has_trailing
+    )
+    is_missing = F.lit(False)
+    for name in S.REQUIRED_FIELDS:
+        is_missing = is_missing | F.col(name).isNull()
+    is_non_string = F.lit(False)
+    for name in S.ID_FIELDS:
+        is_non_string = is_non_string | ~_is_string_token(id_tokens[name])
+    for name in S.OPTIONAL_ID_FIELDS:
+        is_non_string = is_non_string | (F.col(name).isNotNull() & ~_is_string_token(id_tokens[name]))
+    is_empty = F.lit(False)
+    for name in S.REQUIRED_FIELDS:
+        is_empty = is_empty | (F.trim(F.col(name)) == F.lit(""))
+    event_ts = F.to_timestamp(F.col(S.EVENT_TIME), S.EVENT_TIME_FORMAT)
+    reason = (
+        F.when(is_invalid_json, F.lit(S.REASON_INVALID_JSON))
+        .when(is_missing, F.lit(S.REASON_MISSING_FIELD))
+        .when(is_non_string, F.lit(S.REASON_NON_STRING_ID))
+        .when(is_empty, F.lit(S.REASON_EMPTY_FIELD))
+        .when(~F.col(S.EVENT_TYPE).isin(*S.EVENT_TYPES), F.lit(S.REASON_UNKNOWN_EVENT_TYPE))
+        .when(event_ts.isNull(), F.lit(S.REASON_BAD_EVENT_TIME))
+        .when(event_ts >= F.lit(end_of_day), F.lit(S.REASON_FUTURE_EVENT_TIME))
+    )
+    return flat_df.select(
+        S.LINE,
+        S.INPUT_FILE,
+        *fields,
+        event_ts.alias(S.EVENT_TS),
+        reason.alias(S.REASON),
+    )
+
+
+def filter_rejected(parsed_df: DataFrame) -> DataFrame:
+    """The rejected lines: ``line, input_file, reason`` (``S.REJECT_SCHEMA``)."""
+    return parsed_df.filter(F.col(S.REASON).isNotNull()).select(S.LINE, S.INPUT_FILE, S.REASON)
+
+
+def filter_valid(parsed_df: DataFrame) -> DataFrame:
+    """The valid events: ``event_id, user_id, item_id, event_ts``."""
+    return parsed_df.filter(F.col(S.REASON).isNull()).select(S.EVENT_ID, S.USER_ID, S.ITEM_ID, S.EVENT_TS)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. De-duplicate and collapse to positives
+
+
+def drop_duplicate_events(events_df: DataFrame) -> DataFrame:
+    """One row per ``event_id``: among repeats, the one with the earliest (event_ts, user_id, item_id).
+
+    A re-delivered event is normally the same line twice; the ordering only makes a conflicting repeat
+    resolve the same way on every run.
+    """
+    first = F.min(F.struct(S.EVENT_TS, S.USER_ID, S.ITEM_ID)).alias("_first")
+    return (
+        events_df.groupBy(S.EVENT_ID)
+        .agg(first)
+        .select(
+            S.EVENT_ID,
+            F.col(f"_first.{S.USER_ID}").alias(S.USER_ID),
+            F.col(f"_first.{S.ITEM_ID}").alias(S.ITEM_ID),
+            F.col(f"_first.{S.EVENT_TS}").alias(S.EVENT_TS),
+        )
+    )
+
+
+def to_positives(events_df: DataFrame) -> DataFrame:
+    """Implicit feedback: one positive per (user, item), timed by its latest event (``S.POSITIVE_SCHEMA``)."""
+    return events_df.groupBy(S.USER_ID, S.ITEM_ID).agg(
+        F.max(S.EVENT_TS).alias(S.EVENT_TS),
+        F.min(S.EVENT_TS).alias(S.FIRST_TS),
+        F.count(F.lit(1)).alias(S.EVENT_COUNT),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. k-core
+
+
+def filter_min_degree(positives_df: DataFrame, *, min_user: int, min_item: int) -> DataFrame:
+    """One round: keep the positives whose user has >= ``min_user`` items and item >= ``min_item`` users.
+
+    Both degrees are counted on the same input, so one round may leave new low-degree users or items;
+    :func:`filter_k_core` repeats it until nothing changes.
+    """
+    users_df = positives_df.groupBy(S.USER_ID).count().filter(F.col("count") >= min_user).select(S.USER_ID)
+    items_df = positives_df.groupBy(S.ITEM_ID).count().filter(F.col("count") >= min_item).select(S.ITEM_ID)
+    return positives_df.join(users_df, on=S.USER_ID, how="left_semi").join(
+        items_df, on=S.ITEM_ID, how="left_semi"
+    )
+
+
+def filter_k_core(
+    positives_df: DataFrame, *, min_user: int, min_item: int, max_iterations: int = 100
+) -> tuple[DataFrame, int]:
+    """Repeat :func:`filter_min_degree` until both thresholds hold for every remaining row.
+
+    Each round's result is local-checkpointed so the lineage (and the plan Spark re-optimises) stays one
+    round long. Returns the filtered positives (checkpointed) and the number of rounds run.
+
+    Raises:
+        RuntimeError: if it has not converged after ``max_iterations`` rounds (it always converges: each
+            round that changes anything removes at least one row).
+    """
+    current_df = positives_df.localCheckpoint(eager=True)
+    count = current_df.count()
+    for iteration in range(1, max_iterations + 1):
+        next_df = filter_min_degree(current_df, min_user=min_user, min_item=min_item).localCheckpoint(
+            eager=True
+        )
+        next_count = next_df.count()
+        LOG.info("k-core round %d: %d -> %d positives", iteration, count, next_count)
+        if next_count == count:
+            return next_df, iteration
+        current_df, count = next_df, next_count
+    raise RuntimeError(f"k-core did not converge in {max_iterations} rounds")
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. Index maps
+
+
+def first_seen(positives_df: DataFrame, id_col: str) -> DataFrame:
+    """``id_col, first_seen``: the earliest event time of each id among the positives."""
+    return positives_df.groupBy(id_col).agg(F.min(S.FIRST_TS).alias(S.FIRST_SEEN))
+
+
+def extend_index(
+    index_df: DataFrame, ids_df: DataFrame, *, id_col: str, idx_col: str, run_date: dt.date
+) -> DataFrame:
+    """Append the ids not yet in ``index_df`` with the next contiguous integers.
+
+    New ids are numbered after the largest existing index, ordered by ``first_seen`` then id, so the same
+    data always gets the same numbers. Existing rows are kept unchanged: an index never changes meaning.
+
+    Args:
+        index_df: ``id_col, idx_col, first_seen, added_run_date`` (may be empty).
+        ids_df: ``id_col, first_seen`` of tonight's ids.
+        run_date: written in ``added_run_date`` of the new rows.
+
+    Returns:
+        The whole index, same columns as ``index_df``.
+    """
+    new_df = ids_df.join(index_df.select(id_col), on=id_col, how="left_anti")
+    offset_df = index_df.agg(F.coalesce(F.max(idx_col) + 1, F.lit(0)).alias("_offset"))
+    # A single global ordering is needed for contiguous numbers; ids are few compared with events.
+    order = Window.orderBy(F.col(S.FIRST_SEEN).asc_nulls_last(), F.col(id_col).asc())
+    numbered_df = (
+        new_df.crossJoin(F.broadcast(offset_df))
+        .withColumn(idx_col, (F.row_number().over(order) - 1 + F.col("_offset")).cast(T.IntegerType()))
+        .select(id_col, idx_col, S.FIRST_SEEN, F.lit(run_date.isoformat()).alias(S.ADDED_RUN_DATE))
+    )
+    return index_df.select(id_col, idx_col, S.FIRST_SEEN, S.ADDED_RUN_DATE).unionByName(numbered_df)
+
+
+def with_indices(positives_df: DataFrame, users_index_df: DataFrame, items_index_df: DataFrame) -> DataFrame:
+    """Positives with ``user_idx`` and ``item_idx`` (inner joins: every id must be in its index)."""
+    return positives_df.join(users_index_df.select(S.USER_ID, S.USER_IDX), on=S.USER_ID, how="inner").join(
+        items_index_df.select(S.ITEM_ID, S.ITEM_IDX), on=S.ITEM_ID, how="inner"
+    )
+
+
+def item_ranks(positives_df: DataFrame) -> DataFrame:
+    """``item_idx, item_rank, n_items``: tonight's items numbered 0..n-1 in index order.
+
+    Negatives are drawn from tonight's items (those left after the k-core), which need not be contiguous in
+    the index once items drop out; the rank makes them so.
+    """
+    items_df = positives_df.select(S.ITEM_IDX).distinct()
+    order = Window.orderBy(S.ITEM_IDX)
+    return items_df.select(
+        S.ITEM_IDX,
+        (F.row_number().over(order) - 1).cast(T.IntegerType()).alias(ITEM_RANK),
+        F.count(F.lit(1)).over(Window.partitionBy()).cast(T.IntegerType()).alias(N_ITEMS),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Split
+
+
+def to_user_histories(positives_df: DataFrame, ranks_df: DataFrame) -> DataFrame:
+    """One row per user: ``user_idx, _hist`` (positives sorted by time, item_id), ``_pos_set`` (item ranks),
+    ``n_items``.
+    """
+    ranked_df = positives_df.join(F.broadcast(ranks_df), on=S.ITEM_IDX, how="inner")
+    entry = F.struct(S.EVENT_TS, S.ITEM_ID, S.ITEM_IDX, ITEM_RANK)
+    return (
+        ranked_df.groupBy(S.USER_IDX)
+        .agg(F.array_sort(F.collect_list(entry)).alias(_HIST), F.first(N_ITEMS).alias(N_ITEMS))
+        .withColumn(POS_SET, F.transform(_HIST, lambda e: e[ITEM_RANK]))
+    )
+
+
+def with_split(histories_df: DataFrame, *, split: str, test_fraction: float | None = None) -> DataFrame:
+    """Split each user's history into ``_train_items`` and ``_test_items`` (arrays of item_idx).
+
+    ``loo``: the latest positive is the test positive; ties on time go to the greatest ``item_id``.
+    ``chrono``: the latest ``ceil(test_fraction * n)`` positives (at least 1, at most n - 1 for n >= 2).
+    A user with a single positive has it as test positive and no training positive.
+    """
+    n = F.size(_HIST)
+    if split == S.SPLIT_LOO:
+        n_test = F.lit(1)
+    elif split == S.SPLIT_CHRONO:
+        if test_fraction is None or not 0.0 < test_fraction < 1.0:
+            raise ValueError(f"chrono split needs 0 < test_fraction < 1, got {test_fraction!r}")
+        n_test = F.when(n <= 1, n).otherwise(
+            F.least(n - 1, F.greatest(F.lit(1), F.ceil(F.lit(test_fraction) * n).cast(T.IntegerType())))
+        )
+    else:
+        raise ValueError(f"unknown split {split!r}; expected one of {S.SPLITS}")
+    n_train = n - F.col(_N_TEST)
+    return (
+        histories_df.withColumn(_N_TEST, n_test.cast(T.IntegerType()))
+        .withColumn(_TRAIN_ITEMS, F.transform(F.slice(_HIST, 1, n_train), lambda e: e[S.ITEM_IDX]))
+        .withColumn(
+            _TEST_ITEMS, F.transform(F.slice(_HIST, n_train + 1, F.col(_N_TEST)), lambda e: e[S.ITEM_IDX])
+        )
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Negatives
+
+
+def _hashed_rank(seed: int, salt: int, parts: Sequence[Column], n_items: Column) -> Column:
+    return F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), *parts), n_items.cast(T.LongType())).cast(
+        T.IntegerType()
+    )
+
+
+def _candidates(seed: int, salt: int, parts: Sequence[Column], count: Column, n_items: Column) -> Column:
+    """``count`` hashed item ranks in [0, n_items) for the key ``parts``; empty when count <= 0."""
+    drawn = F.transform(
+        F.sequence(F.lit(0), F.greatest(count, F.lit(1)) - 1),
+        lambda j: _hashed_rank(seed, salt, [*parts, j], n_items),
+    )
+    return F.when(count > 0, drawn).otherwise(F.array().cast(T.ArrayType(T.IntegerType())))
+
+
+def _complement(pos_set: Column, n_items: Column) -> Column:
+    """Every item rank the user never interacted with (O(n_items): only for the rare slow path)."""
+    return F.array_except(F.sequence(F.lit(0), n_items - 1), pos_set)
+
+
+def sample_distinct_negatives(
+    user: Column, key: Column, pos_set: Column, n_items: Column, *, count: int, seed: int, salt: int
+) -> Column:
+    """Up to ``count`` distinct item ranks not in ``pos_set`` (fewer only when fewer exist).
+
+    Fast path: ``2 * count + margin`` hashed candidates, minus the positives, first ``count`` distinct kept
+    in draw order (sampling without replacement by rejection). Slow path, when that falls short: every
+    non-positive rank ordered by its hash.
+    """
+    available = n_items - F.size(pos_set)
+    wanted = F.least(F.lit(count), available)
+    n_draw = F.lit(2 * count + CANDIDATE_MARGIN)
+    fast = F.slice(F.array_except(_candidates(seed, salt, [user, key], n_draw, n_items), pos_set), 1, count)
+    by_hash = F.transform(
+        _complement(pos_set, n_items),
+        lambda r: F.struct(
+            F.xxhash64(F.lit(seed), F.lit(FALLBACK_SALT), user, key, r).alias("h"), r.alias("r")
+        ),
+    )
+    slow = F.transform(F.slice(F.array_sort(by_hash), 1, count), lambda e: e["r"])
+    return (
+        F.when(wanted <= 0, F.array().cast(T.ArrayType(T.IntegerType())))
+        .when(F.size(fast) >= wanted, fast)
+        .otherwise(slow)
+    )
+
+
+def sample_negatives_with_replacement(
+    user: Column, pos_set: Column, n_items: Column, *, count: Column, seed: int, salt: int
+) -> Column:
+    """``count`` item ranks not in ``pos_set``, drawn with replacement (empty if every item is a positive).
+
+    Fast path: enough hashed candidates for the user's expected rejection rate; the few candidates that are
+    positives are found with a hash-set intersection (``array_intersect``) so filtering costs
+    O(candidates), not O(candidates x positives). Slow path, when the fast path falls short: uniform draws
+    indexed into the complement.
+    """
+    available = n_items - F.size(pos_set)
+    expected = F.ceil(count * n_items / F.greatest(available, F.lit(1)) * F.lit(CANDIDATE_SLACK)).cast(
+        T.IntegerType()
+    )
+    n_draw = F.when(count > 0, expected + F.lit(CANDIDATE_MARGIN)).otherwise(F.lit(0))
+    drawn = _candidates(seed, salt, [user], n_draw, n_items)
+    hits = F.array_intersect(drawn, pos_set)
+    fast = F.slice(F.filter(drawn, lambda r: ~F.array_contains(hits, r)), 1, F.greatest(count, F.lit(1)))
+    complement = _complement(pos_set, n_items)
+    slow = F.transform(
+        F.sequence(F.lit(0), F.greatest(count, F.lit(1)) - 1),
+        lambda j: F.element_at(
+            complement,
+            (F.pmod(F.xxhash64(F.lit(seed), F.lit(FALLBACK_SALT), user, j), F.size(complement)) + 1).cast(
+                "int"
+            ),
+        ),
+    )
+    empty = F.array().cast(T.ArrayType(T.IntegerType()))
+    return F.when((count <= 0) | (available <= 0), empty).when(F.size(fast) >= count, fast).otherwise(slow)
+
+
+def explode_train_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: int, seed: int) -> DataFrame:
+    """Training rows: every training positive (label 1) and ``negatives`` per positive (label 0).
+
+    Returns ``user_idx, item_idx, label`` (``S.NCF_ROW_SCHEMA``). Negatives are drawn per user with
+    replacement from the items the user never interacted with (train and test positives).
+    """
+    user = F.col(S.USER_IDX)
+    count = F.size(_TRAIN_ITEMS) * F.lit(negatives)
+    with_negs_df = split_df.select(
+        S.USER_IDX,
+        _TRAIN_ITEMS,
+        sample_negatives_with_replacement(
+            user, F.col(POS_SET), F.col(N_ITEMS), count=count, seed=seed, salt=TRAIN_SALT
+        ).alias(_NEGS),
+    )
+    positives_df = with_negs_df.select(
+        S.USER_IDX, F.explode(_TRAIN_ITEMS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
+    )
+    negatives_df = _ranks_to_rows(with_negs_df, ranks_df)
+    return _to_ncf_rows(positives_df.unionByName(negatives_df))
+
+
+def explode_test_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: int, seed: int) -> DataFrame:
+    """Test rows: each test positive (label 1) with ``negatives`` distinct never-interacted items (label 0).
+
+    A user with fewer than ``negatives`` such items gets all of them (the job reports how many users did).
+    """
+    tests_df = split_df.select(S.USER_IDX, POS_SET, N_ITEMS, F.posexplode(_TEST_ITEMS).alias(_Q, _TEST_POS))
+    with_negs_df = tests_df.select(
+        S.USER_IDX,
+        _TEST_POS,
+        sample_distinct_negatives(
+            F.col(S.USER_IDX),
+            F.col(_Q),
+            F.col(POS_SET),
+            F.col(N_ITEMS),
+            count=negatives,
+            seed=seed,
+            salt=TEST_SALT,
+        ).alias(_NEGS),
+    )
+    positives_df = with_negs_df.select(
+        S.USER_IDX, F.col(_TEST_POS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
+    )
+    return _to_ncf_rows(positives_df.unionByName(_ranks_to_rows(with_negs_df, ranks_df)))
+
+
+def _ranks_to_rows(with_negs_df: DataFrame, ranks_df: DataFrame) -> DataFrame:
+    exploded_df = with_negs_df.select(S.USER_IDX, F.explode(_NEGS).alias(ITEM_RANK))
+    return exploded_df.join(
+        F.broadcast(ranks_df.select(ITEM_RANK, S.ITEM_IDX)), on=ITEM_RANK, how="inner"
+    ).select(S.USER_IDX, S.ITEM_IDX, F.lit(0.0).cast(T.FloatType()).alias(S.LABEL))
+
+
+def _to_ncf_rows(rows_df: DataFrame) -> DataFrame:
+    return rows_df.select(
+        F.col(S.USER_IDX).cast(T.IntegerType()).alias(S.USER_IDX),
+        F.col(S.ITEM_IDX).cast(T.IntegerType()).alias(S.ITEM_IDX),
+        F.col(S.LABEL).cast(T.FloatType()).alias(S.LABEL),
+    )
