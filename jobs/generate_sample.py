@@ -134,6 +134,8 @@ BRANDS = (
     "Skechers",
     "Trailing Space ",
 )
+# No "\r" inside a value: Spark's CSV reader (univocity) turns a quoted "\r\n" into "\n", so such a
+# name could never round-trip through any job; record separators are CRLF as RFC 4180 says.
 HOSTILE_NAMES = (
     "Trail Runner, Wide Fit",
     'The "Cloud" Sneaker',
@@ -147,7 +149,7 @@ HOSTILE_NAMES = (
     "Party Heel 👠✨",
     'Quote at end "',
     '"Fully quoted"',
-    "Windows\r\nLine Slipper",
+    "Two\nLine\nSlipper",
     "Tab\tSeparated Mule",
     "Comma,,Double",
 )
@@ -175,6 +177,9 @@ BOMB_SIDE = 15_000  # 225 M pixels: over twice Pillow's MAX_IMAGE_PIXELS, so Ima
 JPEG_QUALITY = 90
 PRODUCTS_PER_STYLE = 8
 MIN_STYLES = 4
+MIN_IMAGE_SIZE = 32
+SHAPE_SCALE = 1.1
+TEXTURE_PHASE_JITTER = 0.2  # of a period: a style's texture stays recognisably in place
 
 # Outlines in unit coordinates (toe to the right): "body" polygons are textured, "sole" ones dark.
 SHAPE_OUTLINES: dict[str, dict[str, list[list[tuple[float, float]]]]] = {
@@ -365,11 +370,11 @@ def draw_product(style: Style, rng: np.random.Generator, size: int) -> tuple[Ima
     The jitter (position, scale, rotation, colour, texture phase) keeps products of a style alike but
     not identical.
     """
-    scale = float(rng.uniform(0.93, 1.07))
+    scale = SHAPE_SCALE * float(rng.uniform(0.93, 1.07))
     angle = float(np.deg2rad(rng.uniform(-6.0, 6.0)))
     dx, dy = (float(v) for v in rng.uniform(-0.04, 0.04, size=2))
     colour_noise = rng.integers(-15, 16, size=3)
-    phase = float(rng.uniform(0.0, style.period))
+    phase = float(rng.uniform(0.0, style.period * TEXTURE_PHASE_JITTER))
     background = int(rng.integers(232, 250))
 
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
@@ -535,8 +540,8 @@ def _allocate_events(rng: np.random.Generator, users: int, items: int, events: i
     light_counts = rng.integers(1, 5, size=n_light)
     cold_counts = rng.integers(1, 4, size=n_cold)
     rest = events - int(light_counts.sum()) - int(cold_counts.sum())
-    if rest < len(heavy_users):
-        raise JobError(f"--events {events} is too few for --users {users} (need at least {users * 3})")
+    if rest < len(heavy_users):  # min_events() keeps callers from getting here
+        raise JobError(f"--events {events} is too few for --users {users} and {items} items")
 
     zipf = 1.0 / np.arange(1, len(warm_items) + 1) ** ZIPF_EXPONENT
     zipf /= zipf.sum()
@@ -558,6 +563,21 @@ def _allocate_events(rng: np.random.Generator, users: int, items: int, events: i
     )
     stats = {"light_users": n_light, "cold_items": n_cold}
     return user_of.astype(np.int64), item_of.astype(np.int64), stats
+
+
+def _check_sizes(*, users: int, items: int, events: int, compression: str) -> None:
+    if compression not in (COMPRESSION_GZIP, COMPRESSION_NONE):
+        raise JobError(f"--compression must be {COMPRESSION_GZIP} or {COMPRESSION_NONE}, got {compression!r}")
+    if events < min_events(users, items):
+        raise JobError(
+            f"--events {events} is too few for --users {users} and {items} products: "
+            f"need at least {min_events(users, items)}"
+        )
+
+
+def min_events(users: int, items: int) -> int:
+    """The fewest good events that leave every heavy user one event after light users and cold items."""
+    return 2 * users + items
 
 
 def _time_strings(utc_seconds: np.ndarray, tz_index: np.ndarray) -> list[str]:
@@ -648,9 +668,8 @@ def generate_interactions(
     Returns:
         The interactions part of the manifest: per-day and total line counts by kind.
     """
-    if compression not in (COMPRESSION_GZIP, COMPRESSION_NONE):
-        raise JobError(f"--compression must be {COMPRESSION_GZIP} or {COMPRESSION_NONE}, got {compression!r}")
     items = list(items)
+    _check_sizes(users=users, items=len(items), events=events, compression=compression)
     rng = _rng(seed, _STREAM_INTERACTIONS)
     user_of, item_of, stats = _allocate_events(rng, users, len(items), events)
     n = len(user_of)
@@ -816,18 +835,28 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     started = time.time()
     end_date = args.end_date or args.run_date
-    if args.image_size < 32:
-        raise JobError(f"--image-size must be at least 32, got {args.image_size}")
+    # Every argument is checked before anything is written.
+    if args.image_size < MIN_IMAGE_SIZE:
+        raise JobError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
+    if args.products < MIN_PRODUCTS:
+        raise JobError(
+            f"--products must be at least {MIN_PRODUCTS} (room for the broken images), got {args.products}"
+        )
+    _check_sizes(users=args.users, items=args.products, events=args.events, compression=args.compression)
     staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
-    catalog = generate_catalog(
-        staged, seed=args.seed, products=args.products, image_size=args.image_size,
-        draw_images=not args.no_images,
-    )
-    interactions = generate_interactions(
-        staged, seed=args.seed, end_date=end_date, days=args.days, users=args.users,
-        items=catalog["skus"], events=args.events, bad_fraction=args.bad_fraction,
-        compression=args.compression,
-    )
+    try:
+        catalog = generate_catalog(
+            staged, seed=args.seed, products=args.products, image_size=args.image_size,
+            draw_images=not args.no_images,
+        )
+        interactions = generate_interactions(
+            staged, seed=args.seed, end_date=end_date, days=args.days, users=args.users,
+            items=catalog["skus"], events=args.events, bad_fraction=args.bad_fraction,
+            compression=args.compression,
+        )
+    except BaseException:
+        storage.remove(staged)  # a failed run leaves the previous sample as it was
+        raise
     manifest = {
         "generator": "jobs.generate_sample",
         "parameters": {
