@@ -32,3 +32,39 @@ ALL_PAIRS_EDGE_SCHEMA = T.StructType(
         T.StructField(SCORE, T.DoubleType(), False),
     ]
 )
+
+# Output modes (the report's "mode").
+MODE_TOPK = "topk"
+MODE_ALL_PAIRS = "all_pairs"
+
+# Why an embedding row took no part in the similarity (rejects' "reason", the report's counts).
+# A row whose status is not "ok" was already reported by the embed job: it is dropped on purpose here.
+REASON_STATUS_ERROR = "embedding_status_error"
+REASON_MISSING_SKU = "missing_sku"  # null or empty sku
+REASON_DUPLICATE_SKU = "duplicate_sku"  # every copy of a sku that occurs in more than one "ok" row
+REASON_NULL_EMBEDDING = "null_embedding"
+REASON_WRONG_LENGTH = "wrong_length"  # length != the expected dimension (see jobs/similarity.py)
+REASON_NON_FINITE = "non_finite"  # NaN or infinite value, or a squared norm beyond float32's range
+REASON_ZERO_NORM = "zero_norm"  # all zeros: cosine is undefined (only rejected for --metric cosine)
+DROPPED_REASONS = (REASON_STATUS_ERROR,)
+REJECT_REASONS = (
+    REASON_MISSING_SKU,
+    REASON_DUPLICATE_SKU,
+    REASON_NULL_EMBEDDING,
+    REASON_WRONG_LENGTH,
+    REASON_NON_FINITE,
+    REASON_ZERO_NORM,
+)
+
+REASON = "reason"
+EMBEDDING_LENGTH = "embedding_length"
+
+# Rejected embedding rows: one per input row left out for a data problem (the embedding is not copied).
+REJECT_SCHEMA = T.StructType(
+    [
+        T.StructField("sku", T.StringType(), True),
+        T.StructField("image_path", T.StringType(), True),
+        T.StructField(EMBEDDING_LENGTH, T.IntegerType(), True),
+        T.StructField(REASON, T.StringType(), False),
+    ]
+)

@@ -1,0 +1,255 @@
+"""Exact visual similarity between products: top-k neighbours per product, or all pairs.
+
+    python -m jobs.similarity --input W/style/embeddings/dt=D --output W/style --run-date D \
+        (--top-k 10 | --all-pairs [--min-score S | --max-distance D]) [--metric cosine|dot|l2|exp_l1] \
+        [--directed] [--block-size 2048] [--device auto|cpu|cuda]
+
+Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
+``<output>/similarity/dt=<D>/`` (Parquet, ``schemas.similarity``), the rejected rows to
+``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
+
+How (see ``udfs/similarity_tiles.py`` for the kernels):
+1. The expected embedding length is the most frequent length among "ok" rows with an embedding (ties:
+   the smaller length). Rows are checked (status, sku, duplicates, null, length, NaN/inf, zero norm for
+   cosine) and written once to a staging Parquet, split valid / not valid.
+2. The valid rows are the matrix. Every tile task reads it (a Parquet read per Python worker, cached
+   across the worker's tasks: 50,000 x 2048 float32 is 400 MB) and sorts it by sku, so row index
+   order is sku order. That broadcast-by-Parquet design needs no merge across tasks; it is chosen
+   because the matrix of a catalog (about 50,000 products) fits a worker many times over. A
+   ``spark.range`` of row blocks (``--block-size`` rows each) drives ``mapInArrow``: each task
+   computes its blocks against all column blocks (top-k: partial ``torch.topk`` per tile, merged
+   per row; all-pairs: only the upper triangle, filtered inside each tile and streamed as Arrow
+   batches), so a task holds the matrix and one block x block tile, never N x N.
+3. Edges are written by Spark's Parquet writer (``--max-records-per-file`` bounds the files), checked,
+   published with the rejects, and the report is written last.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.common import storage
+from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
+from jobs.common.report import Funnel, write_report
+from jobs.common.spark import get_spark
+from jobs.transforms.similarity import (
+    duplicate_skus,
+    explode_all_pairs_edges,
+    explode_topk_edges,
+    is_ok,
+    select_rejects,
+    with_rejection_reason,
+)
+from schemas import embeddings as E
+from schemas import similarity as S
+
+LOG = logging.getLogger("stylegraph.similarity")
+
+STAGE = "similarity"
+APP_NAME = "stylegraph-similarity"
+DEFAULT_TOP_K = 10
+DEFAULT_BLOCK_SIZE = 2048
+DEFAULT_MAX_RECORDS_PER_FILE = 5_000_000
+DEVICES = ("auto", "cpu", "cuda")
+SINK_PARQUET = "parquet"
+SINK_COUNT = "count"  # compute every edge, write none (benchmarks, sizing runs)
+SINKS = (SINK_PARQUET, SINK_COUNT)
+IS_VALID = "is_valid"
+CHECKED = "checked"
+COUNT = "count"
+MIN_VALID_PRODUCTS = 2
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    """Parse and cross-check the arguments (JobError on a bad combination)."""
+    parser = job_parser("similarity", "Exact top-k or all-pairs similarity between product embeddings.")
+    parser.add_argument("--input", required=True, help="embeddings Parquet (EMBEDDING_SCHEMA)")
+    parser.add_argument("--output", required=True, help="root of similarity/ and rejects/similarity/")
+    mode = parser.add_mutually_exclusive_group(required=True)
+    mode.add_argument("--top-k", type=positive_int, help="keep the K closest products of each product")
+    mode.add_argument("--all-pairs", action="store_true", help="every pair of products (filtered)")
+    parser.add_argument(
+        "--min-score", type=float, default=None,
+        help="all-pairs, cosine/dot: keep pairs with score >= S (applied while tiles are computed)",
+    )
+    parser.add_argument(
+        "--max-distance", type=float, default=None,
+        help="all-pairs, l2/exp_l1: keep pairs with score (a distance) <= D",
+    )
+    parser.add_argument("--metric", choices=S.METRICS, default=S.COSINE)
+    parser.add_argument(
+        "--directed", action="store_true",
+        help="all-pairs: write each pair in both directions (default: once, src < dst)",
+    )
+    parser.add_argument("--block-size", type=positive_int, default=DEFAULT_BLOCK_SIZE,
+                        help="rows per block; a task holds one block x block float32 tile")
+    parser.add_argument("--device", choices=DEVICES, default="auto",
+                        help="auto: the task's GPU when it has one, else CPU")
+    parser.add_argument("--threads-per-task", type=positive_int, default=None,
+                        help="torch CPU threads per task (default: spark.task.cpus)")
+    parser.add_argument("--parallelism", type=positive_int, default=None,
+                        help="tile tasks (default: one per row block)")
+    parser.add_argument("--max-records-per-file", type=positive_int, default=DEFAULT_MAX_RECORDS_PER_FILE)
+    parser.add_argument("--sink", choices=SINKS, default=SINK_PARQUET,
+                        help="count: compute and count the edges, publish nothing")
+    args = parser.parse_args(argv)
+    higher = S.HIGHER_IS_CLOSER[args.metric]
+    if not args.all_pairs and (args.min_score is not None or args.max_distance is not None or args.directed):
+        raise JobError("--min-score, --max-distance and --directed apply to --all-pairs only")
+    if args.min_score is not None and not higher:
+        raise JobError(f"--min-score is for cosine/dot; {args.metric} is a distance: use --max-distance")
+    if args.max_distance is not None and higher:
+        raise JobError(f"--max-distance is for l2/exp_l1; {args.metric} is a similarity: use --min-score")
+    return args
+
+
+def expected_dimension(embeddings_df: DataFrame) -> int:
+    """The most frequent embedding length among "ok" rows (ties: the smaller); 0 when there is none."""
+    lengths = (
+        embeddings_df.filter(is_ok(F.col(E.STATUS)) & F.col(E.EMBEDDING).isNotNull())
+        .groupBy(F.size(E.EMBEDDING).alias("length"))
+        .count()
+        .orderBy(F.col(COUNT).desc(), F.col("length").asc())
+        .limit(1)
+        .collect()
+    )
+    return int(lengths[0]["length"]) if lengths else 0
+
+
+def reason_counts(spark: SparkSession, checked_uri: str) -> dict[str | None, int]:
+    """Rows per reason (None = valid) of the staged check output (reads the reason column only)."""
+    rows = spark.read.parquet(storage.spark_path(checked_uri)).groupBy(S.REASON).count().collect()
+    return {row[S.REASON]: int(row[COUNT]) for row in rows}
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the similarity job; returns the run report."""
+    started_at = time.time()
+    args = parse_args(argv)
+    if not storage.exists(args.input):
+        raise JobError(f"--input {args.input} does not exist")
+    spark = get_spark(APP_NAME)
+    run_id = storage.new_run_id()
+    staging = storage.staging_uri(args.output, STAGE, run_id)
+    try:
+        return _run(spark, args, staging, started_at)
+    finally:
+        storage.remove(staging)
+
+
+def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at: float) -> dict[str, Any]:
+    metric = args.metric
+    embeddings_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(args.input))
+    expected_dim = expected_dimension(embeddings_df)
+    LOG.info("expected embedding length %d", expected_dim)
+
+    checked_uri = storage.join(staging, CHECKED)
+    (
+        embeddings_df.transform(
+            with_rejection_reason,
+            duplicate_skus(embeddings_df),
+            expected_dim=expected_dim,
+            metric=metric,
+        )
+        .withColumn(IS_VALID, F.col(S.REASON).isNull())
+        .write.partitionBy(IS_VALID)
+        .mode("overwrite")
+        .parquet(storage.spark_path(checked_uri))
+    )
+    counts = reason_counts(spark, checked_uri)
+    products = counts.pop(None, 0)
+    rows_in = products + sum(counts.values())
+    if products < MIN_VALID_PRODUCTS:
+        raise JobError(
+            f"{args.input}: {products} valid embedding(s) of {rows_in} rows; similarity needs at least "
+            f"{MIN_VALID_PRODUCTS} (left out: {counts})"
+        )
+    matrix_uri = storage.join(checked_uri, f"{IS_VALID}=true")
+    block_size = args.block_size
+    blocks = math.ceil(products / block_size)
+    blocks_df = spark.range(0, blocks, 1, numPartitions=min(blocks, args.parallelism or blocks))
+    tile_options = {
+        "matrix_uri": storage.spark_path(matrix_uri) if not storage.is_remote(matrix_uri) else matrix_uri,
+        "metric": metric,
+        "block_size": block_size,
+        "device": args.device,
+        "threads": args.threads_per_task,
+    }
+    if args.all_pairs:
+        edges_df = blocks_df.transform(
+            explode_all_pairs_edges,
+            min_score=args.min_score,
+            max_distance=args.max_distance,
+            directed=args.directed,
+            **tile_options,
+        )
+    else:
+        edges_df = blocks_df.transform(explode_topk_edges, k=args.top_k, **tile_options)
+
+    staged_edges = storage.join(staging, STAGE)
+    staged_rejects = storage.join(staging, "rejects")
+    if args.sink == SINK_COUNT:
+        edges = edges_df.count()
+    else:
+        (
+            edges_df.write.option("maxRecordsPerFile", args.max_records_per_file)
+            .mode("overwrite")
+            .parquet(storage.spark_path(staged_edges))
+        )
+        edges = spark.read.parquet(storage.spark_path(staged_edges)).count()
+        if counts:
+            invalid_uri = storage.join(checked_uri, f"{IS_VALID}=false")
+            rejects_df = spark.read.parquet(storage.spark_path(invalid_uri)).transform(select_rejects)
+        else:
+            rejects_df = spark.createDataFrame([], S.REJECT_SCHEMA)
+        rejects_df.write.mode("overwrite").parquet(storage.spark_path(staged_rejects))
+
+    # Staged and checked -> publish.
+    if not args.all_pairs:
+        expected_edges = products * min(args.top_k, products - 1)
+        if edges != expected_edges:
+            raise RuntimeError(f"top-k wrote {edges} edges, expected {expected_edges}")
+    final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
+    final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")
+    if args.sink == SINK_PARQUET:
+        storage.publish(staged_edges, final_edges)
+        storage.publish(staged_rejects, final_rejects)
+
+    dropped = {reason: n for reason, n in counts.items() if reason in S.DROPPED_REASONS}
+    rejected = {reason: n for reason, n in counts.items() if reason not in S.DROPPED_REASONS}
+    details = {
+        "metric": metric,
+        "higher_is_closer": S.HIGHER_IS_CLOSER[metric],
+        "mode": S.MODE_ALL_PAIRS if args.all_pairs else S.MODE_TOPK,
+        "k": None if args.all_pairs else args.top_k,
+        "min_score": args.min_score,
+        "max_distance": args.max_distance,
+        "directed": args.directed or not args.all_pairs,
+        "embedding_dim": expected_dim,
+        "products": products,
+        "edges": int(edges),
+        "block_size": block_size,
+        "row_blocks": blocks,
+        "device": args.device,
+        "sink": args.sink,
+        "input": args.input,
+        "output": final_edges if args.sink == SINK_PARQUET else None,
+        "rejects": final_rejects if args.sink == SINK_PARQUET else None,
+    }
+    funnel = Funnel(
+        rows_in=rows_in, rows_out=products, rejected_by_reason=rejected, dropped_by_reason=dropped
+    )
+    return write_report(
+        reports_root(args), STAGE, args.run_date, funnel, started_at=started_at, details=details
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))

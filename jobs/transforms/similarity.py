@@ -1,0 +1,128 @@
+"""Pure DataFrame -> DataFrame steps of the similarity job (checks, rejects, tiled edges)."""
+from __future__ import annotations
+
+from pyspark.sql import Column, DataFrame
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from schemas import embeddings as E
+from schemas import similarity as S
+from udfs import similarity_tiles
+
+COUNT = "count"
+IS_DUPLICATE = "is_duplicate"
+PRE_REASON = "pre_reason"
+BLOCK = "id"  # spark.range's column: one row per row block
+
+
+def is_ok(status: Column) -> Column:
+    """True for the embed job's "ok" rows."""
+    return F.coalesce(status == F.lit(E.STATUS_OK), F.lit(False))
+
+
+def is_missing_sku(sku: Column) -> Column:
+    """True for a null or empty (after trimming) sku."""
+    return sku.isNull() | (F.trim(sku) == F.lit(""))
+
+
+def duplicate_skus(embeddings_df: DataFrame) -> DataFrame:
+    """The skus that occur in more than one "ok" row (one column ``sku``)."""
+    return (
+        embeddings_df.filter(is_ok(F.col(E.STATUS)))
+        .filter(~is_missing_sku(F.col(E.SKU)))
+        .groupBy(E.SKU)
+        .count()
+        .filter(F.col(COUNT) > 1)
+        .select(E.SKU)
+    )
+
+
+def with_rejection_reason(
+    embeddings_df: DataFrame, duplicates_df: DataFrame, *, expected_dim: int, metric: str
+) -> DataFrame:
+    """Add ``reason`` (null = usable) to the embedding rows; keeps sku, image_path, embedding.
+
+    Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy),
+    null embedding, wrong length, non-finite, zero norm (cosine only). The per-element checks run
+    vectorised in ``udfs.similarity_tiles.reasons_fn``.
+    """
+    flagged_df = (
+        embeddings_df.join(
+            F.broadcast(duplicates_df.withColumn(IS_DUPLICATE, F.lit(True))), on=E.SKU, how="left"
+        )
+        .withColumn(
+            PRE_REASON,
+            F.when(~is_ok(F.col(E.STATUS)), F.lit(S.REASON_STATUS_ERROR))
+            .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
+            .when(F.col(IS_DUPLICATE).isNotNull(), F.lit(S.REASON_DUPLICATE_SKU)),
+        )
+        .select(E.SKU, E.IMAGE_PATH, E.EMBEDDING, PRE_REASON)
+    )
+    checked_schema = T.StructType(
+        [*flagged_df.schema.fields, T.StructField(S.REASON, T.StringType(), True)]
+    )
+    return (
+        flagged_df.mapInArrow(
+            similarity_tiles.reasons_fn(expected_dim, metric == S.COSINE, E.EMBEDDING, S.REASON),
+            checked_schema,
+        )
+        .withColumn(S.REASON, F.coalesce(F.col(PRE_REASON), F.col(S.REASON)))
+        .drop(PRE_REASON)
+    )
+
+
+def select_rejects(checked_df: DataFrame) -> DataFrame:
+    """The rows rejected for a data problem, as ``REJECT_SCHEMA`` (dropped status errors excluded)."""
+    return checked_df.filter(
+        F.col(S.REASON).isNotNull() & ~F.col(S.REASON).isin(*S.DROPPED_REASONS)
+    ).select(
+        F.col(E.SKU).cast(T.StringType()).alias(E.SKU),
+        F.col(E.IMAGE_PATH).cast(T.StringType()).alias(E.IMAGE_PATH),
+        F.size(E.EMBEDDING).cast(T.IntegerType()).alias(S.EMBEDDING_LENGTH),
+        F.col(S.REASON),
+    )
+
+
+def explode_topk_edges(
+    blocks_df: DataFrame,
+    *,
+    matrix_uri: str,
+    metric: str,
+    k: int,
+    block_size: int,
+    device: str = "auto",
+    threads: int | None = None,
+) -> DataFrame:
+    """One row per row block in (``id``), each block's top-k edges out (``TOPK_EDGE_SCHEMA``)."""
+    return blocks_df.select(F.col(BLOCK)).mapInArrow(
+        similarity_tiles.topk_edges_fn(matrix_uri, metric, k, block_size, device, threads),
+        S.TOPK_EDGE_SCHEMA,
+    )
+
+
+def explode_all_pairs_edges(
+    blocks_df: DataFrame,
+    *,
+    matrix_uri: str,
+    metric: str,
+    block_size: int,
+    min_score: float | None = None,
+    max_distance: float | None = None,
+    directed: bool = False,
+    device: str = "auto",
+    threads: int | None = None,
+) -> DataFrame:
+    """One row per row block in (``id``), the block's pairs out (``ALL_PAIRS_EDGE_SCHEMA``), streamed."""
+    return blocks_df.select(F.col(BLOCK)).mapInArrow(
+        similarity_tiles.all_pairs_edges_fn(
+            matrix_uri,
+            metric,
+            block_size,
+            device,
+            threads,
+            min_score=min_score,
+            max_distance=max_distance,
+            directed=directed,
+        ),
+        S.ALL_PAIRS_EDGE_SCHEMA,
+    )

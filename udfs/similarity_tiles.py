@@ -1,0 +1,525 @@
+"""Exact similarity in tiles: BLAS products of a row block against column blocks, partial top-k, merge.
+
+Why Python here: Spark has no matrix product, and a ``crossJoin`` makes one Spark row per pair before
+any selection (about 90 s for 4,000 products on 2 cores). These kernels run inside ``mapInArrow`` tasks:
+each task multiplies its row block (``block_size`` rows) against every column block with torch (MKL
+sgemm on CPU, cuBLAS on the task's GPU), keeps a partial top-k per row with ``torch.topk`` and merges
+it with the running one, so a task holds the embedding matrix plus one ``block x block`` float32 tile,
+never the ``N x N`` matrix.
+
+Exactness. The products are float32 (the BLAS limit); float32 rounding can swap two neighbours whose
+scores differ by a few units in the last place, and duplicate vectors get scores that differ in the
+last bit depending on where they sit in a tile. So the selection keeps ``k + EXTRA_CANDIDATES``
+candidates per row, re-scores them in float64 one pair at a time (identical vectors get identical
+scores), orders them by (exact score, sku) and keeps ``k``. A row whose last candidate is within the
+float32 error bound of its k-th is redone with four times as many candidates (up to all of them), so
+no candidate that could belong to the exact top-k is ever lost. Scores written are the float64 ones.
+
+Rows are indexed in ascending sku order (the matrix is sorted by sku when loaded), so "ties broken by
+sku" is "ties broken by index", and ``src < dst`` is ``i < j``.
+
+Metrics, as a "key" where higher is closer (the selection works on keys; the score is derived):
+cosine (dot of L2-normalised vectors), dot, l2 (key = -squared distance, score = distance) and exp_l1
+(key = -L1 distance, score = 1 - exp(-sqrt(L1)), the reference implementation's; L1 has no BLAS form:
+``torch.cdist(p=1)``, about 2.6 G element-ops/s per core here, far slower than the products).
+"""
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import torch
+
+from jobs.common import storage
+from schemas import embeddings as E
+from schemas import similarity as S
+
+LOG = logging.getLogger(__name__)
+
+EPS32 = 2.0**-24  # unit roundoff of float32
+F32_MAX = float(np.finfo(np.float32).max)
+# Float32 selection tolerance: TOL_ULPS * sqrt(d) * EPS32 * (the row's scale), doubled (both sides).
+TOL_ULPS = 16.0
+EXTRA_CANDIDATES = 4
+CANDIDATE_GROWTH = 4
+REFINE_ELEMENTS = 1 << 22  # float64 elements per re-scoring chunk (32 MB)
+MAX_EDGES_PER_BATCH = 1 << 20
+# l2 all-pairs: a squared distance below this share of |a|^2 + |b|^2 lost too many digits to
+# cancellation in float32 (|a|^2 + |b|^2 - 2ab); such pairs are re-scored in float64.
+L2_REFINE_SHARE = 1e-2
+
+TOPK_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field(S.SRC, pa.string(), False),
+        pa.field(S.DST, pa.string(), False),
+        pa.field(S.SCORE, pa.float64(), False),
+        pa.field(S.RANK, pa.int32(), False),
+    ]
+)
+ALL_PAIRS_ARROW_SCHEMA = pa.schema(
+    [
+        pa.field(S.SRC, pa.string(), False),
+        pa.field(S.DST, pa.string(), False),
+        pa.field(S.SCORE, pa.float64(), False),
+    ]
+)
+
+
+# --------------------------------------------------------------------------------------------------
+# Devices and threads
+# --------------------------------------------------------------------------------------------------
+def resolve_device(
+    requested: str,
+    task_resources: Mapping[str, Sequence[str]] | None = None,
+    *,
+    cuda_available: bool | None = None,
+) -> torch.device:
+    """The torch device a task computes on.
+
+    Args:
+        requested: ``cpu``, ``cuda`` or ``auto`` (cuda when the task sees a GPU, else cpu).
+        task_resources: resource name -> addresses, as ``TaskContext.get().resources()`` gives them
+            (``{"gpu": ["1"]}`` on a GPU executor): the task's own GPU is used.
+        cuda_available: override of ``torch.cuda.is_available()`` (tests).
+
+    Raises:
+        RuntimeError: ``cuda`` was asked for and the task has no GPU.
+    """
+    has_cuda = torch.cuda.is_available() if cuda_available is None else cuda_available
+    if requested == "cpu" or (requested == "auto" and not has_cuda):
+        return torch.device("cpu")
+    if not has_cuda:
+        raise RuntimeError("--device cuda, but torch sees no GPU on this executor")
+    addresses = list((task_resources or {}).get("gpu", []))
+    return torch.device(f"cuda:{int(addresses[0])}") if addresses else torch.device("cuda")
+
+
+def task_setup(requested_device: str, threads: int | None) -> torch.device:
+    """Pick the task's device and set torch's CPU threads (default: the task's ``spark.task.cpus``)."""
+    from pyspark import TaskContext
+
+    context = TaskContext.get()
+    resources: dict[str, Sequence[str]] = {}
+    cpus = 1
+    if context is not None:
+        resources = {name: info.addresses for name, info in context.resources().items()}
+        cpus = max(1, int(context.cpus()))
+    torch.set_num_threads(threads or cpus)
+    return resolve_device(requested_device, resources)
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks (vectorised over an Arrow list column)
+# --------------------------------------------------------------------------------------------------
+def embedding_reasons(embeddings: pa.Array, expected_dim: int, *, reject_zero_norm: bool) -> pa.Array:
+    """Why each embedding is unusable, or null when it is fine.
+
+    Order of the checks: null, wrong length (``!= expected_dim``), non-finite (a NaN or infinite value,
+    or a squared norm beyond float32's range, which would overflow the products), zero norm (only when
+    ``reject_zero_norm``, i.e. for cosine).
+    """
+    if isinstance(embeddings, pa.ChunkedArray):
+        embeddings = embeddings.combine_chunks()
+    count = len(embeddings)
+    reasons = np.full(count, None, dtype=object)
+    is_null = embeddings.is_null().to_numpy(zero_copy_only=False)
+    lengths = pc.fill_null(pc.list_value_length(embeddings), -1).to_numpy(zero_copy_only=False)
+    reasons[is_null] = S.REASON_NULL_EMBEDDING
+    wrong = ~is_null & (lengths != expected_dim)
+    reasons[wrong] = S.REASON_WRONG_LENGTH
+    right = np.flatnonzero(~is_null & ~wrong)
+    if right.size and expected_dim > 0:
+        values = (
+            pc.list_flatten(embeddings.take(pa.array(right)))
+            .to_numpy(zero_copy_only=False)
+            .reshape(right.size, expected_dim)
+        )
+        with np.errstate(over="ignore", invalid="ignore"):
+            sq_norm = np.einsum("ij,ij->i", values, values, dtype=np.float64)
+        non_finite = ~np.isfinite(values).all(axis=1) | ~(sq_norm <= F32_MAX)
+        reasons[right[non_finite]] = S.REASON_NON_FINITE
+        if reject_zero_norm:
+            reasons[right[~non_finite & (sq_norm == 0.0)]] = S.REASON_ZERO_NORM
+    return pa.array(reasons, type=pa.string())
+
+
+# --------------------------------------------------------------------------------------------------
+# The prepared matrix
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class Prepared:
+    """The valid embeddings in sku order, ready for tiles on one device."""
+
+    metric: str
+    skus: pa.Array  # (N,) string, ascending
+    raw: np.ndarray  # (N, d) float32, as read
+    norms: np.ndarray  # (N,) float64 L2 norms
+    tol: np.ndarray  # (N,) float64 float32-selection tolerance per row, in key units
+    work: torch.Tensor  # (N, d) float32 on device (L2-normalised for cosine)
+    sq_norms: torch.Tensor | None  # (N,) float32 on device (l2 only)
+    device: torch.device
+
+    @property
+    def n(self) -> int:
+        return int(self.raw.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.raw.shape[1])
+
+
+def _row_norms(raw: np.ndarray, order: int) -> np.ndarray:
+    out = np.empty(raw.shape[0], dtype=np.float64)
+    step = max(1, REFINE_ELEMENTS // max(1, raw.shape[1]))
+    for start in range(0, raw.shape[0], step):
+        chunk = raw[start : start + step].astype(np.float64)
+        out[start : start + step] = (
+            np.sqrt(np.einsum("ij,ij->i", chunk, chunk)) if order == 2 else np.abs(chunk).sum(axis=1)
+        )
+    return out
+
+
+def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: torch.device | str = "cpu") -> Prepared:
+    """Prepare the matrix for ``metric``; ``skus`` must be ascending and unique, ``raw`` (N, d) float32."""
+    if metric not in S.METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    device = torch.device(device)
+    raw = np.require(raw, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
+    norms = _row_norms(raw, 2)
+    base = math.sqrt(max(1, raw.shape[1])) * EPS32 * TOL_ULPS * 2.0
+    sq_norms = None
+    if metric == S.COSINE:
+        tol = np.full(raw.shape[0], base)
+        work = torch.from_numpy(raw / norms[:, None].astype(np.float32))
+    elif metric == S.DOT:
+        tol = base * norms * norms.max()
+        work = torch.from_numpy(raw)
+    elif metric == S.L2:
+        tol = base * (norms + norms.max()) ** 2
+        work = torch.from_numpy(raw)
+        sq_norms = torch.from_numpy((norms**2).astype(np.float32)).to(device)
+    else:
+        l1 = _row_norms(raw, 1)
+        tol = base * (l1 + l1.max())
+        work = torch.from_numpy(raw)
+    return Prepared(metric, skus, raw, norms, tol, work.to(device), sq_norms, device)
+
+
+_CACHE: dict[tuple[str, str, str], Prepared] = {}
+
+
+def read_matrix(uri: str) -> tuple[pa.Array, np.ndarray]:
+    """Read the valid embeddings (Parquet files below ``uri``: sku, embedding) sorted by sku."""
+    fs, _ = storage.filesystem(uri)
+    tables = [
+        pq.read_table(storage.filesystem(file_uri)[1], filesystem=fs, columns=[E.SKU, E.EMBEDDING])
+        for file_uri in storage.list_files(uri, suffixes=(".parquet",))
+    ]
+    if not tables:
+        raise RuntimeError(f"no embedding matrix under {uri}")
+    table = pa.concat_tables(tables).sort_by(E.SKU)
+    skus = table.column(E.SKU).combine_chunks().cast(pa.string())
+    values = pc.list_flatten(table.column(E.EMBEDDING).combine_chunks()).to_numpy(zero_copy_only=False)
+    count = table.num_rows
+    if count == 0 or values.size % count:
+        raise RuntimeError(f"embedding matrix under {uri} is empty or ragged")
+    return skus, values.astype(np.float32, copy=False).reshape(count, values.size // count)
+
+
+def load_prepared(uri: str, metric: str, device: torch.device) -> Prepared:
+    """The prepared matrix of ``uri``, read once per Python worker (workers are reused across tasks)."""
+    key = (uri, metric, str(device))
+    if key not in _CACHE:
+        _CACHE.clear()  # one matrix per worker at a time: memory stays bounded
+        skus, raw = read_matrix(uri)
+        _CACHE[key] = prepare(skus, raw, metric, device)
+    return _CACHE[key]
+
+
+# --------------------------------------------------------------------------------------------------
+# Tiles
+# --------------------------------------------------------------------------------------------------
+def tile_keys(prep: Prepared, rows: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """float32 keys (higher = closer) of ``rows`` (index tensor) against columns ``[c0, c1)``."""
+    query = prep.work.index_select(0, rows)
+    cols = prep.work[c0:c1]
+    if prep.metric in (S.COSINE, S.DOT):
+        return query @ cols.T
+    if prep.metric == S.L2:
+        assert prep.sq_norms is not None
+        # key = 2ab - |a|^2 - |b|^2 = -|a - b|^2, one addmm
+        bias = -(prep.sq_norms.index_select(0, rows)[:, None] + prep.sq_norms[c0:c1][None, :])
+        return torch.addmm(bias, query, cols.T, beta=1.0, alpha=2.0)
+    return -torch.cdist(query, cols, p=1.0)
+
+
+def mask_self(keys: torch.Tensor, rows: torch.Tensor, c0: int, c1: int) -> None:
+    """Set the key of each row against itself to -inf (self-pairs are never neighbours)."""
+    local = rows - c0
+    inside = torch.nonzero((local >= 0) & (local < c1 - c0)).squeeze(1)
+    if inside.numel():
+        keys[inside, local[inside]] = -math.inf
+
+
+def merge_topk(
+    values_a: torch.Tensor, index_a: torch.Tensor, values_b: torch.Tensor, index_b: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Merge two partial top-k lists per row (values with their column indices); keeps ``k`` per row."""
+    values = torch.cat([values_a, values_b], dim=1)
+    index = torch.cat([index_a, index_b], dim=1)
+    if values.shape[1] <= k:
+        return values, index
+    values, picked = torch.topk(values, k, dim=1, sorted=False)
+    return values, torch.gather(index, 1, picked)
+
+
+def topk_candidates(
+    prep: Prepared, rows: torch.Tensor, k: int, block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 top-``k`` keys and column indices of ``rows`` over all columns, best first.
+
+    One ``len(rows) x block_size`` tile at a time, each reduced with ``torch.topk`` and merged.
+    """
+    best_values: torch.Tensor | None = None
+    best_index: torch.Tensor | None = None
+    for c0 in range(0, prep.n, block_size):
+        c1 = min(prep.n, c0 + block_size)
+        keys = tile_keys(prep, rows, c0, c1)
+        mask_self(keys, rows, c0, c1)
+        values, index = torch.topk(keys, min(k, c1 - c0), dim=1, sorted=False)
+        index = index + c0
+        if best_values is None or best_index is None:
+            best_values, best_index = values, index
+        else:
+            best_values, best_index = merge_topk(best_values, best_index, values, index, k)
+    assert best_values is not None and best_index is not None
+    best_values, order = torch.sort(best_values, dim=1, descending=True)
+    return best_values, torch.gather(best_index, 1, order)
+
+
+def exact_keys(prep: Prepared, rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """float64 keys of each row against its candidate columns, one pair at a time."""
+    out = np.empty(cand.shape, dtype=np.float64)
+    dim = prep.dim
+    cand_step = max(1, min(cand.shape[1], REFINE_ELEMENTS // dim))
+    row_step = max(1, REFINE_ELEMENTS // (dim * cand_step))
+    for r0 in range(0, rows.size, row_step):
+        query = prep.raw[rows[r0 : r0 + row_step]].astype(np.float64)[:, None, :]
+        for c0 in range(0, cand.shape[1], cand_step):
+            sel = cand[r0 : r0 + row_step, c0 : c0 + cand_step]
+            cols = prep.raw[sel].astype(np.float64)
+            if prep.metric in (S.COSINE, S.DOT):
+                key = (query * cols).sum(axis=-1)
+                if prep.metric == S.COSINE:
+                    key /= prep.norms[rows[r0 : r0 + row_step]][:, None] * prep.norms[sel]
+            elif prep.metric == S.L2:
+                diff = query - cols
+                key = -(diff * diff).sum(axis=-1)
+            else:
+                key = -np.abs(query - cols).sum(axis=-1)
+            out[r0 : r0 + row_step, c0 : c0 + cand_step] = key
+    return out
+
+
+def scores_from_keys(metric: str, keys: np.ndarray) -> np.ndarray:
+    """The score each metric reports for its float64 keys."""
+    if metric in (S.COSINE, S.DOT):
+        return keys
+    distance = np.sqrt(np.maximum(-keys, 0.0))
+    return distance if metric == S.L2 else 1.0 - np.exp(-distance)
+
+
+def topk_rows(
+    prep: Prepared, r0: int, r1: int, k: int, block_size: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` neighbours of rows ``[r0, r1)``: (column indices, float64 scores), best first.
+
+    ``k`` larger than the number of other products gives every other product.
+    """
+    k_eff = min(k, prep.n - 1)
+    rows_all = np.arange(r0, r1)
+    out_index = np.empty((rows_all.size, k_eff), dtype=np.int64)
+    out_keys = np.empty((rows_all.size, k_eff), dtype=np.float64)
+    pending = np.arange(rows_all.size)  # positions in rows_all still to settle
+    width = min(prep.n - 1, k_eff + EXTRA_CANDIDATES)
+    while pending.size:
+        rows = rows_all[pending]
+        values32, cand = topk_candidates(prep, torch.from_numpy(rows).to(prep.device), width, block_size)
+        values32 = values32.cpu().numpy()
+        cand = cand.cpu().numpy()
+        keys = exact_keys(prep, rows, cand)
+        order = np.lexsort((cand, -keys), axis=1)[:, :k_eff]
+        if width >= prep.n - 1:
+            settled = np.ones(rows.size, dtype=bool)
+        else:  # a row whose last candidate is within the float32 error of its k-th may have lost one
+            settled = values32[:, width - 1] < values32[:, k_eff - 1] - prep.tol[rows]
+        done = pending[settled]
+        out_index[done] = np.take_along_axis(cand, order, axis=1)[settled]
+        out_keys[done] = np.take_along_axis(keys, order, axis=1)[settled]
+        pending = pending[~settled]
+        width = min(prep.n - 1, width * CANDIDATE_GROWTH)
+    return out_index, scores_from_keys(prep.metric, out_keys)
+
+
+def topk_batch(prep: Prepared, r0: int, r1: int, k: int, block_size: int) -> pa.RecordBatch:
+    """Top-k edges of rows ``[r0, r1)`` as an Arrow batch (src, dst, score, rank)."""
+    index, scores = topk_rows(prep, r0, r1, k, block_size)
+    k_eff = index.shape[1]
+    src = np.repeat(np.arange(r0, r1), k_eff)
+    rank = np.tile(np.arange(1, k_eff + 1, dtype=np.int32), r1 - r0)
+    return pa.RecordBatch.from_arrays(
+        [
+            pc.take(prep.skus, pa.array(src)),
+            pc.take(prep.skus, pa.array(index.ravel())),
+            pa.array(scores.ravel(), type=pa.float64()),
+            pa.array(rank, type=pa.int32()),
+        ],
+        schema=TOPK_ARROW_SCHEMA,
+    )
+
+
+def _pair_scores(prep: Prepared, keys: torch.Tensor, rows: torch.Tensor, c0: int, c1: int) -> torch.Tensor:
+    """float32 scores of a tile from its keys (l2: near pairs re-scored in float64)."""
+    if prep.metric in (S.COSINE, S.DOT):
+        return keys
+    squared = torch.clamp(-keys, min=0.0)
+    if prep.metric == S.L2:
+        assert prep.sq_norms is not None
+        scale = prep.sq_norms.index_select(0, rows)[:, None] + prep.sq_norms[c0:c1][None, :]
+        near_r, near_c = torch.nonzero(squared < L2_REFINE_SHARE * scale, as_tuple=True)
+        if near_r.numel():
+            exact = exact_keys(
+                prep,
+                rows.index_select(0, near_r).cpu().numpy(),
+                (near_c + c0).cpu().numpy()[:, None],
+            )[:, 0]
+            squared[near_r, near_c] = torch.from_numpy(-exact).to(squared.dtype).to(squared.device)
+        return torch.sqrt(squared)
+    return 1.0 - torch.exp(-torch.sqrt(squared))
+
+
+def all_pairs_batches(
+    prep: Prepared,
+    r0: int,
+    r1: int,
+    block_size: int,
+    *,
+    min_score: float | None = None,
+    max_distance: float | None = None,
+    directed: bool = False,
+) -> Iterator[pa.RecordBatch]:
+    """Edges of rows ``[r0, r1)`` with every later row (``i < j``), filtered while each tile is computed.
+
+    Yields Arrow batches of at most MAX_EDGES_PER_BATCH edges (src, dst, score); ``directed`` yields
+    each pair in both directions. Nothing larger than one tile and its edges is ever held.
+    """
+    rows = torch.arange(r0, r1, device=prep.device)
+    for c0 in range(r0, prep.n, block_size):
+        c1 = min(prep.n, c0 + block_size)
+        keys = tile_keys(prep, rows, c0, c1)
+        scores = _pair_scores(prep, keys, rows, c0, c1)
+        keep = torch.arange(c0, c1, device=prep.device)[None, :] > rows[:, None]
+        if min_score is not None:
+            keep &= scores >= min_score
+        if max_distance is not None:
+            keep &= scores <= max_distance
+        pair_r, pair_c = torch.nonzero(keep, as_tuple=True)
+        if not pair_r.numel():
+            continue
+        kept = scores[pair_r, pair_c].double().cpu().numpy()
+        src = (pair_r + r0).cpu().numpy()
+        dst = (pair_c + c0).cpu().numpy()
+        directions = [(src, dst), (dst, src)] if directed else [(src, dst)]
+        for start in range(0, kept.size, MAX_EDGES_PER_BATCH):
+            part = slice(start, start + MAX_EDGES_PER_BATCH)
+            score_array = pa.array(kept[part], type=pa.float64())
+            for a, b in directions:
+                yield pa.RecordBatch.from_arrays(
+                    [
+                        pc.take(prep.skus, pa.array(a[part])),
+                        pc.take(prep.skus, pa.array(b[part])),
+                        score_array,
+                    ],
+                    schema=ALL_PAIRS_ARROW_SCHEMA,
+                )
+
+
+# --------------------------------------------------------------------------------------------------
+# mapInArrow entry points: one input row per row block (the block number)
+# --------------------------------------------------------------------------------------------------
+def _blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[int]:
+    for batch in batches:
+        yield from (int(block) for block in batch.column(0).to_numpy())
+
+
+def topk_edges_fn(
+    matrix_uri: str, metric: str, k: int, block_size: int, device: str, threads: int | None
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A ``mapInArrow`` function: block numbers in, that block's top-k edges out."""
+
+    def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        prep = load_prepared(matrix_uri, metric, task_setup(device, threads))
+        for block in _blocks(batches):
+            r0 = block * block_size
+            yield topk_batch(prep, r0, min(prep.n, r0 + block_size), k, block_size)
+
+    return edges
+
+
+def all_pairs_edges_fn(
+    matrix_uri: str,
+    metric: str,
+    block_size: int,
+    device: str,
+    threads: int | None,
+    *,
+    min_score: float | None,
+    max_distance: float | None,
+    directed: bool,
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A ``mapInArrow`` function: block numbers in, that block's (filtered) pairs out, streamed."""
+
+    def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        prep = load_prepared(matrix_uri, metric, task_setup(device, threads))
+        for block in _blocks(batches):
+            r0 = block * block_size
+            yield from all_pairs_batches(
+                prep,
+                r0,
+                min(prep.n, r0 + block_size),
+                block_size,
+                min_score=min_score,
+                max_distance=max_distance,
+                directed=directed,
+            )
+
+    return edges
+
+
+def reasons_fn(
+    expected_dim: int, reject_zero_norm: bool, embedding_column: str, reason_column: str
+) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
+    """A ``mapInArrow`` function adding ``reason_column`` (null = usable) to each batch.
+
+    Why a UDF: Spark's array higher-order functions (``exists``, ``aggregate``) are interpreted per
+    element; numpy checks the whole Arrow batch at once.
+    """
+
+    def with_reasons(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            reasons = embedding_reasons(
+                batch.column(batch.schema.get_field_index(embedding_column)),
+                expected_dim,
+                reject_zero_norm=reject_zero_norm,
+            )
+            yield pa.RecordBatch.from_arrays(
+                [*batch.columns, reasons], names=[*batch.schema.names, reason_column]
+            )
+
+    return with_reasons
