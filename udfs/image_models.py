@@ -1,0 +1,597 @@
+"""The image models behind the embedding job: construction, weights, preprocessing and device plans.
+
+Everything here is plain Python and torch, usable on the driver (to validate arguments before any
+Spark work), inside the pandas UDF on the executors (``udfs/embed_images.py``) and in tests.
+
+* Models: torchvision's ``resnet152`` (default), ``resnet50``, ``resnet34``, ``resnet18`` and ``vgg16``
+  with their classifier removed, so the output is the pooled feature vector (2048, 2048, 512, 512, and
+  4096 for VGG-16's penultimate layer), optionally followed by a linear head (e.g. a Siamese-trained
+  2048 -> 64 projection) and L2 normalisation.
+* Weights (``--weights``): a path or ``s3://`` URI to a ``state_dict`` file (with or without the
+  classifier's keys; a ``module.`` prefix from DataParallel is accepted), ``imagenet`` (torchvision's own
+  file, from the torch hub cache or downloaded with a timeout), or ``random:SEED`` (torchvision's default
+  initialisation after ``torch.manual_seed(SEED)``; deterministic, for tests and benchmarks).
+* Preprocessing: exactly torchvision's ImageNet evaluation transform (EXIF orientation, RGB,
+  ``Resize(256)`` bilinear antialiased, ``CenterCrop(224)``, ``ToTensor``, ``Normalize``) with guards
+  against decompression bombs, oversized, empty, truncated and non-image files.
+* Device plans: which device a task uses, autocast dtype, memory format and thread counts, decided by
+  :func:`plan_execution`, a pure function of the task's resources so it is tested without a GPU.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import posixpath
+import urllib.request
+import uuid
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+LOG = logging.getLogger("stylegraph.image_models")
+
+# Pooled feature size of each supported backbone once its classifier is removed.
+MODEL_FEATURE_DIMS: dict[str, int] = {
+    "resnet152": 2048,
+    "resnet50": 2048,
+    "resnet34": 512,
+    "resnet18": 512,
+    "vgg16": 4096,
+}
+DEFAULT_MODEL = "resnet152"
+
+# The classifier's state_dict prefix per family: a checkpoint may carry these keys (ignored) or not.
+_CLASSIFIER_PREFIX = {"resnet": "fc.", "vgg16": "classifier.6."}
+
+# torchvision's ImageNet evaluation transform.
+RESIZE_SIZE = 256
+CROP_SIZE = 224
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+# Guards for hostile input files. Catalog photos are well under a megapixel; 40 MP is a large camera photo.
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+DEFAULT_MAX_IMAGE_BYTES = 64 * 1024 * 1024
+
+WEIGHTS_IMAGENET = "imagenet"
+WEIGHTS_RANDOM_PREFIX = "random:"
+WEIGHTS_KIND_FILE = "file"
+WEIGHTS_KIND_RANDOM = "random"
+WEIGHTS_KIND_IMAGENET = "imagenet"
+
+DEVICE_AUTO = "auto"
+DEVICE_CPU = "cpu"
+DEVICE_CUDA = "cuda"
+DEVICE_CHOICES = (DEVICE_AUTO, DEVICE_CPU, DEVICE_CUDA)
+
+IMAGENET_DOWNLOAD_TIMEOUT_S = 20.0
+
+# Reasons an image row ends with status "error" (the first word of its ``error`` column).
+REASON_MISSING_IMAGE_PATH = "missing_image_path"
+REASON_INVALID_IMAGE_PATH = "invalid_image_path"
+REASON_MISSING_FILE = "missing_file"
+REASON_UNREADABLE_FILE = "unreadable_file"
+REASON_EMPTY_FILE = "empty_file"
+REASON_FILE_TOO_LARGE = "file_too_large"
+REASON_NOT_AN_IMAGE = "not_an_image"
+REASON_TRUNCATED_IMAGE = "truncated_image"
+REASON_CORRUPT_IMAGE = "corrupt_image"
+REASON_DECOMPRESSION_BOMB = "decompression_bomb"
+IMAGE_ERROR_REASONS = (
+    REASON_MISSING_IMAGE_PATH,
+    REASON_INVALID_IMAGE_PATH,
+    REASON_MISSING_FILE,
+    REASON_UNREADABLE_FILE,
+    REASON_EMPTY_FILE,
+    REASON_FILE_TOO_LARGE,
+    REASON_NOT_AN_IMAGE,
+    REASON_TRUNCATED_IMAGE,
+    REASON_CORRUPT_IMAGE,
+    REASON_DECOMPRESSION_BOMB,
+)
+
+
+class ModelConfigError(ValueError):
+    """A model, weights or head argument that cannot work (the job turns it into a JobError)."""
+
+
+class ImageError(Exception):
+    """One image could not be turned into a model input; ``reason`` is one of IMAGE_ERROR_REASONS."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason = reason
+        self.detail = detail
+
+
+# --------------------------------------------------------------------------------------------- models
+
+
+def check_model_name(name: str) -> str:
+    """Return ``name`` if it is a supported backbone, else raise ModelConfigError listing the choices."""
+    if name not in MODEL_FEATURE_DIMS:
+        raise ModelConfigError(f"unknown model {name!r}: choose one of {', '.join(MODEL_FEATURE_DIMS)}")
+    return name
+
+
+def _family(name: str) -> str:
+    return "vgg16" if name == "vgg16" else "resnet"
+
+
+def build_classifier(name: str, *, seed: int | None = None, device: str = "cpu") -> Any:
+    """torchvision's full classification network, no pretrained weights.
+
+    Args:
+        name: a key of MODEL_FEATURE_DIMS.
+        seed: with a seed, torchvision's default initialisation after ``torch.manual_seed(seed)``
+            (the global RNG state is restored afterwards); without one, the usual random state.
+        device: ``"meta"`` builds shapes only (no memory, no initialisation cost).
+    """
+    import torch
+    import torchvision
+
+    constructor = getattr(torchvision.models, check_model_name(name))
+    if device == "meta":
+        with torch.device("meta"):
+            return constructor(weights=None)
+    if seed is None:
+        return constructor(weights=None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return constructor(weights=None)
+
+
+def strip_classifier(model: Any, name: str) -> Any:
+    """Remove the classifier in place so the network returns its pooled features; returns the model."""
+    import torch
+
+    if _family(name) == "vgg16":
+        # classifier = Linear, ReLU, Dropout, Linear, ReLU, Dropout, Linear(4096 -> 1000): keep the first six.
+        model.classifier = torch.nn.Sequential(*list(model.classifier.children())[:-1])
+    else:
+        model.fc = torch.nn.Identity()
+    return model
+
+
+def feature_dim(name: str) -> int:
+    """Size of the pooled feature vector of a backbone."""
+    return MODEL_FEATURE_DIMS[check_model_name(name)]
+
+
+def clean_state_dict(obj: Any) -> dict[str, Any]:
+    """The tensors of a checkpoint: unwraps ``{"state_dict": ...}`` / ``{"model": ...}`` and ``module.``."""
+    import torch
+
+    if isinstance(obj, Mapping):
+        for wrapper in ("state_dict", "model"):
+            inner = obj.get(wrapper)
+            if isinstance(inner, Mapping) and not isinstance(inner, torch.Tensor):
+                obj = inner
+                break
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ModelConfigError("not a state_dict: expected a mapping of parameter names to tensors")
+    out = {}
+    for key, value in obj.items():
+        out[key[len("module."):] if key.startswith("module.") else key] = value
+    return out
+
+
+def backbone_state_dict(name: str, state_dict: Mapping[str, Any]) -> dict[str, Any]:
+    """Check a checkpoint against a backbone's parameters and return the backbone's part of it.
+
+    The classifier's keys may be present (a full torchvision checkpoint) or absent. BatchNorm's
+    ``num_batches_tracked`` counters may be absent (old torchvision files; unused at inference).
+
+    Raises:
+        ModelConfigError: unexpected keys, missing keys or a shape that does not match, named.
+    """
+    expected = build_classifier(name, device="meta").state_dict()
+    classifier = _CLASSIFIER_PREFIX[_family(name)]
+    unexpected = sorted(k for k in state_dict if k not in expected)
+    missing = sorted(
+        k for k in expected
+        if k not in state_dict and not k.startswith(classifier) and not k.endswith("num_batches_tracked")
+    )
+    mismatched = sorted(
+        f"{k} {tuple(state_dict[k].shape)} != {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict and tuple(state_dict[k].shape) != tuple(v.shape)
+    )
+    problems = []
+    if unexpected:
+        problems.append(f"{len(unexpected)} unexpected keys (e.g. {', '.join(unexpected[:3])})")
+    if missing:
+        problems.append(f"{len(missing)} missing keys (e.g. {', '.join(missing[:3])})")
+    if mismatched:
+        problems.append(f"{len(mismatched)} shape mismatches (e.g. {'; '.join(mismatched[:3])})")
+    if problems:
+        raise ModelConfigError(f"weights do not fit {name}: " + "; ".join(problems))
+    return {k: v for k, v in state_dict.items() if not k.startswith(classifier)}
+
+
+def load_backbone_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> Any:
+    """A feature extractor (classifier removed, eval mode, CPU) holding the given weights."""
+    import torch
+
+    backbone = backbone_state_dict(name, state_dict)
+    model = strip_classifier(build_classifier(name, device="meta"), name)
+    # Allocate without running the random initialisation (seconds for ResNet-152), then copy the weights in.
+    model = model.to_empty(device="cpu")
+    for key, buffer in model.state_dict().items():
+        if key.endswith("num_batches_tracked") and key not in backbone:
+            backbone[key] = torch.zeros_like(buffer)
+    model.load_state_dict(backbone, strict=True)
+    return model.eval()
+
+
+def random_backbone(name: str, seed: int) -> Any:
+    """A feature extractor with torchvision's default initialisation after ``torch.manual_seed(seed)``."""
+    return strip_classifier(build_classifier(name, seed=seed), name).eval()
+
+
+# -------------------------------------------------------------------------------------------- weights
+
+
+@dataclass(frozen=True)
+class WeightsSpec:
+    """Where a backbone's weights come from, resolved and checked on the driver.
+
+    ``kind`` is ``file`` (``uri`` = path or s3:// URI), ``random`` (``seed``) or ``imagenet``
+    (``uri`` = torchvision's download URL). ``sha256`` identifies the weights in the output rows: the
+    file's sha256, or for ``random`` the sha256 of :func:`random_weights_description`.
+    """
+
+    kind: str
+    sha256: str
+    uri: str | None = None
+    seed: int | None = None
+
+    def describe(self) -> str:
+        return f"random:{self.seed}" if self.kind == WEIGHTS_KIND_RANDOM else f"{self.kind}:{self.uri}"
+
+
+def random_weights_description(name: str, seed: int) -> str:
+    """The stable text whose sha256 stands for ``random:SEED`` weights in ``weights_sha256``."""
+    return f"stylegraph random weights: torchvision {name} default init after torch.manual_seed({seed})"
+
+
+def _open_input(uri: str) -> Any:
+    from jobs.common import storage
+
+    fs, path = storage.filesystem(uri)
+    return fs.open_input_stream(path)
+
+
+def uri_exists(uri: str) -> bool:
+    from jobs.common import storage
+
+    return storage.exists(uri)
+
+
+def sha256_of_uri(uri: str, chunk_bytes: int = 8 * 1024 * 1024) -> str:
+    """sha256 hex digest of a local or s3:// file, streamed."""
+    digest = hashlib.sha256()
+    with _open_input(uri) as stream:
+        while True:
+            chunk = stream.read(chunk_bytes)
+            if not chunk:
+                break
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def read_state_dict(uri: str) -> dict[str, Any]:
+    """Load a ``state_dict`` file from a local path, ``file://`` or ``s3://`` URI (tensors only)."""
+    import torch
+
+    from jobs.common import storage
+
+    try:
+        if storage.is_remote(uri):
+            with _open_input(uri) as stream:
+                obj = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
+        else:
+            obj = torch.load(storage.local_path(uri), map_location="cpu", weights_only=True, mmap=True)
+    except ModelConfigError:
+        raise
+    except Exception as err:  # pickle errors, zip errors, non-tensor objects: all mean "not a weights file"
+        raise ModelConfigError(f"cannot load a state_dict from {uri}: {type(err).__name__}: {err}") from err
+    return clean_state_dict(obj)
+
+
+def imagenet_url(name: str) -> str:
+    """torchvision's download URL of the default ImageNet weights of a backbone."""
+    import torchvision
+
+    return torchvision.models.get_model_weights(check_model_name(name)).DEFAULT.url
+
+
+def imagenet_cache_path(url: str) -> str:
+    """Where torch hub keeps a downloaded checkpoint (``$TORCH_HOME/hub/checkpoints/<file>``)."""
+    import torch
+
+    return os.path.join(torch.hub.get_dir(), "checkpoints", posixpath.basename(url))
+
+
+def fetch_imagenet_file(url: str, timeout_s: float = IMAGENET_DOWNLOAD_TIMEOUT_S) -> str:
+    """The local path of torchvision's checkpoint: the hub cache, else a download with a timeout.
+
+    Raises:
+        ModelConfigError: the file is not cached and cannot be downloaded (no network): says what to do.
+    """
+    path = imagenet_cache_path(url)
+    if os.path.exists(path):
+        return path
+    tmp = f"{path}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with urllib.request.urlopen(url, timeout=timeout_s) as response, open(tmp, "wb") as out:
+            while chunk := response.read(1 << 20):
+                out.write(chunk)
+        os.replace(tmp, path)
+    except Exception as err:  # DNS, refused, timeout, HTTP error: all mean "no usable network here"
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise ModelConfigError(
+            f"--weights imagenet: {posixpath.basename(url)} is not in the torch hub cache "
+            f"({os.path.dirname(path)}) and downloading {url} failed ({type(err).__name__}: {err}). "
+            "Offline clusters: download that file where there is network, put it on S3 and pass "
+            "--weights s3://.../file.pth (or a local path)."
+        ) from err
+    return path
+
+
+def resolve_weights(name: str, spec: str) -> WeightsSpec:
+    """Parse and check ``--weights`` on the driver, before any Spark work.
+
+    ``random:SEED`` needs an integer seed. A file must exist and its keys and shapes must fit the
+    backbone (checked against a shapes-only model). ``imagenet`` must be cached or downloadable.
+
+    Raises:
+        ModelConfigError: with a message naming the argument and what is wrong.
+    """
+    check_model_name(name)
+    if spec.startswith(WEIGHTS_RANDOM_PREFIX):
+        seed_text = spec[len(WEIGHTS_RANDOM_PREFIX):]
+        try:
+            seed = int(seed_text)
+        except ValueError:
+            raise ModelConfigError(f"--weights {spec!r}: random:SEED needs an integer seed") from None
+        description = random_weights_description(name, seed)
+        return WeightsSpec(WEIGHTS_KIND_RANDOM, hashlib.sha256(description.encode()).hexdigest(), seed=seed)
+    if spec == WEIGHTS_IMAGENET:
+        url = imagenet_url(name)
+        path = fetch_imagenet_file(url)
+        backbone_state_dict(name, read_state_dict(path))
+        return WeightsSpec(WEIGHTS_KIND_IMAGENET, sha256_of_uri(path), uri=url)
+    if not spec:
+        raise ModelConfigError("--weights is empty: pass a path, s3:// URI, imagenet or random:SEED")
+    try:
+        found = uri_exists(spec)
+    except Exception as err:  # bad scheme, unreachable bucket
+        raise ModelConfigError(f"--weights {spec}: cannot check the file ({err})") from err
+    if not found:
+        raise ModelConfigError(f"--weights {spec}: file not found")
+    backbone_state_dict(name, read_state_dict(spec))
+    return WeightsSpec(WEIGHTS_KIND_FILE, sha256_of_uri(spec), uri=spec)
+
+
+def load_backbone(name: str, weights: WeightsSpec) -> Any:
+    """The feature extractor for resolved weights (on the executors: once per Python worker)."""
+    if weights.kind == WEIGHTS_KIND_RANDOM:
+        assert weights.seed is not None
+        return random_backbone(name, weights.seed)
+    assert weights.uri is not None
+    uri = fetch_imagenet_file(weights.uri) if weights.kind == WEIGHTS_KIND_IMAGENET else weights.uri
+    return load_backbone_from_state_dict(name, read_state_dict(uri))
+
+
+# ----------------------------------------------------------------------------------------------- head
+
+
+def head_from_state_dict(state_dict: Mapping[str, Any], in_features: int, uri: str = "head") -> Any:
+    """A ``torch.nn.Linear`` from its ``state_dict`` (``weight`` [out, in], optional ``bias`` [out]).
+
+    Keys may carry a prefix (``head.weight``, ``fc.weight``); there must be exactly one weight matrix.
+
+    Raises:
+        ModelConfigError: not a linear layer, or its input size is not the backbone's ``in_features``.
+    """
+    import torch
+
+    weights = [k for k, v in state_dict.items() if k.split(".")[-1] == "weight" and v.dim() == 2]
+    biases = [k for k, v in state_dict.items() if k.split(".")[-1] == "bias" and v.dim() == 1]
+    if len(weights) != 1 or len(biases) > 1 or len(state_dict) != len(weights) + len(biases):
+        raise ModelConfigError(
+            f"--head {uri}: expected the state_dict of one linear layer (weight [out, in], optional bias), "
+            f"got keys {sorted(state_dict)[:6]}"
+        )
+    weight = state_dict[weights[0]]
+    out_features, head_in = (int(d) for d in weight.shape)
+    if head_in != in_features:
+        raise ModelConfigError(
+            f"--head {uri}: the head takes {head_in} inputs but the model gives {in_features} features"
+        )
+    bias = state_dict[biases[0]] if biases else None
+    if bias is not None and int(bias.shape[0]) != out_features:
+        raise ModelConfigError(
+            f"--head {uri}: bias has {int(bias.shape[0])} values for {out_features} outputs"
+        )
+    head = torch.nn.Linear(head_in, out_features, bias=bias is not None)
+    with torch.no_grad():
+        head.weight.copy_(weight.float())
+        if bias is not None:
+            head.bias.copy_(bias.float())
+    return head.eval()
+
+
+def load_head(uri: str, in_features: int) -> Any:
+    """Read and check a head file (driver: validation; executors: once per Python worker)."""
+    if not uri_exists(uri):
+        raise ModelConfigError(f"--head {uri}: file not found")
+    return head_from_state_dict(read_state_dict(uri), in_features, uri)
+
+
+# -------------------------------------------------------------------------------------- preprocessing
+
+
+_BOMB_FILTER_INSTALLED = []
+
+
+def _raise_on_bomb_warnings() -> None:
+    """Make Pillow's DecompressionBombWarning an exception, once per process.
+
+    Process-wide on purpose: ``warnings.catch_warnings`` is not thread-safe and decoding runs in threads.
+    """
+    if not _BOMB_FILTER_INSTALLED:
+        from PIL import Image
+
+        warnings.filterwarnings("error", category=Image.DecompressionBombWarning)
+        _BOMB_FILTER_INSTALLED.append(True)
+
+
+def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
+    """Decode image bytes to an RGB PIL image with its EXIF orientation applied.
+
+    Raises:
+        ImageError: empty_file, not_an_image, decompression_bomb, truncated_image or corrupt_image.
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    if not data:
+        raise ImageError(REASON_EMPTY_FILE, "0 bytes")
+    _raise_on_bomb_warnings()
+    try:
+        image = Image.open(io.BytesIO(data))
+        width, height = image.size
+        if width * height > max_pixels:
+            raise ImageError(
+                REASON_DECOMPRESSION_BOMB, f"{width}x{height} pixels is over the limit of {max_pixels}"
+            )
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        raise ImageError(REASON_DECOMPRESSION_BOMB, str(err)) from err
+    except UnidentifiedImageError as err:
+        raise ImageError(REASON_NOT_AN_IMAGE, "not a recognised image format") from err
+    except OSError as err:
+        reason = REASON_TRUNCATED_IMAGE if "truncated" in str(err).lower() else REASON_CORRUPT_IMAGE
+        raise ImageError(reason, f"{type(err).__name__}: {err}") from err
+    except Exception as err:  # Pillow raises SyntaxError, ValueError, struct.error... on broken data
+        raise ImageError(REASON_CORRUPT_IMAGE, f"{type(err).__name__}: {err}") from err
+
+
+def image_to_tensor(image: Any) -> Any:
+    """Resize(256) bilinear antialiased, CenterCrop(224), as a uint8 tensor [3, 224, 224].
+
+    Uses torchvision's own functional ops, so sizes and pixels are those of the reference Compose;
+    the float conversion and normalisation are done per batch by :func:`normalize_batch`.
+    """
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as TF
+
+    resized = TF.resize(image, RESIZE_SIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
+    return TF.pil_to_tensor(TF.center_crop(resized, CROP_SIZE))
+
+
+def normalize_batch(batch_uint8: Any) -> Any:
+    """ToTensor's scaling to [0, 1] and Normalize(ImageNet mean, std) on a uint8 batch [N, 3, H, W]."""
+    import torch
+
+    mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=batch_uint8.device).view(1, 3, 1, 1)
+    return batch_uint8.to(torch.float32).div(255).sub_(mean).div_(std)
+
+
+def preprocess_bytes(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any:
+    """Image bytes to the model's uint8 input [3, 224, 224] (raises ImageError)."""
+    return image_to_tensor(decode_image(data, max_pixels))
+
+
+# ------------------------------------------------------------------------------------------- devices
+
+
+@dataclass(frozen=True)
+class ExecutionPlan:
+    """How one task runs the model: device, autocast dtype, memory format and thread counts."""
+
+    device: str  # "cpu" or "cuda:<index>"
+    autocast_dtype: str | None  # "bfloat16", "float16" or None (fp32)
+    channels_last: bool
+    torch_threads: int
+    decode_threads: int
+
+    @property
+    def is_cuda(self) -> bool:
+        return self.device.startswith(DEVICE_CUDA)
+
+
+def gpu_index(addresses: Sequence[str], device_count: int) -> int:
+    """The CUDA device index for the GPU Spark assigned to a task.
+
+    Spark's addresses come from the discovery script (EMR: ``getGpusResources.sh`` prints the indices
+    ``nvidia-smi`` shows). With ``spark.task.resource.gpu.amount`` below 1 several tasks share one
+    address; a task gets exactly one. No address (e.g. local mode on a GPU box): device 0.
+
+    Raises:
+        ValueError: an address that is not an index of a visible device.
+    """
+    if not addresses:
+        return 0
+    address = str(addresses[0]).strip()
+    if not address.isdigit() or int(address) >= device_count:
+        raise ValueError(
+            f"Spark assigned GPU address {address!r} but this process sees {device_count} CUDA device(s): "
+            "check the discovery script and CUDA_VISIBLE_DEVICES on the executors"
+        )
+    return int(address)
+
+
+def plan_execution(
+    requested: str,
+    *,
+    gpu_addresses: Sequence[str],
+    task_cpus: int,
+    cuda_available: bool,
+    device_count: int,
+    bf16_supported: bool,
+) -> ExecutionPlan:
+    """Decide how a task runs the model (pure: every input is a parameter).
+
+    * ``cpu``, or ``auto`` without CUDA: fp32, contiguous tensors, ``task_cpus`` torch threads (the
+      cores Spark gave the task, so concurrent tasks do not oversubscribe the executor), one decode
+      thread overlapping the next batch's decoding with the current forward pass.
+    * ``cuda``, or ``auto`` with CUDA: the GPU Spark assigned (:func:`gpu_index`), ``channels_last``,
+      autocast to bf16 where the GPU supports it (Ampere and later) else fp16, and at least two decode
+      threads so JPEG decoding keeps up with the GPU.
+
+    Raises:
+        ValueError: an unknown request, or ``cuda`` requested where no CUDA device is visible.
+    """
+    if requested not in DEVICE_CHOICES:
+        raise ValueError(f"device must be one of {DEVICE_CHOICES}, got {requested!r}")
+    threads = max(1, int(task_cpus))
+    use_cuda = requested == DEVICE_CUDA or (requested == DEVICE_AUTO and cuda_available)
+    if use_cuda and not cuda_available:
+        raise ValueError("--device cuda, but no CUDA device is visible to this executor's Python worker")
+    if not use_cuda:
+        return ExecutionPlan(DEVICE_CPU, None, channels_last=False, torch_threads=threads, decode_threads=1)
+    index = gpu_index(gpu_addresses, device_count)
+    return ExecutionPlan(
+        f"{DEVICE_CUDA}:{index}",
+        "bfloat16" if bf16_supported else "float16",
+        channels_last=True,
+        torch_threads=threads,
+        decode_threads=max(2, threads),
+    )
+
+
+def describe_model(name: str, head_out: int | None, normalize: bool) -> str:
+    """The ``model`` column: backbone, ``+head:<dims>`` with a head, ``+l2`` when L2-normalised."""
+    return name + (f"+head:{head_out}" if head_out else "") + ("+l2" if normalize else "")
