@@ -1,0 +1,546 @@
+"""Export the catalog and the similarity edges as Gremlin CSVs for Amazon Neptune's bulk loader.
+
+    python -m jobs.export_gremlin --catalog S/catalog/catalog.csv --edges W/style/similarity/dt=D \
+        --embeddings W/style/embeddings/dt=D --output W/style/gremlin/dt=D --run-date D [--compression gzip]
+
+Writes ``<output>/vertices/*.csv.gz`` (one vertex per product), ``<output>/edges/*.csv.gz`` (one edge per
+similarity pair), ``<output>/_rejects/{vertices,edges}/`` (Parquet, each row with its reason) and
+``<output>/manifest.json`` (files, rows, bytes, sha256, totals), then the report
+``<reports>/export/dt=D.json``.
+
+Everything is written under ``<output>/_staging/export/<run id>/`` first; Spark's ``_SUCCESS`` and
+``.crc`` files are removed there, every data file is read back (rows counted, header and NULs checked,
+sha256 taken) and only then is each folder published. The old manifest is removed before the folders are
+swapped and the new one written last, so a reader that finds ``manifest.json`` finds a whole export.
+"""
+
+from __future__ import annotations
+
+import argparse
+import bz2
+import concurrent.futures
+import csv
+import gzip
+import hashlib
+import io
+import logging
+import math
+import os
+import posixpath
+import re
+import time
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from pyarrow import fs as pafs
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
+
+from jobs.common import storage
+from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
+from jobs.common.report import Funnel, check_funnel, write_report
+from jobs.common.spark import get_spark
+from jobs.transforms import gremlin as tg
+from schemas import catalog as C
+from schemas import embeddings as E
+from schemas import gremlin as G
+from schemas import similarity as S
+
+LOG = logging.getLogger("stylegraph.export")
+
+STAGE = "export"
+APP_NAME = "stylegraph-export-gremlin"
+DEFAULT_TARGET_FILE_MB = 128
+SIZING_SAMPLE_ROWS = 2000
+# A partition whose share of the output is below this fraction of the target is "tiny": partitions are
+# then coalesced (no shuffle) so the loader does not meet a swarm of small files.
+TINY_PARTITION_FRACTION = 0.25
+READ_CHUNK_BYTES = 4 * 1024 * 1024
+DATA_FILE_PATTERN = re.compile(r"^part-[0-9]{5}-.*\.csv(\.gz|\.bz2)?$")
+VERTEX_PREFIX = "vertex."
+EDGE_PREFIX = "edge."
+DROPPED_REASONS = {G.VERTEX_DUPLICATE_IDENTICAL, G.EDGE_DUPLICATE_IDENTICAL}
+# Suspect duplicate keys above this many are joined without a broadcast.
+MAX_BROADCAST_KEYS = 1_000_000
+
+
+def label_arg(value: str) -> str:
+    """argparse type: a vertex or edge label matching :data:`G.LABEL_PATTERN` (no ``:``, ``;`` or spaces)."""
+    if not re.match(G.LABEL_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"label must match {G.LABEL_PATTERN}, got {value!r}")
+    return value
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = job_parser(
+        "export_gremlin", "Export the product graph as Gremlin CSVs for Neptune's bulk loader."
+    )
+    parser.add_argument("--catalog", required=True, help="catalog CSV (file or folder URI)")
+    parser.add_argument("--edges", required=True, help="similarity edges Parquet folder URI")
+    parser.add_argument(
+        "--output", required=True, help="export folder URI (vertices/, edges/, manifest.json)"
+    )
+    parser.add_argument("--embeddings", default=None, help="embeddings Parquet: adds the embedding status")
+    parser.add_argument("--compression", default=G.COMPRESSION_GZIP, choices=G.COMPRESSIONS)
+    parser.add_argument(
+        "--target-file-mb",
+        type=positive_int,
+        default=DEFAULT_TARGET_FILE_MB,
+        help="aim for data files of about this many MB (compressed)",
+    )
+    parser.add_argument("--vertex-label", type=label_arg, default=G.DEFAULT_VERTEX_LABEL)
+    parser.add_argument("--edge-label", type=label_arg, default=G.DEFAULT_EDGE_LABEL)
+    parser.add_argument(
+        "--metric",
+        default=S.COSINE,
+        choices=S.METRICS,
+        help="the similarity metric of the edges (written on every edge)",
+    )
+    return parser.parse_args(argv)
+
+
+# ----------------------------------------------------------------------------------------------- reading
+def read_catalog(spark: SparkSession, uri: str) -> DataFrame:
+    """The catalog CSV under its declared schema, with a column that holds malformed lines."""
+    schema = T.StructType([*C.CATALOG_SCHEMA.fields, T.StructField(tg.CORRUPT_RECORD, T.StringType(), True)])
+    return (
+        spark.read.schema(schema)
+        .options(**C.CATALOG_CSV_OPTIONS)
+        .option("mode", "PERMISSIVE")
+        .option("columnNameOfCorruptRecord", tg.CORRUPT_RECORD)
+        .csv(storage.spark_path(uri))
+    )
+
+
+def read_edges(spark: SparkSession, uri: str) -> tuple[DataFrame, bool]:
+    """The similarity edges and whether they carry a rank (top-k) or not (all pairs)."""
+    edges_df = spark.read.parquet(storage.spark_path(uri))
+    missing = [column for column in (S.SRC, S.DST, S.SCORE) if column not in edges_df.columns]
+    if missing:
+        raise JobError(f"--edges {uri}: missing column(s) {missing}; expected schemas/similarity.py")
+    has_rank = S.RANK in edges_df.columns
+    return edges_df.transform(tg.select_edge_contract, has_rank=has_rank), has_rank
+
+
+def read_embedding_status(spark: SparkSession, uri: str) -> DataFrame:
+    embeddings_df = spark.read.parquet(storage.spark_path(uri))
+    missing = [column for column in (E.SKU, E.STATUS) if column not in embeddings_df.columns]
+    if missing:
+        raise JobError(f"--embeddings {uri}: missing column(s) {missing}; expected schemas/embeddings.py")
+    return embeddings_df.transform(tg.embedding_status_by_sku)
+
+
+# ------------------------------------------------------------------------------------------------ sizing
+@dataclass
+class Sizing:
+    """How one CSV output is cut into files."""
+
+    bytes_per_row: float
+    rows_per_file: int
+    partitions: int | None  # coalesce to this many partitions; None keeps the frame's partitions
+
+
+def _compress(data: bytes, compression: str) -> bytes:
+    if compression == G.COMPRESSION_GZIP:
+        return gzip.compress(data, compresslevel=6)
+    if compression == G.COMPRESSION_BZIP2:
+        return bz2.compress(data)
+    return data
+
+
+def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compression: str) -> Sizing:
+    """Estimate compressed bytes per row from a small sample and derive rows per file and partitions.
+
+    The sample (a few thousand rows) is formatted with Python's csv module and compressed with the same
+    codec, which is close to what Spark writes. ``maxRecordsPerFile`` then caps every file near the
+    target; partitions that would each write a tiny file are coalesced (no shuffle).
+    """
+    sample = rows_df.limit(SIZING_SAMPLE_ROWS).collect()
+    if not sample:
+        return Sizing(bytes_per_row=0.0, rows_per_file=1_000_000, partitions=1)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    for row in sample:
+        writer.writerow(["" if value is None else value for value in row])
+    raw = buffer.getvalue().encode("utf-8")
+    bytes_per_row = max(len(_compress(raw, compression)) / len(sample), 1.0)
+    rows_per_file = max(1, int(target_bytes / bytes_per_row))
+    estimated_bytes = bytes_per_row * total_rows
+    current = rows_df.rdd.getNumPartitions()
+    partitions = None
+    if current > 1 and estimated_bytes / current < TINY_PARTITION_FRACTION * target_bytes:
+        partitions = max(1, min(current, math.ceil(estimated_bytes / target_bytes)))
+    return Sizing(bytes_per_row=round(bytes_per_row, 2), rows_per_file=rows_per_file, partitions=partitions)
+
+
+def write_csv(rows_df: DataFrame, uri: str, *, compression: str, sizing: Sizing) -> None:
+    """Write Gremlin CSV rows with the RFC 4180 writer options, one header per file."""
+    if sizing.partitions is not None:
+        rows_df = rows_df.coalesce(sizing.partitions)
+    (
+        rows_df.write.mode("overwrite")
+        .options(**G.GREMLIN_CSV_WRITE_OPTIONS)
+        .option("compression", compression)
+        .option("maxRecordsPerFile", sizing.rows_per_file)
+        .csv(storage.spark_path(uri))
+    )
+
+
+# --------------------------------------------------------------------------------------- checking files
+def all_files(uri: str) -> list[str]:
+    """Every file below a folder, hidden and ``_`` files included, as URIs relative-joined to ``uri``."""
+    fs, path = storage.filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    selector = pafs.FileSelector(path, recursive=True)
+    return sorted(
+        storage.join(uri, posixpath.relpath(info.path, path))
+        for info in fs.get_file_info(selector)
+        if info.type == pafs.FileType.File
+    )
+
+
+def remove_non_data_files(uri: str, *, keep: re.Pattern[str] | None) -> list[str]:
+    """Delete Spark's ``_SUCCESS``, ``.crc`` and any other file that is not data under a folder."""
+    removed = []
+    for file_uri in all_files(uri):
+        name = posixpath.basename(file_uri)
+        is_hidden = name.startswith((".", "_"))
+        if is_hidden or (keep is not None and not keep.match(name)):
+            storage.remove(file_uri)
+            removed.append(name)
+    return removed
+
+
+def _decompressor(compression: str) -> Any:
+    if compression == G.COMPRESSION_GZIP:
+        return zlib.decompressobj(wbits=31)
+    if compression == G.COMPRESSION_BZIP2:
+        return bz2.BZ2Decompressor()
+    return None
+
+
+class RecordCounter:
+    """Counts RFC 4180 records in a byte stream fed in chunks: a ``\\n`` outside quotes ends one.
+
+    Doubled quotes toggle the in-quote state twice, so they need no special case. Also keeps the first
+    line (the header) and notices NUL bytes.
+    """
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.in_quotes = False
+        self.last_byte = b""
+        self.header = bytearray()
+        self.header_done = False
+        self.has_nul = False
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        if not self.header_done:
+            cut = data.find(b"\n")
+            self.header += data if cut < 0 else data[:cut]
+            self.header_done = cut >= 0
+        if b"\x00" in data:
+            self.has_nul = True
+        if not self.in_quotes and b'"' not in data:
+            self.records += data.count(b"\n")
+        else:
+            parts = data.split(b'"')
+            for index, part in enumerate(parts):
+                if not self.in_quotes:
+                    self.records += part.count(b"\n")
+                if index < len(parts) - 1:
+                    self.in_quotes = not self.in_quotes
+        self.last_byte = data[-1:]
+
+    def total(self) -> int:
+        """Records seen, counting a last record without its final newline."""
+        return self.records + (1 if self.last_byte not in (b"", b"\n") else 0)
+
+
+def describe_file(file_uri: str, compression: str) -> dict[str, Any]:
+    """Bytes, sha256 (of the stored bytes), data rows (records minus the header), header and NUL check."""
+    fs, path = storage.filesystem(file_uri)
+    digest = hashlib.sha256()
+    counter = RecordCounter()
+    size = 0
+    decompressor = _decompressor(compression)
+    with fs.open_input_stream(path, compression=None) as stream:  # the stored bytes, not inflated
+        while True:
+            chunk = stream.read(READ_CHUNK_BYTES)
+            if not chunk:
+                break
+            size += len(chunk)
+            digest.update(chunk)
+            if decompressor is None:
+                counter.feed(chunk)
+                continue
+            data = chunk
+            while data:
+                counter.feed(decompressor.decompress(data))
+                data = decompressor.unused_data if decompressor.eof else b""
+                if data:  # another gzip member / bzip2 stream follows
+                    decompressor = _decompressor(compression)
+    records = counter.total()
+    return {
+        "bytes": size,
+        "sha256": digest.hexdigest(),
+        "rows": max(records - 1, 0),
+        "header": counter.header.decode("utf-8", errors="replace").rstrip("\r"),
+        "has_nul": counter.has_nul,
+    }
+
+
+def describe_files(
+    root_uri: str, folder: str, compression: str, expected_header: Sequence[str]
+) -> list[dict]:
+    """Describe every data file of ``<root>/<folder>`` (in parallel: hashing and inflating release the GIL).
+
+    Raises:
+        RuntimeError: a file without the expected header or with a NUL byte (a bug: never published).
+    """
+    files = all_files(storage.join(root_uri, folder))
+    workers = max(1, min(len(files), os.cpu_count() or 1))
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        described = list(pool.map(lambda uri: describe_file(uri, compression), files))
+    header = ",".join(expected_header)
+    out = []
+    for file_uri, info in zip(files, described, strict=True):
+        relative = posixpath.relpath(file_uri, root_uri)
+        if info["header"] != header:
+            raise RuntimeError(f"{relative}: header {info['header']!r} is not {header!r}")
+        if info["has_nul"]:
+            raise RuntimeError(f"{relative}: a NUL byte was written")
+        out.append({"path": relative, "rows": info["rows"], "bytes": info["bytes"], "sha256": info["sha256"]})
+    return out
+
+
+def totals(files: list[dict]) -> dict[str, int]:
+    return {
+        "files": len(files),
+        "rows": sum(item["rows"] for item in files),
+        "bytes": sum(item["bytes"] for item in files),
+    }
+
+
+# -------------------------------------------------------------------------------------------- counting
+def counts_by_reason(tagged_df: DataFrame) -> dict[str | None, int]:
+    """Rows per reason (None = good rows) of a small or already-written tagged frame."""
+    return {row[G.REASON]: row["count"] for row in tagged_df.groupBy(G.REASON).count().collect()}
+
+
+def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str, int], dict[str, int]]:
+    rejected = {f"{prefix}{k}": v for k, v in counts.items() if k is not None and k not in DROPPED_REASONS}
+    dropped = {f"{prefix}{k}": v for k, v in counts.items() if k in DROPPED_REASONS}
+    return rejected, dropped
+
+
+# ------------------------------------------------------------------------------------------------- main
+def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:
+    """Write the whole export under ``staged`` and check it; returns the manifest and the counts."""
+    target_bytes = args.target_file_mb * 1024 * 1024
+    suffix = G.FILE_SUFFIX[args.compression]
+    higher_is_closer = S.HIGHER_IS_CLOSER[args.metric]
+
+    # Vertices: the catalog is small (tens of thousands of rows), so its tagged frame is cached.
+    catalog_df = read_catalog(spark, args.catalog).transform(tg.with_row_order)
+    tagged_v_df = catalog_df.transform(tg.with_vertex_reject_reason).transform(tg.mark_duplicate_skus)
+    with_status = args.embeddings is not None
+    if with_status:
+        tagged_v_df = tagged_v_df.transform(
+            tg.with_embedding_status, read_embedding_status(spark, args.embeddings)
+        )
+    tagged_v_df = tagged_v_df.persist()
+    vertex_counts = counts_by_reason(tagged_v_df)
+    vertices_in = sum(vertex_counts.values())
+    vertices_good = vertex_counts.get(None, 0)
+    if vertices_good == 0:
+        raise JobError(f"--catalog {args.catalog}: no product with a usable sku ({vertices_in} rows read)")
+    nul_stripped = tagged_v_df.filter(
+        F.col(G.REASON).isNull() & tg.has_nul_in_properties(tagged_v_df)
+    ).count()
+
+    vertex_rows_df = tagged_v_df.transform(
+        tg.to_vertex_rows, label=args.vertex_label, with_status=with_status
+    )
+    vertex_sizing = plan_sizing(
+        vertex_rows_df, total_rows=vertices_good, target_bytes=target_bytes, compression=args.compression
+    )
+    write_csv(
+        vertex_rows_df,
+        storage.join(staged, G.VERTICES_DIR),
+        compression=args.compression,
+        sizing=vertex_sizing,
+    )
+    (
+        tagged_v_df.filter(F.col(G.REASON).isNotNull())
+        .select(*C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON)
+        .write.mode("overwrite")
+        .parquet(storage.spark_path(storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)))
+    )
+    vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
+
+    # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
+    contract_df, has_rank = read_edges(spark, args.edges)
+    edges_in = contract_df.count()
+    keyed_df = contract_df.transform(tg.with_edge_key)
+    duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
+    duplicate_keys = duplicate_keys_df.count()
+    tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
+    if duplicate_keys:
+        LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
+        tagged_e_df = tagged_e_df.transform(
+            tg.mark_duplicate_edges,
+            duplicate_keys_df,
+            higher_is_closer=higher_is_closer,
+            broadcast_keys=duplicate_keys <= MAX_BROADCAST_KEYS,
+        )
+    edge_rows_df = tagged_e_df.transform(
+        tg.to_edge_rows, label=args.edge_label, metric=args.metric, higher_is_closer=higher_is_closer
+    )
+    edge_sizing = plan_sizing(
+        edge_rows_df, total_rows=edges_in, target_bytes=target_bytes, compression=args.compression
+    )
+    write_csv(
+        edge_rows_df, storage.join(staged, G.EDGES_DIR), compression=args.compression, sizing=edge_sizing
+    )
+    edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
+    (
+        tagged_e_df.filter(F.col(G.REASON).isNotNull())
+        .drop(G.EDGE_KEY)
+        .write.mode("overwrite")
+        .parquet(storage.spark_path(edge_rejects_uri))
+    )
+    edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
+
+    # Staged: now make it loader-clean and read every file back.
+    removed = []
+    for folder in (G.VERTICES_DIR, G.EDGES_DIR):
+        removed += remove_non_data_files(storage.join(staged, folder), keep=DATA_FILE_PATTERN)
+    removed += remove_non_data_files(storage.join(staged, G.REJECTS_DIR), keep=None)
+    vertex_header = G.VERTEX_HEADER_WITH_STATUS if with_status else G.VERTEX_HEADER
+    edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
+    vertex_files = describe_files(staged, G.VERTICES_DIR, args.compression, vertex_header)
+    edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
+    for item in vertex_files + edge_files:
+        if not item["path"].endswith(suffix):
+            raise RuntimeError(f"{item['path']}: expected the suffix {suffix}")
+    vertex_totals, edge_totals = totals(vertex_files), totals(edge_files)
+    if vertex_totals["rows"] != vertices_good:
+        raise RuntimeError(f"vertex files hold {vertex_totals['rows']} rows, expected {vertices_good}")
+    tagged_v_df.unpersist()
+
+    v_rejected, v_dropped = split_reasons(
+        {k: v for k, v in vertex_counts.items() if k is not None}, VERTEX_PREFIX
+    )
+    e_rejected, e_dropped = split_reasons(edge_reject_counts, EDGE_PREFIX)
+    funnel = Funnel(
+        rows_in=vertices_in + edges_in,
+        rows_out=vertex_totals["rows"] + edge_totals["rows"],
+        rejected_by_reason={**v_rejected, **e_rejected},
+        dropped_by_reason={**v_dropped, **e_dropped},
+    )
+    check_funnel(STAGE, funnel)  # refuse to publish an export that lost or invented rows
+    manifest = {
+        "format": "neptune-gremlin-csv",
+        "run_date": str(args.run_date),
+        "compression": args.compression,
+        "vertex_label": args.vertex_label,
+        "edge_label": args.edge_label,
+        "metric": args.metric,
+        "higher_is_closer": higher_is_closer,
+        "headers": {G.VERTICES_DIR: list(vertex_header), G.EDGES_DIR: list(edge_header)},
+        "files": vertex_files + edge_files,
+        "totals": {
+            G.VERTICES_DIR: vertex_totals,
+            G.EDGES_DIR: edge_totals,
+            "files": vertex_totals["files"] + edge_totals["files"],
+            "rows": vertex_totals["rows"] + edge_totals["rows"],
+            "bytes": vertex_totals["bytes"] + edge_totals["bytes"],
+        },
+    }
+    storage.write_json(storage.join(staged, G.MANIFEST_NAME), manifest)
+    details = {
+        "vertices": {
+            "rows_in": vertices_in,
+            "rows_out": vertex_totals["rows"],
+            "rejected": v_rejected,
+            "dropped": v_dropped,
+            "values_with_nul_stripped": nul_stripped,
+            "bytes_per_row": vertex_sizing.bytes_per_row,
+            "rows_per_file": vertex_sizing.rows_per_file,
+        },
+        "edges": {
+            "rows_in": edges_in,
+            "rows_out": edge_totals["rows"],
+            "rejected": e_rejected,
+            "dropped": e_dropped,
+            "duplicate_keys": duplicate_keys,
+            "has_rank": has_rank,
+            "bytes_per_row": edge_sizing.bytes_per_row,
+            "rows_per_file": edge_sizing.rows_per_file,
+        },
+        "non_data_files_removed": len(removed),
+    }
+    return {"manifest": manifest, "funnel": funnel, "details": details}
+
+
+def publish_export(staged: str, output: str) -> None:
+    """Swap each staged folder into ``output``; the manifest goes last, so its presence means "complete"."""
+    storage.remove(storage.join(output, G.MANIFEST_NAME))
+    for folder in (G.VERTICES_DIR, G.EDGES_DIR, G.REJECTS_DIR):
+        storage.publish(storage.join(staged, folder), storage.join(output, folder))
+    manifest = storage.read_json(storage.join(staged, G.MANIFEST_NAME))
+    storage.write_json(storage.join(output, G.MANIFEST_NAME), manifest)
+    remove_staging(output, staged)
+
+
+def remove_staging(output: str, staged: str) -> None:
+    """Delete this run's staging folder, and ``<output>/_staging`` when nothing else is left in it."""
+    storage.remove(staged)
+    staging_root = storage.join(output, "_staging")
+    if not all_files(staging_root):
+        storage.remove(staging_root)
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the export; returns the run report (``stage`` "export")."""
+    started_at = time.time()
+    args = parse_args(argv)
+    for flag, uri in (
+        ("--catalog", args.catalog),
+        ("--edges", args.edges),
+        ("--embeddings", args.embeddings),
+    ):
+        if uri is not None and not storage.exists(uri):
+            raise JobError(f"{flag}: nothing at {uri}")
+    spark = get_spark(APP_NAME)
+    staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
+    try:
+        result = export(spark, args, staged)
+        # Staged and checked: the quality gate goes here, then publish.
+        publish_export(staged, args.output)
+    except BaseException:
+        remove_staging(args.output, staged)
+        raise
+    manifest = result["manifest"]
+    details = {
+        "output": args.output,
+        "manifest": storage.join(args.output, G.MANIFEST_NAME),
+        "compression": args.compression,
+        "metric": args.metric,
+        "totals": manifest["totals"],
+        **result["details"],
+    }
+    return write_report(
+        reports_root(args), STAGE, args.run_date, result["funnel"], started_at=started_at, details=details
+    )
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
