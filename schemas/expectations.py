@@ -1,0 +1,319 @@
+"""Data-quality expectations per dataset, declared once (great-expectations 1.x suites).
+
+Each entry of :data:`SUITES` maps a dataset name to a function ``(thresholds, context) -> list of
+expectations``; :func:`jobs.common.quality.run_gate` runs them on a job's staged output. An
+expectation's ``severity`` says what a failure does: ``critical`` fails the job before it publishes,
+``warning`` is recorded only. Every suite starts with its columns and a row count of at least one, so
+an empty frame or a missing column fails with a message saying so.
+
+The suites are lean on purpose: on Spark every metric is a job, and a gate should add seconds. Checks
+that span rows (one positive per test user, src != dst) are ``UnexpectedRowsExpectation`` Spark-SQL
+queries that must return no rows.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import great_expectations.expectations as gxe
+
+from jobs.common.quality import CRITICAL, FUNNEL_DATASET, REJECT_FRACTION, WARNING
+from schemas import embeddings as emb
+from schemas import interactions as ia
+from schemas import similarity as sim
+
+if TYPE_CHECKING:
+    from jobs.common.quality import QualityThresholds
+
+# Dataset names: the keys jobs pass to run_gate.
+RAW_INTERACTIONS = "raw_interactions"
+TRAIN = "train"
+TEST = "test"
+EMBEDDINGS = "embeddings"
+SIMILARITY_EDGES = "similarity_edges"
+GREMLIN_VERTICES = "gremlin_vertices"
+GREMLIN_EDGES = "gremlin_edges"
+FUNNEL = FUNNEL_DATASET
+
+# Context keys the suites read.
+N_USERS = "n_users"
+N_ITEMS = "n_items"
+TEST_NEGATIVES = "test_negatives"
+TOP_K = "top_k"
+EMBEDDING_DIM = "embedding_dim"
+
+# Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
+GREMLIN_ID = "~id"
+GREMLIN_LABEL = "~label"
+GREMLIN_FROM = "~from"
+GREMLIN_TO = "~to"
+GREMLIN_SCORE = "score:Double"
+
+Suite = Callable[["QualityThresholds", Mapping[str, Any]], list[Any]]
+
+
+def _q(column: str) -> str:
+    """A column name quoted for Spark SQL (``~id`` and ``score:Double`` need backticks)."""
+    return "`" + column.replace("`", "``") + "`"
+
+
+def _table(columns: Sequence[str]) -> list[Any]:
+    """The shape every suite starts with: the columns exist and there is at least one row."""
+    return [
+        *(
+            gxe.ExpectColumnToExist(column=column, severity=CRITICAL, description=f"column {column} exists")
+            for column in columns
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=CRITICAL, description="not empty"),
+    ]
+
+
+def _not_null(column: str, *, mostly: float = 1.0, severity: str = CRITICAL) -> Any:
+    return gxe.ExpectColumnValuesToNotBeNull(
+        column=column, mostly=mostly, severity=severity, description=f"{column} is never blank"
+    )
+
+
+def _index_in_range(column: str, size: int | None) -> list[Any]:
+    """``0 <= column < size`` (only ``>= 0`` when the size is not known) and never null."""
+    upper = f" < {size}" if size is not None else ""
+    return [
+        _not_null(column),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=column,
+            min_value=0,
+            max_value=size - 1 if size is not None else None,
+            severity=CRITICAL,
+            description=f"0 <= {column}{upper}",
+        ),
+    ]
+
+
+def raw_interactions_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """Raw interaction events as read: mostly complete, known event types (the rest is rejected)."""
+    mostly = thresholds.min_accepted_fraction
+    return [
+        *_table(ia.REQUIRED_FIELDS),
+        *(_not_null(column, mostly=mostly) for column in (ia.USER_ID, ia.ITEM_ID, ia.EVENT_TIME)),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=ia.EVENT_TYPE,
+            value_set=list(ia.EVENT_TYPES),
+            mostly=mostly,
+            severity=CRITICAL,
+            description=f"event_type is one of {', '.join(ia.EVENT_TYPES)}",
+        ),
+    ]
+
+
+def _ncf_rows(context: Mapping[str, Any]) -> list[Any]:
+    return [
+        *_table((ia.USER_IDX, ia.ITEM_IDX, ia.LABEL)),
+        *_index_in_range(ia.USER_IDX, context.get(N_USERS)),
+        *_index_in_range(ia.ITEM_IDX, context.get(N_ITEMS)),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=ia.LABEL, value_set=[0.0, 1.0], severity=CRITICAL, description="label is 0 or 1"
+        ),
+        _not_null(ia.LABEL),
+    ]
+
+
+def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """NCF training rows: indexes in range, labels 0/1, each (user, item) once."""
+    return [
+        *_ncf_rows(context),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[ia.USER_IDX, ia.ITEM_IDX],
+            severity=WARNING,
+            description="each (user_idx, item_idx) pair appears once",
+        ),
+    ]
+
+
+def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """NCF leave-one-out test rows: exactly one positive per user, plus its sampled negatives."""
+    user, label = _q(ia.USER_IDX), _q(ia.LABEL)
+    expectations = [
+        *_ncf_rows(context),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=(
+                f"SELECT {user}, sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END) AS positives "
+                f"FROM {{batch}} GROUP BY {user} "
+                f"HAVING sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END) != 1"
+            ),
+            severity=CRITICAL,
+            description="every test user has exactly one positive (leave-one-out)",
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[ia.USER_IDX, ia.ITEM_IDX],
+            severity=CRITICAL,
+            description="a user's test items are distinct (negatives never repeat the positive)",
+        ),
+    ]
+    negatives = context.get(TEST_NEGATIVES)
+    if negatives is not None:
+        expectations.append(
+            gxe.UnexpectedRowsExpectation(
+                unexpected_rows_query=(
+                    f"SELECT {user}, count(*) AS n FROM {{batch}} GROUP BY {user} "
+                    f"HAVING count(*) != {int(negatives) + 1}"
+                ),
+                # A user who has seen almost every item cannot get all of them: recorded, not fatal.
+                severity=WARNING,
+                description=f"every test user has 1 positive + {int(negatives)} negatives",
+            )
+        )
+    return expectations
+
+
+def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """One row per product; "ok" rows carry a finite vector of one size; few errors."""
+    status, vector = _q(emb.STATUS), _q(emb.EMBEDDING)
+    dim = context.get(EMBEDDING_DIM)
+    wrong_size = f"size({vector}) != {int(dim)}" if dim is not None else f"size({vector}) = 0"
+    return [
+        *_table((emb.SKU, emb.EMBEDDING, emb.STATUS)),
+        _not_null(emb.SKU),
+        gxe.ExpectColumnValuesToBeUnique(column=emb.SKU, severity=CRITICAL, description="one row per sku"),
+        _not_null(emb.STATUS),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=emb.STATUS,
+            value_set=[emb.STATUS_OK, emb.STATUS_ERROR],
+            severity=CRITICAL,
+            description="status is ok or error",
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column=emb.STATUS,
+            value_set=[emb.STATUS_OK],
+            mostly=thresholds.min_accepted_fraction,
+            severity=CRITICAL,
+            description=f"at most {thresholds.max_reject_fraction:.0%} of images failed to embed",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=(
+                f"SELECT {_q(emb.SKU)} FROM {{batch}} WHERE {status} = '{emb.STATUS_OK}' AND "
+                f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
+                f"OR abs(x) = double('inf')))"
+            ),
+            severity=CRITICAL,
+            description="every ok row has a finite embedding" + (f" of {int(dim)} floats" if dim else ""),
+        ),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=(
+                f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
+                f"WHERE {status} = '{emb.STATUS_OK}') WHERE n > 1"
+            ),
+            severity=CRITICAL,
+            description="all embeddings have the same size",
+        ),
+    ]
+
+
+def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """Similarity edges: no self-loops, each pair once, finite scores; ranks 1..k in top-k mode."""
+    src, dst, score = _q(sim.SRC), _q(sim.DST), _q(sim.SCORE)
+    expectations = [
+        *_table((sim.SRC, sim.DST, sim.SCORE)),
+        *(_not_null(column) for column in (sim.SRC, sim.DST, sim.SCORE)),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
+            severity=CRITICAL,
+            description="no product is its own neighbour (src != dst)",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=(
+                f"SELECT {src}, {dst}, {score} FROM {{batch}} "
+                f"WHERE isnan({score}) OR abs({score}) = double('inf')"
+            ),
+            severity=CRITICAL,
+            description="scores are finite (no NaN, no Infinity)",
+        ),
+        gxe.ExpectCompoundColumnsToBeUnique(
+            column_list=[sim.SRC, sim.DST], severity=CRITICAL, description="each (src, dst) pair once"
+        ),
+    ]
+    top_k = context.get(TOP_K)
+    if top_k is not None:
+        expectations += [
+            _not_null(sim.RANK),
+            gxe.ExpectColumnValuesToBeBetween(
+                column=sim.RANK,
+                min_value=1,
+                max_value=int(top_k),
+                severity=CRITICAL,
+                description=f"1 <= rank <= {int(top_k)}",
+            ),
+            gxe.UnexpectedRowsExpectation(
+                unexpected_rows_query=(
+                    f"SELECT {src}, count(*) AS n FROM {{batch}} "
+                    f"GROUP BY {src} HAVING count(*) > {int(top_k)}"
+                ),
+                severity=CRITICAL,
+                description=f"at most {int(top_k)} neighbours per product",
+            ),
+        ]
+    return expectations
+
+
+def gremlin_vertices_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """Neptune vertices: every ``~id`` present and unique (duplicates would merge), labelled."""
+    return [
+        *_table((GREMLIN_ID, GREMLIN_LABEL)),
+        _not_null(GREMLIN_ID),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=GREMLIN_ID, severity=CRITICAL, description="~id is unique (duplicates merge in Neptune)"
+        ),
+        _not_null(GREMLIN_LABEL),
+    ]
+
+
+def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """Neptune edges: required system columns present, no self-loops, a finite Double score."""
+    source, target, score = _q(GREMLIN_FROM), _q(GREMLIN_TO), _q(GREMLIN_SCORE)
+    return [
+        *_table((GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL, GREMLIN_SCORE)),
+        *(_not_null(column) for column in (GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL)),
+        gxe.ExpectColumnValuesToBeUnique(column=GREMLIN_ID, severity=CRITICAL, description="~id is unique"),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
+            severity=CRITICAL,
+            description="no self-loop edges (~from != ~to)",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query=(
+                f"SELECT {source}, {target}, {score} FROM {{batch}} "
+                f"WHERE try_cast({score} AS DOUBLE) IS NULL OR isnan(try_cast({score} AS DOUBLE)) "
+                f"OR abs(try_cast({score} AS DOUBLE)) = double('inf')"
+            ),
+            severity=CRITICAL,
+            description="score:Double is a finite number on every edge",
+        ),
+    ]
+
+
+def funnel_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+    """The stage's counts: something came in, and no more than the allowed share was rejected."""
+    return [
+        *_table((REJECT_FRACTION,)),
+        gxe.ExpectColumnValuesToNotBeNull(
+            column=REJECT_FRACTION, severity=CRITICAL, description="the stage read at least one row"
+        ),
+        gxe.ExpectColumnValuesToBeBetween(
+            column=REJECT_FRACTION,
+            min_value=0.0,
+            max_value=thresholds.max_reject_fraction,
+            severity=CRITICAL,
+            description=f"at most {thresholds.max_reject_fraction:.0%} of input rows rejected",
+        ),
+    ]
+
+
+SUITES: dict[str, Suite] = {
+    RAW_INTERACTIONS: raw_interactions_suite,
+    TRAIN: ncf_train_suite,
+    TEST: ncf_test_suite,
+    EMBEDDINGS: embeddings_suite,
+    SIMILARITY_EDGES: similarity_edges_suite,
+    GREMLIN_VERTICES: gremlin_vertices_suite,
+    GREMLIN_EDGES: gremlin_edges_suite,
+    FUNNEL: funnel_suite,
+}

@@ -1,0 +1,306 @@
+"""The data-quality gate: each suite passes a good frame and names exactly what a bad one breaks."""
+from __future__ import annotations
+
+import argparse
+import json
+
+import pytest
+from pyspark.sql import types as T
+
+from jobs.common import quality
+from jobs.common.cli import JobError, job_parser
+from schemas import expectations as ex
+
+RUN_DATE = "2024-03-31"
+NAN = float("nan")
+HOSTILE = 'a,"b"\n<script>alert(1)</script>;é'
+
+
+def _schema(*fields: tuple[str, T.DataType]) -> T.StructType:
+    return T.StructType([T.StructField(name, dtype, True) for name, dtype in fields])
+
+
+NCF = _schema(("user_idx", T.IntegerType()), ("item_idx", T.IntegerType()), ("label", T.FloatType()))
+RAW = _schema(*((c, T.StringType()) for c in ("event_id", "user_id", "item_id", "event_type", "event_time")))
+EMB = _schema(
+    ("sku", T.StringType()),
+    ("embedding", T.ArrayType(T.FloatType())),
+    ("status", T.StringType()),
+    ("error", T.StringType()),
+)
+EDGES = _schema(
+    ("src", T.StringType()), ("dst", T.StringType()), ("score", T.DoubleType()), ("rank", T.IntegerType())
+)
+VERTICES = _schema(("~id", T.StringType()), ("~label", T.StringType()), ("name:String", T.StringType()))
+GEDGES = _schema(*((c, T.StringType()) for c in ("~id", "~from", "~to", "~label", "score:Double")))
+
+
+def _raw(n_bad_users: int, bad_types: list[str]) -> list[tuple]:
+    rows = []
+    for i in range(10):
+        user = None if i < n_bad_users else f"u{i}"
+        etype = bad_types[i - 5] if 5 <= i < 5 + len(bad_types) else "view"
+        rows.append((f"e{i}", user, HOSTILE if i == 9 else f"i{i}", etype, "2024-03-30T10:00:00Z"))
+    return rows
+
+
+def _embeddings(n_error: int) -> list[tuple]:
+    ok = [(f"sku{i}", [float(i), 1.0], "ok", None) for i in range(10 - n_error)]
+    return ok + [(f"{HOSTILE}{i}", None, "error", "cannot identify image file") for i in range(n_error)]
+
+
+# dataset -> (schema, good rows, bad rows, context, descriptions of the expectations the bad rows break)
+CASES = {
+    ex.RAW_INTERACTIONS: (
+        RAW,
+        _raw(1, []),  # 10% incomplete is still acceptable at --max-reject-fraction 0.1
+        _raw(2, ["refund", "<b>view</b>"]),
+        {},
+        {"user_id is never blank", "event_type is one of view, click, add_to_cart, purchase"},
+    ),
+    ex.TRAIN: (
+        NCF,
+        [(0, 0, 1.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)],
+        [(0, 0, 1.0), (0, 0, 0.0), (2, 1, 1.0), (1, None, 1.0), (1, 2, 0.5), (1, 1, 0.0)],
+        {ex.N_USERS: 2, ex.N_ITEMS: 3},
+        {
+            "0 <= user_idx < 2",
+            "item_idx is never blank",
+            "label is 0 or 1",
+            "each (user_idx, item_idx) pair appears once",
+        },
+    ),
+    ex.TEST: (
+        NCF,
+        [(0, 2, 1.0), (0, 0, 0.0), (1, 0, 1.0), (1, 1, 0.0)],
+        [(0, 2, 1.0), (0, 0, 1.0), (1, 0, 0.0), (1, 1, 0.0), (1, 1, 0.0), (-1, 1, 1.0), (-1, 2, 0.0)],
+        {ex.N_USERS: 2, ex.N_ITEMS: 3, ex.TEST_NEGATIVES: 1},
+        {
+            "0 <= user_idx < 2",
+            "every test user has exactly one positive (leave-one-out)",
+            "a user's test items are distinct (negatives never repeat the positive)",
+            "every test user has 1 positive + 1 negatives",
+        },
+    ),
+    ex.EMBEDDINGS: (
+        EMB,
+        _embeddings(1),
+        [
+            *_embeddings(2),
+            ("sku0", [0.0, 1.0], "ok", None),  # duplicate sku
+            ("nan", [NAN, 1.0], "ok", None),
+            ("empty", None, "ok", None),
+            ("wide", [1.0, 2.0, 3.0], "ok", None),
+            ("odd", None, "pending", None),
+        ],
+        {ex.EMBEDDING_DIM: 2},
+        {
+            "one row per sku",
+            "status is ok or error",
+            "at most 10% of images failed to embed",
+            "every ok row has a finite embedding of 2 floats",
+            "all embeddings have the same size",
+        },
+    ),
+    ex.SIMILARITY_EDGES: (
+        EDGES,
+        [("a", "b", 0.9, 1), ("a", HOSTILE, 0.5, 2), ("b", "a", 0.9, 1), (HOSTILE, "a", 0.5, 1)],
+        [
+            ("a", "a", 1.0, 1),
+            ("a", "b", NAN, 2),
+            ("b", "a", 0.9, 1),
+            ("b", "a", 0.8, 2),
+            ("c", "a", None, 3),
+            ("d", "a", 0.1, 1),
+            ("d", "b", 0.1, 2),
+            ("d", "c", 0.1, 2),
+        ],
+        {ex.TOP_K: 2},
+        {
+            "score is never blank",
+            "no product is its own neighbour (src != dst)",
+            "scores are finite (no NaN, no Infinity)",
+            "each (src, dst) pair once",
+            "1 <= rank <= 2",
+            "at most 2 neighbours per product",
+        },
+    ),
+    ex.GREMLIN_VERTICES: (
+        VERTICES,
+        [("p1", "product", HOSTILE), ("p2", "product", None)],
+        [("p1", "product", "x"), ("p1", "product", "y"), (None, "product", "z"), ("p3", None, "w")],
+        {},
+        {"~id is never blank", "~id is unique (duplicates merge in Neptune)", "~label is never blank"},
+    ),
+    ex.GREMLIN_EDGES: (
+        GEDGES,
+        [("e1", "p1", "p2", "similar", "0.9"), ("e2", "p2", "p1", "similar", "-1.5E-3")],
+        [
+            ("e1", "p1", "p1", "similar", "0.9"),
+            ("e1", "p1", "p2", "similar", "abc"),
+            ("e3", "p2", None, "similar", "0.1"),
+            ("e4", "p2", "p1", "similar", "NaN"),
+        ],
+        {},
+        {
+            "~to is never blank",
+            "~id is unique",
+            "no self-loop edges (~from != ~to)",
+            "score:Double is a finite number on every edge",
+        },
+    ),
+}
+
+
+@pytest.fixture(scope="module")
+def gx_context():
+    return quality._ephemeral_context()
+
+
+def _validate(spark, gx_context, dataset: str, rows: list[tuple], context: dict) -> dict:
+    schema = CASES[dataset][0]
+    frame = spark.createDataFrame(rows, schema)
+    suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
+    return quality.validate_frame(gx_context, dataset, frame, suite)
+
+
+@pytest.mark.parametrize("dataset", sorted(CASES))
+def test_suite_passes_good_frame_and_names_what_bad_frame_breaks(spark, gx_context, dataset):
+    _, good, bad, context, expected_failures = CASES[dataset]
+
+    good_result = _validate(spark, gx_context, dataset, good, context)
+    assert [c["description"] for c in good_result["expectations"] if not c["success"]] == []
+    assert good_result["success"] is True
+
+    bad_result = _validate(spark, gx_context, dataset, bad, context)
+    failed = {c["description"] for c in bad_result["expectations"] if not c["success"]}
+    assert failed == expected_failures
+    assert bad_result["success"] is False
+    assert all(c["exception"] is None for c in bad_result["expectations"])
+
+
+def test_suite_descriptions_are_unique_per_dataset():
+    # The assertions above identify an expectation by its description.
+    for dataset, suite in ex.SUITES.items():
+        context = {ex.N_USERS: 2, ex.N_ITEMS: 3, ex.TEST_NEGATIVES: 1, ex.TOP_K: 2, ex.EMBEDDING_DIM: 2}
+        descriptions = [e.description for e in suite(quality.QualityThresholds(), context)]
+        assert len(descriptions) == len(set(descriptions)), dataset
+
+
+def test_gate_on_empty_frame_and_missing_column_fails_with_clear_message(spark, tmp_path):
+    empty_test = spark.createDataFrame([], NCF)
+    no_item_train = spark.createDataFrame([(0, 1.0), (1, 0.0)], "user_idx int, label float")
+    reports = str(tmp_path / "reports")
+
+    with pytest.raises(quality.QualityGateError) as caught:
+        quality.run_gate(
+            "preprocess",
+            {ex.TRAIN: no_item_train, ex.TEST: empty_test},
+            reports_root=reports,
+            run_date=RUN_DATE,
+            context={ex.N_USERS: 2, ex.N_ITEMS: 3},
+        )
+    assert isinstance(caught.value, JobError)  # the CLI wrapper turns it into exit code 2, one log line
+    message = str(caught.value)
+    assert message.startswith("preprocess: data-quality gate failed, output not published")
+    lines = [line.strip() for line in message.splitlines()[1:]]
+    assert lines == [
+        "- train: expect_column_to_exist(column='item_idx') [column item_idx exists]: "
+        "column 'item_idx' is missing",
+        "- train: expect_column_values_to_not_be_null(column='item_idx') [item_idx is never blank] "
+        'could not be evaluated: Error: The column "item_idx" in BatchData does not exist.',
+        "- train: expect_column_values_to_be_between(column='item_idx', min_value=0.0, max_value=2.0) "
+        "[0 <= item_idx < 3] could not be evaluated: "
+        'Error: The column "item_idx" in BatchData does not exist.',
+        "- test: expect_table_row_count_to_be_between(min_value=1) [not empty]: observed 0",
+    ]
+
+    written = json.loads((tmp_path / "reports" / "preprocess" / f"dt={RUN_DATE}.quality.json").read_text())
+    assert written["success"] is False
+    assert written["failed_critical"] == [line[2:] for line in lines]
+    assert written["datasets"][ex.TEST]["success"] is False
+    assert written["datasets"][ex.TRAIN]["success"] is False
+    # The empty test frame passes everything that holds vacuously; only the row count fails.
+    assert [c["description"] for c in written["datasets"][ex.TEST]["expectations"] if not c["success"]] == [
+        "not empty"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("rows_in", "rows_rejected", "max_reject_fraction", "passes"),
+    [(100, 10, 0.1, True), (100, 11, 0.1, False), (100, 11, 0.2, True), (0, 0, 0.1, False)],
+)
+def test_gate_checks_the_reject_share(spark, tmp_path, rows_in, rows_rejected, max_reject_fraction, passes):
+    kwargs = dict(
+        reports_root=str(tmp_path),
+        run_date=RUN_DATE,
+        thresholds=quality.QualityThresholds(max_reject_fraction=max_reject_fraction),
+        context={"rows_in": rows_in, "rows_rejected": rows_rejected},
+    )
+    if passes:
+        result = quality.run_gate("similarity", {}, **kwargs)
+        assert result["success"] is True
+        assert result["failed_critical"] == []
+    else:
+        with pytest.raises(quality.QualityGateError):
+            quality.run_gate("similarity", {}, **kwargs)
+    written = json.loads((tmp_path / "similarity" / f"dt={RUN_DATE}.quality.json").read_text())
+    funnel_checks = written["datasets"][quality.FUNNEL_DATASET]["expectations"]
+    failed = [c["description"] for c in funnel_checks if not c["success"]]
+    if passes:
+        assert failed == []
+    elif rows_in == 0:
+        assert failed == ["the stage read at least one row"]
+    else:
+        assert failed == [f"at most {max_reject_fraction:.0%} of input rows rejected"]
+    assert written["context"] == {"rows_in": rows_in, "rows_rejected": rows_rejected}
+    share_check = next(c for c in funnel_checks if c["expectation"] == "expect_column_values_to_be_between")
+    assert share_check["kwargs"] == {
+        "column": "reject_fraction", "min_value": 0.0, "max_value": max_reject_fraction
+    }
+
+
+def test_warn_mode_records_failures_without_raising_and_off_mode_skips(spark, tmp_path):
+    bad_edges = spark.createDataFrame([("a", "a", 1.0, 1)], EDGES)
+    warned = quality.run_gate(
+        "similarity",
+        {ex.SIMILARITY_EDGES: bad_edges},
+        reports_root=str(tmp_path),
+        run_date=RUN_DATE,
+        thresholds=quality.QualityThresholds(mode=quality.MODE_WARN),
+    )
+    assert warned["success"] is False
+    assert warned["failed_critical"] == [
+        "similarity_edges: unexpected_rows_expectation [no product is its own neighbour (src != dst)]: "
+        "1 offending row(s)"
+    ]
+    skipped = quality.run_gate(
+        "similarity",
+        {ex.SIMILARITY_EDGES: bad_edges},
+        reports_root=str(tmp_path),
+        run_date=RUN_DATE,
+        thresholds=quality.QualityThresholds(mode=quality.MODE_OFF),
+    )
+    assert (skipped["skipped"], skipped["success"], skipped["datasets"]) == (True, True, {})
+    written = json.loads((tmp_path / "similarity" / f"dt={RUN_DATE}.quality.json").read_text())
+    assert (written["skipped"], written["mode"]) == (True, "off")
+
+
+def test_unknown_dataset_is_a_bug_not_a_pass(spark, tmp_path):
+    frame = spark.createDataFrame([(1,)], "x int")
+    with pytest.raises(ValueError, match=r"no expectation suite for dataset\(s\) \['trian'\]"):
+        quality.run_gate("preprocess", {"trian": frame}, reports_root=str(tmp_path), run_date=RUN_DATE)
+    assert not (tmp_path / "preprocess").exists()
+
+
+def test_quality_flags_are_the_same_on_every_job_parser():
+    parser = quality.add_quality_args(job_parser("some_job", "test"))
+    args = parser.parse_args(["--max-reject-fraction", "0.25", "--quality", "warn"])
+    assert quality.thresholds_from_args(args) == quality.QualityThresholds(0.25, quality.MODE_WARN)
+    defaults = quality.thresholds_from_args(parser.parse_args([]))
+    assert defaults == quality.QualityThresholds(0.1, quality.MODE_ENFORCE)
+    assert quality.thresholds_from_args(argparse.Namespace()) == defaults
+    with pytest.raises(JobError, match="expected a number in"):
+        parser.parse_args(["--max-reject-fraction", "1.5"])
+    with pytest.raises(JobError, match="invalid choice"):
+        parser.parse_args(["--quality", "lenient"])
