@@ -181,6 +181,7 @@ BROKEN_IMAGE_KINDS = (
     ("missing_file", False, None),
 )
 MIN_PRODUCTS = len(BROKEN_IMAGE_KINDS) + 10
+MAX_PRODUCTS = (SKU_HIGH - SKU_LOW) // 2
 EXIF_ORIENTATION_TAG = 0x0112
 EXIF_ROTATE_90_CW = 6
 BOMB_SIDE = 15_000  # 225 M pixels: over twice Pillow's MAX_IMAGE_PIXELS, so Image.open refuses it
@@ -314,10 +315,8 @@ def _make_styles(rng: np.random.Generator, n_styles: int, image_size: int) -> li
 
 def build_catalog(*, seed: int, products: int, image_size: int = 128) -> tuple[list[Product], list[Style]]:
     """The catalog rows and styles for a seed (no I/O). Rows are sorted by sku."""
-    if products < MIN_PRODUCTS:
-        raise JobError(
-            f"--products must be at least {MIN_PRODUCTS} (room for the broken images), got {products}"
-        )
+    if not MIN_PRODUCTS <= products <= MAX_PRODUCTS:
+        raise JobError(f"products must be between {MIN_PRODUCTS} and {MAX_PRODUCTS}, got {products}")
     rng = _rng(seed, _STREAM_CATALOG)
     n_styles = max(MIN_STYLES, round(products / PRODUCTS_PER_STYLE))
     styles = _make_styles(rng, n_styles, image_size)
@@ -977,9 +976,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # Every argument is checked before anything is written.
     if args.image_size < MIN_IMAGE_SIZE:
         raise JobError(f"--image-size must be at least {MIN_IMAGE_SIZE}, got {args.image_size}")
-    if args.products < MIN_PRODUCTS:
+    if not MIN_PRODUCTS <= args.products <= MAX_PRODUCTS:
         raise JobError(
-            f"--products must be at least {MIN_PRODUCTS} (room for the broken images), got {args.products}"
+            f"--products must be between {MIN_PRODUCTS} (room for the broken images) and {MAX_PRODUCTS} "
+            f"(7-digit skus), got {args.products}"
         )
     _check_sizes(users=args.users, items=args.products, events=args.events, compression=args.compression)
     staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())

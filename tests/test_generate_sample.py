@@ -198,6 +198,8 @@ def test_manifest_counts_match_the_files(sample):
                 kind = _classify(line, folder_date, end)
                 if kind == "good":
                     event = json.loads(line)
+                    # Compact JSON, exactly as json.dumps writes it (the fast renderer must agree).
+                    assert line == json.dumps(event, separators=(",", ":"), ensure_ascii=False)
                     if event["event_id"] in seen_ids:
                         assert seen_ids[event["event_id"]] == line  # an exact duplicate, not a clash
                         kind = "duplicate"
