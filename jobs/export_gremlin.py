@@ -8,10 +8,11 @@ similarity pair), ``<output>/_rejects/{vertices,edges}/`` (Parquet, each row wit
 ``<output>/manifest.json`` (files, rows, bytes, sha256, totals), then the report
 ``<reports>/export/dt=D.json``.
 
-Everything is written under ``<output>/_staging/export/<run id>/`` first; Spark's ``_SUCCESS`` and
-``.crc`` files are removed there, every data file is read back (rows counted, header and NULs checked,
-sha256 taken) and only then is each folder published. The old manifest is removed before the folders are
-swapped and the new one written last, so a reader that finds ``manifest.json`` finds a whole export.
+The whole export is written beside its final place, under ``<parent>/_staging/export/<run id>/<name>/``
+(``<parent>/<name>`` being ``--output``), so that one :func:`storage.publish` swaps it in at once: Spark's
+``_SUCCESS`` and ``.crc`` files are removed there, every data file is read back (rows counted, header and
+NULs checked, sha256 taken), and only then is the folder published. A failed run leaves the previous
+export as it was (and removes its staging folder).
 """
 
 from __future__ import annotations
@@ -34,7 +35,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pyarrow import fs as pafs
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -44,6 +44,7 @@ from jobs.common.cli import JobError, job_parser, positive_int, reports_root, ru
 from jobs.common.report import Funnel, check_funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms import gremlin as tg
+from jobs.validate_gremlin_csv import all_files
 from schemas import catalog as C
 from schemas import embeddings as E
 from schemas import gremlin as G
@@ -138,7 +139,7 @@ def read_embedding_status(spark: SparkSession, uri: str) -> DataFrame:
 class Sizing:
     """How one CSV output is cut into files."""
 
-    bytes_per_row: float
+    bytes_per_row: float | None  # compressed, estimated from a sample (None: not needed)
     rows_per_file: int
     partitions: int | None  # coalesce to this many partitions; None keeps the frame's partitions
 
@@ -158,9 +159,11 @@ def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compr
     codec, which is close to what Spark writes. ``maxRecordsPerFile`` then caps every file near the
     target; partitions that would each write a tiny file are coalesced (no shuffle).
     """
+    if total_rows <= SIZING_SAMPLE_ROWS:  # a small output is one file whatever its row size
+        return Sizing(bytes_per_row=None, rows_per_file=max(total_rows, 1), partitions=1)
     sample = rows_df.limit(SIZING_SAMPLE_ROWS).collect()
     if not sample:
-        return Sizing(bytes_per_row=0.0, rows_per_file=1_000_000, partitions=1)
+        return Sizing(bytes_per_row=None, rows_per_file=max(total_rows, 1), partitions=1)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     for row in sample:
@@ -190,19 +193,6 @@ def write_csv(rows_df: DataFrame, uri: str, *, compression: str, sizing: Sizing)
 
 
 # --------------------------------------------------------------------------------------- checking files
-def all_files(uri: str) -> list[str]:
-    """Every file below a folder, hidden and ``_`` files included, as URIs relative-joined to ``uri``."""
-    fs, path = storage.filesystem(uri)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
-    selector = pafs.FileSelector(path, recursive=True)
-    return sorted(
-        storage.join(uri, posixpath.relpath(info.path, path))
-        for info in fs.get_file_info(selector)
-        if info.type == pafs.FileType.File
-    )
-
-
 def remove_non_data_files(uri: str, *, keep: re.Pattern[str] | None) -> list[str]:
     """Delete Spark's ``_SUCCESS``, ``.crc`` and any other file that is not data under a folder."""
     removed = []
@@ -334,6 +324,19 @@ def counts_by_reason(tagged_df: DataFrame) -> dict[str | None, int]:
     return {row[G.REASON]: row["count"] for row in tagged_df.groupBy(G.REASON).count().collect()}
 
 
+def vertex_counts_by_reason(tagged_df: DataFrame) -> tuple[dict[str | None, int], int]:
+    """Catalog rows per reason (None = vertices) and how many vertices had NUL characters stripped."""
+    has_nul = tg.has_nul_in_properties(tagged_df).cast("int")
+    rows = (
+        tagged_df.groupBy(G.REASON)
+        .agg(F.count(F.lit(1)).alias("count"), F.sum(has_nul).alias("nul"))
+        .collect()
+    )
+    counts = {row[G.REASON]: row["count"] for row in rows}
+    nul_stripped = sum(row["nul"] or 0 for row in rows if row[G.REASON] is None)
+    return counts, nul_stripped
+
+
 def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str, int], dict[str, int]]:
     rejected = {f"{prefix}{k}": v for k, v in counts.items() if k is not None and k not in DROPPED_REASONS}
     dropped = {f"{prefix}{k}": v for k, v in counts.items() if k in DROPPED_REASONS}
@@ -356,14 +359,11 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             tg.with_embedding_status, read_embedding_status(spark, args.embeddings)
         )
     tagged_v_df = tagged_v_df.persist()
-    vertex_counts = counts_by_reason(tagged_v_df)
+    vertex_counts, nul_stripped = vertex_counts_by_reason(tagged_v_df)
     vertices_in = sum(vertex_counts.values())
     vertices_good = vertex_counts.get(None, 0)
     if vertices_good == 0:
         raise JobError(f"--catalog {args.catalog}: no product with a usable sku ({vertices_in} rows read)")
-    nul_stripped = tagged_v_df.filter(
-        F.col(G.REASON).isNull() & tg.has_nul_in_properties(tagged_v_df)
-    ).count()
 
     vertex_rows_df = tagged_v_df.transform(
         tg.to_vertex_rows, label=args.vertex_label, with_status=with_status
@@ -380,6 +380,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     (
         tagged_v_df.filter(F.col(G.REASON).isNotNull())
         .select(*C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON)
+        .coalesce(1)  # the catalog is small
         .write.mode("overwrite")
         .parquet(storage.spark_path(storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)))
     )
@@ -471,7 +472,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             "rows_out": vertex_totals["rows"],
             "rejected": v_rejected,
             "dropped": v_dropped,
-            "values_with_nul_stripped": nul_stripped,
+            "vertices_with_nul_stripped": nul_stripped,
             "bytes_per_row": vertex_sizing.bytes_per_row,
             "rows_per_file": vertex_sizing.rows_per_file,
         },
@@ -490,20 +491,17 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     return {"manifest": manifest, "funnel": funnel, "details": details}
 
 
-def publish_export(staged: str, output: str) -> None:
-    """Swap each staged folder into ``output``; the manifest goes last, so its presence means "complete"."""
-    storage.remove(storage.join(output, G.MANIFEST_NAME))
-    for folder in (G.VERTICES_DIR, G.EDGES_DIR, G.REJECTS_DIR):
-        storage.publish(storage.join(staged, folder), storage.join(output, folder))
-    manifest = storage.read_json(storage.join(staged, G.MANIFEST_NAME))
-    storage.write_json(storage.join(output, G.MANIFEST_NAME), manifest)
-    remove_staging(output, staged)
+def staging_for(output: str, run_id: str) -> str:
+    """Where a run stages its export: beside ``output`` (same filesystem), so one swap publishes it."""
+    parent, name = posixpath.split(output.rstrip("/"))
+    return storage.join(storage.staging_uri(parent or ".", STAGE, run_id), name)
 
 
 def remove_staging(output: str, staged: str) -> None:
-    """Delete this run's staging folder, and ``<output>/_staging`` when nothing else is left in it."""
-    storage.remove(staged)
-    staging_root = storage.join(output, "_staging")
+    """Delete this run's staging folder, and the ``_staging`` tree beside ``output`` when it is empty."""
+    run_folder = posixpath.dirname(staged.rstrip("/"))
+    storage.remove(run_folder)
+    staging_root = posixpath.dirname(posixpath.dirname(run_folder))
     if not all_files(staging_root):
         storage.remove(staging_root)
 
@@ -520,14 +518,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if uri is not None and not storage.exists(uri):
             raise JobError(f"{flag}: nothing at {uri}")
     spark = get_spark(APP_NAME)
-    staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
+    staged = staging_for(args.output, storage.new_run_id())
     try:
         result = export(spark, args, staged)
         # Staged and checked: the quality gate goes here, then publish.
-        publish_export(staged, args.output)
-    except BaseException:
+        storage.publish(staged, args.output)
+    finally:
         remove_staging(args.output, staged)
-        raise
     manifest = result["manifest"]
     details = {
         "output": args.output,
