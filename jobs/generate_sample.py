@@ -51,6 +51,13 @@ from schemas.interactions import (
     EVENT_TYPE,
     EVENT_TYPES,
     ITEM_ID,
+    REASON_BAD_EVENT_TIME,
+    REASON_EMPTY_FIELD,
+    REASON_FUTURE_EVENT_TIME,
+    REASON_INVALID_JSON,
+    REASON_MISSING_FIELD,
+    REASON_NON_STRING_ID,
+    REASON_UNKNOWN_EVENT_TYPE,
     REQUIRED_FIELDS,
     SESSION_ID,
     USER_ID,
@@ -69,14 +76,14 @@ COMPRESSION_GZIP = "gzip"
 COMPRESSION_NONE = "none"
 GZIP_LEVEL = 6
 
-# Bad-record kinds: stable names that the preprocessing job's reject reasons are checked against.
-INVALID_JSON = "invalid_json"
-MISSING_FIELD = "missing_field"
-EMPTY_FIELD = "empty_field"
-UNKNOWN_EVENT_TYPE = "unknown_event_type"
-BAD_EVENT_TIME = "bad_event_time"
-FUTURE_EVENT_TIME = "future_event_time"
-NON_STRING_ID = "non_string_id"
+# Bad-record kinds: the preprocessing job's reject reasons, declared once in schemas/interactions.py.
+INVALID_JSON = REASON_INVALID_JSON
+MISSING_FIELD = REASON_MISSING_FIELD
+EMPTY_FIELD = REASON_EMPTY_FIELD
+UNKNOWN_EVENT_TYPE = REASON_UNKNOWN_EVENT_TYPE
+BAD_EVENT_TIME = REASON_BAD_EVENT_TIME
+FUTURE_EVENT_TIME = REASON_FUTURE_EVENT_TIME
+NON_STRING_ID = REASON_NON_STRING_ID
 BAD_KINDS = (
     INVALID_JSON,
     MISSING_FIELD,
