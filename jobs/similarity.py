@@ -37,6 +37,7 @@ from pyspark.sql import functions as F
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
+from jobs.common.quality import SIMILARITY_EDGES, TOP_K, add_quality_args, run_gate, thresholds_from_args
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms.similarity import (
@@ -99,6 +100,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--max-records-per-file", type=positive_int, default=DEFAULT_MAX_RECORDS_PER_FILE)
     parser.add_argument("--sink", choices=SINKS, default=SINK_PARQUET,
                         help="count: compute and count the edges, publish nothing")
+    add_quality_args(parser)
     args = parser.parse_args(argv)
     higher = S.HIGHER_IS_CLOSER[args.metric]
     if not args.all_pairs and (args.min_score is not None or args.max_distance is not None or args.directed):
@@ -216,6 +218,15 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         expected_edges = products * min(args.top_k, products - 1)
         if edges != expected_edges:
             raise RuntimeError(f"top-k wrote {edges} edges, expected {expected_edges}")
+    if args.sink == SINK_PARQUET:
+        run_gate(
+            STAGE,
+            {SIMILARITY_EDGES: spark.read.parquet(storage.spark_path(staged_edges))},
+            reports_root=reports_root(args),
+            run_date=args.run_date,
+            thresholds=thresholds_from_args(args),
+            context={TOP_K: None if args.all_pairs else args.top_k},
+        )
     final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
     final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")
     if args.sink == SINK_PARQUET:

@@ -17,30 +17,30 @@ from typing import TYPE_CHECKING, Any
 
 import great_expectations.expectations as gxe
 
-from jobs.common.quality import CRITICAL, FUNNEL_DATASET, REJECT_FRACTION, WARNING
+from jobs.common.quality import (  # dataset names and context keys live with the gate (no GE import)
+    CRITICAL,
+    EMBEDDING_DIM,
+    EMBEDDINGS,
+    FUNNEL_DATASET,
+    GREMLIN_EDGES,
+    GREMLIN_VERTICES,
+    N_ITEMS,
+    N_USERS,
+    RAW_INTERACTIONS,
+    REJECT_FRACTION,
+    SIMILARITY_EDGES,
+    TEST,
+    TEST_NEGATIVES,
+    TOP_K,
+    TRAIN,
+    WARNING,
+)
 from schemas import embeddings as emb
 from schemas import interactions as ia
 from schemas import similarity as sim
 
 if TYPE_CHECKING:
     from jobs.common.quality import QualityThresholds
-
-# Dataset names: the keys jobs pass to run_gate.
-RAW_INTERACTIONS = "raw_interactions"
-TRAIN = "train"
-TEST = "test"
-EMBEDDINGS = "embeddings"
-SIMILARITY_EDGES = "similarity_edges"
-GREMLIN_VERTICES = "gremlin_vertices"
-GREMLIN_EDGES = "gremlin_edges"
-FUNNEL = FUNNEL_DATASET
-
-# Context keys the suites read.
-N_USERS = "n_users"
-N_ITEMS = "n_items"
-TEST_NEGATIVES = "test_negatives"
-TOP_K = "top_k"
-EMBEDDING_DIM = "embedding_dim"
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
 GREMLIN_ID = "~id"
@@ -315,5 +315,5 @@ SUITES: dict[str, Suite] = {
     SIMILARITY_EDGES: similarity_edges_suite,
     GREMLIN_VERTICES: gremlin_vertices_suite,
     GREMLIN_EDGES: gremlin_edges_suite,
-    FUNNEL: funnel_suite,
+    FUNNEL_DATASET: funnel_suite,
 }

@@ -51,18 +51,18 @@ def _embeddings(n_error: int) -> list[tuple]:
 
 # dataset -> (schema, good rows, bad rows, context, descriptions of the expectations the bad rows break)
 CASES = {
-    ex.RAW_INTERACTIONS: (
+    quality.RAW_INTERACTIONS: (
         RAW,
         _raw(1, []),  # 10% incomplete is still acceptable at --max-reject-fraction 0.1
         _raw(2, ["refund", "<b>view</b>"]),
         {},
         {"user_id is never blank", "event_type is one of view, click, add_to_cart, purchase"},
     ),
-    ex.TRAIN: (
+    quality.TRAIN: (
         NCF,
         [(0, 0, 1.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)],
         [(0, 0, 1.0), (0, 0, 0.0), (2, 1, 1.0), (1, None, 1.0), (1, 2, 0.5), (1, 1, 0.0)],
-        {ex.N_USERS: 2, ex.N_ITEMS: 3},
+        {quality.N_USERS: 2, quality.N_ITEMS: 3},
         {
             "0 <= user_idx < 2",
             "item_idx is never blank",
@@ -70,11 +70,11 @@ CASES = {
             "each (user_idx, item_idx) pair appears once",
         },
     ),
-    ex.TEST: (
+    quality.TEST: (
         NCF,
         [(0, 2, 1.0), (0, 0, 0.0), (1, 0, 1.0), (1, 1, 0.0)],
         [(0, 2, 1.0), (0, 0, 1.0), (1, 0, 0.0), (1, 1, 0.0), (1, 1, 0.0), (-1, 1, 1.0), (-1, 2, 0.0)],
-        {ex.N_USERS: 2, ex.N_ITEMS: 3, ex.TEST_NEGATIVES: 1},
+        {quality.N_USERS: 2, quality.N_ITEMS: 3, quality.TEST_NEGATIVES: 1},
         {
             "0 <= user_idx < 2",
             "every test user has exactly one positive (leave-one-out)",
@@ -82,7 +82,7 @@ CASES = {
             "every test user has 1 positive + 1 negatives",
         },
     ),
-    ex.EMBEDDINGS: (
+    quality.EMBEDDINGS: (
         EMB,
         _embeddings(1),
         [
@@ -93,7 +93,7 @@ CASES = {
             ("wide", [1.0, 2.0, 3.0], "ok", None),
             ("odd", None, "pending", None),
         ],
-        {ex.EMBEDDING_DIM: 2},
+        {quality.EMBEDDING_DIM: 2},
         {
             "one row per sku",
             "status is ok or error",
@@ -102,7 +102,7 @@ CASES = {
             "all embeddings have the same size",
         },
     ),
-    ex.SIMILARITY_EDGES: (
+    quality.SIMILARITY_EDGES: (
         EDGES,
         [("a", "b", 0.9, 1), ("a", HOSTILE, 0.5, 2), ("b", "a", 0.9, 1), (HOSTILE, "a", 0.5, 1)],
         [
@@ -115,7 +115,7 @@ CASES = {
             ("d", "b", 0.1, 2),
             ("d", "c", 0.1, 2),
         ],
-        {ex.TOP_K: 2},
+        {quality.TOP_K: 2},
         {
             "score is never blank",
             "no product is its own neighbour (src != dst)",
@@ -125,14 +125,14 @@ CASES = {
             "at most 2 neighbours per product",
         },
     ),
-    ex.GREMLIN_VERTICES: (
+    quality.GREMLIN_VERTICES: (
         VERTICES,
         [("p1", "product", HOSTILE), ("p2", "product", None)],
         [("p1", "product", "x"), ("p1", "product", "y"), (None, "product", "z"), ("p3", None, "w")],
         {},
         {"~id is never blank", "~id is unique (duplicates merge in Neptune)", "~label is never blank"},
     ),
-    ex.GREMLIN_EDGES: (
+    quality.GREMLIN_EDGES: (
         GEDGES,
         [("e1", "p1", "p2", "similar", "0.9"), ("e2", "p2", "p1", "similar", "-1.5E-3")],
         [
@@ -182,7 +182,10 @@ def test_suite_passes_good_frame_and_names_what_bad_frame_breaks(spark, gx_conte
 def test_suite_descriptions_are_unique_per_dataset():
     # The assertions above identify an expectation by its description.
     for dataset, suite in ex.SUITES.items():
-        context = {ex.N_USERS: 2, ex.N_ITEMS: 3, ex.TEST_NEGATIVES: 1, ex.TOP_K: 2, ex.EMBEDDING_DIM: 2}
+        context = {
+            quality.N_USERS: 2, quality.N_ITEMS: 3, quality.TEST_NEGATIVES: 1, quality.TOP_K: 2,
+            quality.EMBEDDING_DIM: 2,
+        }
         descriptions = [e.description for e in suite(quality.QualityThresholds(), context)]
         assert len(descriptions) == len(set(descriptions)), dataset
 
@@ -195,10 +198,10 @@ def test_gate_on_empty_frame_and_missing_column_fails_with_clear_message(spark, 
     with pytest.raises(quality.QualityGateError) as caught:
         quality.run_gate(
             "preprocess",
-            {ex.TRAIN: no_item_train, ex.TEST: empty_test},
+            {quality.TRAIN: no_item_train, quality.TEST: empty_test},
             reports_root=reports,
             run_date=RUN_DATE,
-            context={ex.N_USERS: 2, ex.N_ITEMS: 3},
+            context={quality.N_USERS: 2, quality.N_ITEMS: 3},
         )
     assert isinstance(caught.value, JobError)  # the CLI wrapper turns it into exit code 2, one log line
     message = str(caught.value)
@@ -218,12 +221,11 @@ def test_gate_on_empty_frame_and_missing_column_fails_with_clear_message(spark, 
     written = json.loads((tmp_path / "reports" / "preprocess" / f"dt={RUN_DATE}.quality.json").read_text())
     assert written["success"] is False
     assert written["failed_critical"] == [line[2:] for line in lines]
-    assert written["datasets"][ex.TEST]["success"] is False
-    assert written["datasets"][ex.TRAIN]["success"] is False
+    assert written["datasets"][quality.TEST]["success"] is False
+    assert written["datasets"][quality.TRAIN]["success"] is False
     # The empty test frame passes everything that holds vacuously; only the row count fails.
-    assert [c["description"] for c in written["datasets"][ex.TEST]["expectations"] if not c["success"]] == [
-        "not empty"
-    ]
+    test_checks = written["datasets"][quality.TEST]["expectations"]
+    assert [c["description"] for c in test_checks if not c["success"]] == ["not empty"]
 
 
 @pytest.mark.parametrize(
@@ -264,7 +266,7 @@ def test_warn_mode_records_failures_without_raising_and_off_mode_skips(spark, tm
     bad_edges = spark.createDataFrame([("a", "a", 1.0, 1)], EDGES)
     warned = quality.run_gate(
         "similarity",
-        {ex.SIMILARITY_EDGES: bad_edges},
+        {quality.SIMILARITY_EDGES: bad_edges},
         reports_root=str(tmp_path),
         run_date=RUN_DATE,
         thresholds=quality.QualityThresholds(mode=quality.MODE_WARN),
@@ -276,7 +278,7 @@ def test_warn_mode_records_failures_without_raising_and_off_mode_skips(spark, tm
     ]
     skipped = quality.run_gate(
         "similarity",
-        {ex.SIMILARITY_EDGES: bad_edges},
+        {quality.SIMILARITY_EDGES: bad_edges},
         reports_root=str(tmp_path),
         run_date=RUN_DATE,
         thresholds=quality.QualityThresholds(mode=quality.MODE_OFF),

@@ -55,6 +55,22 @@ MODES = (MODE_ENFORCE, MODE_WARN, MODE_OFF)
 
 DEFAULT_MAX_REJECT_FRACTION = 0.1
 
+# Dataset names: the keys jobs pass to run_gate (suites in schemas.expectations.SUITES).
+RAW_INTERACTIONS = "raw_interactions"
+TRAIN = "train"
+TEST = "test"
+EMBEDDINGS = "embeddings"
+SIMILARITY_EDGES = "similarity_edges"
+GREMLIN_VERTICES = "gremlin_vertices"
+GREMLIN_EDGES = "gremlin_edges"
+
+# Context keys the suites read.
+N_USERS = "n_users"  # train/test: user_idx < n_users
+N_ITEMS = "n_items"  # train/test: item_idx < n_items
+TEST_NEGATIVES = "test_negatives"  # test: rows per user = 1 + test_negatives (warning)
+TOP_K = "top_k"  # similarity edges: 1 <= rank <= k, at most k per product (None: all pairs)
+EMBEDDING_DIM = "embedding_dim"  # embeddings: every ok vector has this length
+
 # The one-row frame the gate builds from the context's counts to check the reject share.
 FUNNEL_DATASET = "funnel"
 ROWS_IN = "rows_in"
