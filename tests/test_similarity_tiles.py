@@ -35,7 +35,9 @@ def brute_matrices(vectors: np.ndarray, metric: str) -> tuple[np.ndarray, np.nda
     return -l1, 1.0 - np.exp(-np.sqrt(l1))
 
 
-def brute_topk(skus: list[str], vectors: np.ndarray, metric: str, k: int) -> list[tuple[str, str, float, int]]:
+def brute_topk(
+    skus: list[str], vectors: np.ndarray, metric: str, k: int
+) -> list[tuple[str, str, float, int]]:
     """Top-k rows (src, dst, score, rank): best key first, ties by sku, self excluded."""
     keys, scores = brute_matrices(vectors, metric)
     out = []
@@ -187,7 +189,10 @@ def test_merge_topk_keeps_the_best_of_both() -> None:
     values_b = torch.tensor([[3.0, 8.0], [6.0, 0.5]])
     index_b = torch.tensor([[7, 8], [7, 8]])
     values, index = st.merge_topk(values_a, index_a, values_b, index_b, 2)
-    got = [sorted(zip(v.tolist(), i.tolist(), strict=True), reverse=True) for v, i in zip(values, index)]
+    got = [
+        sorted(zip(v.tolist(), i.tolist(), strict=True), reverse=True)
+        for v, i in zip(values, index, strict=True)
+    ]
     assert got == [[(9.0, 0), (8.0, 8)], [(6.0, 7), (5.0, 0)]]
 
 

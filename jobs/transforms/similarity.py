@@ -78,7 +78,9 @@ def select_rejects(checked_df: DataFrame) -> DataFrame:
     ).select(
         F.col(E.SKU).cast(T.StringType()).alias(E.SKU),
         F.col(E.IMAGE_PATH).cast(T.StringType()).alias(E.IMAGE_PATH),
-        F.size(E.EMBEDDING).cast(T.IntegerType()).alias(S.EMBEDDING_LENGTH),
+        F.when(F.col(E.EMBEDDING).isNotNull(), F.size(E.EMBEDDING))
+        .cast(T.IntegerType())
+        .alias(S.EMBEDDING_LENGTH),
         F.col(S.REASON),
     )
 

@@ -1,0 +1,202 @@
+"""The similarity job end to end on local Spark: brute-force equality, quarantine, failures."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pyspark.sql import SparkSession
+from pyspark.sql import types as T
+
+from jobs import similarity
+from jobs.common.cli import JobError
+from jobs.common.storage import read_json
+from schemas import embeddings as E
+from schemas import similarity as S
+from tests.test_similarity_tiles import (
+    assert_pairs_equal,
+    assert_topk_equal,
+    brute_all_pairs,
+    brute_topk,
+    sample_skus,
+    sample_vectors,
+)
+
+RUN_DATE = "2024-03-31"
+N, DIM = 37, 16
+
+# The contract's schema, every field nullable: hostile files can carry what the contract forbids.
+LOOSE_SCHEMA = T.StructType([T.StructField(f.name, f.dataType, True) for f in E.EMBEDDING_SCHEMA.fields])
+
+
+def ok_row(sku: str | None, vector: list[float] | None, path: str = "img.jpg") -> tuple:
+    return (sku, path, vector, E.STATUS_OK, None, "resnet152", "abc")
+
+
+def ok_rows(skus: list[str], vectors: np.ndarray) -> list[tuple]:
+    return [ok_row(sku, vector.tolist()) for sku, vector in zip(skus, vectors, strict=True)]
+
+
+def write_input(spark: SparkSession, path: Path, rows: list[tuple], files: int) -> str:
+    spark.createDataFrame(rows, LOOSE_SCHEMA).repartition(files).write.parquet(str(path))
+    return str(path)
+
+
+def read_edges(spark: SparkSession, out: Path) -> list[tuple]:
+    return [tuple(r) for r in spark.read.parquet(str(out / "similarity" / f"dt={RUN_DATE}")).collect()]
+
+
+def run_job(inp: str, out: Path, *extra: str) -> dict:
+    return similarity.main(["--input", inp, "--output", str(out), "--run-date", RUN_DATE, *extra])
+
+
+@pytest.mark.parametrize(
+    ("metric", "k", "files"),
+    [(S.COSINE, 5, 2), (S.EXP_L1, 40, 8)],  # 40 >= N: every product gets all the others
+)
+def test_topk_job_equals_brute_force(
+    spark: SparkSession, tmp_path: Path, metric: str, k: int, files: int
+) -> None:
+    skus = sample_skus(N)
+    x = sample_vectors(N, DIM, seed=11)
+    inp = write_input(spark, tmp_path / "in", ok_rows(skus, x), files)
+    report = run_job(
+        inp, tmp_path / "out", "--top-k", str(k), "--metric", metric, "--block-size", "8",
+        "--parallelism", str(files),
+    )
+    assert_topk_equal(read_edges(spark, tmp_path / "out"), brute_topk(skus, x, metric, k))
+    written_schema = spark.read.parquet(str(tmp_path / "out" / "similarity" / f"dt={RUN_DATE}")).schema
+    assert written_schema == T.StructType(
+        [T.StructField(f.name, f.dataType, True) for f in S.TOPK_EDGE_SCHEMA.fields]
+    )
+    keys = ("metric", "higher_is_closer", "mode", "k", "products", "edges")
+    assert {key: report[key] for key in keys} == {
+        "metric": metric,
+        "higher_is_closer": S.HIGHER_IS_CLOSER[metric],
+        "mode": S.MODE_TOPK,
+        "k": k,
+        "products": N,
+        "edges": N * min(k, N - 1),
+    }
+    assert read_json(report["report_uri"])["funnel"]["rows_out"] == N
+
+
+@pytest.mark.parametrize(
+    ("metric", "limit", "directed", "files"),
+    [(S.L2, ("--max-distance", 5.0), False, 8), (S.DOT, ("--min-score", 1.0), True, 2)],
+)
+def test_all_pairs_job_equals_brute_force(
+    spark: SparkSession, tmp_path: Path, metric: str, limit: tuple[str, float], directed: bool, files: int
+) -> None:
+    skus = sample_skus(N)
+    x = sample_vectors(N, DIM, seed=12)
+    inp = write_input(spark, tmp_path / "in", ok_rows(skus, x), files)
+    flag, value = limit
+    extra = ["--directed"] if directed else []
+    report = run_job(
+        inp, tmp_path / "out", "--all-pairs", flag, str(value), "--metric", metric, "--block-size", "8",
+        "--parallelism", str(files), "--max-records-per-file", "50", *extra,
+    )
+    key = "min_score" if flag == "--min-score" else "max_distance"
+    expected = brute_all_pairs(skus, x, metric, directed=directed, **{key: value})
+    actual_rows = read_edges(spark, tmp_path / "out")
+    actual = {(r[0], r[1]): r[2] for r in actual_rows}
+    assert len(actual) == len(actual_rows)  # no pair twice
+    assert_pairs_equal(actual, expected)
+    assert report["mode"] == S.MODE_ALL_PAIRS and report["edges"] == len(expected) and report[key] == value
+    parquet_files = list((tmp_path / "out" / "similarity" / f"dt={RUN_DATE}").glob("*.parquet"))
+    assert len(parquet_files) >= math.ceil(len(expected) / 50)  # maxRecordsPerFile bounds each file
+
+
+def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Path) -> None:
+    rng = np.random.default_rng(5)
+    good = {f"g{i}": rng.standard_normal(4).astype(np.float32).tolist() for i in range(6)}
+    rows = [ok_row(s, v, path=f"{s}.jpg") for s, v in good.items()]
+    rows += [
+        ("g-err", "e.jpg", None, E.STATUS_ERROR, "decode: broken", "resnet152", "abc"),  # dropped
+        ok_row(None, [1.0, 0.0, 0.0, 0.0], path="null.jpg"),
+        ok_row("   ", [1.0, 0.0, 0.0, 0.0], path="blank.jpg"),
+        ok_row("dup", [1.0, 2.0, 3.0, 4.0], path="dup1.jpg"),
+        ok_row("dup", [1.0, 2.0, 3.0, 4.0], path="dup2.jpg"),
+        ok_row("noemb", None),
+        ok_row("short", [1.0, 2.0, 3.0]),
+        ok_row("nan", [1.0, float("nan"), 0.0, 0.0]),
+        ok_row("inf", [1.0, float("-inf"), 0.0, 0.0]),
+        ok_row("zero", [0.0, 0.0, 0.0, 0.0]),
+        # an error row sharing a good sku is dropped; the good copy stays (duplicates count "ok" rows)
+        ("g0", "g0-old.jpg", None, E.STATUS_ERROR, "timeout", "resnet152", "abc"),
+    ]
+    inp = write_input(spark, tmp_path / "in", rows, 3)
+    out = tmp_path / "out"
+    report = run_job(inp, out, "--top-k", "3", "--block-size", "4", "--report-dir", str(tmp_path / "r"))
+
+    rejects_df = spark.read.parquet(str(out / "rejects" / "similarity" / f"dt={RUN_DATE}"))
+    rejects = sorted((tuple(r) for r in rejects_df.collect()), key=str)
+    assert rejects == sorted(
+        [
+            (None, "null.jpg", 4, S.REASON_MISSING_SKU),
+            ("   ", "blank.jpg", 4, S.REASON_MISSING_SKU),
+            ("dup", "dup1.jpg", 4, S.REASON_DUPLICATE_SKU),
+            ("dup", "dup2.jpg", 4, S.REASON_DUPLICATE_SKU),
+            ("noemb", "img.jpg", None, S.REASON_NULL_EMBEDDING),
+            ("short", "img.jpg", 3, S.REASON_WRONG_LENGTH),
+            ("nan", "img.jpg", 4, S.REASON_NON_FINITE),
+            ("inf", "img.jpg", 4, S.REASON_NON_FINITE),
+            ("zero", "img.jpg", 4, S.REASON_ZERO_NORM),
+        ],
+        key=str,
+    )
+    skus = sorted(good)
+    assert_topk_equal(
+        read_edges(spark, out), brute_topk(skus, np.array([good[s] for s in skus]), S.COSINE, 3)
+    )
+    assert report["funnel"] == {
+        "rows_in": 17,
+        "rows_out": 6,
+        "rejected_by_reason": {
+            S.REASON_MISSING_SKU: 2,
+            S.REASON_DUPLICATE_SKU: 2,
+            S.REASON_NULL_EMBEDDING: 1,
+            S.REASON_WRONG_LENGTH: 1,
+            S.REASON_NON_FINITE: 2,
+            S.REASON_ZERO_NORM: 1,
+        },
+        "dropped_by_reason": {S.REASON_STATUS_ERROR: 2},
+        "rows_rejected": 9,
+        "rows_dropped": 2,
+        "is_balanced": True,
+    }
+    assert report["embedding_dim"] == 4
+    assert read_json(str(tmp_path / "r" / "similarity" / f"dt={RUN_DATE}.json"))["funnel"] == report["funnel"]
+
+    # A later run with fewer than two valid products fails clearly and leaves the good output alone.
+    before = sorted(read_edges(spark, out))
+    lonely = write_input(spark, tmp_path / "in2", [ok_row("only", [1.0, 2.0]), ok_row("zero", [0.0, 0.0])], 1)
+    with pytest.raises(JobError, match="1 valid embedding"):
+        run_job(lonely, out, "--top-k", "3")
+    assert sorted(read_edges(spark, out)) == before
+    assert not list((out / "_staging").glob("*/*"))  # nothing staged left behind
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--top-k", "3", "--all-pairs"],
+        ["--all-pairs", "--metric", "l2", "--min-score", "0.5"],
+        ["--all-pairs", "--metric", "cosine", "--max-distance", "0.5"],
+        ["--top-k", "3", "--directed"],
+        ["--top-k", "0"],
+        ["--top-k", "3", "--metric", "hamming"],
+    ],
+)
+def test_bad_arguments_are_job_errors(tmp_path: Path, argv: list[str]) -> None:
+    with pytest.raises(JobError):
+        run_job(str(tmp_path), tmp_path / "out", *argv)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_input_is_a_job_error(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match="does not exist"):
+        run_job(str(tmp_path / "nope"), tmp_path / "out", "--top-k", "3")
+    assert not (tmp_path / "out").exists()
