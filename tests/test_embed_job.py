@@ -1,0 +1,348 @@
+"""The embed job end to end on local Spark: real images, real torch, seeded weights, tiny inputs."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from jobs import embed_images
+from jobs.common.cli import JobError
+from tests.test_embed_models import (
+    assert_close,
+    drawn_image,
+    png_header_only,
+    reference_features,
+    reference_inputs,
+    write_good_images,
+)
+
+RUN_DATE = "2024-03-31"
+HEADER = ["sku", "name", "brand", "category", "subcategory", "image_path"]
+
+
+def write_catalog(path: Path, rows: list[list[Any]]) -> Path:
+    """RFC 4180 CSV (quotes doubled, fields with commas/newlines quoted); None -> empty field."""
+    with path.open("w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream)
+        writer.writerow(HEADER)
+        writer.writerows([["" if v is None else v for v in row] for row in rows])
+    return path
+
+
+def read_rows(spark: Any, folder: Path) -> list[dict[str, Any]]:
+    return [row.asDict() for row in spark.read.parquet(str(folder)).collect()]
+
+
+def reason(error: str | None) -> str | None:
+    return error.split(":")[0] if error else None
+
+
+def files_under(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
+
+
+def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    good = write_good_images(images / "Shoes" / "Boots")
+    bad = images / "Shoes" / "Broken"
+    bad.mkdir(parents=True)
+    jpeg = io.BytesIO()
+    drawn_image((64, 48), 3).save(jpeg, "JPEG")
+    (bad / "text.jpg").write_text("this is not a picture\n")
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "truncated.jpg").write_bytes(jpeg.getvalue()[: len(jpeg.getvalue()) // 2])
+    (bad / "bomb.png").write_bytes(png_header_only(100_000, 100_000))
+    (bad / "folder.jpg").mkdir()
+
+    # Good images, each under a hostile sku or name (commas, quotes, newlines, unicode, leading space).
+    good_rows = {
+        f"g{i}" if i % 3 else f'g"{i}, sku\nwith newline': [
+            f'Boot {i}, "quoted"\nline 2',
+            "Brand é",
+            "Shoes",
+            "Boots",
+            f"Shoes/Boots/{name}",
+        ]
+        for i, name in enumerate(good)
+    }
+    bad_rows = {
+        "b-text": ("Shoes/Broken/text.jpg", "not_an_image"),
+        "b-empty": ("Shoes/Broken/empty.jpg", "empty_file"),
+        "b-truncated": ("Shoes/Broken/truncated.jpg", "truncated_image"),
+        "b-bomb": ("Shoes/Broken/bomb.png", "decompression_bomb"),
+        "b-folder": ("Shoes/Broken/folder.jpg", "unreadable_file"),
+        "b-missing": ("Shoes/Broken/nowhere.jpg", "missing_file"),
+        "b-escape": ("../outside.jpg", "invalid_image_path"),
+        "b-nopath": (None, "missing_image_path"),
+    }
+    rejected = [
+        [None, "no sku", "x", "Shoes", "Boots", "Shoes/Boots/rgb.jpg"],
+        ["  ", "blank sku", "x", "Shoes", "Boots", "Shoes/Boots/rgb.jpg"],
+        ["g1", "second g1", "x", "Shoes", "Boots", "Shoes/Boots/gray.png"],
+    ]
+    rows = [[sku, *values] for sku, values in good_rows.items()]
+    rows[2:2] = [[sku, "broken", "x", "Shoes", "Broken", path] for sku, (path, _) in bad_rows.items()]
+    rows.insert(1, rejected[0])
+    rows.insert(5, rejected[1])
+    rows.append(rejected[2])
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    output = tmp_path / "out"
+
+    report = embed_images.main(
+        [
+            "--catalog",
+            str(catalog),
+            "--images-root",
+            str(images),
+            "--output",
+            str(output),
+            "--model",
+            "resnet18",
+            "--weights",
+            "random:0",
+            "--batch-size",
+            "4",
+            "--device",
+            "cpu",
+            "--run-date",
+            RUN_DATE,
+        ]
+    )
+
+    sha = hashlib.sha256(
+        b"stylegraph random weights: torchvision resnet18 default init after torch.manual_seed(0)"
+    ).hexdigest()
+    written = read_rows(spark, output / "embeddings" / f"dt={RUN_DATE}")
+    actual = sorted(
+        (r["sku"], r["image_path"], r["status"], reason(r["error"]), r["model"], r["weights_sha256"])
+        for r in written
+    )
+    expected = sorted(
+        [(sku, values[-1], "ok", None, "resnet18", sha) for sku, values in good_rows.items()]
+        + [(sku, path, "error", why, "resnet18", sha) for sku, (path, why) in bad_rows.items()]
+    )
+    assert actual == expected
+    assert all(r["embedding"] is None for r in written if r["status"] == "error")
+
+    # The embeddings equal torchvision's own model and transform, computed here independently.
+    by_path = {
+        r["image_path"]: np.asarray(r["embedding"], dtype=np.float32) for r in written if r["status"] == "ok"
+    }
+    names = list(good)
+    reference = reference_features("resnet18", 0, [good[n] for n in names])
+    assert_close(np.stack([by_path[f"Shoes/Boots/{n}"] for n in names]), reference)
+
+    rejects = read_rows(spark, output / "rejects" / "embed" / f"dt={RUN_DATE}")
+    assert sorted(rejects, key=lambda r: r["name"]) == [
+        dict(zip([*HEADER, "reason"], [*row, why], strict=True))
+        for row, why in sorted(
+            zip(rejected, ["missing_sku", "missing_sku", "duplicate_sku"], strict=True), key=lambda p: p[0][1]
+        )
+    ]
+
+    errors = {why: 1 for _, why in bad_rows.values()}
+    assert report["funnel"] == {
+        "rows_in": 19,
+        "rows_out": 8,
+        "rejected_by_reason": {"missing_sku": 2, "duplicate_sku": 1, **errors},
+        "dropped_by_reason": {},
+        "rows_rejected": 11,
+        "rows_dropped": 0,
+        "is_balanced": True,
+    }
+    assert (report["rows_written"], report["embeddings_ok"]) == (16, 8)
+    assert report["embeddings_error_by_reason"] == errors
+    assert report["catalog_rejects_by_reason"] == {"missing_sku": 2, "duplicate_sku": 1}
+    on_disk = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.json").read_text())
+    assert on_disk["funnel"] == report["funnel"]
+    assert files_under(output / "_staging") == []
+
+
+def test_weights_file_head_and_normalize(spark: Any, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    good = write_good_images(images)
+    names = ["rgb.jpg", "cmyk.jpg", "rgba.png"]
+    torch.manual_seed(3)
+    backbone = torchvision.models.resnet18(weights=None)
+    weights = tmp_path / "resnet18-finetuned.pth"
+    torch.save(backbone.state_dict(), weights)
+    torch.manual_seed(4)
+    head = torch.nn.Linear(512, 8)
+    head_path = tmp_path / "head.pth"
+    torch.save(head.state_dict(), head_path)
+    catalog = write_catalog(
+        tmp_path / "catalog.csv", [[f"s{i}", "n", "b", "c", "s", n] for i, n in enumerate(names)]
+    )
+    output = tmp_path / "out"
+
+    report = embed_images.main(
+        [
+            "--catalog",
+            str(catalog),
+            "--images-root",
+            str(images),
+            "--output",
+            str(output),
+            "--model",
+            "resnet18",
+            "--weights",
+            str(weights),
+            "--head",
+            str(head_path),
+            "--normalize",
+            "--batch-size",
+            "2",
+            "--run-date",
+            RUN_DATE,
+        ]
+    )
+
+    backbone.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        features = head(backbone.eval()(reference_inputs([good[n] for n in names])))
+        expected = torch.nn.functional.normalize(features, dim=1).numpy()
+    written = {r["sku"]: r for r in read_rows(spark, output / "embeddings" / f"dt={RUN_DATE}")}
+    assert sorted(written) == ["s0", "s1", "s2"]
+    assert {(r["model"], r["weights_sha256"], r["status"]) for r in written.values()} == {
+        ("resnet18+head:8+l2", hashlib.sha256(weights.read_bytes()).hexdigest(), "ok")
+    }
+    actual = np.stack([np.asarray(written[f"s{i}"]["embedding"], dtype=np.float32) for i in range(3)])
+    assert_close(actual, expected)
+    assert report["head_sha256"] == hashlib.sha256(head_path.read_bytes()).hexdigest()
+    assert report["dimensions"] == 8
+
+
+def test_images_root_listing_without_catalog(spark: Any, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    (images / "Boots" / "A").mkdir(parents=True)
+    (images / "Boots" / "B").mkdir(parents=True)
+    drawn_image((40, 30), 1).save(images / "Boots" / "A" / "1.jpg")
+    drawn_image((30, 40), 2).save(images / "Boots" / "B" / "1.png")  # same sku as A/1.jpg
+    drawn_image((36, 36), 3).save(images / "Boots" / "A" / "2.JPG")
+    (images / "Boots" / "A" / "zero.jpg").write_bytes(b"")
+    (images / "Boots" / "notes.txt").write_text("not a product")
+    drawn_image((20, 20), 4).save(images / "Boots" / ".hidden.jpg", "JPEG")
+    output = tmp_path / "out"
+
+    report = embed_images.main(
+        [
+            "--images-root",
+            str(images),
+            "--output",
+            str(output),
+            "--model",
+            "resnet18",
+            "--weights",
+            "random:0",
+            "--run-date",
+            RUN_DATE,
+        ]
+    )
+
+    written = read_rows(spark, output / "embeddings" / f"dt={RUN_DATE}")
+    assert sorted((r["sku"], r["image_path"], r["status"], reason(r["error"])) for r in written) == [
+        ("1", "Boots/A/1.jpg", "ok", None),
+        ("2", "Boots/A/2.JPG", "ok", None),
+        ("zero", "Boots/A/zero.jpg", "error", "empty_file"),
+    ]
+    by_sku = {r["sku"]: np.asarray(r["embedding"], dtype=np.float32) for r in written if r["status"] == "ok"}
+    reference = reference_features(
+        "resnet18", 0, [images / "Boots" / "A" / "1.jpg", images / "Boots" / "A" / "2.JPG"]
+    )
+    assert_close(np.stack([by_sku["1"], by_sku["2"]]), reference)
+    rejects = read_rows(spark, output / "rejects" / "embed" / f"dt={RUN_DATE}")
+    assert rejects == [
+        {**dict.fromkeys(HEADER), "sku": "1", "image_path": "Boots/B/1.png", "reason": "duplicate_sku"}
+    ]
+    assert report["input"] == "images_root"
+    assert report["funnel"]["rejected_by_reason"] == {"duplicate_sku": 1, "empty_file": 1}
+    assert (report["funnel"]["rows_in"], report["funnel"]["rows_out"]) == (4, 2)
+
+
+def test_resnet152_default_model_on_two_images(spark: Any, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    good = write_good_images(images)
+    names = ["exif_rotated.jpg", "palette.png"]
+    catalog = write_catalog(
+        tmp_path / "catalog.csv", [[f"p{i}", "n", "b", "c", "s", n] for i, n in enumerate(names)]
+    )
+    output = tmp_path / "out"
+
+    report = embed_images.main(
+        [
+            "--catalog",
+            str(catalog),
+            "--images-root",
+            str(images),
+            "--output",
+            str(output),
+            "--weights",
+            "random:1",
+            "--run-date",
+            RUN_DATE,
+        ]
+    )
+
+    written = {r["sku"]: r for r in read_rows(spark, output / "embeddings" / f"dt={RUN_DATE}")}
+    actual = np.stack([np.asarray(written[f"p{i}"]["embedding"], dtype=np.float32) for i in range(2)])
+    assert actual.shape == (2, 2048)
+    assert_close(actual, reference_features("resnet152", 1, [good[n] for n in names]))
+    assert {r["model"] for r in written.values()} == {"resnet152"}
+    assert report["dimensions"] == 2048
+
+
+def test_bad_arguments_fail_before_any_work(spark: Any, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    write_good_images(images)
+    catalog = write_catalog(tmp_path / "catalog.csv", [["s1", "n", "b", "c", "s", "rgb.jpg"]])
+    torch.manual_seed(0)
+    head_path = tmp_path / "head512.pth"
+    torch.save(torch.nn.Linear(512, 16).state_dict(), head_path)
+    output = tmp_path / "out"
+    base = ["--images-root", str(images), "--output", str(output), "--run-date", RUN_DATE]
+    cases = {
+        "unknown model 'resnet99'": ["--catalog", str(catalog), "--model", "resnet99"],
+        "file not found": ["--catalog", str(catalog), "--weights", str(tmp_path / "missing.pth")],
+        "head takes 512 inputs but the model gives 2048": [
+            "--catalog",
+            str(catalog),
+            "--model",
+            "resnet50",
+            "--weights",
+            "random:0",
+            "--head",
+            str(head_path),
+        ],
+        "--catalog .*nope.csv: not found": ["--catalog", str(tmp_path / "nope.csv"), "--model", "resnet18"],
+    }
+    for message, argv in cases.items():
+        with pytest.raises(JobError, match=message):
+            embed_images.main([*base, *argv])
+    assert not output.exists()
+
+
+def test_no_input_images_is_an_error_and_writes_nothing(spark: Any, tmp_path: Path) -> None:
+    empty_root = tmp_path / "empty"
+    (empty_root / "Boots").mkdir(parents=True)
+    (empty_root / "Boots" / "readme.txt").write_text("no images here")
+    header_only = write_catalog(tmp_path / "catalog.csv", [])
+    output = tmp_path / "out"
+    common = ["--output", str(output), "--model", "resnet18", "--weights", "random:0", "--run-date", RUN_DATE]
+    with pytest.raises(JobError, match=r"no input images: --images-root .*empty has no products"):
+        embed_images.main(["--images-root", str(empty_root), *common])
+    with pytest.raises(JobError, match=r"no input images: --catalog .*catalog.csv has no products"):
+        embed_images.main(["--catalog", str(header_only), "--images-root", str(empty_root), *common])
+    # A catalog whose images are all missing (wrong --images-root) embeds nothing: refused, nothing published.
+    catalog = write_catalog(tmp_path / "some.csv", [["s1", "n", "b", "c", "s", "x/1.jpg"]])
+    with pytest.raises(JobError, match=r"no image could be embedded .*missing_file"):
+        embed_images.main(["--catalog", str(catalog), "--images-root", str(empty_root), *common])
+    assert files_under(output) == []

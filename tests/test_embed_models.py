@@ -1,0 +1,362 @@
+"""Model construction, weights, preprocessing, bad images and device plans (no Spark, no GPU)."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+from PIL import Image, ImageDraw, ImageOps
+from torchvision import transforms
+
+from udfs import embed_images as U
+from udfs import image_models as M
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+
+# ---------------------------------------------------------------------------------- test images
+
+
+def drawn_image(size: tuple[int, int], seed: int) -> Image.Image:
+    """A small RGB picture with a gradient, shapes and noise (something a CNN reacts to)."""
+    rng = np.random.default_rng(seed)
+    width, height = size
+    x = np.linspace(0, 255, width)[None, :, None]
+    y = np.linspace(0, 255, height)[:, None, None]
+    base = np.concatenate([x + 0 * y, y + 0 * x, (x + y) / 2], axis=2)
+    noisy = np.clip(base + rng.normal(0, 25, (height, width, 3)), 0, 255).astype(np.uint8)
+    image = Image.fromarray(noisy, "RGB")
+    draw = ImageDraw.Draw(image)
+    draw.ellipse(
+        [width // 5, height // 4, width // 2, height * 3 // 4],
+        fill=tuple(int(v) for v in rng.integers(0, 255, 3)),
+    )
+    draw.rectangle([width // 2, height // 6, width * 5 // 6, height // 2], outline=(0, 0, 0), width=3)
+    return image
+
+
+def png_header_only(width: int, height: int) -> bytes:
+    """A PNG whose header claims width x height pixels (1-bit grey) with a tiny IDAT: a bomb's shape."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 1, 0, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b"\x00"))
+        + chunk(b"IEND", b"")
+    )
+
+
+def write_good_images(folder: Path) -> dict[str, Path]:
+    """Real JPEG and PNG files of every colour mode the job must accept; name -> path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = {}
+
+    def save(name: str, image: Image.Image, **kwargs: object) -> None:
+        paths[name] = folder / name
+        image.save(paths[name], **kwargs)
+
+    save("rgb.jpg", drawn_image((72, 48), 1), quality=90)
+    save("portrait.png", drawn_image((40, 70), 2))
+    save("gray.png", drawn_image((50, 50), 3).convert("L"))
+    save("gray.jpg", drawn_image((64, 40), 4).convert("L"))
+    save("rgba.png", drawn_image((60, 44), 5).convert("RGBA"))
+    save("palette.png", drawn_image((56, 56), 6).convert("P", palette=Image.Palette.ADAPTIVE))
+    save("cmyk.jpg", drawn_image((66, 50), 7).convert("CMYK"))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
+    save("exif_rotated.jpg", drawn_image((80, 40), 8), exif=exif)
+    return paths
+
+
+def reference_inputs(paths: list[Path]) -> torch.Tensor:
+    """torchvision's ImageNet eval transform, written out independently of the code under test."""
+    compose = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize(IMAGENET_MEAN, IMAGENET_STD),
+        ]
+    )
+    return torch.stack([compose(ImageOps.exif_transpose(Image.open(p)).convert("RGB")) for p in paths])
+
+
+def reference_features(model_name: str, seed: int, paths: list[Path]) -> np.ndarray:
+    """Pooled features from a torchvision model seeded with torch.manual_seed(seed), classifier removed."""
+    torch.manual_seed(seed)
+    model = getattr(torchvision.models, model_name)(weights=None)
+    model.fc = torch.nn.Identity()
+    with torch.inference_mode():
+        return model.eval()(reference_inputs(paths)).numpy()
+
+
+def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = 1e-4) -> None:
+    """Equal within ``tolerance`` relative to the largest expected magnitude (at least 1)."""
+    assert actual.shape == expected.shape
+    scale = max(1.0, float(np.abs(expected).max()))
+    assert float(np.abs(actual - expected).max()) <= tolerance * scale
+
+
+CPU_PLAN = M.ExecutionPlan("cpu", None, channels_last=False, torch_threads=1, decode_threads=1)
+
+
+# ---------------------------------------------------------------------------------- preprocessing
+
+
+def test_preprocessing_equals_torchvision_eval_transform(tmp_path: Path) -> None:
+    paths = list(write_good_images(tmp_path).values())
+    ours = M.normalize_batch(torch.stack([M.preprocess_bytes(p.read_bytes()) for p in paths]))
+    expected = reference_inputs(paths)
+    assert ours.shape == (len(paths), 3, 224, 224)
+    assert torch.allclose(ours, expected, atol=1e-6, rtol=0)
+    # The EXIF orientation was applied: an 80x40 photo rotated to stand 40 wide, 80 high.
+    assert M.decode_image((tmp_path / "exif_rotated.jpg").read_bytes()).size == (40, 80)
+
+
+def test_every_bad_file_kind_gets_its_reason(tmp_path: Path) -> None:
+    good = io.BytesIO()
+    drawn_image((64, 48), 9).save(good, "JPEG")
+    jpeg = good.getvalue()
+    good_png = io.BytesIO()
+    drawn_image((64, 48), 9).save(good_png, "PNG")
+    garbled = bytearray(jpeg)
+    garbled[300:-2] = bytes(len(garbled) - 302)
+    cases = {
+        b"": M.REASON_EMPTY_FILE,
+        b"sku,name\n1,boot\n": M.REASON_NOT_AN_IMAGE,
+        jpeg[: len(jpeg) // 2]: M.REASON_TRUNCATED_IMAGE,
+        good_png.getvalue()[: len(good_png.getvalue()) - 40]: M.REASON_TRUNCATED_IMAGE,
+        bytes(garbled): M.REASON_CORRUPT_IMAGE,
+        png_header_only(100_000, 100_000): M.REASON_DECOMPRESSION_BOMB,  # Pillow's own error (> 2x its limit)
+        png_header_only(8_000, 6_000): M.REASON_DECOMPRESSION_BOMB,  # over our 40 MP limit, under Pillow's
+    }
+    for data, reason in cases.items():
+        with pytest.raises(M.ImageError) as caught:
+            M.decode_image(data)
+        assert caught.value.reason == reason, (data[:20], caught.value)
+    with pytest.raises(M.ImageError) as caught:
+        M.decode_image(jpeg, max_pixels=64 * 48 - 1)
+    assert caught.value.reason == M.REASON_DECOMPRESSION_BOMB
+    assert M.decode_image(jpeg, max_pixels=64 * 48).size == (64, 48)
+
+
+def test_image_reader_paths_and_file_errors(tmp_path: Path) -> None:
+    (tmp_path / "Boots").mkdir()
+    (tmp_path / "Boots" / 'a b,"c".jpg').write_bytes(b"12345")
+    reader = U.ImageReader(str(tmp_path), max_bytes=5)
+    assert reader.read('Boots/./a b,"c".jpg') == b"12345"
+    expected = {
+        None: M.REASON_MISSING_IMAGE_PATH,
+        "  ": M.REASON_MISSING_IMAGE_PATH,
+        "../secret.jpg": M.REASON_INVALID_IMAGE_PATH,
+        "Boots/../../secret.jpg": M.REASON_INVALID_IMAGE_PATH,
+        "/etc/passwd": M.REASON_INVALID_IMAGE_PATH,
+        "Boots/x\x00.jpg": M.REASON_INVALID_IMAGE_PATH,
+        "Boots/missing.jpg": M.REASON_MISSING_FILE,
+        "Boots": M.REASON_UNREADABLE_FILE,
+    }
+    for value, reason in expected.items():
+        with pytest.raises(M.ImageError) as caught:
+            reader.read(value)
+        assert caught.value.reason == reason, value
+    with pytest.raises(M.ImageError) as caught:
+        U.ImageReader(str(tmp_path), max_bytes=4).read('Boots/a b,"c".jpg')
+    assert caught.value.reason == M.REASON_FILE_TOO_LARGE
+
+
+# ---------------------------------------------------------------------------------- models, weights
+
+
+@pytest.mark.parametrize(
+    ("name", "dims"),
+    [("resnet152", 2048), ("resnet50", 2048), ("resnet34", 512), ("resnet18", 512), ("vgg16", 4096)],
+)
+def test_classifier_removed_gives_pooled_features(name: str, dims: int) -> None:
+    # Shapes only (meta device): no memory, no initialisation, still the real torchvision graph.
+    model = M.strip_classifier(M.build_classifier(name, device="meta"), name)
+    assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, dims)
+    assert M.feature_dim(name) == dims
+
+
+def test_unknown_model_is_a_config_error() -> None:
+    with pytest.raises(M.ModelConfigError, match="unknown model 'resnet151'.*resnet152"):
+        M.resolve_weights("resnet151", "random:0")
+
+
+def test_random_weights_are_seeded_and_named_by_a_stable_sha() -> None:
+    spec = M.resolve_weights("resnet18", "random:5")
+    description = "stylegraph random weights: torchvision resnet18 default init after torch.manual_seed(5)"
+    assert spec == M.WeightsSpec("random", hashlib.sha256(description.encode()).hexdigest(), seed=5)
+    torch.manual_seed(5)
+    expected = torchvision.models.resnet18(weights=None).state_dict()
+    actual = M.load_backbone("resnet18", spec).state_dict()
+    assert set(actual) == {k for k in expected if not k.startswith("fc.")}
+    assert all(torch.equal(actual[k], expected[k]) for k in actual)
+    with pytest.raises(M.ModelConfigError, match="integer seed"):
+        M.resolve_weights("resnet18", "random:abc")
+
+
+def test_weights_file_checks_and_loads(tmp_path: Path) -> None:
+    torch.manual_seed(11)
+    source = torchvision.models.resnet18(weights=None)
+    full = tmp_path / "full.pth"
+    torch.save(source.state_dict(), full)
+    # A DataParallel checkpoint, wrapped, without the classifier and without BN counters: same weights.
+    wrapped = tmp_path / "wrapped.pth"
+    backbone_only = {
+        f"module.{k}": v
+        for k, v in source.state_dict().items()
+        if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
+    }
+    torch.save({"state_dict": backbone_only}, wrapped)
+
+    spec = M.resolve_weights("resnet18", str(full))
+    assert spec == M.WeightsSpec("file", hashlib.sha256(full.read_bytes()).hexdigest(), uri=str(full))
+    source.fc = torch.nn.Identity()
+    images = torch.rand(2, 3, 64, 64)  # any size: the pooling is adaptive
+    with torch.inference_mode():
+        expected = source.eval()(images).numpy()
+        for path in (full, wrapped):
+            loaded = M.load_backbone("resnet18", M.resolve_weights("resnet18", str(path)))
+            assert_close(loaded(images).numpy(), expected, 1e-6)
+
+    with pytest.raises(M.ModelConfigError, match="file not found"):
+        M.resolve_weights("resnet18", str(tmp_path / "nope.pth"))
+    with pytest.raises(M.ModelConfigError, match="weights do not fit resnet34.*missing keys"):
+        M.resolve_weights("resnet34", str(full))
+    with pytest.raises(M.ModelConfigError, match="weights do not fit resnet50.*shape mismatches"):
+        M.resolve_weights("resnet50", str(full))
+    garbage = tmp_path / "garbage.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(M.ModelConfigError, match="cannot load a state_dict"):
+        M.resolve_weights("resnet18", str(garbage))
+
+
+def test_imagenet_weights_fail_clearly_without_network(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # an empty hub cache
+    monkeypatch.setattr(M, "IMAGENET_DOWNLOAD_TIMEOUT_S", 5.0)
+    with pytest.raises(M.ModelConfigError) as caught:
+        M.resolve_weights("resnet18", "imagenet")
+    message = str(caught.value)
+    assert "--weights imagenet" in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert "--weights s3://" in message
+    assert list(tmp_path.rglob("*.pth*")) == []
+
+
+def test_head_checks_shape(tmp_path: Path) -> None:
+    torch.manual_seed(2)
+    linear = torch.nn.Linear(512, 8)
+    path = tmp_path / "head.pth"
+    torch.save({f"head.{k}": v for k, v in linear.state_dict().items()}, path)
+    head = M.load_head(str(path), 512)
+    features = torch.rand(3, 512)
+    with torch.inference_mode():
+        assert torch.allclose(head(features), linear(features))
+    with pytest.raises(M.ModelConfigError, match="head takes 512 inputs but the model gives 2048"):
+        M.load_head(str(path), 2048)
+    torch.save({"a.weight": torch.rand(4, 4), "b.weight": torch.rand(4, 4)}, tmp_path / "two.pth")
+    with pytest.raises(M.ModelConfigError, match="one linear layer"):
+        M.load_head(str(tmp_path / "two.pth"), 4)
+    with pytest.raises(M.ModelConfigError, match="file not found"):
+        M.load_head(str(tmp_path / "none.pth"), 512)
+
+
+# ---------------------------------------------------------------------------------- devices
+
+
+def test_device_plan_cpu() -> None:
+    for requested in ("cpu", "auto"):
+        plan = M.plan_execution(
+            requested,
+            gpu_addresses=[],
+            task_cpus=3,
+            cuda_available=False,
+            device_count=0,
+            bf16_supported=False,
+        )
+        assert plan == M.ExecutionPlan("cpu", None, channels_last=False, torch_threads=3, decode_threads=1)
+    # A GPU box asked for CPU stays on CPU.
+    plan = M.plan_execution(
+        "cpu", gpu_addresses=["0"], task_cpus=1, cuda_available=True, device_count=1, bf16_supported=True
+    )
+    assert plan.device == "cpu"
+    with pytest.raises(ValueError, match="no CUDA device"):
+        M.plan_execution(
+            "cuda", gpu_addresses=[], task_cpus=1, cuda_available=False, device_count=0, bf16_supported=False
+        )
+
+
+def test_device_plan_uses_the_gpu_spark_assigned() -> None:
+    plan = M.plan_execution(
+        "auto", gpu_addresses=["2"], task_cpus=4, cuda_available=True, device_count=4, bf16_supported=True
+    )
+    assert plan == M.ExecutionPlan(
+        "cuda:2", "bfloat16", channels_last=True, torch_threads=4, decode_threads=4
+    )
+    plan = M.plan_execution(
+        "cuda", gpu_addresses=["1"], task_cpus=1, cuda_available=True, device_count=2, bf16_supported=False
+    )
+    assert plan == M.ExecutionPlan("cuda:1", "float16", channels_last=True, torch_threads=1, decode_threads=2)
+    assert M.gpu_index([], 1) == 0
+    assert M.gpu_index(["0", "1"], 2) == 0
+    for bad in (["4"], ["gpu0"]):
+        with pytest.raises(ValueError, match="sees 2 CUDA device"):
+            M.gpu_index(bad, 2)
+
+
+def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
+    """The GPU path's channels_last + autocast code, exercised on CPU with bf16 autocast."""
+    paths = list(write_good_images(tmp_path).values())[:3]
+    batch = torch.stack([M.preprocess_bytes(p.read_bytes()) for p in paths])
+    config = U.EmbedConfig("resnet18", M.resolve_weights("resnet18", "random:0"), str(tmp_path))
+    gpu_like = M.ExecutionPlan("cpu", "bfloat16", channels_last=True, torch_threads=1, decode_threads=2)
+    fast = U.get_model(config, gpu_like)
+    assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    reference = reference_features("resnet18", 0, paths)
+    actual = fast.embed(batch)
+    assert actual.dtype == np.float32
+    cosine = (actual * reference).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(reference, axis=1)
+    assert cosine.min() > 0.99  # bf16 is close to, not equal to, fp32
+    assert U.get_model(config, gpu_like) is fast  # cached: loaded once per worker and device
+    assert U.get_model(config, CPU_PLAN) is not fast
+
+
+def test_udf_body_rebatches_and_keeps_order(tmp_path: Path) -> None:
+    import pandas as pd
+
+    good = write_good_images(tmp_path)
+    (tmp_path / "bad.jpg").write_bytes(b"nope")
+    names = ["rgb.jpg", "bad.jpg", "gray.png", None, "cmyk.jpg", "portrait.png", "missing.png"]
+    series = [pd.Series(names[:3]), pd.Series(names[3:4]), pd.Series(names[4:])]
+    config = U.EmbedConfig("resnet18", M.resolve_weights("resnet18", "random:0"), str(tmp_path), batch_size=2)
+    frames = list(U.embed_path_batches(iter(series), config, CPU_PLAN))
+    assert [len(f) for f in frames] == [2, 2, 2, 1]
+    result = pd.concat(frames, ignore_index=True)
+    assert result["status"].tolist() == ["ok", "error", "ok", "error", "ok", "ok", "error"]
+    assert [e.split(":")[0] if e else None for e in result["error"]] == [
+        None,
+        "not_an_image",
+        None,
+        "missing_image_path",
+        None,
+        None,
+        "missing_file",
+    ]
+    ok_names = [n for n, s in zip(names, result["status"], strict=True) if s == "ok"]
+    expected = reference_features("resnet18", 0, [good[n] for n in ok_names])
+    assert_close(np.stack(result.loc[result["status"] == "ok", "embedding"].tolist()), expected)
