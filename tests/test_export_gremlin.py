@@ -3,6 +3,7 @@
 Expected rows are written out by hand from the inputs (ids by the documented formula); the CSV files are
 read back with Python's csv module (RFC 4180), independent of Spark's reader.
 """
+
 from __future__ import annotations
 
 import csv
@@ -23,7 +24,6 @@ from jobs import export_gremlin
 from jobs.common.cli import JobError
 from jobs.validate_gremlin_csv import validate_export
 from schemas import embeddings as E
-from schemas import gremlin as G
 
 RUN_DATE = "2024-03-31"
 
@@ -42,7 +42,14 @@ CATALOG = [
 ]
 MALFORMED_LINE = "M1,too,many,fields,here,x,y\n"
 
-EMBEDDINGS = [("A1", "ok"), ('Q"1,x', "error"), (" 8sp", "error"), (" 8sp", "ok"), ("N1", "ok"), ("GHOST", "ok")]
+EMBEDDINGS = [
+    ("A1", "ok"),
+    ('Q"1,x', "error"),
+    (" 8sp", "error"),
+    (" 8sp", "ok"),
+    ("N1", "ok"),
+    ("GHOST", "ok"),
+]
 
 # src, dst, score, rank
 EDGES = [
@@ -72,20 +79,53 @@ RAW_EDGE_SCHEMA = T.StructType(
 )
 
 VERTEX_HEADER = [
-    "~id", "~label", "sku:String(single)", "name:String(single)", "brand:String(single)",
-    "category:String(single)", "subcategory:String(single)", "image:String(single)",
+    "~id",
+    "~label",
+    "sku:String(single)",
+    "name:String(single)",
+    "brand:String(single)",
+    "category:String(single)",
+    "subcategory:String(single)",
+    "image:String(single)",
     "embeddingStatus:String(single)",
 ]
 EXPECTED_VERTICES = [
-    ["product:A1", "product", "A1", 'Boot, "Chelsea"; size 9', "Acme", "Shoes", "Boots",
-     "Shoes/Boots/Acme/A1.jpg", "ok"],
-    ['product:Q"1,x', "product", 'Q"1,x', "multi\nline name", "  leading", "Sandals", "Flat",
-     "C:\\path\\back\\slash\\", "error"],
+    [
+        "product:A1",
+        "product",
+        "A1",
+        'Boot, "Chelsea"; size 9',
+        "Acme",
+        "Shoes",
+        "Boots",
+        "Shoes/Boots/Acme/A1.jpg",
+        "ok",
+    ],
+    [
+        'product:Q"1,x',
+        "product",
+        'Q"1,x',
+        "multi\nline name",
+        "  leading",
+        "Sandals",
+        "Flat",
+        "C:\\path\\back\\slash\\",
+        "error",
+    ],
     ["product: 8sp", "product", " 8sp", "emoji 👟🔥", "日本ブランド", "Обувь", "Ботинки", "x/ü.jpg", "ok"],
     ["product:B2", "product", "B2", "", "Brand", "Shoes", "", "b2.jpg", ""],
     ["product:N1", "product", "N1", "nulname", "B", "c", "d", "e", "ok"],
 ]
-EDGE_HEADER = ["~id", "~from", "~to", "~label", "score:Double", "rank:Int", "metric:String", "higherIsCloser:Bool"]
+EDGE_HEADER = [
+    "~id",
+    "~from",
+    "~to",
+    "~label",
+    "score:Double",
+    "rank:Int",
+    "metric:String",
+    "higherIsCloser:Bool",
+]
 
 
 def edge_id(src: str, dst: str, label: str = "similar") -> str:
@@ -96,7 +136,10 @@ def edge_id(src: str, dst: str, label: str = "similar") -> str:
 EXPECTED_EDGES = [
     [edge_id(s, d), f"product:{s}", f"product:{d}", "similar", score, str(rank), "cosine", "true"]
     for s, d, score, rank in [
-        ("A1", 'Q"1,x', 0.91, 1), ('Q"1,x', " 8sp", 0.5, 1), (" 8sp", "A1", 1e-5, 1), ("A1", " 8sp", 0.4, 2),
+        ("A1", 'Q"1,x', 0.91, 1),
+        ('Q"1,x', " 8sp", 0.5, 1),
+        (" 8sp", "A1", 1e-5, 1),
+        ("A1", " 8sp", 0.4, 2),
         ("B2", "A1", 0.3, 1),
     ]
 ]
@@ -124,16 +167,29 @@ def write_catalog(path: Path, rows: list[list[str]], extra: str = "") -> None:
 def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("export")
     write_catalog(root / "catalog.csv", CATALOG, MALFORMED_LINE)
-    embeddings = [(sku, f"{sku}.jpg", [0.0] if status == "ok" else None, status, None, "resnet152", None)
-                  for sku, status in EMBEDDINGS]
+    embeddings = [
+        (sku, f"{sku}.jpg", [0.0] if status == "ok" else None, status, None, "resnet152", None)
+        for sku, status in EMBEDDINGS
+    ]
     spark.createDataFrame(embeddings, E.EMBEDDING_SCHEMA).write.parquet(str(root / "embeddings"))
     spark.createDataFrame(EDGES, RAW_EDGE_SCHEMA).write.parquet(str(root / "edges"))
     output = root / "gremlin" / f"dt={RUN_DATE}"
-    report = export_gremlin.main([
-        "--catalog", str(root / "catalog.csv"), "--edges", str(root / "edges"),
-        "--embeddings", str(root / "embeddings"), "--output", str(output), "--run-date", RUN_DATE,
-        "--report-dir", str(root / "reports"),
-    ])
+    report = export_gremlin.main(
+        [
+            "--catalog",
+            str(root / "catalog.csv"),
+            "--edges",
+            str(root / "edges"),
+            "--embeddings",
+            str(root / "embeddings"),
+            "--output",
+            str(output),
+            "--run-date",
+            RUN_DATE,
+            "--report-dir",
+            str(root / "reports"),
+        ]
+    )
     return {"root": root, "output": output, "report": report}
 
 
@@ -164,7 +220,12 @@ def test_only_compressed_data_files_under_the_loader_prefixes(hostile_export):
     for folder in ("vertices", "edges"):
         names = [path.name for path in (output / folder).iterdir()]
         assert names and all(name.startswith("part-") and name.endswith(".csv.gz") for name in names), names
-    assert sorted(path.name for path in output.iterdir()) == ["_rejects", "edges", "manifest.json", "vertices"]
+    assert sorted(path.name for path in output.iterdir()) == [
+        "_rejects",
+        "edges",
+        "manifest.json",
+        "vertices",
+    ]
     assert not (output.parent / "_staging").exists()
     for path in data_files(output):
         assert not path.name.endswith(".crc") and path.name != "_SUCCESS", path
@@ -177,22 +238,30 @@ def test_manifest_matches_the_files_on_disk(hostile_export):
     for folder in ("vertices", "edges"):
         for path in data_files(output / folder):
             data = path.read_bytes()
-            on_disk.append({
-                "path": f"{folder}/{path.name}",
-                "rows": len(read_csv_rows(path)) - 1,
-                "bytes": len(data),
-                "sha256": hashlib.sha256(data).hexdigest(),
-            })
+            on_disk.append(
+                {
+                    "path": f"{folder}/{path.name}",
+                    "rows": len(read_csv_rows(path)) - 1,
+                    "bytes": len(data),
+                    "sha256": hashlib.sha256(data).hexdigest(),
+                }
+            )
     assert sorted(manifest["files"], key=lambda f: f["path"]) == sorted(on_disk, key=lambda f: f["path"])
     vertex_files = [f for f in on_disk if f["path"].startswith("vertices/")]
     edge_files = [f for f in on_disk if f["path"].startswith("edges/")]
     assert manifest["totals"] == {
         "vertices": {"files": len(vertex_files), "rows": 5, "bytes": sum(f["bytes"] for f in vertex_files)},
         "edges": {"files": len(edge_files), "rows": 5, "bytes": sum(f["bytes"] for f in edge_files)},
-        "files": len(on_disk), "rows": 10, "bytes": sum(f["bytes"] for f in on_disk),
+        "files": len(on_disk),
+        "rows": 10,
+        "bytes": sum(f["bytes"] for f in on_disk),
     }
     assert manifest["headers"] == {"vertices": VERTEX_HEADER, "edges": EDGE_HEADER}
-    assert (manifest["compression"], manifest["metric"], manifest["higher_is_closer"]) == ("gzip", "cosine", True)
+    assert (manifest["compression"], manifest["metric"], manifest["higher_is_closer"]) == (
+        "gzip",
+        "cosine",
+        True,
+    )
 
 
 def test_quarantine_holds_each_bad_row_with_its_reason(spark, hostile_export):
@@ -210,8 +279,13 @@ def test_quarantine_holds_each_bad_row_with_its_reason(spark, hostile_export):
         ("M1", "too", "malformed_csv_row"),
     }
     edge_rejects = {
-        (row["src"], row["dst"], "nan" if row["score"] is not None and math.isnan(row["score"]) else row["score"],
-         row["rank"], row["reject_reason"])
+        (
+            row["src"],
+            row["dst"],
+            "nan" if row["score"] is not None and math.isnan(row["score"]) else row["score"],
+            row["rank"],
+            row["reject_reason"],
+        )
         for row in spark.read.parquet(str(rejects / "edges")).collect()
     }
     assert edge_rejects == {
@@ -234,10 +308,16 @@ def test_report_counts_every_row(hostile_export):
         "rows_in": len(CATALOG) + 1 + len(EDGES),
         "rows_out": 10,
         "rejected_by_reason": {
-            "vertex.missing_sku": 2, "vertex.duplicate_sku": 1, "vertex.sku_has_nul": 1,
+            "vertex.missing_sku": 2,
+            "vertex.duplicate_sku": 1,
+            "vertex.sku_has_nul": 1,
             "vertex.malformed_csv_row": 1,
-            "edge.duplicate_edge": 1, "edge.non_finite_score": 2, "edge.self_loop": 1,
-            "edge.from_vertex_missing": 2, "edge.to_vertex_missing": 1, "edge.missing_endpoint": 1,
+            "edge.duplicate_edge": 1,
+            "edge.non_finite_score": 2,
+            "edge.self_loop": 1,
+            "edge.from_vertex_missing": 2,
+            "edge.to_vertex_missing": 1,
+            "edge.missing_endpoint": 1,
             "edge.missing_score": 1,
         },
         "dropped_by_reason": {"vertex.duplicate_sku_identical": 1, "edge.duplicate_edge_identical": 1},
@@ -262,25 +342,46 @@ def test_the_validator_passes_the_export(hostile_export):
 def sized_inputs(spark, tmp_path_factory) -> dict[str, Path]:
     """1,000 products and 40,000 all-pairs edges (no rank), enough to need several 1 MB files."""
     root = tmp_path_factory.mktemp("sized")
-    write_catalog(root / "catalog.csv", [[f"S{i:04d}", f"name {i}", "b", "c", "d", f"{i}.jpg"] for i in range(1000)])
+    write_catalog(
+        root / "catalog.csv", [[f"S{i:04d}", f"name {i}", "b", "c", "d", f"{i}.jpg"] for i in range(1000)]
+    )
     (
         spark.range(40_000, numPartitions=4)
         .select(
             F.format_string("S%04d", (F.col("id") % 1000).cast("int")).alias("src"),
-            F.format_string("S%04d", ((F.col("id") % 1000 + 1 + F.floor(F.col("id") / 1000)) % 1000).cast("int"))
-            .alias("dst"),
+            F.format_string(
+                "S%04d", ((F.col("id") % 1000 + 1 + F.floor(F.col("id") / 1000)) % 1000).cast("int")
+            ).alias("dst"),
             (F.col("id") / 40_000.0).alias("score"),
         )
         .write.parquet(str(root / "edges"))
     )
-    return {"root": root, "catalog": root / "catalog.csv", "edges": root / "edges", "output": root / "gremlin"}
+    return {
+        "root": root,
+        "catalog": root / "catalog.csv",
+        "edges": root / "edges",
+        "output": root / "gremlin",
+    }
 
 
 def test_files_are_sized_near_the_target_and_all_pairs_has_no_rank(sized_inputs):
     args = [
-        "--catalog", str(sized_inputs["catalog"]), "--edges", str(sized_inputs["edges"]),
-        "--output", str(sized_inputs["output"]), "--run-date", RUN_DATE, "--compression", "none",
-        "--target-file-mb", "1", "--metric", "exp_l1", "--edge-label", "looks_like",
+        "--catalog",
+        str(sized_inputs["catalog"]),
+        "--edges",
+        str(sized_inputs["edges"]),
+        "--output",
+        str(sized_inputs["output"]),
+        "--run-date",
+        RUN_DATE,
+        "--compression",
+        "none",
+        "--target-file-mb",
+        "1",
+        "--metric",
+        "exp_l1",
+        "--edge-label",
+        "looks_like",
     ]
     report = export_gremlin.main(args)
     files = data_files(sized_inputs["output"] / "edges")
@@ -292,8 +393,15 @@ def test_files_are_sized_near_the_target_and_all_pairs_has_no_rank(sized_inputs)
     header = read_csv_rows(files[0])[0]
     assert header == ["~id", "~from", "~to", "~label", "score:Double", "metric:String", "higherIsCloser:Bool"]
     first = {row[0]: row for row in rows}[edge_id("S0000", "S0001", "looks_like")]
-    assert first == [edge_id("S0000", "S0001", "looks_like"), "product:S0000", "product:S0001", "looks_like",
-                     "0.0", "exp_l1", "false"]
+    assert first == [
+        edge_id("S0000", "S0001", "looks_like"),
+        "product:S0000",
+        "product:S0001",
+        "looks_like",
+        "0.0",
+        "exp_l1",
+        "false",
+    ]
 
 
 def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monkeypatch):
@@ -306,10 +414,20 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
 
     monkeypatch.setattr(export_gremlin, "describe_files", disk_full)
     with pytest.raises(OSError, match="disk full"):
-        export_gremlin.main([
-            "--catalog", str(sized_inputs["catalog"]), "--edges", str(sized_inputs["edges"]),
-            "--output", str(output), "--run-date", RUN_DATE, "--compression", "gzip",
-        ])
+        export_gremlin.main(
+            [
+                "--catalog",
+                str(sized_inputs["catalog"]),
+                "--edges",
+                str(sized_inputs["edges"]),
+                "--output",
+                str(output),
+                "--run-date",
+                RUN_DATE,
+                "--compression",
+                "gzip",
+            ]
+        )
     after = {str(path.relative_to(output)): path.read_bytes() for path in data_files(output)}
     assert after == before
     assert sorted(os.listdir(output.parent)) == ["catalog.csv", "edges", "gremlin"]
@@ -317,18 +435,52 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
 
 def test_missing_input_and_bad_label_are_clear_errors(tmp_path):
     with pytest.raises(JobError, match="--edges: nothing at"):
-        export_gremlin.main(["--catalog", str(tmp_path), "--edges", str(tmp_path / "nope"),
-                             "--output", str(tmp_path / "out")])
+        export_gremlin.main(
+            ["--catalog", str(tmp_path), "--edges", str(tmp_path / "nope"), "--output", str(tmp_path / "out")]
+        )
     with pytest.raises(JobError, match="label must match"):
-        export_gremlin.main(["--catalog", str(tmp_path), "--edges", str(tmp_path), "--output", str(tmp_path),
-                             "--edge-label", "similar:to"])
+        export_gremlin.main(
+            [
+                "--catalog",
+                str(tmp_path),
+                "--edges",
+                str(tmp_path),
+                "--output",
+                str(tmp_path),
+                "--edge-label",
+                "similar:to",
+            ]
+        )
     assert sorted(os.listdir(tmp_path)) == []
 
 
 def test_writer_round_trips_every_hostile_string(spark, tmp_path):
-    values = ["plain", "a,b", 'a"b', '"', '""', "a\nb", "a\rb", "a\r\nb", "back\\slash", 'bs\\"q', "x\\",
-              " lead", "trail ", "semi;colon", "emoji 👟", "עברית", "日本語", "tab\tin", "", None, "\u2028"]
-    df = spark.createDataFrame([(str(i), v) for i, v in enumerate(values)], "`~id` string, `name:String` string")
+    values = [
+        "plain",
+        "a,b",
+        'a"b',
+        '"',
+        '""',
+        "a\nb",
+        "a\rb",
+        "a\r\nb",
+        "back\\slash",
+        'bs\\"q',
+        "x\\",
+        " lead",
+        "trail ",
+        "semi;colon",
+        "emoji 👟",
+        "עברית",
+        "日本語",
+        "tab\tin",
+        "",
+        None,
+        "\u2028",
+    ]
+    df = spark.createDataFrame(
+        [(str(i), v) for i, v in enumerate(values)], "`~id` string, `name:String` string"
+    )
     sizing = export_gremlin.Sizing(bytes_per_row=None, rows_per_file=1000, partitions=1)
     export_gremlin.write_csv(df, str(tmp_path / "out"), compression="gzip", sizing=sizing)
     (path,) = [p for p in (tmp_path / "out").iterdir() if p.name.endswith(".csv.gz")]
