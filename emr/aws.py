@@ -25,7 +25,8 @@ DENIED_CODES = {"403", "AccessDenied", "Forbidden"}
 
 def checked_session(region: str | None = None) -> boto3.session.Session:
     """A boto3 session with a region and credentials, or a JobError saying which is missing."""
-    session = boto3.session.Session(region_name=region or None)
+    # botocore reads AWS_DEFAULT_REGION and profiles; AWS_REGION is the name the SDKs share (and pyarrow's).
+    session = boto3.session.Session(region_name=region or os.environ.get("AWS_REGION") or None)
     if not session.region_name:
         raise JobError(
             "no AWS region: pass --region or set AWS_REGION (or AWS_DEFAULT_REGION, or a profile's region)"

@@ -167,6 +167,9 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
     if not calls:
         raise JobError("no Spark stage to run on EMR")
     manifest = _read_manifest(args.dist)
+    missing = [call.stage.module for call in calls if call.stage.job_name not in manifest.get("jobs", [])]
+    if missing:
+        raise JobError(f"{args.dist} has no entry script for {', '.join(missing)}: rebuild with `make dist`")
     session = aws.checked_session(args.region)
     s3 = session.client("s3")
     emr = session.client("emr")

@@ -125,6 +125,7 @@ STAGES: tuple[Stage, ...] = (
             ("--embeddings", "{embeddings}"),
             ("--output", "{export}"),
             ("--compression", "gzip"),
+            ("--metric", "{metric}"),
         ),
     ),
     Stage(

@@ -1,0 +1,235 @@
+"""The EMR CLI end to end against a local AWS endpoint (moto server): artifacts uploaded, the GPU
+cluster created with YARN GPU scheduling, the pipeline's steps added with the right arguments, a failed
+step reported with its details, and clear refusals (missing bucket, region, credentials, bad input)."""
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import boto3
+import pytest
+
+from emr import cli as emr_cli
+from jobs.build_dist import build
+from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
+
+RUN_DATE = "2024-03-31"
+REGION = "us-east-1"
+
+
+@pytest.fixture(scope="module")
+def dist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("emr") / "dist"
+    build(out)
+    return out
+
+
+@pytest.fixture
+def bucket(aws_env: str) -> str:
+    name = f"stylegraph-emr-{uuid.uuid4().hex[:8]}"
+    boto3.client("s3").create_bucket(Bucket=name)
+    return name
+
+
+@contextmanager
+def emr_runs_steps(fail_stage: str | None = None, reason: str = "") -> Iterator[None]:
+    """Play EMR's part: moto leaves the first step RUNNING and the rest PENDING forever, so this thread
+    completes them one after another, or fails the one of ``fail_stage`` (later ones are cancelled,
+    as ActionOnFailure=CANCEL_AND_WAIT does)."""
+    from moto.core import DEFAULT_ACCOUNT_ID
+    from moto.emr.models import emr_backends
+
+    stop = threading.Event()
+
+    def advance() -> None:
+        while not stop.is_set():
+            backend = emr_backends[DEFAULT_ACCOUNT_ID][REGION]
+            for cluster in list(backend.clusters.values()):
+                for step in [s for s in cluster.steps if s.state == "RUNNING"]:
+                    if fail_stage is not None and step.name.split(" ")[1] == fail_stage:
+                        step.state = "FAILED"
+                        step.last_state_change_reason = reason
+                        for later in cluster.steps:
+                            if later.state == "PENDING":
+                                later.state = "CANCELLED"
+                        continue
+                    step.state = "COMPLETED"
+                    following = next((s for s in cluster.steps if s.state == "PENDING"), None)
+                    if following is not None:
+                        following.state = "RUNNING"
+            stop.wait(0.02)
+
+    thread = threading.Thread(target=advance, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+
+
+def run_args(bucket: str, dist_dir: Path, *extra: str) -> list[str]:
+    return [
+        "run", "--bucket", bucket, "--prefix", "sg",
+        "--input-root", f"s3://{bucket}/raw", "--work-root", f"s3://{bucket}/work",
+        "--run-date", RUN_DATE, "--weights", f"s3://{bucket}/models/resnet152.pt",
+        "--dist", str(dist_dir), "--poll-seconds", "0.02", *extra,
+    ]
+
+
+def all_keys(bucket: str) -> list[str]:
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=bucket)
+    return sorted(obj["Key"] for page in pages for obj in page.get("Contents", []))
+
+
+def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
+    bucket: str, dist_dir: Path
+) -> None:
+    with emr_runs_steps():
+        result = emr_cli.main(run_args(bucket, dist_dir))
+    emr = boto3.client("emr")
+    s3 = boto3.client("s3")
+    cluster_id = result["cluster_id"]
+
+    dist_files = sorted(p.relative_to(dist_dir).as_posix() for p in dist_dir.rglob("*") if p.is_file())
+    build_prefix = next(key for key in all_keys(bucket) if key.endswith("/stylegraph.zip")).rsplit("/", 1)[0]
+    assert build_prefix.startswith("sg/artifacts/")
+    assert all_keys(bucket) == sorted(f"{build_prefix}/{rel}" for rel in dist_files)
+    uploaded_zip = s3.get_object(Bucket=bucket, Key=f"{build_prefix}/stylegraph.zip")["Body"].read()
+    assert uploaded_zip == (dist_dir / "stylegraph.zip").read_bytes()
+    base = f"s3://{bucket}/{build_prefix}"
+
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    assert cluster["ReleaseLabel"].startswith("emr-7.")
+    assert cluster["Status"]["State"] == "TERMINATED"
+    configurations = {item["Classification"]: item for item in cluster["Configurations"]}
+    assert configurations["capacity-scheduler"]["Properties"] == {
+        "yarn.scheduler.capacity.resource-calculator":
+            "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator",
+    }
+    yarn = configurations["yarn-site"]["Properties"]
+    assert yarn["yarn.resource-types"] == "yarn.io/gpu"
+    assert yarn["yarn.nodemanager.resource-plugins"] == "yarn.io/gpu"
+    gpu_module = configurations["container-executor"]["Configurations"][0]
+    assert gpu_module == {"Classification": "gpu", "Properties": {"module.enabled": "true"}}
+    groups = sorted(
+        (g["InstanceGroupType"], g["InstanceType"], g["RequestedInstanceCount"])
+        for g in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
+    )
+    assert groups == [("CORE", "m5.2xlarge", 2), ("MASTER", "m5.xlarge", 1), ("TASK", "g5.xlarge", 2)]
+    actions = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
+    assert [(a["ScriptPath"], a["Args"]) for a in actions] == [
+        (f"{base}/emr/bootstrap.sh", [f"{base}/stylegraph-0.1.0-py3-none-any.whl"])
+    ]
+
+    steps = list(reversed(emr.list_steps(ClusterId=cluster_id)["Steps"]))  # EMR lists newest first
+    assert [(s["Name"], s["Status"]["State"]) for s in steps] == [
+        (f"stylegraph {name} {RUN_DATE}", "COMPLETED")
+        for name in ("preprocess", "embed", "similarity", "export", "validate")
+    ]
+    assert {s["Config"]["Jar"] for s in steps} == {"command-runner.jar"}
+    assert steps[0]["Config"]["Args"] == [
+        "spark-submit", "--deploy-mode", "cluster", "--py-files", f"{base}/stylegraph.zip",
+        f"{base}/entry/preprocess_interactions.py",
+        "--input", f"s3://{bucket}/raw/interactions", "--output", f"s3://{bucket}/work/ncf",
+        "--run-date", RUN_DATE, "--report-dir", f"s3://{bucket}/work/_reports",
+    ]
+    embed_args = steps[1]["Config"]["Args"]
+    assert embed_args[:14] == [
+        "spark-submit", "--deploy-mode", "cluster", "--py-files", f"{base}/stylegraph.zip",
+        "--conf", "spark.executor.cores=4",
+        "--conf", "spark.executor.resource.gpu.amount=1",
+        "--conf", "spark.task.resource.gpu.amount=0.25",
+        "--conf",
+        "spark.executor.resource.gpu.discoveryScript=/usr/lib/spark/scripts/gpu/getGpusResources.sh",
+        f"{base}/entry/embed_images.py",
+    ]
+    assert embed_args[embed_args.index("--weights") + 1] == f"s3://{bucket}/models/resnet152.pt"
+    assert f"s3://{bucket}/work/style/gremlin/dt={RUN_DATE}/vertices" in steps[4]["Config"]["Args"]
+
+
+def test_a_failed_step_exits_2_naming_it_and_the_cluster_is_still_terminated(
+    bucket: str, dist_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    reason = "Container killed by YARN for exceeding memory limits (java.lang.OutOfMemoryError)"
+    with emr_runs_steps(fail_stage="similarity", reason=reason), pytest.raises(JobError) as failure:
+        emr_cli.main(run_args(bucket, dist_dir))
+    message = str(failure.value)
+    assert message.startswith(f"EMR step 'stylegraph similarity {RUN_DATE}' (s-")
+    assert message.endswith(f"ended FAILED: {reason}")
+    emr = boto3.client("emr")
+    cluster_id = message.split(" on cluster ")[1].split(" ")[0]
+    assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] == "TERMINATED"
+    states = [s["Status"]["State"] for s in reversed(emr.list_steps(ClusterId=cluster_id)["Steps"])]
+    assert states == ["COMPLETED", "COMPLETED", "FAILED", "CANCELLED", "CANCELLED"]
+
+    with emr_runs_steps(fail_stage="preprocess", reason="boom"):
+        assert run(emr_cli.main, run_args(bucket, dist_dir)) == EXIT_JOB_ERROR
+    assert "ended FAILED: boom" in caplog.text
+
+
+def test_an_existing_cluster_gets_the_steps_and_is_left_running(bucket: str, dist_dir: Path) -> None:
+    emr = boto3.client("emr")
+    cluster_id = emr.run_job_flow(
+        Name="shared",
+        ReleaseLabel="emr-7.5.0",
+        JobFlowRole="EMR_EC2_DefaultRole",
+        ServiceRole="EMR_DefaultRole",
+        Instances={
+            "MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True
+        },
+    )["JobFlowId"]
+    with emr_runs_steps():
+        args = run_args(bucket, dist_dir, "--cluster-id", cluster_id, "--stages", "similarity")
+        result = emr_cli.main(args)
+    assert (result["cluster_id"], result["created"]) == (cluster_id, False)
+    assert emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"] != "TERMINATED"
+    steps = emr.list_steps(ClusterId=cluster_id)["Steps"]
+    assert [(s["Name"], s["Status"]["State"]) for s in steps] == [
+        (f"stylegraph similarity {RUN_DATE}", "COMPLETED")
+    ]
+
+
+def test_a_missing_bucket_is_named_and_nothing_is_created(aws_env: str, dist_dir: Path) -> None:
+    emr = boto3.client("emr")
+    before = len(emr.list_clusters()["Clusters"])
+    with pytest.raises(JobError, match=r"^S3 bucket 'stylegraph-no-such-bucket' does not exist"):
+        emr_cli.main(run_args("stylegraph-no-such-bucket", dist_dir))
+    assert len(emr.list_clusters()["Clusters"]) == before
+
+
+def test_missing_region_and_missing_credentials_are_clear(
+    aws_env: str, dist_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata service
+    monkeypatch.delenv("AWS_REGION")
+    monkeypatch.delenv("AWS_DEFAULT_REGION")
+    with pytest.raises(JobError, match=r"^no AWS region: pass --region or set AWS_REGION"):
+        emr_cli.main(run_args("any-bucket", dist_dir))
+    monkeypatch.setenv("AWS_REGION", REGION)
+    monkeypatch.delenv("AWS_ACCESS_KEY_ID")
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    with pytest.raises(JobError, match=r"^no AWS credentials: set AWS_PROFILE"):
+        emr_cli.main(run_args("any-bucket", dist_dir))
+
+
+def test_unknown_stage_and_bad_date_are_refused_before_anything_is_created(
+    bucket: str, dist_dir: Path
+) -> None:
+    emr = boto3.client("emr")
+    before = len(emr.list_clusters()["Clusters"])
+    with pytest.raises(JobError, match=r"unknown stage\(s\) 'embedd': choose from preprocess, embed,"):
+        emr_cli.main(run_args(bucket, dist_dir, "--stages", "preprocess,embedd"))
+    args = run_args(bucket, dist_dir)
+    args[args.index(RUN_DATE)] = "2024-3-31"
+    with pytest.raises(JobError, match="run date must be YYYY-MM-DD, got '2024-3-31'"):
+        emr_cli.main(args)
+    with pytest.raises(JobError, match=r"no build artifacts at .*nowhere/manifest.json: run `make dist`"):
+        emr_cli.main(run_args(bucket, dist_dir.parent / "nowhere"))
+    assert len(emr.list_clusters()["Clusters"]) == before
+    assert all_keys(bucket) == []
