@@ -31,6 +31,15 @@ from pyspark.sql import types as T
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
+from jobs.common.quality import (
+    EMBEDDING_DIM,
+    EMBEDDINGS,
+    ROWS_IN,
+    ROWS_REJECTED,
+    add_quality_args,
+    run_gate,
+    thresholds_from_args,
+)
 from jobs.common.report import Funnel, check_funnel, write_report
 from jobs.common.spark import get_spark
 from schemas import catalog as C
@@ -80,7 +89,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-image-pixels", type=positive_int, default=M.DEFAULT_MAX_IMAGE_PIXELS,
         help="larger images are rejected as decompression bombs",
     )
-    return parser
+    return add_quality_args(parser)
 
 
 # ------------------------------------------------------------------------------------- driver checks
@@ -287,6 +296,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     checked_df = input_df.transform(with_reject_reason).persist()
     try:
         rows_in = checked_df.count()
+        LOG.info("%d input rows (%s) read and checked in %.1fs", rows_in, input_kind, time.time() - started)
         if rows_in == 0:
             where = f"--catalog {args.catalog}" if args.catalog else f"--images-root {args.images_root}"
             raise JobError(f"no input images: {where} has no products")
@@ -323,6 +333,7 @@ def _embed_and_publish(
         with sql_conf(spark, {ARROW_MAX_RECORDS: str(args.batch_size)}):
             embeddings_df.write.parquet(storage.spark_path(staged_embeddings))
         embed_seconds = time.time() - embed_started
+        LOG.info("embeddings staged in %.1fs on %d partitions", embed_seconds, partitions)
 
         # Staged and checked -> publish.
         written_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(staged_embeddings))
@@ -346,6 +357,18 @@ def _embed_and_publish(
                 f"no image could be embedded ({rows_written} products, errors by reason {errors_by_reason}): "
                 f"check --images-root {args.images_root}"
             )
+        run_gate(
+            STAGE,
+            {EMBEDDINGS: written_df},
+            reports_root=reports_root(args),
+            run_date=args.run_date,
+            thresholds=thresholds_from_args(args),
+            context={
+                EMBEDDING_DIM: details["dimensions"],
+                ROWS_IN: funnel.rows_in,
+                ROWS_REJECTED: funnel.rows_rejected,
+            },
+        )
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
     finally:

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
 from jobs.common import storage
-from jobs.common.cli import JobError, fraction
+from jobs.common.cli import JobError, fraction, non_negative_int
 from jobs.common.report import report_uri
 
 LOG = logging.getLogger("stylegraph.quality")
@@ -54,6 +54,9 @@ MODE_OFF = "off"  # nothing is evaluated (benchmarks); the quality file says so
 MODES = (MODE_ENFORCE, MODE_WARN, MODE_OFF)
 
 DEFAULT_MAX_REJECT_FRACTION = 0.1
+# Below this many input rows a share of rejects says little (3 bad rows of 12 is 25%): it is recorded
+# as a warning, not enforced. Hostile unit-test inputs stay small; real runs are far larger.
+DEFAULT_REJECT_CHECK_MIN_ROWS = 100
 
 # Dataset names: the keys jobs pass to run_gate (suites in schemas.expectations.SUITES).
 RAW_INTERACTIONS = "raw_interactions"
@@ -97,10 +100,13 @@ class QualityThresholds:
         max_reject_fraction: the largest share of a stage's input rows that may be rejected
             (quarantined, or embedded with status "error") and still be acceptable.
         mode: ``enforce`` (critical failures fail the job), ``warn`` (record only) or ``off``.
+        reject_check_min_rows: the reject share is enforced from this many input rows on; below, a
+            share over the limit is a warning.
     """
 
     max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
     mode: str = MODE_ENFORCE
+    reject_check_min_rows: int = DEFAULT_REJECT_CHECK_MIN_ROWS
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.max_reject_fraction <= 1.0:
@@ -113,9 +119,13 @@ class QualityThresholds:
         """The ``mostly`` of expectations that tolerate the rejected share."""
         return round(1.0 - self.max_reject_fraction, 12)
 
+    def share_severity(self, rows_in: int | None) -> str:
+        """Critical when the input is big enough for its reject share to mean something (or unknown)."""
+        return WARNING if rows_in is not None and rows_in < self.reject_check_min_rows else CRITICAL
+
 
 def add_quality_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Add the gate's flags (``--max-reject-fraction``, ``--quality``) to a job's parser."""
+    """Add the gate's flags (``--max-reject-fraction``, ``--reject-check-min-rows``, ``--quality``)."""
     group = parser.add_argument_group("data quality")
     group.add_argument(
         "--max-reject-fraction",
@@ -123,6 +133,13 @@ def add_quality_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser
         default=DEFAULT_MAX_REJECT_FRACTION,
         help="largest share of input rows that may be rejected before the run fails "
         f"(default {DEFAULT_MAX_REJECT_FRACTION})",
+    )
+    group.add_argument(
+        "--reject-check-min-rows",
+        type=non_negative_int,
+        default=DEFAULT_REJECT_CHECK_MIN_ROWS,
+        help="enforce --max-reject-fraction from this many input rows on; below, record a warning "
+        f"(default {DEFAULT_REJECT_CHECK_MIN_ROWS})",
     )
     group.add_argument(
         "--quality",
@@ -139,6 +156,7 @@ def thresholds_from_args(args: argparse.Namespace) -> QualityThresholds:
     return QualityThresholds(
         max_reject_fraction=getattr(args, "max_reject_fraction", DEFAULT_MAX_REJECT_FRACTION),
         mode=getattr(args, "quality", MODE_ENFORCE),
+        reject_check_min_rows=getattr(args, "reject_check_min_rows", DEFAULT_REJECT_CHECK_MIN_ROWS),
     )
 
 
