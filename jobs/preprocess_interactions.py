@@ -224,10 +224,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             idx_col=S.ITEM_IDX,
             run_date=run_date,
         )
-        _write(users_index_df.orderBy(S.USER_IDX).coalesce(1), staged[USERS_INDEX_DIR])
-        _write(items_index_df.orderBy(S.ITEM_IDX).coalesce(1), staged[ITEMS_INDEX_DIR])
-        users_index_df = spark.read.parquet(storage.spark_path(staged[USERS_INDEX_DIR]))
-        items_index_df = spark.read.parquet(storage.spark_path(staged[ITEMS_INDEX_DIR]))
+        # One sorted file per map: they are small next to the events, and a later run reads them whole.
+        users_index_df = (
+            users_index_df.repartition(1).sortWithinPartitions(S.USER_IDX).localCheckpoint(eager=True)
+        )
+        items_index_df = (
+            items_index_df.repartition(1).sortWithinPartitions(S.ITEM_IDX).localCheckpoint(eager=True)
+        )
+        _write(users_index_df, staged[USERS_INDEX_DIR])
+        _write(items_index_df, staged[ITEMS_INDEX_DIR])
 
         indexed_df = core_df.transform(tx.with_indices, users_index_df, items_index_df)
         ranks_df = tx.item_ranks(indexed_df).localCheckpoint(eager=True)

@@ -46,7 +46,7 @@ FALLBACK_SALT = 3
 # Extra candidates drawn per user beyond what the expected rejection rate needs; users still short after
 # that (rare: users who interacted with most items) take the slow exact path.
 CANDIDATE_MARGIN = 32
-CANDIDATE_SLACK = 1.25
+CANDIDATE_SLACK = 1.5
 
 _PARSE_SCHEMA = T.StructType([*S.RAW_EVENT_SCHEMA.fields, T.StructField(_CORRUPT, T.StringType(), True)])
 
@@ -335,98 +335,99 @@ def with_split(histories_df: DataFrame, *, split: str, test_fraction: float | No
 
 
 def _hashed_rank(seed: int, salt: int, parts: Sequence[Column], n_items: Column) -> Column:
-    return F.pmod(F.xxhash64(F.lit(seed), F.lit(salt), *parts), n_items.cast(T.LongType())).cast(
-        T.IntegerType()
-    )
+    hashed = F.xxhash64(F.lit(seed), F.lit(salt), *parts)
+    return F.pmod(hashed, n_items.cast(T.LongType())).cast(T.IntegerType())
+
+
+def _empty_ints() -> Column:
+    return F.array().cast(T.ArrayType(T.IntegerType()))
 
 
 def _candidates(seed: int, salt: int, parts: Sequence[Column], count: Column, n_items: Column) -> Column:
-    """``count`` hashed item ranks in [0, n_items) for the key ``parts``; empty when count <= 0."""
+    """``count`` hashed item ranks in [0, n_items) for the key ``parts``; empty when count <= 0.
+
+    The lambda refers only to plain columns: a lambda that refers to another array expression makes
+    Spark re-evaluate that expression for every element.
+    """
     drawn = F.transform(
         F.sequence(F.lit(0), F.greatest(count, F.lit(1)) - 1),
         lambda j: _hashed_rank(seed, salt, [*parts, j], n_items),
     )
-    return F.when(count > 0, drawn).otherwise(F.array().cast(T.ArrayType(T.IntegerType())))
+    return F.when(count > 0, drawn).otherwise(_empty_ints())
 
 
-def _complement(pos_set: Column, n_items: Column) -> Column:
-    """Every item rank the user never interacted with (O(n_items): only for the rare slow path)."""
-    return F.array_except(F.sequence(F.lit(0), n_items - 1), pos_set)
-
-
-def sample_distinct_negatives(
-    user: Column, key: Column, pos_set: Column, n_items: Column, *, count: int, seed: int, salt: int
-) -> Column:
-    """Up to ``count`` distinct item ranks not in ``pos_set`` (fewer only when fewer exist).
-
-    Fast path: ``2 * count + margin`` hashed candidates, minus the positives, first ``count`` distinct kept
-    in draw order (sampling without replacement by rejection). Slow path, when that falls short: every
-    non-positive rank ordered by its hash.
-    """
-    available = n_items - F.size(pos_set)
-    wanted = F.least(F.lit(count), available)
-    n_draw = F.lit(2 * count + CANDIDATE_MARGIN)
-    fast = F.slice(F.array_except(_candidates(seed, salt, [user, key], n_draw, n_items), pos_set), 1, count)
-    by_hash = F.transform(
-        _complement(pos_set, n_items),
-        lambda r: F.struct(
-            F.xxhash64(F.lit(seed), F.lit(FALLBACK_SALT), user, key, r).alias("h"), r.alias("r")
-        ),
+def _by_hash(pos_set: Column, n_items: Column, seed: int, parts: Sequence[Column]) -> Column:
+    """Every item rank not in ``pos_set``, ordered by ``xxhash64(seed, parts, rank)``: O(n_items)."""
+    complement = F.array_except(F.sequence(F.lit(0), n_items - 1), pos_set)
+    keyed = F.transform(
+        complement,
+        lambda r: F.struct(F.xxhash64(F.lit(seed), F.lit(FALLBACK_SALT), *parts, r).alias("h"), r.alias("r")),
     )
-    slow = F.transform(F.slice(F.array_sort(by_hash), 1, count), lambda e: e["r"])
-    return (
-        F.when(wanted <= 0, F.array().cast(T.ArrayType(T.IntegerType())))
-        .when(F.size(fast) >= wanted, fast)
-        .otherwise(slow)
-    )
+    return F.transform(F.array_sort(keyed), lambda e: e["r"])
 
 
-def sample_negatives_with_replacement(
-    user: Column, pos_set: Column, n_items: Column, *, count: Column, seed: int, salt: int
-) -> Column:
-    """``count`` item ranks not in ``pos_set``, drawn with replacement (empty if every item is a positive).
+def with_distinct_negatives(
+    df: DataFrame,
+    *,
+    parts: Sequence[str],
+    count: Column,
+    seed: int,
+    salt: int,
+    out_col: str,
+) -> DataFrame:
+    """Add ``out_col``: ``least(count, available)`` distinct item ranks not in the row's ``_pos_set``.
 
-    Fast path: enough hashed candidates for the user's expected rejection rate; the few candidates that are
-    positives are found with a hash-set intersection (``array_intersect``) so filtering costs
-    O(candidates), not O(candidates x positives). Slow path, when the fast path falls short: uniform draws
-    indexed into the complement.
+    ``df`` needs ``_pos_set`` (the user's item ranks) and ``n_items``; ``parts`` name the columns that
+    key the random stream (the user, and for test rows the test positive's position).
+
+    Fast path: enough hashed candidates for the user's rejection rate, minus the positives
+    (``array_except``: a hash set, keeps the first occurrence, so this is sampling without replacement by
+    rejection). Slow path, when that falls short (users who interacted with most items, or asked for
+    most of what is left): every non-positive rank ordered by its hash. Both depend only on the seed,
+    the key and the data.
     """
+    pos_set, n_items = F.col(POS_SET), F.col(N_ITEMS)
+    keys = [F.col(c) for c in parts]
     available = n_items - F.size(pos_set)
-    expected = F.ceil(count * n_items / F.greatest(available, F.lit(1)) * F.lit(CANDIDATE_SLACK)).cast(
+    wanted = F.least(count, available)
+    n_draw = F.ceil(wanted * n_items / F.greatest(available, F.lit(1)) * F.lit(CANDIDATE_SLACK)).cast(
         T.IntegerType()
+    ) + F.lit(CANDIDATE_MARGIN)
+    fast_col = f"{out_col}_fast"
+    fast = F.slice(
+        F.array_except(_candidates(seed, salt, keys, n_draw, n_items), pos_set),
+        1,
+        F.greatest(wanted, F.lit(1)),
     )
-    n_draw = F.when(count > 0, expected + F.lit(CANDIDATE_MARGIN)).otherwise(F.lit(0))
-    drawn = _candidates(seed, salt, [user], n_draw, n_items)
-    hits = F.array_intersect(drawn, pos_set)
-    fast = F.slice(F.filter(drawn, lambda r: ~F.array_contains(hits, r)), 1, F.greatest(count, F.lit(1)))
-    complement = _complement(pos_set, n_items)
-    slow = F.transform(
-        F.sequence(F.lit(0), F.greatest(count, F.lit(1)) - 1),
-        lambda j: F.element_at(
-            complement,
-            (F.pmod(F.xxhash64(F.lit(seed), F.lit(FALLBACK_SALT), user, j), F.size(complement)) + 1).cast(
-                "int"
-            ),
-        ),
+    with_fast_df = df.withColumn(
+        fast_col, F.when((wanted > 0) & (wanted * 2 <= available), fast).otherwise(_empty_ints())
     )
-    empty = F.array().cast(T.ArrayType(T.IntegerType()))
-    return F.when((count <= 0) | (available <= 0), empty).when(F.size(fast) >= count, fast).otherwise(slow)
+    chosen = (
+        F.when(wanted <= 0, _empty_ints())
+        .when(F.size(fast_col) >= wanted, F.col(fast_col))
+        .otherwise(F.slice(_by_hash(pos_set, n_items, seed, keys), 1, F.greatest(wanted, F.lit(1))))
+    )
+    return with_fast_df.withColumn(out_col, chosen).drop(fast_col)
 
 
 def explode_train_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: int, seed: int) -> DataFrame:
     """Training rows: every training positive (label 1) and ``negatives`` per positive (label 0).
 
-    Returns ``user_idx, item_idx, label`` (``S.NCF_ROW_SCHEMA``). Negatives are drawn per user with
-    replacement from the items the user never interacted with (train and test positives).
+    Returns ``user_idx, item_idx, label`` (``S.NCF_ROW_SCHEMA``). A user's training negatives are drawn
+    from the items the user never interacted with (train and test positives), distinct within the user
+    while enough such items exist; a user with fewer such items than needed gets each of them in turn
+    (the list repeated), and a user who interacted with every item gets none (reported by the job).
     """
-    user = F.col(S.USER_IDX)
     count = F.size(_TRAIN_ITEMS) * F.lit(negatives)
-    with_negs_df = split_df.select(
+    distinct_df = split_df.select(S.USER_IDX, _TRAIN_ITEMS, POS_SET, N_ITEMS).transform(
+        with_distinct_negatives, parts=[S.USER_IDX], count=count, seed=seed, salt=TRAIN_SALT, out_col=_NEGS
+    )
+    repeats = F.ceil(count / F.greatest(F.size(_NEGS), F.lit(1))).cast(T.IntegerType())
+    tiled = F.slice(F.flatten(F.array_repeat(_NEGS, repeats)), 1, F.greatest(count, F.lit(1)))
+    with_negs_df = distinct_df.select(
         S.USER_IDX,
         _TRAIN_ITEMS,
-        sample_negatives_with_replacement(
-            user, F.col(POS_SET), F.col(N_ITEMS), count=count, seed=seed, salt=TRAIN_SALT
-        ).alias(_NEGS),
+        F.when((count > 0) & (F.size(_NEGS) > 0), tiled).otherwise(_empty_ints()).alias(_NEGS),
     )
     positives_df = with_negs_df.select(
         S.USER_IDX, F.explode(_TRAIN_ITEMS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
@@ -441,18 +442,13 @@ def explode_test_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: in
     A user with fewer than ``negatives`` such items gets all of them (the job reports how many users did).
     """
     tests_df = split_df.select(S.USER_IDX, POS_SET, N_ITEMS, F.posexplode(_TEST_ITEMS).alias(_Q, _TEST_POS))
-    with_negs_df = tests_df.select(
-        S.USER_IDX,
-        _TEST_POS,
-        sample_distinct_negatives(
-            F.col(S.USER_IDX),
-            F.col(_Q),
-            F.col(POS_SET),
-            F.col(N_ITEMS),
-            count=negatives,
-            seed=seed,
-            salt=TEST_SALT,
-        ).alias(_NEGS),
+    with_negs_df = tests_df.transform(
+        with_distinct_negatives,
+        parts=[S.USER_IDX, _Q],
+        count=F.lit(negatives),
+        seed=seed,
+        salt=TEST_SALT,
+        out_col=_NEGS,
     )
     positives_df = with_negs_df.select(
         S.USER_IDX, F.col(_TEST_POS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
