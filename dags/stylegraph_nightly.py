@@ -8,8 +8,9 @@ by ``$STYLEGRAPH_DAG_CONFIG``. The EMR cluster (GPU task group when a GPU stage 
 after the logs land and terminated whatever happened (``trigger_rule="all_done"``).
 
 The Airflow environment needs the stylegraph wheel installed without dependencies
-(``pip install --no-deps stylegraph-*.whl``): the DAG imports ``jobs.pipeline``, ``emr.*`` and
-``glue.jobs``, none of which imports pyspark.
+(``pip install --no-deps stylegraph-*.whl``) plus ``pyarrow==12.0.1`` (requirements/airflow.txt): the
+DAG imports ``jobs.pipeline``, ``emr.*`` and ``glue.jobs``, none of which imports pyspark, and the
+Neptune load task runs ``jobs.neptune_load`` on the worker.
 """
 from __future__ import annotations
 

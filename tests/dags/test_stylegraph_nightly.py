@@ -14,6 +14,7 @@ from jobs import pipeline
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 DAG_ID = "stylegraph_nightly"
 CLUSTER_ID = "j-1ABCDEFGHIJK"
+ENDPOINT = "https://graph.cluster-x.eu-west-1.neptune.amazonaws.com:8182"
 
 
 class TaskInstanceXcom:
@@ -32,7 +33,7 @@ CONTEXT = {
             "stylegraph_region": "eu-west-1",
             "stylegraph_build": "abc123",
             "stylegraph_subnet_id": "subnet-1",
-            "stylegraph_neptune_endpoint": "graph.cluster-x.eu-west-1.neptune.amazonaws.com",
+            "stylegraph_neptune_endpoint": ENDPOINT,
             "stylegraph_neptune_load_role_arn": "arn:aws:iam::123456789012:role/NeptuneLoad",
         }
     },
@@ -134,7 +135,7 @@ def test_every_task_passes_the_pipeline_definitions_arguments(dag):
         input_root="s3://shop-data/raw",
         work_root="s3://shop-data/work",
         weights="s3://shop-data/models/resnet152.pt",
-        neptune_endpoint="graph.cluster-x.eu-west-1.neptune.amazonaws.com",
+        neptune_endpoint=ENDPOINT,
         neptune_iam_role_arn="arn:aws:iam::123456789012:role/NeptuneLoad",
         region="eu-west-1",
     )
@@ -160,6 +161,19 @@ def test_every_task_passes_the_pipeline_definitions_arguments(dag):
         "--run-date", "2024-03-31", "--report-dir", "s3://shop-data/work/_reports",
     ]
     assert seen["neptune_load"][:2] == ["--source", "s3://shop-data/work/style/gremlin/dt=2024-03-31/"]
+
+
+def test_the_neptune_load_task_runs_the_real_job_on_the_days_export(dag):
+    task = dag.get_task("neptune_load")
+    argv = render(task, task.op_args)[0]
+    requests = task.python_callable([*argv, "--dry-run"])  # the job prints its requests, calls nothing
+    export = "s3://shop-data/work/style/gremlin/dt=2024-03-31"
+    assert requests["endpoint"].startswith(ENDPOINT)
+    assert (requests["vertices"]["source"], requests["edges"]["source"]) == (
+        f"{export}/vertices/", f"{export}/edges/"
+    )
+    assert requests["vertices"]["iamRoleArn"] == "arn:aws:iam::123456789012:role/NeptuneLoad"
+    assert requests["edges"]["s3BucketRegion"] == "eu-west-1"
 
 
 def test_the_cluster_is_the_gpu_definition(dag):
