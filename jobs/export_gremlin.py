@@ -41,6 +41,15 @@ from pyspark.sql import types as T
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
+from jobs.common.quality import (
+    GREMLIN_EDGES,
+    GREMLIN_VERTICES,
+    ROWS_IN,
+    ROWS_REJECTED,
+    add_quality_args,
+    run_gate,
+    thresholds_from_args,
+)
 from jobs.common.report import Funnel, check_funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms import gremlin as tg
@@ -56,9 +65,10 @@ STAGE = "export"
 APP_NAME = "stylegraph-export-gremlin"
 DEFAULT_TARGET_FILE_MB = 128
 SIZING_SAMPLE_ROWS = 2000
-# A partition whose share of the output is below this fraction of the target is "tiny": partitions are
-# then coalesced (no shuffle) so the loader does not meet a swarm of small files.
-TINY_PARTITION_FRACTION = 0.25
+# Partitions that would each write less than this are coalesced (no shuffle) towards the target size, so
+# the loader does not meet a swarm of small files; above it, the frame keeps its partitions (the writer's
+# parallelism) and maxRecordsPerFile caps each file near the target.
+TINY_FILE_BYTES = 8 * 1024 * 1024
 READ_CHUNK_BYTES = 4 * 1024 * 1024
 DATA_FILE_PATTERN = re.compile(r"^part-[0-9]{5}-.*\.csv(\.gz|\.bz2)?$")
 VERTEX_PREFIX = "vertex."
@@ -100,6 +110,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         choices=S.METRICS,
         help="the similarity metric of the edges (written on every edge)",
     )
+    add_quality_args(parser)
     return parser.parse_args(argv)
 
 
@@ -174,7 +185,7 @@ def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compr
     estimated_bytes = bytes_per_row * total_rows
     current = rows_df.rdd.getNumPartitions()
     partitions = None
-    if current > 1 and estimated_bytes / current < TINY_PARTITION_FRACTION * target_bytes:
+    if current > 1 and estimated_bytes / current < min(TINY_FILE_BYTES, target_bytes):
         partitions = max(1, min(current, math.ceil(estimated_bytes / target_bytes)))
     return Sizing(bytes_per_row=round(bytes_per_row, 2), rows_per_file=rows_per_file, partitions=partitions)
 
@@ -386,12 +397,14 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     )
     vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
 
+    LOG.info("vertices staged: %d written, %d rejected or dropped", vertices_good, vertices_in - vertices_good)
     # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
     contract_df, has_rank = read_edges(spark, args.edges)
     edges_in = contract_df.count()
     keyed_df = contract_df.transform(tg.with_edge_key)
     duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
     duplicate_keys = duplicate_keys_df.count()
+    LOG.info("edges: %d rows in, %d duplicated (src, dst) keys", edges_in, duplicate_keys)
     tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
     if duplicate_keys:
         LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
@@ -407,6 +420,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     edge_sizing = plan_sizing(
         edge_rows_df, total_rows=edges_in, target_bytes=target_bytes, compression=args.compression
     )
+    LOG.info("edges: writing with %s", edge_sizing)
     write_csv(
         edge_rows_df, storage.join(staged, G.EDGES_DIR), compression=args.compression, sizing=edge_sizing
     )
@@ -418,6 +432,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
         .parquet(storage.spark_path(edge_rejects_uri))
     )
     edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
+    LOG.info("edges staged; rejects by reason %s; reading the files back", edge_reject_counts)
 
     # Staged: now make it loader-clean and read every file back.
     removed = []
@@ -521,7 +536,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     staged = staging_for(args.output, storage.new_run_id())
     try:
         result = export(spark, args, staged)
-        # Staged and checked: the quality gate goes here, then publish.
+        # Staged and checked: the quality gate reads the staged CSVs back, then publish.
+        staged_csv = spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
+        run_gate(
+            STAGE,
+            {
+                GREMLIN_VERTICES: staged_csv.csv(storage.spark_path(storage.join(staged, G.VERTICES_DIR))),
+                GREMLIN_EDGES: staged_csv.csv(storage.spark_path(storage.join(staged, G.EDGES_DIR))),
+            },
+            reports_root=reports_root(args),
+            run_date=args.run_date,
+            thresholds=thresholds_from_args(args),
+            context={ROWS_IN: result["funnel"].rows_in, ROWS_REJECTED: result["funnel"].rows_rejected},
+        )
         storage.publish(staged, args.output)
     finally:
         remove_staging(args.output, staged)

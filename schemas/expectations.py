@@ -37,6 +37,7 @@ from jobs.common.quality import (  # dataset names and context keys live with th
     WARNING,
 )
 from schemas import embeddings as emb
+from schemas import gremlin as G
 from schemas import interactions as ia
 from schemas import similarity as sim
 
@@ -44,11 +45,11 @@ if TYPE_CHECKING:
     from jobs.common.quality import QualityThresholds
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
-GREMLIN_ID = "~id"
-GREMLIN_LABEL = "~label"
-GREMLIN_FROM = "~from"
-GREMLIN_TO = "~to"
-GREMLIN_SCORE = "score:Double"
+GREMLIN_ID = G.ID
+GREMLIN_LABEL = G.LABEL
+GREMLIN_FROM = G.FROM
+GREMLIN_TO = G.TO
+GREMLIN_SCORE = G.EDGE_SCORE
 
 Suite = Callable[["QualityThresholds", Mapping[str, Any]], list[Any]]
 
