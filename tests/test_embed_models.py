@@ -360,3 +360,43 @@ def test_udf_body_rebatches_and_keeps_order(tmp_path: Path) -> None:
     ok_names = [n for n, s in zip(names, result["status"], strict=True) if s == "ok"]
     expected = reference_features("resnet18", 0, [good[n] for n in ok_names])
     assert_close(np.stack(result.loc[result["status"] == "ok", "embedding"].tolist()), expected)
+
+
+def test_weights_head_and_images_from_s3(aws_env: str, tmp_path: Path) -> None:
+    """The offline-cluster path: weights, head and images on S3 (a local moto endpoint)."""
+    import boto3
+    import pandas as pd
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="models")
+    torch.manual_seed(7)
+    backbone = torchvision.models.resnet18(weights=None)
+    buffer = io.BytesIO()
+    torch.save(backbone.state_dict(), buffer)
+    s3.put_object(Bucket="models", Key="weights/resnet18.pth", Body=buffer.getvalue())
+    head = torch.nn.Linear(512, 4)
+    head_buffer = io.BytesIO()
+    torch.save(head.state_dict(), head_buffer)
+    s3.put_object(Bucket="models", Key="weights/head.pth", Body=head_buffer.getvalue())
+    good = write_good_images(tmp_path)
+    s3.put_object(Bucket="models", Key="images/Boots/gray.jpg", Body=good["gray.jpg"].read_bytes())
+
+    spec = M.resolve_weights("resnet18", "s3://models/weights/resnet18.pth")
+    assert spec == M.WeightsSpec(
+        "file", hashlib.sha256(buffer.getvalue()).hexdigest(), uri="s3://models/weights/resnet18.pth"
+    )
+    with pytest.raises(M.ModelConfigError, match="file not found"):
+        M.resolve_weights("resnet18", "s3://models/weights/nope.pth")
+    config = U.EmbedConfig(
+        "resnet18", spec, "s3://models/images", head_uri="s3://models/weights/head.pth", batch_size=4
+    )
+    frames = list(
+        U.embed_path_batches(iter([pd.Series(["Boots/gray.jpg", "Boots/none.jpg"])]), config, CPU_PLAN)
+    )
+    result = pd.concat(frames, ignore_index=True)
+    assert result["status"].tolist() == ["ok", "error"]
+    assert result["error"][1].startswith("missing_file: ")
+    backbone.fc = head
+    with torch.inference_mode():
+        expected = backbone.eval()(reference_inputs([good["gray.jpg"]])).numpy()
+    assert_close(np.stack([result["embedding"][0]]), expected)

@@ -127,7 +127,7 @@ class ImageReader:
             if info.type != pafs.FileType.File:
                 raise M.ImageError(M.REASON_UNREADABLE_FILE, f"{rel!r} is not a file")
             self._check_size(info.size)
-            with self.fs.open_input_stream(path) as stream:
+            with self.fs.open_input_file(path) as stream:  # one GET (a stream reads in small ranges)
                 return stream.read()
         except M.ImageError:
             raise

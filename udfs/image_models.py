@@ -291,7 +291,8 @@ def read_state_dict(uri: str) -> dict[str, Any]:
 
     try:
         if storage.is_remote(uri):
-            with _open_input(uri) as stream:
+            fs, path = storage.filesystem(uri)
+            with fs.open_input_file(path) as stream:  # one ranged GET for the whole object
                 obj = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
         else:
             obj = torch.load(storage.local_path(uri), map_location="cpu", weights_only=True, mmap=True)
