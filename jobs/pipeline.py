@@ -22,6 +22,7 @@ import importlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -361,6 +362,9 @@ def run_local(
             exceptions (bugs) propagate.
     """
     calls = plan(params, target=LOCAL, stages=stages)  # refuses unknown stages before any work
+    # Spark's Python workers must run this interpreter (the venv's), not whatever python3 is on PATH.
+    os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+    os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if sample is not None:
         _ensure_sample(sample, params.seed, str(params.run_date))
     reports = template_values(params)["reports"]
