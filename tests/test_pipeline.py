@@ -1,0 +1,145 @@
+"""The one pipeline definition: stage order and argv for every way of running, refusals before any
+work, importable without pyspark, and the local runner calling the real jobs' ``main``."""
+from __future__ import annotations
+
+import json
+import logging
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from jobs import pipeline
+from jobs.common.cli import JobError
+
+RUN_DATE = "2024-03-31"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_the_local_plan_is_the_stages_in_order_with_their_argv() -> None:
+    params = pipeline.PipelineParams(input_root="/s/", work_root="/w", run_date=RUN_DATE, seed=11)
+    calls = pipeline.plan(params, target=pipeline.LOCAL)
+    common = ["--run-date", RUN_DATE, "--report-dir", "/w/_reports"]
+    assert [(call.name, call.stage.module, list(call.argv)) for call in calls] == [
+        ("preprocess", "jobs.preprocess_interactions",
+         ["--input", "/s/interactions", "--output", "/w/ncf", *common]),
+        ("embed", "jobs.embed_images",
+         ["--catalog", "/s/catalog/catalog.csv", "--images-root", "/s/images", "--output", "/w/style",
+          "--model", "resnet152", "--weights", "random:11", "--batch-size", "16", *common]),
+        ("similarity", "jobs.similarity",
+         ["--input", f"/w/style/embeddings/dt={RUN_DATE}", "--output", "/w/style", "--top-k", "10",
+          "--metric", "cosine", *common]),
+        ("export", "jobs.export_gremlin",
+         ["--catalog", "/s/catalog/catalog.csv", "--edges", f"/w/style/similarity/dt={RUN_DATE}",
+          "--embeddings", f"/w/style/embeddings/dt={RUN_DATE}", "--output", f"/w/style/gremlin/dt={RUN_DATE}",
+          "--compression", "gzip", "--metric", "cosine", *common]),
+        ("validate", "jobs.validate_gremlin_csv",
+         ["--vertices", f"/w/style/gremlin/dt={RUN_DATE}/vertices",
+          "--edges", f"/w/style/gremlin/dt={RUN_DATE}/edges", *common]),
+        ("report", "jobs.run_report", ["--reports", "/w/_reports", "--output", "/w/report", *common]),
+    ]
+
+
+def test_the_production_plan_ends_with_the_neptune_load_and_takes_airflows_date() -> None:
+    params = pipeline.PipelineParams(
+        input_root="s3://b/raw", work_root="s3://b/work", run_date=pipeline.AIRFLOW_RUN_DATE,
+        weights="s3://b/m.pt", neptune_endpoint="https://n:8182", neptune_iam_role_arn="arn:r", region="r1",
+    )
+    calls = pipeline.plan(params)
+    assert [call.name for call in calls] == ["preprocess", "embed", "similarity", "export", "validate",
+                                             "neptune_load"]
+    assert [call.stage.engine for call in calls] == ["cpu", "gpu", "cpu", "cpu", "cpu", "driver"]
+    assert list(calls[-1].argv) == [
+        "--source", "s3://b/work/style/gremlin/dt={{ ds }}/", "--endpoint", "https://n:8182",
+        "--iam-role-arn", "arn:r", "--region", "r1",
+        "--run-date", "{{ ds }}", "--report-dir", "s3://b/work/_reports",
+    ]
+    assert dict(calls[1].option_pairs())["--weights"] == "s3://b/m.pt"
+    subset = pipeline.plan(params, stages="export, embed")
+    assert [call.name for call in subset] == ["embed", "export"]  # pipeline order, whatever was asked
+
+
+def test_unknown_stages_and_malformed_dates_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(JobError, match=r"unknown stage\(s\) 'simularity', 'x': choose from preprocess,"):
+        pipeline.parse_stages("preprocess,simularity,x", pipeline.LOCAL)
+    with pytest.raises(JobError, match=r"stage\(s\) 'neptune_load' do not run in a local run"):
+        pipeline.parse_stages(["neptune_load"], pipeline.LOCAL)
+    for bad in ("2024-02-30", "2024-3-1", "", "{{ ds }}x"):
+        with pytest.raises(JobError, match="run date must be YYYY-MM-DD"):
+            pipeline.PipelineParams(input_root="/s", work_root="/w", run_date=bad)
+    sample, work = tmp_path / "sample", tmp_path / "work"
+    argv = ["--workdir", str(work), "--sample", str(sample), "--run-date", RUN_DATE]
+    with pytest.raises(JobError, match="unknown stage"):
+        pipeline.main([*argv, "--stages", "embedding"])
+    with pytest.raises(JobError, match="run date must be YYYY-MM-DD"):
+        pipeline.main(["--workdir", str(work), "--sample", str(sample), "--run-date", "31-03-2024"])
+    assert not sample.exists() and not work.exists()  # nothing generated, nothing written
+
+
+def test_the_definition_imports_without_pyspark_or_pyarrow() -> None:
+    """The Airflow environment imports these; block pyspark and pyarrow and import them."""
+    code = (
+        "import sys\n"
+        "sys.modules.update(dict.fromkeys(['pyspark', 'pyarrow', 'torch'], None))\n"
+        "import jobs.pipeline, emr.clusters, emr.steps, glue.jobs\n"
+        "print(len(jobs.pipeline.STAGES))\n"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=False
+    )
+    assert completed.returncode == 0, completed.stderr
+    assert completed.stdout.strip() == str(len(pipeline.STAGES))
+
+
+def write_export(export: Path, edges: list[str]) -> None:
+    (export / "vertices").mkdir(parents=True)
+    (export / "edges").mkdir(parents=True)
+    (export / "vertices" / "v.csv").write_text(
+        '~id,~label,name:String\na,product,"Boot, ""Original"""\nb,product,\n', encoding="utf-8"
+    )
+    (export / "edges" / "e.csv").write_text(
+        "~id,~from,~to,~label,score:Double\n" + "".join(f"{line}\n" for line in edges), encoding="utf-8"
+    )
+
+
+def test_the_local_runner_calls_the_jobs_and_reports_each_stage(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The runner on the validate stage (a real job, pure Python): progress line from its report,
+    outputs listed, idempotent when run twice, a failing stage named in the error."""
+    work = tmp_path / "work"
+    params = pipeline.PipelineParams(
+        input_root=str(tmp_path / "sample"), work_root=str(work), run_date=RUN_DATE
+    )
+    export = work / "style" / "gremlin" / f"dt={RUN_DATE}"
+    write_export(export, ["a-b,a,b,similar,0.9", "b-a,b,a,similar,0.9"])
+    caplog.set_level(logging.INFO, logger="stylegraph.pipeline")
+
+    first = pipeline.run_local(params, stages="validate")
+    second = pipeline.run_local(params, stages="validate")
+    report_path = work / "_reports" / "validate" / f"dt={RUN_DATE}.json"
+    written = json.loads(report_path.read_text())
+    assert [r.name for r in first] == ["validate"] and second[0].report == written
+    assert (written["funnel"]["rows_in"], written["funnel"]["rows_out"], written["ok"]) == (4, 4, True)
+    assert first[0].outputs == {"run report": str(report_path)}
+    progress = [r.getMessage() for r in caplog.records if r.getMessage().startswith("validate    in=")]
+    assert len(progress) == 2
+    assert progress[0].startswith(
+        "validate    in=       4 out=       4 rejected=     0 dropped=     0 seconds="
+    )
+
+    (export / "edges" / "e.csv").write_text("~id,~from,~to,~label,score:Double\na-z,a,z,similar,0.5\n")
+    with pytest.raises(JobError, match=r"^stage validate failed: "):
+        pipeline.run_local(params, stages="validate")
+
+
+def test_progress_line_reads_the_report_funnel() -> None:
+    funnel = {"rows_in": 10, "rows_out": 7, "rows_rejected": 2, "rows_dropped": 1}
+    report = {"seconds": 12.34, "funnel": funnel}
+    assert pipeline.progress_line("embed", report, 99.0) == (
+        "embed       in=      10 out=       7 rejected=     2 dropped=     1 seconds=  12.3"
+    )
+    assert pipeline.progress_line("report", None, 1.25) == (
+        "report      done in    1.2 s (no funnel in its report)"
+    )
