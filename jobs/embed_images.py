@@ -19,6 +19,8 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+import os
+import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -253,10 +255,35 @@ def error_reason(error: Any) -> Any:
     return F.substring_index(error, ":", 1)
 
 
-def partition_count(rows: int, parallelism: int, batch_size: int) -> int:
-    """Partitions for the UDF: all cores busy, none under a batch, none over MAX_ROWS_PER_PARTITION rows."""
-    batches = max(1, math.ceil(rows / batch_size))
-    return max(min(parallelism, batches), math.ceil(rows / MAX_ROWS_PER_PARTITION), 1)
+def task_slots(spark: SparkSession) -> int:
+    """How many UDF tasks run at once: ``local[N]`` -> N (``local[*]``: the cores), else defaultParallelism.
+
+    Local runs set ``spark.default.parallelism`` above the core count (for shuffles), which would split
+    a small catalog into more partitions than cores and leave a straggler round at the end.
+    """
+    context = spark.sparkContext
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", context.master)
+    if not match:
+        return max(1, context.defaultParallelism)
+    threads = match.group(1)
+    if threads is None:
+        cores = 1
+    elif threads == "*":
+        cores = os.cpu_count() or 1
+    else:
+        cores = int(threads)
+    task_cpus = int(context.getConf().get("spark.task.cpus", "1"))
+    return max(1, cores // max(1, task_cpus))
+
+
+def partition_count(rows: int, slots: int, batch_size: int) -> int:
+    """Partitions for the UDF: one per task slot, none smaller than a batch, none over
+    MAX_ROWS_PER_PARTITION rows (then a multiple of the slots, so every round keeps all slots busy)."""
+    partitions = max(1, min(slots, math.ceil(rows / batch_size)))
+    if math.ceil(rows / partitions) > MAX_ROWS_PER_PARTITION:
+        rounds = math.ceil(rows / (slots * MAX_ROWS_PER_PARTITION))
+        partitions = rounds * slots
+    return partitions
 
 
 @contextmanager
@@ -315,7 +342,7 @@ def _embed_and_publish(
     input_kind: str,
     started: float,
 ) -> dict[str, Any]:
-    partitions = partition_count(rows_in, spark.sparkContext.defaultParallelism, args.batch_size)
+    partitions = partition_count(rows_in, task_slots(spark), args.batch_size)
     embeddings_df = (
         checked_df.transform(select_products)
         .repartition(partitions)

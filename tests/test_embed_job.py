@@ -346,3 +346,16 @@ def test_no_input_images_is_an_error_and_writes_nothing(spark: Any, tmp_path: Pa
     with pytest.raises(JobError, match=r"no image could be embedded .*missing_file"):
         embed_images.main(["--catalog", str(catalog), "--images-root", str(empty_root), *common])
     assert files_under(output) == []
+
+
+def test_partitions_follow_task_slots(spark: Any) -> None:
+    # The test session is local[2] with spark.default.parallelism 8: two slots, not eight.
+    assert embed_images.task_slots(spark) == 2
+    cases = {
+        (160, 2, 16): 2,  # one partition per slot
+        (17, 2, 4): 2,
+        (3, 2, 16): 1,  # never smaller than a batch
+        (50_000, 16, 16): 32,  # <= 2048 rows each, in whole rounds of 16 slots
+        (50_000, 2, 16): 26,
+    }
+    assert {args: embed_images.partition_count(*args) for args in cases} == cases

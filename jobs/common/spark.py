@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Mapping
 
 from pyspark import SparkContext
@@ -68,6 +69,8 @@ def get_spark(
     """
     builder = SparkSession.builder.appName(app_name)
     if not is_cluster_launched():
+        # Python workers (pandas UDFs) run this interpreter, the venv's, not whatever python3 is on PATH.
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get(MASTER_ENV, DEFAULT_LOCAL_MASTER))
         for key, value in LOCAL_DEFAULTS.items():
             builder = builder.config(key, value)
