@@ -163,7 +163,26 @@ def _compress(data: bytes, compression: str) -> bytes:
     return data
 
 
-def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compression: str) -> Sizing:
+def writer_slots(spark: SparkSession) -> int:
+    """How many tasks write at once: N of a ``local[N]`` master, else Spark's default parallelism."""
+    master = spark.sparkContext.master
+    match = re.match(r"^local\[(\d+|\*)", master)
+    if match:
+        return os.cpu_count() or 1 if match.group(1) == "*" else int(match.group(1))
+    if master == "local":
+        return 1
+    return spark.sparkContext.defaultParallelism
+
+
+def plan_sizing(
+    rows_df: DataFrame,
+    *,
+    total_rows: int,
+    target_bytes: int,
+    compression: str,
+    sample_df: DataFrame | None = None,
+    slots: int = 1,
+) -> Sizing:
     """Estimate compressed bytes per row from a small sample and derive rows per file and partitions.
 
     The sample (a few thousand rows) is formatted with Python's csv module and compressed with the same
@@ -172,7 +191,7 @@ def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compr
     """
     if total_rows <= SIZING_SAMPLE_ROWS:  # a small output is one file whatever its row size
         return Sizing(bytes_per_row=None, rows_per_file=max(total_rows, 1), partitions=1)
-    sample = rows_df.limit(SIZING_SAMPLE_ROWS).collect()
+    sample = (sample_df if sample_df is not None else rows_df).limit(SIZING_SAMPLE_ROWS).collect()
     if not sample:
         return Sizing(bytes_per_row=None, rows_per_file=max(total_rows, 1), partitions=1)
     buffer = io.StringIO()
@@ -186,7 +205,8 @@ def plan_sizing(rows_df: DataFrame, *, total_rows: int, target_bytes: int, compr
     current = rows_df.rdd.getNumPartitions()
     partitions = None
     if current > 1 and estimated_bytes / current < min(TINY_FILE_BYTES, target_bytes):
-        partitions = max(1, min(current, math.ceil(estimated_bytes / target_bytes)))
+        # Fewer files, but never fewer writing tasks than there are slots to run them.
+        partitions = max(1, min(current, max(math.ceil(estimated_bytes / target_bytes), slots)))
     return Sizing(bytes_per_row=round(bytes_per_row, 2), rows_per_file=rows_per_file, partitions=partitions)
 
 
@@ -380,7 +400,11 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
         tg.to_vertex_rows, label=args.vertex_label, with_status=with_status
     )
     vertex_sizing = plan_sizing(
-        vertex_rows_df, total_rows=vertices_good, target_bytes=target_bytes, compression=args.compression
+        vertex_rows_df,
+        total_rows=vertices_good,
+        target_bytes=target_bytes,
+        compression=args.compression,
+        slots=writer_slots(spark),
     )
     write_csv(
         vertex_rows_df,
@@ -397,40 +421,54 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     )
     vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
 
-    LOG.info("vertices staged: %d written, %d rejected or dropped", vertices_good, vertices_in - vertices_good)
+    LOG.info(
+        "vertices staged: %d written, %d rejected or dropped", vertices_good, vertices_in - vertices_good
+    )
     # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
     contract_df, has_rank = read_edges(spark, args.edges)
-    edges_in = contract_df.count()
     keyed_df = contract_df.transform(tg.with_edge_key)
-    duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
-    duplicate_keys = duplicate_keys_df.count()
-    LOG.info("edges: %d rows in, %d duplicated (src, dst) keys", edges_in, duplicate_keys)
     tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
+    # One pass counts the rows by reason and the (src, dst) keys that good rows share.
+    profile = tagged_e_df.transform(tg.edge_reason_profile).collect()
+    first_reasons = {row[G.REASON]: row["rows"] for row in profile}
+    duplicate_keys = sum(row["duplicate_keys"] for row in profile)
+    edges_in = sum(first_reasons.values())
+    LOG.info("edges: %d rows in, %d duplicated (src, dst) keys", edges_in, duplicate_keys)
     if duplicate_keys:
         LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
         tagged_e_df = tagged_e_df.transform(
             tg.mark_duplicate_edges,
-            duplicate_keys_df,
+            keyed_df.transform(tg.duplicate_edge_keys),
             higher_is_closer=higher_is_closer,
             broadcast_keys=duplicate_keys <= MAX_BROADCAST_KEYS,
         )
     edge_rows_df = tagged_e_df.transform(
         tg.to_edge_rows, label=args.edge_label, metric=args.metric, higher_is_closer=higher_is_closer
     )
+    # Row sizes are estimated on untagged rows: the same columns, without the joins.
+    sample_df = contract_df.withColumn(G.REASON, F.lit(None).cast("string")).transform(
+        tg.to_edge_rows, label=args.edge_label, metric=args.metric, higher_is_closer=higher_is_closer
+    )
     edge_sizing = plan_sizing(
-        edge_rows_df, total_rows=edges_in, target_bytes=target_bytes, compression=args.compression
+        edge_rows_df,
+        total_rows=edges_in,
+        target_bytes=target_bytes,
+        compression=args.compression,
+        sample_df=sample_df,
+        slots=writer_slots(spark),
     )
     LOG.info("edges: writing with %s", edge_sizing)
     write_csv(
         edge_rows_df, storage.join(staged, G.EDGES_DIR), compression=args.compression, sizing=edge_sizing
     )
     edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
-    (
-        tagged_e_df.filter(F.col(G.REASON).isNotNull())
-        .drop(G.EDGE_KEY)
-        .write.mode("overwrite")
-        .parquet(storage.spark_path(edge_rejects_uri))
-    )
+    rejects_df = tagged_e_df.drop(G.EDGE_KEY)
+    has_rejects = duplicate_keys > 0 or any(reason is not None for reason in first_reasons)
+    if has_rejects:  # a second pass over the input, only when something is to be quarantined
+        rejects_df = rejects_df.filter(F.col(G.REASON).isNotNull())
+    else:
+        rejects_df = spark.createDataFrame([], rejects_df.schema)
+    rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
     edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
     LOG.info("edges staged; rejects by reason %s; reading the files back", edge_reject_counts)
 
