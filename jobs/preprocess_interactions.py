@@ -26,6 +26,19 @@ from pyspark.sql import functions as F
 
 from jobs.common import cli, storage
 from jobs.common.cli import JobError
+from jobs.common.quality import (
+    LEAVE_ONE_OUT,
+    N_ITEMS,
+    N_USERS,
+    ROWS_IN,
+    ROWS_REJECTED,
+    TEST,
+    TEST_NEGATIVES,
+    TRAIN,
+    add_quality_args,
+    run_gate,
+    thresholds_from_args,
+)
 from jobs.common.report import Funnel, check_funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms import interactions as tx
@@ -74,7 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="chrono split: share of each user's latest positives in test (0 < f < 1)",
     )
-    return parser
+    return add_quality_args(parser)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -261,6 +274,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             dropped_by_reason={DUPLICATE_REASON: duplicates} if duplicates else {},
         )
         check_funnel(STAGE, funnel)
+        run_gate(
+            STAGE,
+            {
+                TRAIN: spark.read.parquet(storage.spark_path(staged[TRAIN_DIR])),
+                TEST: spark.read.parquet(storage.spark_path(staged[TEST_DIR])),
+            },
+            reports_root=cli.reports_root(args),
+            run_date=run_date,
+            thresholds=thresholds_from_args(args),
+            context={
+                N_USERS: counts["users_index_size"],
+                N_ITEMS: counts["items_index_size"],
+                LEAVE_ONE_OUT: args.split == S.SPLIT_LOO,
+                TEST_NEGATIVES: args.test_negatives,
+                ROWS_IN: funnel.rows_in,
+                ROWS_REJECTED: funnel.rows_rejected,
+            },
+        )
 
         # Index maps first: if a later swap fails, a rerun reuses the ids already published.
         finals = {

@@ -24,6 +24,7 @@ from jobs.common.quality import (  # dataset names and context keys live with th
     FUNNEL_DATASET,
     GREMLIN_EDGES,
     GREMLIN_VERTICES,
+    LEAVE_ONE_OUT,
     N_ITEMS,
     N_USERS,
     RAW_INTERACTIONS,
@@ -136,18 +137,23 @@ def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -
 
 
 def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
-    """NCF leave-one-out test rows: exactly one positive per user, plus its sampled negatives."""
+    """NCF test rows: one positive per user (leave-one-out; at least one otherwise) plus negatives."""
     user, label = _q(ia.USER_IDX), _q(ia.LABEL)
+    leave_one_out = context.get(LEAVE_ONE_OUT, True)
+    positives = f"sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END)"
     expectations = [
         *_ncf_rows(context),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=(
-                f"SELECT {user}, sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END) AS positives "
-                f"FROM {{batch}} GROUP BY {user} "
-                f"HAVING sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END) != 1"
+                f"SELECT {user}, {positives} AS positives FROM {{batch}} GROUP BY {user} "
+                f"HAVING {positives} {'!= 1' if leave_one_out else '< 1'}"
             ),
             severity=CRITICAL,
-            description="every test user has exactly one positive (leave-one-out)",
+            description=(
+                "every test user has exactly one positive (leave-one-out)"
+                if leave_one_out
+                else "every test user has at least one positive"
+            ),
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
             column_list=[ia.USER_IDX, ia.ITEM_IDX],
@@ -156,7 +162,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
         ),
     ]
     negatives = context.get(TEST_NEGATIVES)
-    if negatives is not None:
+    if negatives is not None and leave_one_out:
         expectations.append(
             gxe.UnexpectedRowsExpectation(
                 unexpected_rows_query=(

@@ -70,7 +70,8 @@ GREMLIN_EDGES = "gremlin_edges"
 # Context keys the suites read.
 N_USERS = "n_users"  # train/test: user_idx < n_users
 N_ITEMS = "n_items"  # train/test: item_idx < n_items
-TEST_NEGATIVES = "test_negatives"  # test: rows per user = 1 + test_negatives (warning)
+LEAVE_ONE_OUT = "leave_one_out"  # test: exactly one positive per user (default True; False: chrono split)
+TEST_NEGATIVES = "test_negatives"  # test, leave-one-out: rows per user = 1 + test_negatives (warning)
 TOP_K = "top_k"  # similarity edges: 1 <= rank <= k, at most k per product (None: all pairs)
 EMBEDDING_DIM = "embedding_dim"  # embeddings: every ok vector has this length
 
