@@ -10,16 +10,17 @@ Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
 
 How (see ``udfs/similarity_tiles.py`` for the kernels):
 1. The expected embedding length is the most frequent length among "ok" rows with an embedding (ties:
-   the smaller length). Rows are checked (status, sku, duplicates, null, length, NaN/inf, zero norm for
-   cosine) and written once to a staging Parquet, split valid / not valid.
-2. The valid rows are the matrix. Every tile task reads it (a Parquet read per Python worker, cached
-   across the worker's tasks: 50,000 x 2048 float32 is 400 MB) and sorts it by sku, so row index
-   order is sku order. That broadcast-by-Parquet design needs no merge across tasks; it is chosen
-   because the matrix of a catalog (about 50,000 products) fits a worker many times over. A
-   ``spark.range`` of row blocks (``--block-size`` rows each) drives ``mapInArrow``: each task
-   computes its blocks against all column blocks (top-k: partial ``torch.topk`` per tile, merged
-   per row; all-pairs: only the upper triangle, filtered inside each tile and streamed as Arrow
-   batches), so a task holds the matrix and one block x block tile, never N x N.
+   the smaller length). Every row is checked (status, sku, duplicates, null, length, NaN/inf, zero norm
+   for cosine); the check's verdicts (sku, image_path, length, reason; not the embeddings) are staged.
+2. Broadcast by Parquet: every tile task reads the input embeddings itself (pyarrow, once per Python
+   worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
+   valid and sorts them by sku, so row index order is sku order. No merge across tasks is needed;
+   chosen because a catalog's matrix (about 50,000 products) fits a worker many times over, and it
+   avoids shipping the embeddings through Spark twice. A ``spark.range`` of row blocks
+   (``--block-size`` rows each) drives ``mapInArrow``: each task computes its blocks against every
+   column tile (top-k: partial ``torch.topk`` per tile, merged per row; all-pairs: only the upper
+   triangle, filtered inside each tile and streamed as Arrow batches), so a task holds the matrix and
+   one tile (``block x 4 block`` float32), never N x N.
 3. Edges are written by Spark's Parquet writer (``--max-records-per-file`` bounds the files), checked,
    published with the rejects, and the report is written last.
 """
@@ -66,6 +67,9 @@ IS_VALID = "is_valid"
 CHECKED = "checked"
 COUNT = "count"
 MIN_VALID_PRODUCTS = 2
+# A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
+# per-tile selection and merge overhead small against the product itself.
+COLUMN_BLOCKS_PER_TILE = 4
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -150,7 +154,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     metric = args.metric
     embeddings_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(args.input))
     expected_dim = expected_dimension(embeddings_df)
-    LOG.info("expected embedding length %d", expected_dim)
+    LOG.info("expected embedding length %d (%.1fs)", expected_dim, time.time() - started_at)
 
     checked_uri = storage.join(staging, CHECKED)
     (
@@ -166,6 +170,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         .parquet(storage.spark_path(checked_uri))
     )
     counts = reason_counts(spark, checked_uri)
+    LOG.info("checked: %s (%.1fs)", counts, time.time() - started_at)
     products = counts.pop(None, 0)
     rows_in = products + sum(counts.values())
     if products < MIN_VALID_PRODUCTS:
@@ -173,14 +178,15 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             f"{args.input}: {products} valid embedding(s) of {rows_in} rows; similarity needs at least "
             f"{MIN_VALID_PRODUCTS} (left out: {counts})"
         )
-    matrix_uri = storage.join(checked_uri, f"{IS_VALID}=true")
     block_size = args.block_size
     blocks = math.ceil(products / block_size)
     blocks_df = spark.range(0, blocks, 1, numPartitions=min(blocks, args.parallelism or blocks))
     tile_options = {
-        "matrix_uri": storage.spark_path(matrix_uri) if not storage.is_remote(matrix_uri) else matrix_uri,
+        "input_uri": args.input,
+        "valid_uri": storage.join(checked_uri, f"{IS_VALID}=true"),
         "metric": metric,
         "block_size": block_size,
+        "column_block": block_size * COLUMN_BLOCKS_PER_TILE,
         "device": args.device,
         "threads": args.threads_per_task,
     }
@@ -197,6 +203,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
 
     staged_edges = storage.join(staging, STAGE)
     staged_rejects = storage.join(staging, "rejects")
+    LOG.info("tiles: %d products, %d row blocks of %d", products, blocks, block_size)
     if args.sink == SINK_COUNT:
         edges = edges_df.count()
     else:
@@ -206,6 +213,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             .parquet(storage.spark_path(staged_edges))
         )
         edges = spark.read.parquet(storage.spark_path(staged_edges)).count()
+        LOG.info("edges written: %d (%.1fs)", edges, time.time() - started_at)
         if counts:
             invalid_uri = storage.join(checked_uri, f"{IS_VALID}=false")
             rejects_df = spark.read.parquet(storage.spark_path(invalid_uri)).transform(select_rejects)

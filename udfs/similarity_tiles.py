@@ -211,33 +211,50 @@ def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: torch.device |
     return Prepared(metric, skus, raw, norms, tol, work.to(device), sq_norms, device)
 
 
-_CACHE: dict[tuple[str, str, str], Prepared] = {}
+_CACHE: dict[tuple[str, ...], Prepared] = {}
 
 
-def read_matrix(uri: str) -> tuple[pa.Array, np.ndarray]:
-    """Read the valid embeddings (Parquet files below ``uri``: sku, embedding) sorted by sku."""
+def _read_parquet(uri: str, columns: list[str]) -> pa.Table:
+    """Every Parquet file below ``uri`` (hidden and ``_`` files skipped, as Spark does), concatenated."""
     fs, _ = storage.filesystem(uri)
     tables = [
-        pq.read_table(storage.filesystem(file_uri)[1], filesystem=fs, columns=[E.SKU, E.EMBEDDING])
+        pq.read_table(storage.filesystem(file_uri)[1], filesystem=fs, columns=columns)
         for file_uri in storage.list_files(uri, suffixes=(".parquet",))
     ]
     if not tables:
-        raise RuntimeError(f"no embedding matrix under {uri}")
-    table = pa.concat_tables(tables).sort_by(E.SKU)
+        raise RuntimeError(f"no Parquet files under {uri}")
+    return pa.concat_tables(tables, promote=True)
+
+
+def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
+    """The valid embeddings, sorted by sku: (skus, float32 matrix).
+
+    ``input_uri`` is the embed job's Parquet; ``valid_uri`` the check step's valid rows (a ``sku``
+    column). Valid skus are unique among the "ok" rows, so "ok" and a valid sku picks one row each.
+    """
+    valid = _read_parquet(valid_uri, [E.SKU]).column(E.SKU)
+    table = _read_parquet(input_uri, [E.SKU, E.STATUS, E.EMBEDDING])
+    keep = pc.and_(
+        pc.fill_null(pc.equal(table.column(E.STATUS), E.STATUS_OK), False),
+        pc.is_in(table.column(E.SKU), value_set=valid.combine_chunks()),
+    )
+    table = table.filter(keep).sort_by(E.SKU)
+    if table.num_rows != len(valid):
+        raise RuntimeError(f"{input_uri} changed under the job: {table.num_rows} rows for {len(valid)} skus")
     skus = table.column(E.SKU).combine_chunks().cast(pa.string())
     values = pc.list_flatten(table.column(E.EMBEDDING).combine_chunks()).to_numpy(zero_copy_only=False)
     count = table.num_rows
     if count == 0 or values.size % count:
-        raise RuntimeError(f"embedding matrix under {uri} is empty or ragged")
+        raise RuntimeError(f"embedding matrix of {input_uri} is empty or ragged")
     return skus, values.astype(np.float32, copy=False).reshape(count, values.size // count)
 
 
-def load_prepared(uri: str, metric: str, device: torch.device) -> Prepared:
-    """The prepared matrix of ``uri``, read once per Python worker (workers are reused across tasks)."""
-    key = (uri, metric, str(device))
+def load_prepared(input_uri: str, valid_uri: str, metric: str, device: torch.device) -> Prepared:
+    """The prepared matrix, read once per Python worker (workers are reused across tasks)."""
+    key = (input_uri, valid_uri, metric, str(device))
     if key not in _CACHE:
         _CACHE.clear()  # one matrix per worker at a time: memory stays bounded
-        skus, raw = read_matrix(uri)
+        skus, raw = read_matrix(input_uri, valid_uri)
         _CACHE[key] = prepare(skus, raw, metric, device)
     return _CACHE[key]
 
@@ -459,23 +476,32 @@ def _blocks(batches: Iterator[pa.RecordBatch]) -> Iterator[int]:
 
 
 def topk_edges_fn(
-    matrix_uri: str, metric: str, k: int, block_size: int, device: str, threads: int | None
+    input_uri: str,
+    valid_uri: str,
+    metric: str,
+    k: int,
+    block_size: int,
+    column_block: int,
+    device: str,
+    threads: int | None,
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A ``mapInArrow`` function: block numbers in, that block's top-k edges out."""
 
     def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        prep = load_prepared(matrix_uri, metric, task_setup(device, threads))
+        prep = load_prepared(input_uri, valid_uri, metric, task_setup(device, threads))
         for block in _blocks(batches):
             r0 = block * block_size
-            yield topk_batch(prep, r0, min(prep.n, r0 + block_size), k, block_size)
+            yield topk_batch(prep, r0, min(prep.n, r0 + block_size), k, column_block)
 
     return edges
 
 
 def all_pairs_edges_fn(
-    matrix_uri: str,
+    input_uri: str,
+    valid_uri: str,
     metric: str,
     block_size: int,
+    column_block: int,
     device: str,
     threads: int | None,
     *,
@@ -486,14 +512,14 @@ def all_pairs_edges_fn(
     """A ``mapInArrow`` function: block numbers in, that block's (filtered) pairs out, streamed."""
 
     def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        prep = load_prepared(matrix_uri, metric, task_setup(device, threads))
+        prep = load_prepared(input_uri, valid_uri, metric, task_setup(device, threads))
         for block in _blocks(batches):
             r0 = block * block_size
             yield from all_pairs_batches(
                 prep,
                 r0,
                 min(prep.n, r0 + block_size),
-                block_size,
+                column_block,
                 min_score=min_score,
                 max_distance=max_distance,
                 directed=directed,
@@ -503,23 +529,25 @@ def all_pairs_edges_fn(
 
 
 def reasons_fn(
-    expected_dim: int, reject_zero_norm: bool, embedding_column: str, reason_column: str
+    expected_dim: int, reject_zero_norm: bool
 ) -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A ``mapInArrow`` function adding ``reason_column`` (null = usable) to each batch.
+    """A ``mapInArrow`` function: each row's embedding replaced by its length and why it is unusable.
 
+    Takes the batch's columns, the last being ``embedding``, and gives the others followed by
+    ``embedding_length`` (int, null for a null embedding) and ``reason`` (null = usable). The embedding
+    does not travel back: the tile tasks read it from the input themselves.
     Why a UDF: Spark's array higher-order functions (``exists``, ``aggregate``) are interpreted per
     element; numpy checks the whole Arrow batch at once.
     """
 
     def with_reasons(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         for batch in batches:
-            reasons = embedding_reasons(
-                batch.column(batch.schema.get_field_index(embedding_column)),
-                expected_dim,
-                reject_zero_norm=reject_zero_norm,
-            )
+            embeddings = batch.column(batch.num_columns - 1)
+            reasons = embedding_reasons(embeddings, expected_dim, reject_zero_norm=reject_zero_norm)
+            lengths = pc.cast(pc.list_value_length(embeddings), pa.int32())
             yield pa.RecordBatch.from_arrays(
-                [*batch.columns, reasons], names=[*batch.schema.names, reason_column]
+                [*batch.columns[:-1], lengths, reasons],
+                names=[*batch.schema.names[:-1], S.EMBEDDING_LENGTH, S.REASON],
             )
 
     return with_reasons

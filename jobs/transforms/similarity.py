@@ -40,11 +40,11 @@ def duplicate_skus(embeddings_df: DataFrame) -> DataFrame:
 def with_rejection_reason(
     embeddings_df: DataFrame, duplicates_df: DataFrame, *, expected_dim: int, metric: str
 ) -> DataFrame:
-    """Add ``reason`` (null = usable) to the embedding rows; keeps sku, image_path, embedding.
+    """One row per embedding row: sku, image_path, embedding_length and ``reason`` (null = usable).
 
     Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy),
     null embedding, wrong length, non-finite, zero norm (cosine only). The per-element checks run
-    vectorised in ``udfs.similarity_tiles.reasons_fn``.
+    vectorised in ``udfs.similarity_tiles.reasons_fn``; the embeddings themselves are not kept.
     """
     flagged_df = (
         embeddings_df.join(
@@ -56,15 +56,18 @@ def with_rejection_reason(
             .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
             .when(F.col(IS_DUPLICATE).isNotNull(), F.lit(S.REASON_DUPLICATE_SKU)),
         )
-        .select(E.SKU, E.IMAGE_PATH, E.EMBEDDING, PRE_REASON)
+        .select(E.SKU, E.IMAGE_PATH, PRE_REASON, E.EMBEDDING)  # the UDF wants the embedding last
     )
     checked_schema = T.StructType(
-        [*flagged_df.schema.fields, T.StructField(S.REASON, T.StringType(), True)]
+        [
+            *flagged_df.schema.fields[:-1],
+            T.StructField(S.EMBEDDING_LENGTH, T.IntegerType(), True),
+            T.StructField(S.REASON, T.StringType(), True),
+        ]
     )
     return (
         flagged_df.mapInArrow(
-            similarity_tiles.reasons_fn(expected_dim, metric == S.COSINE, E.EMBEDDING, S.REASON),
-            checked_schema,
+            similarity_tiles.reasons_fn(expected_dim, metric == S.COSINE), checked_schema
         )
         .withColumn(S.REASON, F.coalesce(F.col(PRE_REASON), F.col(S.REASON)))
         .drop(PRE_REASON)
@@ -75,29 +78,29 @@ def select_rejects(checked_df: DataFrame) -> DataFrame:
     """The rows rejected for a data problem, as ``REJECT_SCHEMA`` (dropped status errors excluded)."""
     return checked_df.filter(
         F.col(S.REASON).isNotNull() & ~F.col(S.REASON).isin(*S.DROPPED_REASONS)
-    ).select(
-        F.col(E.SKU).cast(T.StringType()).alias(E.SKU),
-        F.col(E.IMAGE_PATH).cast(T.StringType()).alias(E.IMAGE_PATH),
-        F.when(F.col(E.EMBEDDING).isNotNull(), F.size(E.EMBEDDING))
-        .cast(T.IntegerType())
-        .alias(S.EMBEDDING_LENGTH),
-        F.col(S.REASON),
-    )
+    ).select(*(F.col(f.name).cast(f.dataType).alias(f.name) for f in S.REJECT_SCHEMA.fields))
 
 
 def explode_topk_edges(
     blocks_df: DataFrame,
     *,
-    matrix_uri: str,
+    input_uri: str,
+    valid_uri: str,
     metric: str,
     k: int,
     block_size: int,
+    column_block: int,
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
-    """One row per row block in (``id``), each block's top-k edges out (``TOPK_EDGE_SCHEMA``)."""
+    """One row per row block in (``id``), each block's top-k edges out (``TOPK_EDGE_SCHEMA``).
+
+    ``input_uri`` holds the embeddings, ``valid_uri`` the skus that passed the checks.
+    """
     return blocks_df.select(F.col(BLOCK)).mapInArrow(
-        similarity_tiles.topk_edges_fn(matrix_uri, metric, k, block_size, device, threads),
+        similarity_tiles.topk_edges_fn(
+            input_uri, valid_uri, metric, k, block_size, column_block, device, threads
+        ),
         S.TOPK_EDGE_SCHEMA,
     )
 
@@ -105,9 +108,11 @@ def explode_topk_edges(
 def explode_all_pairs_edges(
     blocks_df: DataFrame,
     *,
-    matrix_uri: str,
+    input_uri: str,
+    valid_uri: str,
     metric: str,
     block_size: int,
+    column_block: int,
     min_score: float | None = None,
     max_distance: float | None = None,
     directed: bool = False,
@@ -117,9 +122,11 @@ def explode_all_pairs_edges(
     """One row per row block in (``id``), the block's pairs out (``ALL_PAIRS_EDGE_SCHEMA``), streamed."""
     return blocks_df.select(F.col(BLOCK)).mapInArrow(
         similarity_tiles.all_pairs_edges_fn(
-            matrix_uri,
+            input_uri,
+            valid_uri,
             metric,
             block_size,
+            column_block,
             device,
             threads,
             min_score=min_score,
