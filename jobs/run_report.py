@@ -1,0 +1,754 @@
+"""A static HTML report of one run: funnels, data quality, plots and a gallery of similar products.
+
+    python -m jobs.run_report --workdir W --reports R --run-date D --output W/report \
+        [--gallery-size 8] [--neighbours 6] [--images-root S/images] [--interactions S/interactions]
+
+Reads the stages' run reports and quality results (``R/<stage>/dt=D.json``, ``dt=D.quality.json``),
+small aggregates of the outputs under ``W`` (NCF train/test, similarity edges, the Gremlin export) and a
+sample of product images, and writes ``<output>/index.html``: one self-contained file (inline CSS and
+SVG charts, thumbnails as data URIs, no script, nothing fetched), readable offline and safe to mail.
+
+The gallery shows each sampled product beside its closest products as the shop page would (read back
+from the exported Gremlin CSVs, best first in the metric's direction: the similarity report's
+``higher_is_closer``), and a product whose image failed to embed or cannot be read as a placeholder tile
+saying why. Every value that reaches the page is escaped: product names are hostile input.
+
+A missing input (a stage that did not run, an output that is not there) is a note in its section, not
+a failure: the report is most useful precisely when a run went wrong.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime as dt
+import html
+import io
+import logging
+import math
+import posixpath
+import re
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from jobs.common import storage
+from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int, run
+from jobs.common.quality import quality_uri
+from jobs.common.report import report_uri
+from jobs.common.spark import get_spark
+from jobs.transforms import report_stats as rs
+from schemas import embeddings as E
+from schemas import gremlin as G
+from schemas import interactions as ia
+from schemas import similarity as S
+
+LOG = logging.getLogger("stylegraph.run_report")
+
+STAGE = "report"
+APP_NAME = "stylegraph-run-report"
+PIPELINE_STAGES = ("preprocess", "embed", "similarity", "export", "validate")
+INDEX_HTML = "index.html"
+DEFAULT_GALLERY_SIZE = 8
+DEFAULT_NEIGHBOURS = 6  # what the shop page shows
+DEFAULT_THUMB_PX = 136
+SCORE_BINS = 20
+MAX_IMAGE_BYTES = 20 * 1024 * 1024
+FILE_COLUMN = "_file"
+
+# Vertex and edge columns of the export, as headers.
+V_ID, V_SKU, V_NAME = G.ID, G.VERTEX_PROPERTIES["sku"], G.VERTEX_PROPERTIES["name"]
+V_BRAND, V_CATEGORY = G.VERTEX_PROPERTIES["brand"], G.VERTEX_PROPERTIES["category"]
+V_IMAGE, V_STATUS = G.VERTEX_PROPERTIES["image"], G.VERTEX_EMBEDDING_STATUS
+
+# Placeholder reasons (the tile says why there is no picture).
+NO_IMAGE_PATH = "no image path"
+IMAGE_NOT_FOUND = "image not found"
+IMAGE_UNREADABLE = "image unreadable"
+EMBED_FAILED = "image failed to embed"
+
+
+# --------------------------------------------------------------------------------------------- arguments
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = job_parser("run_report", "Static HTML report of one pipeline run.", run_date_required=True)
+    parser.add_argument("--output", required=True, help="report folder; writes <output>/index.html")
+    parser.add_argument("--workdir", default=None, help="the run's work root (default: --output's parent)")
+    parser.add_argument(
+        "--reports", default=None, help="run reports root (default --report-dir or W/_reports)"
+    )
+    parser.add_argument("--gallery-size", type=non_negative_int, default=DEFAULT_GALLERY_SIZE)
+    parser.add_argument("--neighbours", type=positive_int, default=DEFAULT_NEIGHBOURS)
+    parser.add_argument(
+        "--images-root",
+        default=None,
+        help="what vertex image paths are relative to (default: embed report's)",
+    )
+    parser.add_argument("--interactions", default=None, help="raw logs root, for the events-per-day plot")
+    parser.add_argument("--thumb-px", type=positive_int, default=DEFAULT_THUMB_PX)
+    parser.add_argument("--seed", type=int, default=0, help="which products the gallery samples")
+    args = parser.parse_args(argv)
+    if args.workdir is None:
+        parent = posixpath.dirname(args.output.rstrip("/"))
+        if not parent:
+            raise JobError(f"--workdir is needed: --output {args.output} has no parent folder")
+        args.workdir = parent
+    args.reports = args.reports or args.report_dir or storage.join(args.workdir, "_reports")
+    return args
+
+
+# ------------------------------------------------------------------------------------------------ inputs
+@dataclass
+class Section:
+    """What a section of the page shows, or why it cannot (``missing``)."""
+
+    data: Any = None
+    missing: str | None = None
+
+
+@dataclass
+class Tile:
+    """One product in the gallery: its picture (a data URI) or the reason there is none."""
+
+    product_id: str
+    sku: str | None
+    name: str | None
+    brand: str | None
+    image_uri: str | None = None
+    placeholder: str | None = None
+    score: float | None = None
+    rank: int | None = None
+
+
+@dataclass
+class GalleryRow:
+    product: Tile
+    neighbours: list[Tile] = field(default_factory=list)
+    note: str | None = None
+
+
+def read_json_or_none(uri: str) -> dict[str, Any] | None:
+    if not storage.exists(uri):
+        return None
+    try:
+        return storage.read_json(uri)
+    except ValueError as err:  # a half-written or foreign file: say so on the page
+        LOG.warning("%s is not JSON: %s", uri, err)
+        return {"unreadable": str(err)}
+
+
+def read_stage_reports(reports_root: str, run_date: str) -> dict[str, dict[str, Any] | None]:
+    return {stage: read_json_or_none(report_uri(reports_root, stage, run_date)) for stage in PIPELINE_STAGES}
+
+
+def read_quality(reports_root: str, run_date: str) -> dict[str, dict[str, Any] | None]:
+    return {stage: read_json_or_none(quality_uri(reports_root, stage, run_date)) for stage in PIPELINE_STAGES}
+
+
+def _parquet(spark: SparkSession, uri: str) -> DataFrame | None:
+    return spark.read.parquet(storage.spark_path(uri)) if storage.list_files(uri, (".parquet",)) else None
+
+
+def _gremlin_csv(spark: SparkSession, uri: str) -> DataFrame | None:
+    if not storage.list_files(uri, tuple(G.FILE_SUFFIX.values())):
+        return None
+    return spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true").csv(storage.spark_path(uri))
+
+
+def _rows(df: DataFrame) -> list[tuple]:
+    return [tuple(row) for row in df.collect()]  # the aggregates are a few dozen rows at most
+
+
+def ncf_stats(spark: SparkSession, workdir: str, run_date: str) -> dict[str, Section]:
+    """Train/test sizes by label and the user/item degree distributions of the positives."""
+    train = _parquet(spark, storage.join(workdir, "ncf", "train", f"dt={run_date}"))
+    test = _parquet(spark, storage.join(workdir, "ncf", "test", f"dt={run_date}"))
+    if train is None or test is None:
+        missing = Section(
+            missing=f"no NCF train/test sets under {storage.join(workdir, 'ncf')} for {run_date}"
+        )
+        return {"sizes": missing, "user_degree": missing, "item_degree": missing}
+    both = train.select(ia.USER_IDX, ia.ITEM_IDX, ia.LABEL).unionByName(
+        test.select(ia.USER_IDX, ia.ITEM_IDX, ia.LABEL)
+    )
+    sizes = {
+        name: {float(label): int(n) for label, n in _rows(df.transform(rs.label_counts))}
+        for name, df in (("train", train), ("test", test))
+    }
+    return {
+        "sizes": Section(sizes),
+        "user_degree": Section(_rows(rs.degree_histogram(both, ia.USER_IDX))),
+        "item_degree": Section(_rows(rs.degree_histogram(both, ia.ITEM_IDX))),
+    }
+
+
+def similarity_stats(
+    spark: SparkSession, workdir: str, run_date: str, products: int | None
+) -> dict[str, Section]:
+    """Score histogram and neighbours per product of the similarity edges."""
+    edges = _parquet(spark, storage.join(workdir, "style", "similarity", f"dt={run_date}"))
+    if edges is None:
+        missing = Section(missing=f"no similarity edges under {workdir}/style/similarity/dt={run_date}")
+        return {"scores": missing, "neighbours": missing}
+    low, high = edges.transform(rs.finite_range, S.SCORE).first()
+    if low is None:
+        scores = Section(missing="no finite similarity score")
+    else:
+        counts = dict(_rows(rs.value_histogram(edges, S.SCORE, low=low, high=high, bins=SCORE_BINS)))
+        width = (high - low) / SCORE_BINS if high > low else 1.0
+        scores = Section(
+            [(low + b * width, low + (b + 1) * width, counts.get(b, 0)) for b in range(SCORE_BINS)]
+        )
+    per_product = _rows(rs.neighbour_count_histogram(edges, S.SRC))
+    with_edges = sum(n for _, n in per_product)
+    if products is not None and products > with_edges:
+        per_product = [(0, products - with_edges), *per_product]
+    return {"scores": scores, "neighbours": Section(per_product)}
+
+
+def events_stats(spark: SparkSession, interactions: str | None) -> Section:
+    if not interactions:
+        return Section(missing="raw logs not given (--interactions)")
+    if not storage.list_files(interactions):
+        return Section(missing=f"no log files under {interactions}")
+    lines = spark.read.text(storage.spark_path(interactions), recursiveFileLookup=True).select(
+        F.input_file_name().alias(FILE_COLUMN)
+    )
+    return Section(_rows(rs.events_per_day(lines, FILE_COLUMN)))
+
+
+# ----------------------------------------------------------------------------------------------- gallery
+def thumbnail_data_uri(uri: str, px: int) -> tuple[str | None, str | None]:
+    """A JPEG thumbnail of an image file as a data URI, or ``(None, why not)``."""
+    from PIL import Image
+
+    if not storage.exists(uri):
+        return None, IMAGE_NOT_FOUND
+    try:
+        fs, path = storage.filesystem(uri)
+        if fs.get_file_info(path).size > MAX_IMAGE_BYTES:
+            return None, f"{IMAGE_UNREADABLE}: larger than {MAX_IMAGE_BYTES // 2**20} MB"
+        with fs.open_input_file(path) as handle:
+            data = handle.read()
+        with Image.open(io.BytesIO(data)) as image:
+            image.draft("RGB", (px, px))  # JPEG: decode at reduced size
+            picture = image.convert("RGB")
+        picture.thumbnail((px, px))
+        out = io.BytesIO()
+        picture.save(out, format="JPEG", quality=82)
+    except Exception as err:  # broken, truncated, a bomb, not an image: the tile says so
+        message = re.sub(r"<_io\.BytesIO object at 0x[0-9a-f]+>", posixpath.basename(uri), str(err))
+        return None, f"{IMAGE_UNREADABLE}: {type(err).__name__}: {message}"
+    return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), None
+
+
+def _image_uri(images_root: str | None, value: str | None) -> str | None:
+    if not value:
+        return None
+    if "://" in value or value.startswith("/") or not images_root:
+        return value
+    return storage.join(images_root, value)
+
+
+def _tile(row: Mapping[str, Any], images_root: str | None, px: int, thumbs: dict[str, tuple]) -> Tile:
+    tile = Tile(product_id=row[V_ID], sku=row.get(V_SKU), name=row.get(V_NAME), brand=row.get(V_BRAND))
+    image = _image_uri(images_root, row.get(V_IMAGE))
+    if image is None:
+        tile.placeholder = NO_IMAGE_PATH
+    else:
+        if image not in thumbs:
+            thumbs[image] = thumbnail_data_uri(image, px)
+        tile.image_uri, tile.placeholder = thumbs[image]
+    return tile
+
+
+def gallery(
+    spark: SparkSession,
+    export_uri: str,
+    embeddings_uri: str,
+    *,
+    size: int,
+    neighbours: int,
+    higher_is_closer: bool,
+    images_root: str | None,
+    px: int,
+    seed: int,
+) -> Section:
+    """Sampled products with their closest products, read back from the Gremlin export."""
+    vertices = _gremlin_csv(spark, storage.join(export_uri, G.VERTICES_DIR))
+    edges = _gremlin_csv(spark, storage.join(export_uri, G.EDGES_DIR))
+    if vertices is None or edges is None:
+        return Section(missing=f"no Gremlin export under {export_uri}")
+    if size == 0:
+        return Section([])
+    edges = edges.select(F.col(G.FROM), F.col(G.TO), F.col(G.EDGE_SCORE).cast("double").alias(S.SCORE))
+    wanted = [
+        c for c in (V_ID, V_SKU, V_NAME, V_BRAND, V_CATEGORY, V_IMAGE, V_STATUS) if c in vertices.columns
+    ]
+    vertices = vertices.select(*wanted)
+    with_edges = vertices.join(edges.select(F.col(G.FROM).alias(V_ID)).distinct(), on=V_ID, how="left_semi")
+    picked = [r.asDict() for r in rs.sample_by_hash(with_edges, V_ID, size, seed).collect()]
+    failed: list[dict[str, Any]] = []
+    if V_STATUS in vertices.columns:
+        failed_df = vertices.filter(F.col(V_STATUS) == E.STATUS_ERROR)
+        failed = [r.asDict() for r in rs.sample_by_hash(failed_df, V_ID, max(1, size // 4), seed).collect()]
+    ids = [r[V_ID] for r in picked]
+    top = (
+        edges.filter(F.col(G.FROM).isin(ids))
+        .transform(
+            rs.filter_top_neighbours,
+            src=G.FROM,
+            score=S.SCORE,
+            n=neighbours,
+            higher_is_closer=higher_is_closer,
+        )
+        .join(vertices.withColumnRenamed(V_ID, G.TO), on=G.TO, how="left")
+        .orderBy(G.FROM, rs.NEIGHBOUR_RANK)
+        .collect()
+    )
+    errors = embed_errors(spark, embeddings_uri, [r.get(V_SKU) for r in failed if r.get(V_SKU)])
+
+    thumbs: dict[str, tuple] = {}
+    rows = []
+    for product in picked:
+        row = GalleryRow(_tile(product, images_root, px, thumbs))
+        for edge in (e.asDict() for e in top if e[G.FROM] == product[V_ID]):
+            tile = _tile({**edge, V_ID: edge[G.TO]}, images_root, px, thumbs)
+            tile.score, tile.rank = edge[S.SCORE], edge[rs.NEIGHBOUR_RANK]
+            row.neighbours.append(tile)
+        rows.append(row)
+    for product in failed:
+        tile = _tile(product, images_root, px, thumbs)
+        why = errors.get(product.get(V_SKU)) or "no error recorded"
+        tile.image_uri, tile.placeholder = None, f"{EMBED_FAILED}: {why}"
+        rows.append(GalleryRow(tile, note="no similar products: the image could not be embedded"))
+    return Section(rows)
+
+
+def embed_errors(spark: SparkSession, embeddings_uri: str, skus: list[str]) -> dict[str, str]:
+    """The embed job's error message per sku (a handful of skus)."""
+    if not skus:
+        return {}
+    embeddings = _parquet(spark, embeddings_uri)
+    if embeddings is None:
+        return {}
+    rows = embeddings.filter(F.col(E.SKU).isin(skus)).select(E.SKU, E.ERROR).collect()
+    return {r[E.SKU]: r[E.ERROR] for r in rows if r[E.ERROR]}
+
+
+# --------------------------------------------------------------------------------------------- rendering
+def esc(value: Any) -> str:
+    """Every value that reaches the page goes through here."""
+    return html.escape("" if value is None else str(value), quote=True)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, bool) or value is None:
+        return esc(value)
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return esc(value)
+        return esc(f"{int(value):,}") if value.is_integer() and abs(value) < 1e15 else esc(f"{value:.4g}")
+    if isinstance(value, int):
+        return esc(f"{value:,}")
+    return esc(value)
+
+
+def svg_bars(
+    title: str, items: Sequence[tuple[str, float]], *, color: str = "#3b6ea8", width: int = 520
+) -> str:
+    """A horizontal bar chart: one labelled bar per item, the value at its end."""
+    if not items:
+        return f'<p class="missing">{esc(title)}: nothing to plot</p>'
+    bar_h, gap, label_w, value_w = 18, 6, 170, 80
+    height = len(items) * (bar_h + gap) + 28
+    top = max((v for _, v in items), default=0) or 1
+    scale = (width - label_w - value_w) / top
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{esc(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="0" y="14" class="title">{esc(title)}</text>',
+    ]
+    for i, (label, value) in enumerate(items):
+        y = 24 + i * (bar_h + gap)
+        w = max(value * scale, 0 if value == 0 else 1)
+        parts.append(
+            f'<text x="{label_w - 6}" y="{y + 13}" text-anchor="end">{esc(label)}</text>'
+            f'<rect x="{label_w}" y="{y}" width="{w:.1f}" height="{bar_h}" fill="{color}">'
+            f"<title>{esc(label)}: {_fmt(value)}</title></rect>"
+            f'<text x="{label_w + w + 4:.1f}" y="{y + 13}">{_fmt(value)}</text>'
+        )
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def svg_columns(
+    title: str, items: Sequence[tuple[str, float]], *, x_label: str, color: str = "#5b8c5a", width: int = 520
+) -> str:
+    """A vertical bar chart (histogram look): one column per item, labels under the first/middle/last."""
+    if not items:
+        return f'<p class="missing">{esc(title)}: nothing to plot</p>'
+    height, left, bottom, top_pad = 220, 48, 40, 24
+    plot_w, plot_h = width - left - 10, height - bottom - top_pad
+    top = max((v for _, v in items), default=0) or 1
+    col_w = plot_w / len(items)
+    parts = [
+        f'<svg class="chart" role="img" aria-label="{esc(title)}" width="{width}" height="{height}" '
+        f'viewBox="0 0 {width} {height}" xmlns="http://www.w3.org/2000/svg">',
+        f'<text x="0" y="14" class="title">{esc(title)}</text>',
+        f'<text x="{left - 4}" y="{top_pad + 10}" text-anchor="end">{_fmt(top)}</text>',
+        f'<text x="{left - 4}" y="{top_pad + plot_h}" text-anchor="end">0</text>',
+        f'<line x1="{left}" y1="{top_pad + plot_h}" x2="{left + plot_w}" y2="{top_pad + plot_h}" '
+        'class="axis"/>',
+    ]
+    label_at = {0, len(items) // 2, len(items) - 1}
+    for i, (label, value) in enumerate(items):
+        h = value / top * plot_h
+        x = left + i * col_w
+        parts.append(
+            f'<rect x="{x + 1:.1f}" y="{top_pad + plot_h - h:.1f}" width="{max(col_w - 2, 1):.1f}" '
+            f'height="{h:.1f}" fill="{color}"><title>{esc(label)}: {_fmt(value)}</title></rect>'
+        )
+        if i in label_at:
+            parts.append(
+                f'<text x="{x + col_w / 2:.1f}" y="{top_pad + plot_h + 14}" text-anchor="middle">'
+                f"{esc(label)}</text>"
+            )
+    parts.append(
+        f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" class="axis-label">'
+        f"{esc(x_label)}</text></svg>"
+    )
+    return "".join(parts)
+
+
+def _missing(section: Section, title: str) -> str | None:
+    return (
+        f'<p class="missing">{esc(title)}: not available ({esc(section.missing)})</p>'
+        if section.missing
+        else None
+    )
+
+
+def render_funnels(reports: Mapping[str, dict[str, Any] | None]) -> str:
+    out = ['<section id="funnel"><h2>Stages</h2><div class="cards">']
+    for stage, report in reports.items():
+        if report is None:
+            out.append(
+                f'<div class="card"><h3>{esc(stage)}</h3><p class="missing">no report for this run</p></div>'
+            )
+            continue
+        funnel = report.get("funnel") or {}
+        items = [("in", funnel.get("rows_in", 0)), ("out", funnel.get("rows_out", 0))]
+        items += [(f"rejected: {k}", v) for k, v in sorted((funnel.get("rejected_by_reason") or {}).items())]
+        items += [(f"dropped: {k}", v) for k, v in sorted((funnel.get("dropped_by_reason") or {}).items())]
+        balanced = funnel.get("is_balanced")
+        out.append(
+            f'<div class="card"><h3>{esc(stage)}</h3>'
+            f'<p class="meta">{_fmt(report.get("seconds"))} s · finished {esc(report.get("finished_at"))}'
+            f"{'' if balanced in (None, True) else ' · <b class=bad>funnel does not balance</b>'}</p>"
+            f"{svg_bars(f'{stage}: rows', [(k, float(v or 0)) for k, v in items])}</div>"
+        )
+    out.append("</div></section>")
+    return "".join(out)
+
+
+def _quality_status(result: Mapping[str, Any]) -> tuple[str, str]:
+    if result.get("skipped"):
+        return "skipped", "off"
+    if result.get("failed_critical"):
+        return "failed", "bad"
+    if result.get("failed_warnings"):
+        return "passed with warnings", "warn"
+    return "passed", "good"
+
+
+def render_quality(quality: Mapping[str, dict[str, Any] | None]) -> str:
+    out = ['<section id="quality"><h2>Data quality</h2>']
+    for stage, result in quality.items():
+        if result is None:
+            out.append(f'<h3>{esc(stage)}</h3><p class="missing">no quality results for this run</p>')
+            continue
+        label, css = _quality_status(result)
+        out.append(
+            f'<h3>{esc(stage)} <span class="badge {css}">{esc(label)}</span></h3>'
+            f'<p class="meta">mode {esc(result.get("mode"))} · thresholds {esc(result.get("thresholds"))}'
+            f" · {_fmt(result.get('seconds'))} s</p>"
+        )
+        rows = []
+        for dataset, outcome in (result.get("datasets") or {}).items():
+            for check in outcome.get("expectations", []):
+                state = (
+                    "pass"
+                    if check.get("success")
+                    else ("FAIL" if check.get("severity") == "critical" else "warn")
+                )
+                css = "good" if state == "pass" else ("bad" if state == "FAIL" else "warn")
+                observed = check.get("observed_value")
+                seen = check.get("exception") or (
+                    f"{check.get('unexpected_count')} of {check.get('element_count')} unexpected"
+                    if check.get("unexpected_count") is not None
+                    else ("" if observed is None else f"observed {observed}")
+                )
+                if check.get("unexpected_examples"):
+                    seen += f", e.g. {check['unexpected_examples']}"
+                rows.append(
+                    f'<tr class="{css}"><td>{esc(dataset)}</td><td>{esc(check.get("description"))}</td>'
+                    f"<td><code>{esc(check.get('expectation'))}</code></td><td>{esc(check.get('severity'))}</td>"
+                    f"<td>{esc(state)}</td><td>{esc(seen)}</td></tr>"
+                )
+        if rows:
+            out.append(
+                "<table><thead><tr><th>dataset</th><th>expectation</th><th>check</th><th>severity</th>"
+                f"<th>result</th><th>observed</th></tr></thead><tbody>{''.join(rows)}</tbody></table>"
+            )
+    out.append("</section>")
+    return "".join(out)
+
+
+def render_plots(plots: Mapping[str, Section], sizes: Section) -> str:
+    out = ['<section id="plots"><h2>Data</h2><div class="cards">']
+    events = plots["events"]
+    out.append(
+        '<div class="card">'
+        + (
+            _missing(events, "Events per day")
+            or svg_columns(
+                "Events per day", [(d or "(no dt= folder)", float(n)) for d, n in events.data], x_label="day"
+            )
+        )
+        + "</div>"
+    )
+    for key, title, who in (("user_degree", "User degree", "users"), ("item_degree", "Item degree", "items")):
+        section = plots[key]
+        body = _missing(section, title) or svg_bars(
+            f"{title}: {who} by positives (power-of-two buckets)",
+            [(f"{b}-{2 * b - 1}" if b > 1 else "1", float(n)) for b, n in section.data],
+            color="#8a5ba8",
+        )
+        out.append(f'<div class="card">{body}</div>')
+    body = _missing(sizes, "Train/test sizes") or svg_bars(
+        "Train/test rows by label",
+        [
+            (f"{name} {'positives' if label == 1.0 else 'negatives'}", float(n))
+            for name, counts in sizes.data.items()
+            for label, n in sorted(counts.items(), reverse=True)
+        ],
+        color="#c07a2c",
+    )
+    out.append(f'<div class="card">{body}</div>')
+    scores = plots["scores"]
+    out.append(
+        '<div class="card">'
+        + (
+            _missing(scores, "Similarity scores")
+            or svg_columns(
+                "Similarity score distribution",
+                [(f"{lo:.3g}", float(n)) for lo, _, n in scores.data],
+                x_label=plots["score_axis"].data,
+            )
+        )
+        + "</div>"
+    )
+    neighbours = plots["neighbours"]
+    out.append(
+        '<div class="card">'
+        + (
+            _missing(neighbours, "Neighbours per product")
+            or svg_bars(
+                "Neighbours per product",
+                [(f"{k} neighbours", float(n)) for k, n in neighbours.data],
+                color="#2c8c8c",
+            )
+        )
+        + "</div>"
+    )
+    out.append("</div></section>")
+    return "".join(out)
+
+
+def _render_tile(tile: Tile, *, main: bool = False) -> str:
+    caption = [f'<div class="name">{esc(tile.name or tile.sku or tile.product_id)}</div>']
+    if tile.brand:
+        caption.append(f'<div class="brand">{esc(tile.brand)}</div>')
+    if tile.score is not None:
+        caption.append(f'<div class="score">#{esc(tile.rank)} · score {_fmt(tile.score)}</div>')
+    if tile.image_uri:
+        picture = f'<img src="{esc(tile.image_uri)}" alt="{esc(tile.name or tile.sku)}" loading="eager">'
+    else:
+        why = esc(tile.placeholder)
+        picture = f'<div class="placeholder" role="img" aria-label="{why}">{why}</div>'
+    css = "tile main" if main else "tile"
+    return (
+        f'<figure class="{css}" title="{esc(tile.product_id)}">{picture}'
+        f"<figcaption>{''.join(caption)}</figcaption></figure>"
+    )
+
+
+def render_gallery(section: Section, *, higher_is_closer: bool, neighbours: int) -> str:
+    direction = "higher is closer" if higher_is_closer else "lower is closer"
+    out = [
+        f'<section id="gallery"><h2>Gallery</h2><p class="meta">each product beside its {neighbours} '
+        f"most similar products, best first ({esc(direction)}), as read back from the Gremlin export</p>"
+    ]
+    if section.missing:
+        out.append(f'<p class="missing">not available ({esc(section.missing)})</p>')
+    for row in section.data or []:
+        rest = "".join(_render_tile(t) for t in row.neighbours)
+        if row.note:
+            rest += f'<p class="note">{esc(row.note)}</p>'
+        out.append(
+            f'<div class="row">{_render_tile(row.product, main=True)}<div class="arrow">→</div>{rest}</div>'
+        )
+    out.append("</section>")
+    return "".join(out)
+
+
+CSS = """
+body{font:14px/1.4 system-ui,-apple-system,"Segoe UI",sans-serif;margin:24px;color:#222;background:#fafafa}
+h1{font-size:22px;margin:0 0 4px}
+h2{border-bottom:1px solid #ccc;padding-bottom:4px;margin-top:32px}
+.meta{color:#666;font-size:12px;margin:2px 0 8px}.missing{color:#8a6d3b;font-style:italic}
+.cards{display:flex;flex-wrap:wrap;gap:16px}
+.card{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px}.card h3{margin:0 0 4px}
+svg.chart{font:11px sans-serif;display:block}svg .title{font-weight:bold;font-size:12px}svg .axis{stroke:#888}
+table{border-collapse:collapse;background:#fff;margin-bottom:12px;font-size:12px}
+td,th{border:1px solid #ddd;padding:3px 6px;text-align:left;vertical-align:top;max-width:520px}
+td{overflow-wrap:anywhere}tr.bad td{background:#fbe3e3}tr.warn td{background:#fff4d6}
+.badge{font-size:12px;padding:2px 8px;border-radius:10px;color:#fff;vertical-align:middle}
+.badge.good{background:#3c8c3c}.badge.bad{background:#b03030}.badge.warn{background:#c08a00}
+.badge.off{background:#888}b.bad{color:#b03030}
+.row{display:flex;align-items:flex-start;gap:8px;margin:12px 0;flex-wrap:wrap}
+.arrow{font-size:28px;color:#999;align-self:center}
+figure.tile{margin:0;width:__PX__px;background:#fff;border:1px solid #ddd;border-radius:4px;padding:4px}
+figure.tile.main{border:2px solid #3b6ea8}
+figure.tile img{width:__PX__px;height:__PX__px;object-fit:contain;display:block}
+.placeholder{width:__PX__px;height:__PX__px;display:flex;align-items:center;justify-content:center;
+text-align:center;color:#7a2e2e;font-size:11px;overflow:hidden;overflow-wrap:anywhere;padding:4px;
+box-sizing:border-box;background:repeating-linear-gradient(45deg,#eee,#eee 8px,#e4e4e4 8px,#e4e4e4 16px)}
+figcaption{font-size:11px;margin-top:4px;overflow-wrap:anywhere}.name{font-weight:bold}.brand{color:#555}
+.score{color:#3b6ea8}.note{color:#7a2e2e;font-style:italic;align-self:center}
+"""
+
+
+def render_page(
+    *,
+    run_date: str,
+    workdir: str,
+    reports: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    plots: Mapping[str, Section],
+    sizes: Section,
+    gallery_section: Section,
+    higher_is_closer: bool,
+    neighbours: int,
+    px: int,
+) -> str:
+    generated = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    return (
+        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
+        '<meta name="viewport" content="width=device-width, initial-scale=1">'
+        f"<title>stylegraph run {esc(run_date)}</title>"
+        f"<style>{CSS.replace('__PX__', str(px))}</style></head><body>"
+        f"<h1>stylegraph run {esc(run_date)}</h1>"
+        f'<p class="meta">work root {esc(workdir)} · generated {esc(generated)}</p>'
+        + render_funnels(reports)
+        + render_quality(quality)
+        + render_plots(plots, sizes)
+        + render_gallery(gallery_section, higher_is_closer=higher_is_closer, neighbours=neighbours)
+        + "</body></html>\n"
+    )
+
+
+# ------------------------------------------------------------------------------------------------- main
+def _direction(similarity_report: dict[str, Any] | None, export_uri: str) -> bool:
+    """Which way scores are better: the similarity report, else the export manifest, else higher."""
+    if similarity_report and "higher_is_closer" in similarity_report:
+        return bool(similarity_report["higher_is_closer"])
+    manifest = read_json_or_none(storage.join(export_uri, G.MANIFEST_NAME)) or {}
+    return bool(manifest.get("higher_is_closer", True))
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Build the report; returns a summary (``stage`` "report", ``output`` the index.html written)."""
+    started = time.time()
+    args = parse_args(argv)
+    run_date = str(args.run_date)
+    spark = get_spark(APP_NAME)
+    reports = read_stage_reports(args.reports, run_date)
+    quality = read_quality(args.reports, run_date)
+    embed_report = reports.get("embed") or {}
+    similarity_report = reports.get("similarity") or {}
+    images_root = args.images_root or embed_report.get("images_root")
+    export_uri = storage.join(args.workdir, "style", "gremlin", f"dt={run_date}")
+    higher_is_closer = _direction(similarity_report, export_uri)
+
+    ncf = ncf_stats(spark, args.workdir, run_date)
+    products = similarity_report.get("products")
+    similarity = similarity_stats(
+        spark, args.workdir, run_date, products if isinstance(products, int) else None
+    )
+    metric = similarity_report.get("metric", "score")
+    plots = {
+        "events": events_stats(spark, args.interactions),
+        "user_degree": ncf["user_degree"],
+        "item_degree": ncf["item_degree"],
+        "scores": similarity["scores"],
+        "score_axis": Section(f"{metric} ({'higher' if higher_is_closer else 'lower'} is closer)"),
+        "neighbours": similarity["neighbours"],
+    }
+    gallery_section = gallery(
+        spark,
+        export_uri,
+        storage.join(args.workdir, "style", "embeddings", f"dt={run_date}"),
+        size=args.gallery_size,
+        neighbours=args.neighbours,
+        higher_is_closer=higher_is_closer,
+        images_root=images_root,
+        px=args.thumb_px,
+        seed=args.seed,
+    )
+    page = render_page(
+        run_date=run_date,
+        workdir=args.workdir,
+        reports=reports,
+        quality=quality,
+        plots=plots,
+        sizes=ncf["sizes"],
+        gallery_section=gallery_section,
+        higher_is_closer=higher_is_closer,
+        neighbours=args.neighbours,
+        px=args.thumb_px,
+    )
+    staged = storage.join(storage.staging_uri(args.workdir, STAGE, storage.new_run_id()), "report")
+    try:
+        storage.write_text(storage.join(staged, INDEX_HTML), page)
+        storage.publish(staged, args.output)
+    finally:
+        storage.remove(posixpath.dirname(staged))
+    tiles = [t for row in gallery_section.data or [] for t in (row.product, *row.neighbours)]
+    output = storage.join(args.output, INDEX_HTML)
+    LOG.info(
+        "report: %s (%d gallery tiles, %d placeholders)",
+        output,
+        len(tiles),
+        sum(t.image_uri is None for t in tiles),
+    )
+    return {
+        "stage": STAGE,
+        "run_date": run_date,
+        "output": output,
+        "seconds": round(time.time() - started, 3),
+        "stages_reported": sorted(k for k, v in reports.items() if v),
+        "quality_results": sorted(k for k, v in quality.items() if v),
+        "gallery_products": len(gallery_section.data or []),
+        "gallery_tiles": len(tiles),
+        "placeholders": sum(t.image_uri is None for t in tiles),
+        "bytes": len(page.encode("utf-8")),
+    }
+
+
+if __name__ == "__main__":
+    raise SystemExit(run(main))
