@@ -139,7 +139,12 @@ STAGES: tuple[Stage, ...] = (
         name="report",
         module="jobs.run_report",
         engine=DRIVER,
-        args=(("--reports", "{reports}"), ("--output", "{work}/report")),
+        args=(
+            ("--workdir", "{work}"),
+            ("--reports", "{reports}"),
+            ("--interactions", "{input}/interactions"),
+            ("--output", "{work}/report"),
+        ),
         targets=frozenset({LOCAL}),
         optional=True,
         writes_report=False,

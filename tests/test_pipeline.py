@@ -37,7 +37,9 @@ def test_the_local_plan_is_the_stages_in_order_with_their_argv() -> None:
         ("validate", "jobs.validate_gremlin_csv",
          ["--vertices", f"/w/style/gremlin/dt={RUN_DATE}/vertices",
           "--edges", f"/w/style/gremlin/dt={RUN_DATE}/edges", *common]),
-        ("report", "jobs.run_report", ["--reports", "/w/_reports", "--output", "/w/report", *common]),
+        ("report", "jobs.run_report",
+         ["--workdir", "/w", "--reports", "/w/_reports", "--interactions", "/s/interactions",
+          "--output", "/w/report", *common]),
     ]
 
 
