@@ -19,7 +19,7 @@ QUICK ?=
 export PYTHONHASHSEED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv airflow-venv sample run test bench lint dist clean
+.PHONY: help venv airflow-venv sample run test browser bench lint dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -47,11 +47,14 @@ sample: $(STAMP) ## generate the deterministic sample dataset under data/sample
 run: $(STAMP) ## the whole pipeline on the sample data, local Spark
 	$(PY) -m jobs.pipeline --workdir $(RUN_DIR) --sample $(SAMPLE) --run-date $(RUN_DATE) --seed $(SEED)
 
-test: $(STAMP) $(AIRFLOW_STAMP) ## the test suite: jobs (.venv) and the DAG (.venv-airflow); fails if either fails
+test: $(STAMP) $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the DAG (.venv-airflow); fails if either fails
 	status=0; \
 	$(PY) -m pytest tests || status=1; \
 	$(AIRFLOW_PY) -m pytest tests/dags || status=1; \
 	exit $$status
+
+browser: ## Debian's Chromium for the HTML report's browser test (installed when missing)
+	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
 bench: $(STAMP) ## every benchmark under bench/, one table in bench/results/latest.md (QUICK=1: smoke)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
