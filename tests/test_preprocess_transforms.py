@@ -1,4 +1,4 @@
-"""Unit tests of jobs/transforms/interactions.py on small hand-made frames (null and hostile rows included)."""
+"""Unit tests of jobs/transforms/interactions.py on small hand-made frames, null and hostile rows too."""
 
 from __future__ import annotations
 

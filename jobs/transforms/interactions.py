@@ -230,9 +230,17 @@ def filter_k_core(
 # 4. Index maps
 
 
-def first_seen(positives_df: DataFrame, id_col: str) -> DataFrame:
-    """``id_col, first_seen``: the earliest event time of each id among the positives."""
-    return positives_df.groupBy(id_col).agg(F.min(S.FIRST_TS).alias(S.FIRST_SEEN))
+def first_seen(positives_df: DataFrame, kept_df: DataFrame, id_col: str) -> DataFrame:
+    """``id_col, first_seen`` of the ids in ``kept_df``: the earliest event of the id among all positives.
+
+    ``positives_df`` holds every positive of the window (before the k-core), so an id's first-seen time
+    does not depend on which of its items survived the filter.
+    """
+    return (
+        positives_df.groupBy(id_col)
+        .agg(F.min(S.FIRST_TS).alias(S.FIRST_SEEN))
+        .join(kept_df.select(id_col).distinct(), on=id_col, how="left_semi")
+    )
 
 
 def extend_index(
