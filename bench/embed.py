@@ -1,6 +1,6 @@
 """Benchmark: the embed job on local[2] CPU against bare torch on the same images, same run.
 
-    .venv/bin/python -m bench.embed            # ResNet-152, 160 images (several minutes on 2 cores)
+    .venv/bin/python -m bench.embed            # ResNet-152, 96 images (several minutes on 2 cores)
     .venv/bin/python -m bench.embed --quick    # ResNet-18, 32 images
 
 The peer is what a user would otherwise write: one Python process, torch using every core
@@ -81,12 +81,19 @@ def _pss(process: Any) -> int:
 
 
 class PeakMemory:
-    """Samples the memory of chosen processes from a thread; keeps the peak of each group's sum."""
+    """Samples chosen processes from a thread: the peak of each group's summed memory, and CPU seconds.
+
+    CPU seconds (user + system) are each process's growth since it was first seen (or since the start,
+    for processes that existed before), summed: on a shared machine, images per CPU-second compares
+    the two contenders' efficiency whatever share of the cores each one was given.
+    """
 
     def __init__(self, groups: Callable[[], dict[str, list[Any]]], interval_s: float = 0.2) -> None:
         self.groups = groups
         self.interval_s = interval_s
         self.peaks: dict[str, int] = {}
+        self._cpu_first: dict[int, float] = {}
+        self._cpu_last: dict[int, float] = {}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -99,10 +106,24 @@ class PeakMemory:
                 for process in processes:
                     with contextlib.suppress(psutil.Error):  # a worker that just exited
                         total += _pss(process)
+                        times = process.cpu_times()
+                        self._cpu_first.setdefault(process.pid, times.user + times.system)
+                        self._cpu_last[process.pid] = times.user + times.system
                 self.peaks[name] = max(self.peaks.get(name, 0), total)
             self._stop.wait(self.interval_s)
 
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self._cpu_last[pid] - first for pid, first in self._cpu_first.items())
+
     def __enter__(self) -> PeakMemory:
+        import psutil
+
+        for processes in self.groups().values():  # processes already running count from now
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    times = process.cpu_times()
+                    self._cpu_first[process.pid] = self._cpu_last[process.pid] = times.user + times.system
         self._thread.start()
         return self
 
@@ -166,7 +187,7 @@ def bare_torch(
                 outputs.append(model(torch.stack(batch)).numpy())
         seconds = time.time() - started
     assert sum(len(o) for o in outputs) == len(rel_paths)
-    return {"seconds": seconds, "model_load_s": load_s, "peak_pss": peak.peaks}
+    return {"seconds": seconds, "model_load_s": load_s, "peak_pss": peak.peaks, "cpu_s": peak.cpu_seconds}
 
 
 def spark_job(model_name: str, weights: Path, catalog: Path, images: Path, output: Path) -> dict[str, Any]:
@@ -197,7 +218,12 @@ def spark_job(model_name: str, weights: Path, catalog: Path, images: Path, outpu
         )
         seconds = time.time() - started
     assert report["embeddings_ok"] == report["funnel"]["rows_in"], report["funnel"]
-    return {"seconds": seconds, "udf_stage_s": report["embed_seconds"], "peak_pss": peak.peaks}
+    return {
+        "seconds": seconds,
+        "udf_stage_s": report["embed_seconds"],
+        "peak_pss": peak.peaks,
+        "cpu_s": peak.cpu_seconds,
+    }
 
 
 def run(quick: bool) -> list[dict[str, Any]]:
@@ -209,7 +235,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
 
     from jobs.common.spark import get_spark
 
-    model_name, count = ("resnet18", 32) if quick else ("resnet152", 160)
+    model_name, count = ("resnet18", 32) if quick else ("resnet152", 96)
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="bench-embed-") as tmp:
         root = Path(tmp)
@@ -228,6 +254,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         spark.stop()
 
     torch_ips = count / torch_result["seconds"]
+    torch_per_cpu = count / torch_result["cpu_s"]
     machine = f"{cores} cores, shared with other engineers' test runs, no GPU"
     rows = [
         {
@@ -238,6 +265,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "seconds": round(torch_result["seconds"], 2),
             "images_per_s": round(torch_ips, 2),
             "ratio_vs_torch": 1.0,
+            "cpu_s": round(torch_result["cpu_s"], 1),
+            "images_per_cpu_s": round(torch_per_cpu, 3),
+            "cpu_ratio_vs_torch": 1.0,
             "peak_pss_mb": {k: v >> 20 for k, v in torch_result["peak_pss"].items()},
             "note": f"model load {torch_result['model_load_s']:.1f}s not timed",
             "machine": machine,
@@ -254,6 +284,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
                 "seconds": round(result["seconds"], 2),
                 "images_per_s": round(ips, 2),
                 "ratio_vs_torch": round(ips / torch_ips, 3),
+                "cpu_s": round(result["cpu_s"], 1),
+                "images_per_cpu_s": round(count / result["cpu_s"], 3),
+                "cpu_ratio_vs_torch": round(count / result["cpu_s"] / torch_per_cpu, 3),
                 "peak_pss_mb": {k: v >> 20 for k, v in result["peak_pss"].items()},
                 "note": f"UDF write stage {result['udf_stage_s']:.1f}s "
                 f"= {count / result['udf_stage_s']:.2f} img/s",
@@ -269,6 +302,9 @@ def run(quick: bool) -> list[dict[str, Any]]:
             "seconds": None,
             "images_per_s": None,
             "ratio_vs_torch": None,
+            "cpu_s": None,
+            "images_per_cpu_s": None,
+            "cpu_ratio_vs_torch": None,
             "peak_pss_mb": {},
             "note": "not measured: no GPU is available to this task",
             "machine": machine,
@@ -283,8 +319,12 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         f"{IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}, batch {BATCH_SIZE}; "
         f"target: Spark >= {TARGET_RATIO:.0%} of bare torch"
     )
-    print("| contender | seconds | images/s | ratio vs bare torch | peak PSS (MB) | note |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| contender | seconds | images/s | ratio vs bare torch | CPU s | images/CPU-s | CPU ratio "
+        "| peak PSS (MB) | note |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
+
     def cell(value: Any) -> str:
         return "-" if value is None else str(value)
 
@@ -292,13 +332,16 @@ def print_table(rows: list[dict[str, Any]]) -> None:
         peaks = ", ".join(f"{k} {v}" for k, v in row["peak_pss_mb"].items()) or "-"
         print(
             f"| {row['contender']} | {cell(row['seconds'])} | {cell(row['images_per_s'])} | "
-            f"{cell(row['ratio_vs_torch'])} | {peaks} | {row['note']} |"
+            f"{cell(row['ratio_vs_torch'])} | {cell(row['cpu_s'])} | {cell(row['images_per_cpu_s'])} | "
+            f"{cell(row['cpu_ratio_vs_torch'])} | {peaks} | {row['note']} |"
         )
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="ResNet-18 on 32 images")
+    parser.add_argument(
+        "--quick", action="store_true", help="ResNet-18 on 32 images (default ResNet-152, 96)"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     print_table(run(args.quick))

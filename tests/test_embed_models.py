@@ -333,7 +333,14 @@ def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
     cosine = (actual * reference).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(reference, axis=1)
     assert cosine.min() > 0.99  # bf16 is close to, not equal to, fp32
     assert U.get_model(config, gpu_like) is fast  # cached: loaded once per worker and device
-    assert U.get_model(config, CPU_PLAN) is not fast
+    plain = U.get_model(config, CPU_PLAN)
+    assert plain is not fast
+    assert U.get_model(config, gpu_like) is fast
+    # At most two models stay cached: a third configuration evicts the least recently used (plain).
+    other = U.EmbedConfig("resnet18", M.resolve_weights("resnet18", "random:1"), str(tmp_path))
+    U.get_model(other, CPU_PLAN)
+    assert U.get_model(config, gpu_like) is fast
+    assert U.get_model(config, CPU_PLAN) is not plain
 
 
 def test_udf_body_rebatches_and_keeps_order(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ import os
 import posixpath
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -187,7 +188,10 @@ class LoadedModel:
             return features.cpu().numpy()
 
 
-_MODELS: dict[tuple[Any, ...], LoadedModel] = {}
+# A reused Python worker may serve several jobs of one session (the pipeline, the tests): keep the most
+# recently used models only, so memory stays bounded by a couple of models whatever ran before.
+MAX_CACHED_MODELS = 2
+_MODELS: OrderedDict[tuple[Any, ...], LoadedModel] = OrderedDict()
 _MODELS_LOCK = threading.Lock()
 
 
@@ -195,8 +199,12 @@ def get_model(config: EmbedConfig, plan: M.ExecutionPlan) -> LoadedModel:
     """The worker's model for this configuration and device, loaded on first use and then reused."""
     key = (*config.model_key, plan.device, plan.autocast_dtype, plan.channels_last)
     with _MODELS_LOCK:
-        if key not in _MODELS:
-            _MODELS[key] = LoadedModel(config, plan)
+        if key in _MODELS:
+            _MODELS.move_to_end(key)
+            return _MODELS[key]
+        while len(_MODELS) >= MAX_CACHED_MODELS:
+            _MODELS.popitem(last=False)
+        _MODELS[key] = LoadedModel(config, plan)
         return _MODELS[key]
 
 
