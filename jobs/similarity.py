@@ -38,7 +38,15 @@ from pyspark.sql import functions as F
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
-from jobs.common.quality import SIMILARITY_EDGES, TOP_K, add_quality_args, run_gate, thresholds_from_args
+from jobs.common.quality import (
+    ROWS_IN,
+    ROWS_REJECTED,
+    SIMILARITY_EDGES,
+    TOP_K,
+    add_quality_args,
+    run_gate,
+    thresholds_from_args,
+)
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms.similarity import (
@@ -233,7 +241,11 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             reports_root=reports_root(args),
             run_date=args.run_date,
             thresholds=thresholds_from_args(args),
-            context={TOP_K: None if args.all_pairs else args.top_k},
+            context={
+                TOP_K: None if args.all_pairs else args.top_k,
+                ROWS_IN: rows_in,
+                ROWS_REJECTED: sum(n for reason, n in counts.items() if reason not in S.DROPPED_REASONS),
+            },
         )
     final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
     final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")

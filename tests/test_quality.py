@@ -272,7 +272,7 @@ def test_gate_checks_the_reject_share(
 
 
 def test_warn_mode_records_failures_without_raising_and_off_mode_skips(spark, tmp_path):
-    bad_edges = spark.createDataFrame([("a", "a", 1.0, 1)], EDGES)
+    bad_edges = spark.createDataFrame([("a", "a", 1.0, 1)], EDGES).cache()
     warned = quality.run_gate(
         "similarity",
         {quality.SIMILARITY_EDGES: bad_edges},
@@ -293,6 +293,8 @@ def test_warn_mode_records_failures_without_raising_and_off_mode_skips(spark, tm
         thresholds=quality.QualityThresholds(mode=quality.MODE_OFF),
     )
     assert (skipped["skipped"], skipped["success"], skipped["datasets"]) == (True, True, {})
+    assert bad_edges.is_cached  # the gate persists frames for its own metrics, never unpersists the caller's
+    bad_edges.unpersist()
     written = json.loads((tmp_path / "similarity" / f"dt={RUN_DATE}.quality.json").read_text())
     assert (written["skipped"], written["mode"]) == (True, "off")
 

@@ -194,6 +194,7 @@ def run_gate(
         QualityGateError: in ``enforce`` mode, when a critical expectation failed or could not be
             evaluated; the message lists every such expectation.
     """
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
     from schemas import expectations as suites  # imported late: pulls in great_expectations
 
     thresholds = thresholds or QualityThresholds()
@@ -281,8 +282,11 @@ def validate_frame(gx_context: Any, name: str, frame: DataFrame, expectations: l
     )
     suite = gx_context.suites.add(gx.ExpectationSuite(name=unique, expectations=expectations))
     checks: list[dict[str, Any]]
-    # Every metric is a Spark job over the frame: read the staged files once, not once per metric.
-    frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
+    # Every metric is a Spark job over the frame: read the staged files once, not once per metric
+    # (a frame the caller cached stays cached).
+    owned = not frame.is_cached
+    if owned:
+        frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         validation = gx.ValidationDefinition(name=unique, data=batch_definition, suite=suite).run(
             batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT
@@ -292,7 +296,8 @@ def validate_frame(gx_context: Any, name: str, frame: DataFrame, expectations: l
         LOG.exception("%s: validation could not run", name)
         checks = [_unevaluated(expectation, err) for expectation in expectations]
     finally:
-        frame.unpersist()
+        if owned:
+            frame.unpersist()
     # GE returns results grouped by domain; keep the suite's order so the files read the same each run.
     order = {_key(expectation.configuration): index for index, expectation in enumerate(expectations)}
     checks.sort(key=lambda check: order.get(check.pop("_key"), len(order)))
@@ -308,7 +313,6 @@ def _ephemeral_context() -> Any:
         ProgressBarsConfig,
     )
 
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
     config = DataContextConfig(
         store_backend_defaults=InMemoryStoreBackendDefaults(),
         analytics_enabled=False,
