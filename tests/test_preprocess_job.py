@@ -124,6 +124,7 @@ def oracle(root: Path, run_date: dt.date, lookback: int) -> dict:
         "positives": positives,
         "n_positives": n_positives,
         "events": len(events),
+        "first_seen": first_seen,
     }
 
 
