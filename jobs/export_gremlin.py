@@ -426,19 +426,18 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     )
     # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
     contract_df, has_rank = read_edges(spark, args.edges)
+    edges_in = contract_df.count()  # Parquet footers: no scan
     keyed_df = contract_df.transform(tg.with_edge_key)
-    tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
-    # One pass counts the rows by reason and the (src, dst) keys that good rows share.
-    profile = tagged_e_df.transform(tg.edge_reason_profile).collect()
-    first_reasons = {row[G.REASON]: row["rows"] for row in profile}
-    duplicate_keys = sum(row["duplicate_keys"] for row in profile)
-    edges_in = sum(first_reasons.values())
+    # Duplicates need one look at every (src, dst): only those two columns are read, only keys shuffled.
+    duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
+    duplicate_keys = duplicate_keys_df.count()
     LOG.info("edges: %d rows in, %d duplicated (src, dst) keys", edges_in, duplicate_keys)
+    tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
     if duplicate_keys:
         LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
         tagged_e_df = tagged_e_df.transform(
             tg.mark_duplicate_edges,
-            keyed_df.transform(tg.duplicate_edge_keys),
+            duplicate_keys_df,
             higher_is_closer=higher_is_closer,
             broadcast_keys=duplicate_keys <= MAX_BROADCAST_KEYS,
         )
@@ -461,26 +460,27 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     write_csv(
         edge_rows_df, storage.join(staged, G.EDGES_DIR), compression=args.compression, sizing=edge_sizing
     )
+    # The rows written are counted from the files themselves; only when some input rows are missing
+    # from them is the input read again to quarantine those rows with their reasons.
+    removed = remove_non_data_files(storage.join(staged, G.EDGES_DIR), keep=DATA_FILE_PATTERN)
+    edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
+    edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
+    edges_written = totals(edge_files)["rows"]
     edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
     rejects_df = tagged_e_df.drop(G.EDGE_KEY)
-    has_rejects = duplicate_keys > 0 or any(reason is not None for reason in first_reasons)
-    if has_rejects:  # a second pass over the input, only when something is to be quarantined
+    if edges_written != edges_in:
         rejects_df = rejects_df.filter(F.col(G.REASON).isNotNull())
     else:
         rejects_df = spark.createDataFrame([], rejects_df.schema)
     rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
     edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
-    LOG.info("edges staged; rejects by reason %s; reading the files back", edge_reject_counts)
+    LOG.info("edges staged: %d written; rejects by reason %s", edges_written, edge_reject_counts)
 
     # Staged: now make it loader-clean and read every file back.
-    removed = []
-    for folder in (G.VERTICES_DIR, G.EDGES_DIR):
-        removed += remove_non_data_files(storage.join(staged, folder), keep=DATA_FILE_PATTERN)
+    removed += remove_non_data_files(storage.join(staged, G.VERTICES_DIR), keep=DATA_FILE_PATTERN)
     removed += remove_non_data_files(storage.join(staged, G.REJECTS_DIR), keep=None)
     vertex_header = G.VERTEX_HEADER_WITH_STATUS if with_status else G.VERTEX_HEADER
-    edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
     vertex_files = describe_files(staged, G.VERTICES_DIR, args.compression, vertex_header)
-    edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
     for item in vertex_files + edge_files:
         if not item["path"].endswith(suffix):
             raise RuntimeError(f"{item['path']}: expected the suffix {suffix}")

@@ -188,6 +188,8 @@ def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
             RUN_DATE,
             "--report-dir",
             str(root / "reports"),
+            "--quality",
+            "off",  # the gate has its own tests (tests/test_quality_gate_jobs.py)
         ]
     )
     return {"root": root, "output": output, "report": report}
@@ -383,7 +385,7 @@ def test_files_are_sized_near_the_target_and_all_pairs_has_no_rank(sized_inputs)
         "--edge-label",
         "looks_like",
         "--quality",
-        "off",  # the gate has its own tests; the hostile export above runs with it
+        "off",
     ]
     report = export_gremlin.main(args)
     files = data_files(sized_inputs["output"] / "edges")

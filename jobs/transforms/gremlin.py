@@ -202,20 +202,6 @@ def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
     )
 
 
-def edge_reason_profile(tagged_df: DataFrame) -> DataFrame:
-    """Rows per reason (null = good) and, among good rows, how many (src, dst) keys appear more than once.
-
-    One row per reason: ``reject_reason``, ``rows``, ``duplicate_keys``. Only (key, reason) pairs are
-    shuffled, so this one pass replaces a count, a duplicate check and a reject count.
-    """
-    per_key = tagged_df.groupBy(G.EDGE_KEY, G.REASON).count()
-    is_duplicate = F.col(G.REASON).isNull() & (F.col("count") > 1)
-    return per_key.groupBy(G.REASON).agg(
-        F.sum("count").alias("rows"),
-        F.sum(F.when(is_duplicate, 1).otherwise(0)).alias("duplicate_keys"),
-    )
-
-
 def mark_duplicate_edges(
     edges_df: DataFrame,
     duplicate_keys_df: DataFrame,
