@@ -357,6 +357,12 @@ def _fmt(value: Any) -> str:
     return esc(value)
 
 
+def _decimals(bins: Sequence[tuple[float, float, int]]) -> int:
+    """Enough decimals to tell histogram bin edges apart (random-weight cosines crowd near 1)."""
+    width = bins[0][1] - bins[0][0] if bins else 1.0
+    return max(2, math.ceil(-math.log10(width)) + 1) if width > 0 else 2
+
+
 def svg_bars(
     title: str, items: Sequence[tuple[str, float]], *, color: str = "#3b6ea8", width: int = 520
 ) -> str:
@@ -413,9 +419,10 @@ def svg_columns(
             f'height="{h:.1f}" fill="{color}"><title>{esc(label)}: {_fmt(value)}</title></rect>'
         )
         if i in label_at:
+            # the last label ends at the plot's edge, so a long one is not cut off
+            anchor, at = ("end", x + col_w) if i == len(items) - 1 and i > 0 else ("middle", x + col_w / 2)
             parts.append(
-                f'<text x="{x + col_w / 2:.1f}" y="{top_pad + plot_h + 14}" text-anchor="middle">'
-                f"{esc(label)}</text>"
+                f'<text x="{at:.1f}" y="{top_pad + plot_h + 14}" text-anchor="{anchor}">{esc(label)}</text>'
             )
     parts.append(
         f'<text x="{left + plot_w / 2:.1f}" y="{height - 4}" text-anchor="middle" class="axis-label">'
@@ -546,7 +553,7 @@ def render_plots(plots: Mapping[str, Section], sizes: Section) -> str:
             _missing(scores, "Similarity scores")
             or svg_columns(
                 "Similarity score distribution",
-                [(f"{lo:.3g}", float(n)) for lo, _, n in scores.data],
+                [(f"{lo:.{_decimals(scores.data)}f}", float(n)) for lo, _, n in scores.data],
                 x_label=plots["score_axis"].data,
             )
         )
@@ -574,7 +581,7 @@ def _render_tile(tile: Tile, *, main: bool = False) -> str:
     if tile.brand:
         caption.append(f'<div class="brand">{esc(tile.brand)}</div>')
     if tile.score is not None:
-        caption.append(f'<div class="score">#{esc(tile.rank)} · score {_fmt(tile.score)}</div>')
+        caption.append(f'<div class="score">#{esc(tile.rank)} · score {esc(f"{tile.score:.6g}")}</div>')
     if tile.image_uri:
         picture = f'<img src="{esc(tile.image_uri)}" alt="{esc(tile.name or tile.sku)}" loading="eager">'
     else:

@@ -253,7 +253,7 @@ def test_gallery_shows_neighbours_best_first_and_placeholders_saying_why(run_dir
 
     def expected(src: str) -> list[tuple[str, str]]:
         best = sorted((e for e in EDGES if e[0] == src), key=lambda e: -e[2])[:6]
-        return [(PRODUCTS[dst][0], f"#{i} · score {score:.4g}") for i, (_, dst, score) in enumerate(best, 1)]
+        return [(PRODUCTS[dst][0], f"#{i} · score {score}") for i, (_, dst, score) in enumerate(best, 1)]
 
     for src in ("A", "B"):
         row = by_main[PRODUCTS[src][0]]
@@ -315,7 +315,8 @@ def test_charts_show_the_aggregates_of_the_outputs(run_dirs):
     assert len(scores) == run_report.SCORE_BINS
     assert sum(int(s.rsplit(": ", 1)[1]) for s in scores) == len(EDGES)
     last_low = 0.1 + (run_report.SCORE_BINS - 1) * (0.95 - 0.1) / run_report.SCORE_BINS
-    assert scores[0] == "0.1: 1" and scores[-1] == f"{last_low:.3g}: 1"  # 0.1 and 0.95 alone at the ends
+    # 0.1 and 0.95 alone at the ends; bins 0.0425 wide get 3 decimals
+    assert scores[0] == "0.100: 1" and scores[-1] == f"{last_low:.3f}: 1"
     assert page.charts["preprocess: rows"] == [
         "in: 5",
         "out: 3",
