@@ -238,3 +238,12 @@ def test_a_glue_entry_script_runs_its_job_outside_glue(
     # The script itself, as Glue would call it: a problem is exit code 2 (the run fails), no commit.
     monkeypatch.setattr("sys.argv", glue_argv(bad))
     assert entry.main_for("validate") == EXIT_JOB_ERROR
+
+
+def test_the_modules_glue_installs_are_the_projects_pins() -> None:
+    from glue import jobs as glue_jobs
+
+    pins = {line.strip() for line in (ROOT / "requirements" / "base.txt").read_text().splitlines()}
+    assert set(glue_jobs.ADDITIONAL_PYTHON_MODULES) <= pins
+    modules = glue_jobs.ADDITIONAL_PYTHON_MODULES
+    assert not any(module.startswith(("torch", "petastorm")) for module in modules)
