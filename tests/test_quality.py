@@ -235,7 +235,6 @@ SHARE_10 = "at most 10% of input rows rejected"
     [
         (100, 10, 0.1, [], []),
         (100, 11, 0.1, [SHARE_10], []),
-        (100, 11, 0.2, [], []),
         (0, 0, 0.1, ["the stage read at least one row"], []),
         (99, 50, 0.1, [], [SHARE_10]),  # too few rows for the share to be enforced: recorded only
     ],
