@@ -346,6 +346,10 @@ def _embed_and_publish(
     embeddings_df = (
         checked_df.transform(select_products)
         .repartition(partitions)
+        # A reduce task receives the map outputs in any order, and the model's CPU kernels round
+        # differently for different batch compositions: a fixed order in each partition makes the
+        # batches, and so a rerun's embeddings, bit-identical.
+        .sortWithinPartitions(C.SKU)
         .transform(with_embeddings, make_embed_udf(config), details["model"], details["weights_sha256"])
     )
     staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
