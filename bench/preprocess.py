@@ -331,6 +331,7 @@ def main() -> None:
     parser.add_argument("--workdir")
     ns = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    LOG.setLevel(logging.INFO)  # the job sets the root logger to its own --log-level
     rows = run(ns.quick, tuple(ns.sizes) if ns.sizes else None, ns.workdir)
     out = [format_table(rows)]
     for r in rows:
