@@ -4,8 +4,12 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
 
 # Spark's Python workers must be this interpreter (the venv's), whatever is first on PATH.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -13,7 +17,7 @@ os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
 
 
 @pytest.fixture(scope="session")
-def spark() -> Iterator["SparkSession"]:  # noqa: F821
+def spark() -> Iterator[SparkSession]:
     from jobs.common.spark import get_spark
 
     session = get_spark("stylegraph-tests", master="local[2]", conf={"spark.sql.shuffle.partitions": "4"})

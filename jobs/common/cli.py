@@ -89,7 +89,7 @@ def job_parser(name: str, description: str, *, run_date_required: bool = False) 
         "--run-date",
         type=run_date,
         required=run_date_required,
-        default=None if run_date_required else dt.datetime.now(dt.timezone.utc).date(),
+        default=None if run_date_required else dt.datetime.now(dt.UTC).date(),
         help="partition date YYYY-MM-DD",
     )
     parser.add_argument("--report-dir", default=None, help="run reports root (default <output>/_reports)")

@@ -94,7 +94,7 @@ def write_report(
     report = {
         "stage": stage,
         "run_date": str(run_date),
-        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "finished_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "seconds": seconds,
         "funnel": funnel.as_dict(),
         **dict(details or {}),
