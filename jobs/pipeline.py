@@ -64,7 +64,6 @@ class Stage:
         engine: ``cpu``, ``gpu`` or ``driver``.
         args: ``(option, template)`` pairs; templates use the fields of :func:`template_values`.
         targets: where the stage is part of the plan (``local``, ``production``).
-        optional: locally, a stage whose module is not installed is skipped with a log line.
         writes_report: the job writes ``<reports>/<name>/dt=<run date>.json``.
     """
 
@@ -73,7 +72,6 @@ class Stage:
     engine: str
     args: tuple[tuple[str, str], ...]
     targets: frozenset[str] = frozenset({LOCAL, PRODUCTION})
-    optional: bool = False
     writes_report: bool = True
 
     @property
@@ -146,7 +144,6 @@ STAGES: tuple[Stage, ...] = (
             ("--output", "{work}/report"),
         ),
         targets=frozenset({LOCAL}),
-        optional=True,
         writes_report=False,
     ),
     Stage(
@@ -300,7 +297,6 @@ class StageResult:
     name: str
     seconds: float
     report: dict[str, Any] | None
-    skipped: str | None = None
     outputs: dict[str, str] = field(default_factory=dict)
 
 
@@ -337,12 +333,12 @@ def _ensure_sample(sample: str, seed: int, end_date: str) -> None:
     LOG.info("sample      generated at %s in %.1f s", sample, time.time() - started)
 
 
-def _load_main(module: str) -> Callable[[Sequence[str] | None], Any] | None:
+def _load_main(module: str) -> Callable[[Sequence[str] | None], Any]:
     try:
         return importlib.import_module(module).main
     except ModuleNotFoundError as err:
         if err.name == module:
-            return None
+            raise JobError(f"job module {module} is not installed") from err
         raise
 
 
@@ -376,12 +372,6 @@ def run_local(
     results: list[StageResult] = []
     for call in calls:
         main = _load_main(call.stage.module)
-        if main is None:
-            if not call.stage.optional:
-                raise JobError(f"stage {call.name}: job module {call.stage.module} is not installed")
-            LOG.info("%-11s skipped: %s is not there yet", call.name, call.stage.module)
-            results.append(StageResult(call.name, 0.0, None, skipped="module missing"))
-            continue
         LOG.info("%-11s running %s %s", call.name, call.stage.module, " ".join(call.argv))
         started = time.time()
         try:
@@ -426,9 +416,6 @@ def stage_outputs(name: str, params: PipelineParams) -> dict[str, str]:
 def _summary(results: Sequence[StageResult], total_seconds: float) -> str:
     lines = [f"pipeline done in {total_seconds:.1f} s; outputs:"]
     for result in results:
-        if result.skipped:
-            lines.append(f"  {result.name:<11} skipped ({result.skipped})")
-            continue
         for label, where in result.outputs.items():
             lines.append(f"  {result.name:<11} {label:<11} {where}")
     return "\n".join(lines)
@@ -473,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     return {
         "run_date": params.run_date,
         "stages": [
-            {"name": r.name, "seconds": round(r.seconds, 3), "skipped": r.skipped, "outputs": r.outputs}
+            {"name": r.name, "seconds": round(r.seconds, 3), "outputs": r.outputs}
             for r in results
         ],
     }
