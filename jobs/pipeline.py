@@ -52,6 +52,8 @@ DEFAULT_TOP_K = 10
 DEFAULT_METRIC = "cosine"
 DEFAULT_MODEL = "resnet152"
 DEFAULT_BATCH_SIZE = 16
+# Days of logs before the run date that the NCF sets are built from (a week with the run date).
+DEFAULT_LOOKBACK_DAYS = 6
 
 
 @dataclass(frozen=True)
@@ -88,7 +90,12 @@ STAGES: tuple[Stage, ...] = (
         name="preprocess",
         module="jobs.preprocess_interactions",
         engine=CPU,
-        args=(("--input", "{input}/interactions"), ("--output", "{work}/ncf")),
+        args=(
+            ("--input", "{input}/interactions"),
+            ("--output", "{work}/ncf"),
+            ("--lookback-days", "{lookback_days}"),
+            ("--seed", "{seed}"),
+        ),
     ),
     Stage(
         name="embed",
@@ -184,6 +191,7 @@ class PipelineParams:
     model: str = DEFAULT_MODEL
     weights: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
+    lookback_days: int = DEFAULT_LOOKBACK_DAYS
     neptune_endpoint: str = ""
     neptune_iam_role_arn: str = ""
     region: str = ""
@@ -223,6 +231,7 @@ def template_values(params: PipelineParams) -> dict[str, str]:
         "top_k": str(params.top_k),
         "metric": params.metric,
         "seed": str(params.seed),
+        "lookback_days": str(params.lookback_days),
         "neptune_endpoint": params.neptune_endpoint,
         "neptune_iam_role_arn": params.neptune_iam_role_arn,
         "region": params.region,
@@ -436,6 +445,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--metric", default=DEFAULT_METRIC)
     parser.add_argument("--weights", default=None, help="embedding weights (default random:<seed>)")
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    parser.add_argument(
+        "--lookback-days", type=cli.non_negative_int, default=DEFAULT_LOOKBACK_DAYS,
+        help="days of logs before the run date the NCF sets use",
+    )
     return parser
 
 
@@ -453,6 +466,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         metric=args.metric,
         weights=args.weights,
         batch_size=args.batch_size,
+        lookback_days=args.lookback_days,
     )
     started = time.time()
     results = run_local(params, sample=params.input_root, stages=args.stages)

@@ -135,6 +135,7 @@ def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
         "spark-submit", "--deploy-mode", "cluster", "--py-files", f"{base}/stylegraph.zip",
         f"{base}/entry/preprocess_interactions.py",
         "--input", f"s3://{bucket}/raw/interactions", "--output", f"s3://{bucket}/work/ncf",
+        "--lookback-days", "6", "--seed", "7",
         "--run-date", RUN_DATE, "--report-dir", f"s3://{bucket}/work/_reports",
     ]
     embed_args = steps[1]["Config"]["Args"]

@@ -158,6 +158,7 @@ def test_every_task_passes_the_pipeline_definitions_arguments(dag):
     assert seen == expected
     assert seen["preprocess"] == [
         "--input", "s3://shop-data/raw/interactions", "--output", "s3://shop-data/work/ncf",
+        "--lookback-days", "6", "--seed", "7",
         "--run-date", "2024-03-31", "--report-dir", "s3://shop-data/work/_reports",
     ]
     assert seen["neptune_load"][:2] == ["--source", "s3://shop-data/work/style/gremlin/dt=2024-03-31/"]
