@@ -23,7 +23,8 @@ def test_the_local_plan_is_the_stages_in_order_with_their_argv() -> None:
     common = ["--run-date", RUN_DATE, "--report-dir", "/w/_reports"]
     assert [(call.name, call.stage.module, list(call.argv)) for call in calls] == [
         ("preprocess", "jobs.preprocess_interactions",
-         ["--input", "/s/interactions", "--output", "/w/ncf", "--lookback-days", "6", "--seed", "11", *common]),
+         ["--input", "/s/interactions", "--output", "/w/ncf", "--lookback-days", "6", "--seed", "11",
+          *common]),
         ("embed", "jobs.embed_images",
          ["--catalog", "/s/catalog/catalog.csv", "--images-root", "/s/images", "--output", "/w/style",
           "--model", "resnet152", "--weights", "random:11", "--batch-size", "16", *common]),
