@@ -375,14 +375,20 @@ def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str,
 
 
 # ------------------------------------------------------------------------------------------------- main
-def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:
-    """Write the whole export under ``staged`` and check it; returns the manifest and the counts."""
-    target_bytes = args.target_file_mb * 1024 * 1024
-    suffix = G.FILE_SUFFIX[args.compression]
-    higher_is_closer = S.HIGHER_IS_CLOSER[args.metric]
+def count_in_job_group(spark: SparkSession, df: DataFrame, group: str) -> int:
+    """``df.count()`` run under a Spark job group (from a worker thread), so the caller can cancel it."""
+    spark.sparkContext.setJobGroup(group, "export: duplicate (src, dst) keys", interruptOnCancel=True)
+    return df.count()
 
-    # Vertices: the catalog is small (tens of thousands of rows), so its tagged frame is cached.
-    catalog_df = read_catalog(spark, args.catalog).transform(tg.with_row_order)
+
+def stage_vertices(
+    spark: SparkSession, args: argparse.Namespace, staged: str, catalog_df: DataFrame, *, target_bytes: int
+) -> tuple[DataFrame, dict[str | None, int], int, Sizing, bool]:
+    """Tag the catalog, write the vertex CSVs and the vertex rejects under ``staged``.
+
+    Returns the cached tagged frame, rows per reason, vertices with NULs stripped, the sizing and
+    whether the embedding status is written.
+    """
     tagged_v_df = catalog_df.transform(tg.with_vertex_reject_reason).transform(tg.mark_duplicate_skus)
     with_status = args.embeddings is not None
     if with_status:
@@ -419,18 +425,44 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
         .write.mode("overwrite")
         .parquet(storage.spark_path(storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)))
     )
-    vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
+    return tagged_v_df, vertex_counts, nul_stripped, vertex_sizing, with_status
 
+
+def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:
+    """Write the whole export under ``staged`` and check it; returns the manifest and the counts."""
+    target_bytes = args.target_file_mb * 1024 * 1024
+    suffix = G.FILE_SUFFIX[args.compression]
+    higher_is_closer = S.HIGHER_IS_CLOSER[args.metric]
+
+    # Vertices: the catalog is small (tens of thousands of rows), so its tagged frame is cached.
+    catalog_df = read_catalog(spark, args.catalog).transform(tg.with_row_order)
+    # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
+    contract_df, has_rank = read_edges(spark, args.edges)
+    keyed_df = contract_df.transform(tg.with_edge_key)
+    # Duplicates need one look at every (src, dst): only those two columns are read, only keys shuffled.
+    # That pass needs nothing from the catalog, so it runs in a background thread while the catalog phase
+    # runs (many small jobs on 50 k rows, mostly driver time). The scheduler is FIFO: what is hidden is
+    # the catalog phase's driver time, when the cores would otherwise idle.
+    duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
+    duplicate_group = f"{APP_NAME}-duplicates-{posixpath.basename(posixpath.dirname(staged.rstrip('/')))}"
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="export-duplicates")
+    duplicate_future = pool.submit(count_in_job_group, spark, duplicate_keys_df, duplicate_group)
+    try:
+        vertex_phase = stage_vertices(spark, args, staged, catalog_df, target_bytes=target_bytes)
+    except BaseException:
+        spark.sparkContext.cancelJobGroup(duplicate_group)  # do not wait for a pass whose result is moot
+        raise
+    finally:
+        pool.shutdown(wait=True)
+    duplicate_keys = duplicate_future.result()
+    tagged_v_df, vertex_counts, nul_stripped, vertex_sizing, with_status = vertex_phase
+    vertices_in = sum(vertex_counts.values())
+    vertices_good = vertex_counts.get(None, 0)
     LOG.info(
         "vertices staged: %d written, %d rejected or dropped", vertices_good, vertices_in - vertices_good
     )
-    # Edges: possibly tens of millions of rows; nothing is cached and nothing but 8-byte keys is shuffled.
-    contract_df, has_rank = read_edges(spark, args.edges)
+    vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
     edges_in = contract_df.count()  # Parquet footers: no scan
-    keyed_df = contract_df.transform(tg.with_edge_key)
-    # Duplicates need one look at every (src, dst): only those two columns are read, only keys shuffled.
-    duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
-    duplicate_keys = duplicate_keys_df.count()
     LOG.info("edges: %d rows in, %d duplicated (src, dst) keys", edges_in, duplicate_keys)
     tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
     if duplicate_keys:
@@ -469,11 +501,15 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
     rejects_df = tagged_e_df.drop(G.EDGE_KEY)
     if edges_written != edges_in:
-        rejects_df = rejects_df.filter(F.col(G.REASON).isNotNull())
-    else:
-        rejects_df = spark.createDataFrame([], rejects_df.schema)
-    rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
-    edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
+        rejects_df.filter(F.col(G.REASON).isNotNull()).write.mode("overwrite").parquet(
+            storage.spark_path(edge_rejects_uri)
+        )
+        edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
+    else:  # every input row is in the files: the quarantine is empty, nothing to read back
+        spark.createDataFrame([], rejects_df.schema).write.mode("overwrite").parquet(
+            storage.spark_path(edge_rejects_uri)
+        )
+        edge_reject_counts = {}
     LOG.info("edges staged: %d written; rejects by reason %s", edges_written, edge_reject_counts)
 
     # Staged: now make it loader-clean and read every file back.
