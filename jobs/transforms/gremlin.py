@@ -65,20 +65,44 @@ def mark_duplicate_skus(catalog_df: DataFrame) -> DataFrame:
     :data:`G.VERTEX_DUPLICATE_SKU` (quarantined, so someone can see which values lost).
     Rows that already have a reason are not compared.
     """
-    window = Window.partitionBy(C.SKU, _IS_KEPT).orderBy(F.col(G.ROW_ORDER).asc())
-    values = F.struct(*[F.col(column) for column in C.CATALOG_COLUMNS])
+    return catalog_df.transform(
+        with_duplicate_reasons,
+        keys=[C.SKU],
+        order=[F.col(G.ROW_ORDER).asc()],
+        values=[F.col(column) for column in C.CATALOG_COLUMNS],
+        identical_reason=G.VERTEX_DUPLICATE_IDENTICAL,
+        conflicting_reason=G.VERTEX_DUPLICATE_SKU,
+    )
+
+
+def with_duplicate_reasons(
+    df: DataFrame,
+    *,
+    keys: list[str],
+    order: list[Column],
+    values: list[Column],
+    identical_reason: str,
+    conflicting_reason: str,
+) -> DataFrame:
+    """Among the rows without a reason, keep the first of each key (by ``order``) and tag the rest.
+
+    A later row whose ``values`` equal the kept row's gets ``identical_reason`` (dropped on purpose); one
+    that differs gets ``conflicting_reason`` (quarantined, so someone can see which values lost). Rows
+    that already have a reason are neither kept nor compared.
+    """
+    window = Window.partitionBy(*keys, _IS_KEPT).orderBy(*order)
     return (
-        catalog_df.withColumn(_IS_KEPT, F.col(G.REASON).isNull())
-        .withColumn(_VALUES, values)
+        df.withColumn(_IS_KEPT, F.col(G.REASON).isNull())
+        .withColumn(_VALUES, F.struct(*values))
         .withColumn(_POSITION, F.row_number().over(window))
         .withColumn(_FIRST, F.first(_VALUES).over(window))
         .withColumn(
             G.REASON,
             F.when(
                 F.col(_IS_KEPT) & (F.col(_POSITION) > 1),
-                F.when(
-                    F.col(_VALUES).eqNullSafe(F.col(_FIRST)), F.lit(G.VERTEX_DUPLICATE_IDENTICAL)
-                ).otherwise(F.lit(G.VERTEX_DUPLICATE_SKU)),
+                F.when(F.col(_VALUES).eqNullSafe(F.col(_FIRST)), F.lit(identical_reason)).otherwise(
+                    F.lit(conflicting_reason)
+                ),
             ).otherwise(F.col(G.REASON)),
         )
         .drop(_IS_KEPT, _VALUES, _POSITION, _FIRST)
@@ -228,23 +252,13 @@ def mark_duplicate_edges(
     has_rank = S.RANK in edges_df.columns
     score_order = F.col(S.SCORE).desc_nulls_last() if higher_is_closer else F.col(S.SCORE).asc_nulls_last()
     order = ([F.col(S.RANK).asc_nulls_last()] if has_rank else []) + [score_order]
-    window = Window.partitionBy(S.SRC, S.DST, _IS_KEPT).orderBy(*order)
-    values = F.struct(S.SCORE, *([S.RANK] if has_rank else []))
-    marked_df = (
-        suspects_df.withColumn(_IS_KEPT, F.col(G.REASON).isNull())
-        .withColumn(_VALUES, values)
-        .withColumn(_POSITION, F.row_number().over(window))
-        .withColumn(_FIRST, F.first(_VALUES).over(window))
-        .withColumn(
-            G.REASON,
-            F.when(
-                F.col(_IS_KEPT) & (F.col(_POSITION) > 1),
-                F.when(F.col(_VALUES).eqNullSafe(F.col(_FIRST)), F.lit(G.EDGE_DUPLICATE_IDENTICAL)).otherwise(
-                    F.lit(G.EDGE_DUPLICATE)
-                ),
-            ).otherwise(F.col(G.REASON)),
-        )
-        .drop(_IS_KEPT, _VALUES, _POSITION, _FIRST)
+    marked_df = suspects_df.transform(
+        with_duplicate_reasons,
+        keys=[S.SRC, S.DST],
+        order=order,
+        values=[F.col(S.SCORE), *([F.col(S.RANK)] if has_rank else [])],
+        identical_reason=G.EDGE_DUPLICATE_IDENTICAL,
+        conflicting_reason=G.EDGE_DUPLICATE,
     )
     return clear_df.unionByName(marked_df).drop(_SUSPECT)
 
