@@ -32,6 +32,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common import storage
+from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
 from jobs.common.quality import (
     EMBEDDING_DIM,
@@ -150,6 +151,7 @@ def check_inputs(args: argparse.Namespace) -> None:
 
 def read_catalog(spark: SparkSession, catalog_uri: str) -> DataFrame:
     """The catalog CSV with its declared schema, plus its row order (for picking the first duplicate)."""
+    check_catalog_header(catalog_uri)
     return (
         spark.read.schema(C.CATALOG_SCHEMA)
         .options(**C.CATALOG_CSV_OPTIONS)

@@ -40,6 +40,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from jobs.common import storage
+from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
 from jobs.common.quality import (
     GREMLIN_EDGES,
@@ -117,6 +118,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 # ----------------------------------------------------------------------------------------------- reading
 def read_catalog(spark: SparkSession, uri: str) -> DataFrame:
     """The catalog CSV under its declared schema, with a column that holds malformed lines."""
+    check_catalog_header(uri)
     schema = T.StructType([*C.CATALOG_SCHEMA.fields, T.StructField(tg.CORRUPT_RECORD, T.StringType(), True)])
     return (
         spark.read.schema(schema)
