@@ -10,6 +10,7 @@ import pytest
 from jobs import embed_images, export_gremlin
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError
+from schemas.catalog import CATALOG_CSV_OPTIONS, CATALOG_SCHEMA
 
 GOOD = ["sku", "name", "brand", "category", "subcategory", "image_path"]
 SWAPPED = ["sku", "brand", "name", "category", "subcategory", "image_path"]
@@ -24,14 +25,17 @@ def _write(path, header, opener=open) -> str:
     return str(path)
 
 
-def test_the_expected_header_passes_plain_gzip_and_folders(tmp_path) -> None:
-    check_catalog_header(_write(tmp_path / "catalog.csv", GOOD))
-    check_catalog_header(_write(tmp_path / "catalog.csv.gz", GOOD, gzip.open))
+def test_the_expected_header_passes_and_the_row_lands_in_its_columns(spark, tmp_path) -> None:
+    plain = _write(tmp_path / "catalog.csv", GOOD)
+    gzipped = _write(tmp_path / "catalog.csv.gz", GOOD, gzip.open)
     folder = tmp_path / "parts"
     folder.mkdir()
     _write(folder / "part-0.csv", GOOD)
     _write(folder / "part-1.csv", GOOD)
-    check_catalog_header(str(folder))
+    for uri in (plain, gzipped, str(folder)):
+        assert check_catalog_header(uri) is None
+        rows = spark.read.schema(CATALOG_SCHEMA).options(**CATALOG_CSV_OPTIONS).csv(uri).collect()
+        assert {tuple(row) for row in rows} == {tuple(ROW)}
 
 
 @pytest.mark.parametrize(
@@ -65,8 +69,8 @@ def test_jobs_refuse_a_reordered_catalog_and_write_nothing(spark, tmp_path) -> N
     catalog = _write(tmp_path / "catalog.csv", SWAPPED)
     (tmp_path / "images").mkdir()
     edges = tmp_path / "edges"
-    spark.createDataFrame([("7100001", "7100002", 0.5, 1)], "src string, dst string, score double, rank int") \
-        .write.parquet(str(edges))
+    edge_schema = "src string, dst string, score double, rank int"
+    spark.createDataFrame([("7100001", "7100002", 0.5, 1)], edge_schema).write.parquet(str(edges))
     runs = [
         (embed_images.main, ["--catalog", catalog, "--images-root", str(tmp_path / "images"),
                              "--output", str(tmp_path / "embed_out"), "--model", "resnet18",
@@ -78,5 +82,6 @@ def test_jobs_refuse_a_reordered_catalog_and_write_nothing(spark, tmp_path) -> N
     for main, argv, output in runs:
         with pytest.raises(JobError, match="header 'sku,brand,name"):
             main(argv)
-        written = [os.path.relpath(os.path.join(d, f), tmp_path) for d, _, fs in os.walk(tmp_path) for f in fs]
+        written = [os.path.relpath(os.path.join(d, f), tmp_path)
+                   for d, _, files in os.walk(tmp_path) for f in files]
         assert [path for path in written if path.startswith(output)] == []
