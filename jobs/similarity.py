@@ -14,13 +14,16 @@ How (see ``udfs/similarity_tiles.py`` for the kernels):
    for cosine); the check's verdicts (sku, image_path, length, reason; not the embeddings) are staged.
 2. Broadcast by Parquet: every tile task reads the input embeddings itself (pyarrow, once per Python
    worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
-   valid and sorts them by sku, so row index order is sku order. No merge across tasks is needed;
-   chosen because a catalog's matrix (about 50,000 products) fits a worker many times over, and it
-   avoids shipping the embeddings through Spark twice. A ``spark.range`` of row blocks
-   (``--block-size`` rows each) drives ``mapInArrow``: each task computes its blocks against every
-   column tile (top-k: partial ``torch.topk`` per tile, merged per row; all-pairs: only the upper
-   triangle, filtered inside each tile and streamed as Arrow batches), so a task holds the matrix and
-   one tile (``block x 4 block`` float32), never N x N.
+   valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix (about 50,000 products) fits a worker many times over, and it
+   avoids shipping the embeddings through Spark twice.
+   Top-k: a ``spark.range`` of block pairs (blocks of ``4 x --block-size`` rows, all ``(a, b)``,
+   ``a <= b``) drives ``mapInArrow``: each task multiplies one pair in ``--block-size`` square tiles
+   and keeps, for the rows of both blocks, their float32 candidates among the other block (each
+   product of two products is computed once); a shuffle by block brings a block's candidates
+   together, where they are merged, re-scored in float64 and settled exactly.
+   All-pairs: a ``spark.range`` of row blocks (``--block-size`` rows): each task computes its rows
+   against every later column (the upper triangle), filtered inside each tile and streamed as Arrow
+   batches. A task holds the matrix and one tile, never N x N.
 3. Edges are written by Spark's Parquet writer (``--max-records-per-file`` bounds the files), checked,
    published with the rejects, and the report is written last.
 """
@@ -59,6 +62,7 @@ from jobs.transforms.similarity import (
 )
 from schemas import embeddings as E
 from schemas import similarity as S
+from udfs.similarity_tiles import block_pairs
 
 LOG = logging.getLogger("stylegraph.similarity")
 
@@ -187,8 +191,13 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             f"{MIN_VALID_PRODUCTS} (left out: {counts})"
         )
     block_size = args.block_size
-    blocks = math.ceil(products / block_size)
-    blocks_df = spark.range(0, blocks, 1, numPartitions=min(blocks, args.parallelism or blocks))
+    if args.all_pairs:
+        blocks = math.ceil(products / block_size)
+        tasks = blocks
+    else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
+        blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
+        tasks = len(block_pairs(blocks))
+    blocks_df = spark.range(0, tasks, 1, numPartitions=min(tasks, args.parallelism or tasks))
     tile_options = {
         "input_uri": args.input,
         "valid_uri": storage.join(checked_uri, f"{IS_VALID}=true"),
@@ -207,11 +216,17 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             **tile_options,
         )
     else:
-        edges_df = blocks_df.transform(explode_topk_edges, k=args.top_k, **tile_options)
+        edges_df = blocks_df.transform(
+            explode_topk_edges,
+            k=args.top_k,
+            pair_block=block_size * COLUMN_BLOCKS_PER_TILE,
+            blocks=blocks,
+            **{name: value for name, value in tile_options.items() if name != "column_block"},
+        )
 
     staged_edges = storage.join(staging, STAGE)
     staged_rejects = storage.join(staging, "rejects")
-    LOG.info("tiles: %d products, %d row blocks of %d", products, blocks, block_size)
+    LOG.info("tiles: %d products, %d blocks, %d tasks", products, blocks, tasks)
     if args.sink == SINK_COUNT:
         edges = edges_df.count()
     else:
@@ -268,6 +283,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         "edges": int(edges),
         "block_size": block_size,
         "row_blocks": blocks,
+        "tile_tasks": tasks,
         "device": args.device,
         "sink": args.sink,
         "input": args.input,

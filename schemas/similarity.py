@@ -33,6 +33,19 @@ ALL_PAIRS_EDGE_SCHEMA = T.StructType(
     ]
 )
 
+# Top-k's intermediate rows between the pair step and the merge step (not an output): one row per
+# (block pair, block), the block's rows' float32 candidates as raw little-endian arrays.
+BLOCK = "block"
+CANDIDATE_KEYS = "candidate_keys"  # float32, rows x width
+CANDIDATE_COLUMNS = "candidate_columns"  # int32 row indices, rows x width
+CANDIDATES_SCHEMA = T.StructType(
+    [
+        T.StructField(BLOCK, T.IntegerType(), False),
+        T.StructField(CANDIDATE_KEYS, T.BinaryType(), False),
+        T.StructField(CANDIDATE_COLUMNS, T.BinaryType(), False),
+    ]
+)
+
 # Output modes (the report's "mode").
 MODE_TOPK = "topk"
 MODE_ALL_PAIRS = "all_pairs"

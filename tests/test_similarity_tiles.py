@@ -148,6 +148,108 @@ def test_topk_many_ties_beyond_the_candidate_margin(metric: str) -> None:
     assert_topk_equal(kernel_rows(prep, 3, 4), brute_topk(skus, x, metric, 3))
 
 
+def pair_kernel_rows(
+    prep: st.Prepared, k: int, pair_block: int, tile: int
+) -> list[tuple[str, str, float, int]]:
+    """The top-k job's two steps in-process: every block pair's candidates, then each block's merge."""
+    width = st.candidate_width(prep.n, k)
+    blocks = math.ceil(prep.n / pair_block)
+    found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+    for a, b in st.block_pairs(blocks):
+        for block, keys, cols in st.pair_candidates(prep, a, b, pair_block, tile, width):
+            found.setdefault(block, []).append((keys, cols))
+    rows = []
+    for block in range(blocks):
+        for batch in st.merge_block(prep, block, found[block], k, pair_block, tile):
+            rows += [(r["src"], r["dst"], r["score"], r["rank"]) for r in batch.to_pylist()]
+    return rows
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+@pytest.mark.parametrize(("n", "k", "pair_block", "tile"), [(37, 5, 16, 8), (37, 40, 16, 4), (37, 3, 64, 64)])
+def test_pair_kernel_matches_brute_force(metric: str, n: int, k: int, pair_block: int, tile: int) -> None:
+    skus = sample_skus(n)
+    x = sample_vectors(n, 16, seed=5)
+    prep = st.prepare(*sorted_input(skus, x), metric)
+    assert_topk_equal(pair_kernel_rows(prep, k, pair_block, tile), brute_topk(skus, x, metric, k))
+
+
+@pytest.mark.parametrize("metric", S.METRICS)
+def test_pair_kernel_with_tile_bounds_matches_brute_force(metric: str) -> None:
+    # Tiles of 256 >= GROUP x width rows: the first floor of every row and column comes from the
+    # group-maxima bound; 3 blocks of 256 give off-diagonal pairs and a short last block.
+    n = 600
+    skus = [f"s{i:04d}" for i in range(n)][::-1]
+    x = sample_vectors(n, 8, seed=6)
+    x[100:120] = x[7]  # 21 identical vectors: ties beyond the candidate margin
+    prep = st.prepare(*sorted_input(skus, x), metric)
+    assert st.candidate_width(n, 10) <= 256 // st.GROUP
+    assert_topk_equal(pair_kernel_rows(prep, 10, 256, 256), brute_topk(skus, x, metric, 10))
+
+
+def test_group_maxima_bound_is_below_the_kth_largest() -> None:
+    rng = np.random.default_rng(8)
+    keys = rng.standard_normal((300, 500)).astype(np.float32)
+    keys[3, :] = 1.0  # a row of ties
+    width = 14
+    for axis in (1, 0):
+        bound = st._kth_of_group_maxima(keys, width, axis)
+        kth = -np.sort(-keys, axis=axis).take(width - 1, axis=axis)
+        assert bound is not None and bound.shape == kth.shape
+        assert (bound <= kth).all()
+        assert (bound >= np.sort(keys, axis=axis).take(keys.shape[axis] - 4 * width, axis=axis)).all()
+        # torch's version (the GPU path) gives the same bound
+        assert np.array_equal(st._kth_of_group_maxima(torch.from_numpy(keys), width, axis), bound)
+    assert st._kth_of_group_maxima(keys[:, : st.GROUP * width - 1], width, 1) is None
+
+
+@pytest.mark.parametrize("axis", [1, 0])
+def test_hits_torch_and_numpy_agree(axis: int) -> None:
+    rng = np.random.default_rng(9)
+    keys = rng.standard_normal((40, 50)).astype(np.float32)
+    keys[2, 3] = -np.inf
+    floor = rng.standard_normal(keys.shape[0] if axis == 1 else keys.shape[1]).astype(np.float32)
+    floor[0] = -np.inf
+    r, c, v = st._hits(keys, floor, axis)
+    expect = [
+        (i, j) for i in range(40) for j in range(50)
+        if keys[i, j] > -np.inf and keys[i, j] >= (floor[i] if axis == 1 else floor[j])
+    ]
+    assert list(zip(r.tolist(), c.tolist(), strict=True)) == expect
+    assert np.array_equal(v, keys[r, c])
+    rt, ct, vt = st._hits(torch.from_numpy(keys), floor, axis)
+    assert (rt.tolist(), ct.tolist(), vt.tolist()) == (r.tolist(), c.tolist(), v.tolist())
+
+
+def test_running_topk_keeps_the_best_and_raises_floors() -> None:
+    rng = np.random.default_rng(10)
+    count, width = 6, 3
+    best = st.RunningTopk(100, count, width)
+    offered: list[list[tuple[float, int]]] = [[] for _ in range(count)]
+    column = 0
+    for size in (4, 50, 200):  # the last one offers one row more than PAD_LIMIT x width at once
+        rows = rng.integers(0, count, size)
+        rows[: st.PAD_LIMIT * width + 1] = 2 if size == 200 else rows[: st.PAD_LIMIT * width + 1]
+        values = rng.standard_normal(size).astype(np.float32)
+        cols = np.arange(column, column + size)
+        column += size
+        best.add(rows, cols, values)
+        for r, c, v in zip(rows.tolist(), cols.tolist(), values.tolist(), strict=True):
+            offered[r].append((v, c))
+    keys, index = best.result()
+    for r in range(count):
+        want = sorted(offered[r], key=lambda vc: (-vc[0], vc[1]))[:width]
+        want += [(-np.inf, -1)] * (width - len(want))
+        assert list(zip(keys[r].tolist(), index[r].tolist(), strict=True)) == want
+        assert best.floor[r] == want[-1][0]
+
+
+def test_block_pairs_cover_each_unordered_pair_once() -> None:
+    pairs = st.block_pairs(4)
+    assert sorted(pairs) == [(a, b) for a in range(4) for b in range(a, 4)]
+    assert [a == b for a, b in pairs] == [False] * 6 + [True] * 4
+
+
 @pytest.mark.parametrize("metric", S.METRICS)
 @pytest.mark.parametrize("directed", [False, True])
 def test_all_pairs_tiles_match_brute_force(metric: str, directed: bool) -> None:

@@ -12,7 +12,7 @@ from udfs import similarity_tiles
 COUNT = "count"
 IS_DUPLICATE = "is_duplicate"
 PRE_REASON = "pre_reason"
-BLOCK = "id"  # spark.range's column: one row per row block
+BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
 
 
 def is_ok(status: Column) -> Column:
@@ -82,26 +82,31 @@ def select_rejects(checked_df: DataFrame) -> DataFrame:
 
 
 def explode_topk_edges(
-    blocks_df: DataFrame,
+    pairs_df: DataFrame,
     *,
     input_uri: str,
     valid_uri: str,
     metric: str,
     k: int,
     block_size: int,
-    column_block: int,
+    pair_block: int,
+    blocks: int,
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
-    """One row per row block in (``id``), each block's top-k edges out (``TOPK_EDGE_SCHEMA``).
+    """One row per block pair in (``id``, ``similarity_tiles.block_pairs`` order), the top-k edges of
+    every product out (``TOPK_EDGE_SCHEMA``).
 
-    ``input_uri`` holds the embeddings, ``valid_uri`` the skus that passed the checks.
+    Two steps: each pair's tiles give the candidates of both its blocks (one product per pair of
+    products); a shuffle by block brings a block's candidates together, where they are merged and
+    settled exactly. ``input_uri`` holds the embeddings, ``valid_uri`` the skus that passed the checks.
     """
-    return blocks_df.select(F.col(BLOCK)).mapInArrow(
-        similarity_tiles.topk_edges_fn(
-            input_uri, valid_uri, metric, k, block_size, column_block, device, threads
-        ),
-        S.TOPK_EDGE_SCHEMA,
+    options = (input_uri, valid_uri, metric, k, pair_block, block_size, device, threads)
+    return (
+        pairs_df.select(F.col(BLOCK))
+        .mapInArrow(similarity_tiles.topk_candidates_fn(*options), S.CANDIDATES_SCHEMA)
+        .repartition(blocks, F.col(S.BLOCK))
+        .mapInArrow(similarity_tiles.topk_merge_fn(*options), S.TOPK_EDGE_SCHEMA)
     )
 
 
