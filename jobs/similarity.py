@@ -9,13 +9,15 @@ Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
 ``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
 
 How (see ``udfs/similarity_tiles.py`` for the kernels):
-1. The expected embedding length is the most frequent length among "ok" rows with an embedding (ties:
-   the smaller length). Every row is checked (status, sku, duplicates, null, length, NaN/inf, zero norm
-   for cosine); the check's verdicts (sku, image_path, length, reason; not the embeddings) are staged.
+1. Each input Parquet file is read with pyarrow in a task (the embeddings never travel through Spark's
+   row format) into per-row facts: length, non-finite, zero norm. The expected embedding length is
+   the most frequent length among "ok" rows with an embedding (ties: the smaller length). Every row
+   is checked (status, sku, duplicates, null, length, NaN/inf, zero norm for cosine); the check's
+   verdicts (sku, image_path, length, reason; not the embeddings) are staged.
 2. Broadcast by Parquet: every tile task reads the input embeddings itself (pyarrow, once per Python
    worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
-   valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix (about 50,000 products) fits a worker many times over, and it
-   avoids shipping the embeddings through Spark twice.
+   valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix
+   (about 50,000 products) fits a worker many times over, and the embeddings never go through Spark.
    Top-k: a ``spark.range`` of block pairs (blocks of ``4 x --block-size`` rows, all ``(a, b)``,
    ``a <= b``) drives ``mapInArrow``: each task multiplies one pair in ``--block-size`` square tiles
    and keeps, for the rows of both blocks, their float32 candidates among the other block (each
@@ -36,7 +38,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql import functions as F
 
 from jobs.common import storage
@@ -54,13 +56,13 @@ from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms.similarity import (
     duplicate_skus,
+    embedding_facts,
+    expected_dimension,
     explode_all_pairs_edges,
     explode_topk_edges,
-    is_ok,
     select_rejects,
     with_rejection_reason,
 )
-from schemas import embeddings as E
 from schemas import similarity as S
 from udfs.similarity_tiles import block_pairs
 
@@ -79,6 +81,7 @@ IS_VALID = "is_valid"
 CHECKED = "checked"
 COUNT = "count"
 MIN_VALID_PRODUCTS = 2
+FILES_SCHEMA = "uri string"
 # A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
 # per-tile selection and merge overhead small against the product itself.
 COLUMN_BLOCKS_PER_TILE = 4
@@ -128,19 +131,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def expected_dimension(embeddings_df: DataFrame) -> int:
-    """The most frequent embedding length among "ok" rows (ties: the smaller); 0 when there is none."""
-    lengths = (
-        embeddings_df.filter(is_ok(F.col(E.STATUS)) & F.col(E.EMBEDDING).isNotNull())
-        .groupBy(F.size(E.EMBEDDING).alias("length"))
-        .count()
-        .orderBy(F.col(COUNT).desc(), F.col("length").asc())
-        .limit(1)
-        .collect()
-    )
-    return int(lengths[0]["length"]) if lengths else 0
-
-
 def reason_counts(spark: SparkSession, checked_uri: str) -> dict[str | None, int]:
     """Rows per reason (None = valid) of the staged check output (reads the reason column only)."""
     rows = spark.read.parquet(storage.spark_path(checked_uri)).groupBy(S.REASON).count().collect()
@@ -164,23 +154,31 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
 
 def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at: float) -> dict[str, Any]:
     metric = args.metric
-    embeddings_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(args.input))
-    expected_dim = expected_dimension(embeddings_df)
-    LOG.info("expected embedding length %d (%.1fs)", expected_dim, time.time() - started_at)
-
-    checked_uri = storage.join(staging, CHECKED)
-    (
-        embeddings_df.transform(
-            with_rejection_reason,
-            duplicate_skus(embeddings_df),
-            expected_dim=expected_dim,
-            metric=metric,
-        )
-        .withColumn(IS_VALID, F.col(S.REASON).isNull())
-        .write.partitionBy(IS_VALID)
-        .mode("overwrite")
-        .parquet(storage.spark_path(checked_uri))
+    files = storage.list_files(args.input, suffixes=(".parquet",))
+    if not files:
+        raise JobError(f"--input {args.input} holds no Parquet files")
+    files_df = spark.createDataFrame([(uri,) for uri in files], FILES_SCHEMA).repartition(
+        min(len(files), spark.sparkContext.defaultParallelism)
     )
+    facts_df = files_df.transform(embedding_facts).cache()
+    try:
+        expected_dim = expected_dimension(facts_df)
+        LOG.info("expected embedding length %d (%.1fs)", expected_dim, time.time() - started_at)
+        checked_uri = storage.join(staging, CHECKED)
+        (
+            facts_df.transform(
+                with_rejection_reason,
+                duplicate_skus(facts_df),
+                expected_dim=expected_dim,
+                metric=metric,
+            )
+            .withColumn(IS_VALID, F.col(S.REASON).isNull())
+            .write.partitionBy(IS_VALID)
+            .mode("overwrite")
+            .parquet(storage.spark_path(checked_uri))
+        )
+    finally:
+        facts_df.unpersist()
     counts = reason_counts(spark, checked_uri)
     LOG.info("checked: %s (%.1fs)", counts, time.time() - started_at)
     products = counts.pop(None, 0)

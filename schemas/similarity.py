@@ -71,8 +71,21 @@ REJECT_REASONS = (
 
 REASON = "reason"
 EMBEDDING_LENGTH = "embedding_length"
+# What the check step learns of each embedding before the expected length is known (not an output).
+NON_FINITE = "non_finite"
+ZERO_NORM = "zero_norm"
 
 # Rejected embedding rows: one per input row left out for a data problem (the embedding is not copied).
+FACTS_SCHEMA = T.StructType(
+    [
+        T.StructField("sku", T.StringType(), True),
+        T.StructField("image_path", T.StringType(), True),
+        T.StructField("status", T.StringType(), True),
+        T.StructField(EMBEDDING_LENGTH, T.IntegerType(), True),
+        T.StructField(NON_FINITE, T.BooleanType(), True),
+        T.StructField(ZERO_NORM, T.BooleanType(), True),
+    ]
+)
 REJECT_SCHEMA = T.StructType(
     [
         T.StructField("sku", T.StringType(), True),

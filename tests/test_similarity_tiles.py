@@ -2,9 +2,11 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -317,7 +319,7 @@ def test_resolve_device_prefers_the_tasks_gpu() -> None:
         st.resolve_device("cuda", {"gpu": ["0"]}, cuda_available=False)
 
 
-def test_embedding_reasons_in_order() -> None:
+def test_embedding_facts() -> None:
     embeddings = pa.array(
         [
             [1.0, 2.0, 3.0],
@@ -329,24 +331,43 @@ def test_embedding_reasons_in_order() -> None:
             [0.0, 0.0, 0.0],
             [3e19, 0.0, 0.0],  # squared norm 9e38 > float32 max: the products would overflow
             [-0.0, 1e-30, 0.0],
+            [0.0, None, 0.0],  # a null value
+            [0.0, -0.0],
         ],
         type=pa.list_(pa.float32()),
     )
-    expected_cosine = [
-        None,
-        S.REASON_NULL_EMBEDDING,
-        S.REASON_WRONG_LENGTH,
-        S.REASON_WRONG_LENGTH,
-        S.REASON_NON_FINITE,
-        S.REASON_NON_FINITE,
-        S.REASON_ZERO_NORM,
-        S.REASON_NON_FINITE,
-        None,
-    ]
-    assert st.embedding_reasons(embeddings, 3, reject_zero_norm=True).to_pylist() == expected_cosine
-    expected_l2 = [None if r == S.REASON_ZERO_NORM else r for r in expected_cosine]
-    assert st.embedding_reasons(embeddings, 3, reject_zero_norm=False).to_pylist() == expected_l2
-    # a sliced (offset) list array is read at the right place
-    assert st.embedding_reasons(embeddings.slice(4, 3), 3, reject_zero_norm=True).to_pylist() == (
-        expected_cosine[4:7]
+    lengths, non_finite, zero_norm = st.embedding_facts(embeddings)
+    assert lengths.to_pylist() == [3, None, 2, 0, 3, 3, 3, 3, 3, 3, 2]
+    assert non_finite.to_pylist() == [False, None, False, False, True, True, False, True, False, True, False]
+    assert zero_norm.to_pylist() == [False, None, False, True, False, False, True, False, False, False, True]
+    # a sliced (offset) list array is read at the right place; a chunked one too
+    sliced = st.embedding_facts(embeddings.slice(4, 3))
+    assert [a.to_pylist() for a in sliced] == [[3, 3, 3], [True, True, False], [False, False, True]]
+    chunked = st.embedding_facts(pa.chunked_array([embeddings.slice(0, 5), embeddings.slice(5)]))
+    assert [a.to_pylist() for a in chunked] == [a.to_pylist() for a in (lengths, non_finite, zero_norm)]
+
+
+def test_embedding_facts_fn_reads_files_in_batches(tmp_path: Path) -> None:
+    rows = 3 * st.FACTS_BATCH_ROWS // 2
+    table = pa.table(
+        {
+            "sku": [f"s{i}" for i in range(rows)],
+            "image_path": [f"p{i}.jpg" for i in range(rows)],
+            "embedding": pa.array([[float(i), 1.0] if i % 7 else None for i in range(rows)],
+                                  type=pa.list_(pa.float32())),
+            "status": ["ok" if i % 5 else "error" for i in range(rows)],
+            "extra": list(range(rows)),
+        }
     )
+    pq.write_table(table, tmp_path / "a.parquet")
+    pq.write_table(table.drop(["status"]), tmp_path / "b.parquet")
+    files = pa.record_batch([pa.array([str(tmp_path / "a.parquet")])], names=["uri"])
+    out = pa.Table.from_batches(list(st.embedding_facts_fn()(iter([files]))))
+    assert out.schema == st.FACTS_ARROW_SCHEMA
+    assert out.column("sku").to_pylist() == table.column("sku").to_pylist()
+    assert out.column("status").to_pylist() == table.column("status").to_pylist()
+    assert out.column(S.EMBEDDING_LENGTH).to_pylist() == [2 if i % 7 else None for i in range(rows)]
+    assert out.column(S.ZERO_NORM).to_pylist() == [False if i % 7 else None for i in range(rows)]
+    missing = pa.record_batch([pa.array([str(tmp_path / "b.parquet")])], names=["uri"])
+    with pytest.raises(ValueError, match=r"b\.parquet: no column\(s\) \['status'\]"):
+        list(st.embedding_facts_fn()(iter([missing])))

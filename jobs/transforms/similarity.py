@@ -3,7 +3,6 @@ from __future__ import annotations
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
-from pyspark.sql import types as T
 
 from schemas import embeddings as E
 from schemas import similarity as S
@@ -11,7 +10,7 @@ from udfs import similarity_tiles
 
 COUNT = "count"
 IS_DUPLICATE = "is_duplicate"
-PRE_REASON = "pre_reason"
+LENGTH = "length"
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
 
 
@@ -37,41 +36,52 @@ def duplicate_skus(embeddings_df: DataFrame) -> DataFrame:
     )
 
 
+def embedding_facts(files_df: DataFrame) -> DataFrame:
+    """One row per input file URI (first column) in; every row of those files out, as
+    ``FACTS_SCHEMA``: sku, image_path, status, embedding_length, non_finite, zero_norm.
+
+    The embeddings are read and checked in Python (``udfs.similarity_tiles.embedding_facts_fn``) and do
+    not travel through Spark at all; the tile tasks read them from the same files.
+    """
+    return files_df.mapInArrow(similarity_tiles.embedding_facts_fn(), S.FACTS_SCHEMA)
+
+
 def with_rejection_reason(
-    embeddings_df: DataFrame, duplicates_df: DataFrame, *, expected_dim: int, metric: str
+    facts_df: DataFrame, duplicates_df: DataFrame, *, expected_dim: int, metric: str
 ) -> DataFrame:
-    """One row per embedding row: sku, image_path, embedding_length and ``reason`` (null = usable).
+    """One row per embedding row (``embedding_facts``): sku, image_path, embedding_length and
+    ``reason`` (null = usable).
 
     Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy),
-    null embedding, wrong length, non-finite, zero norm (cosine only). The per-element checks run
-    vectorised in ``udfs.similarity_tiles.reasons_fn``; the embeddings themselves are not kept.
+    null embedding, wrong length (``!= expected_dim``), non-finite, zero norm (cosine only).
     """
-    flagged_df = (
-        embeddings_df.join(
-            F.broadcast(duplicates_df.withColumn(IS_DUPLICATE, F.lit(True))), on=E.SKU, how="left"
-        )
-        .withColumn(
-            PRE_REASON,
-            F.when(~is_ok(F.col(E.STATUS)), F.lit(S.REASON_STATUS_ERROR))
-            .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
-            .when(F.col(IS_DUPLICATE).isNotNull(), F.lit(S.REASON_DUPLICATE_SKU)),
-        )
-        .select(E.SKU, E.IMAGE_PATH, PRE_REASON, E.EMBEDDING)  # the UDF wants the embedding last
+    reason = (
+        F.when(~is_ok(F.col(E.STATUS)), F.lit(S.REASON_STATUS_ERROR))
+        .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
+        .when(F.col(IS_DUPLICATE).isNotNull(), F.lit(S.REASON_DUPLICATE_SKU))
+        .when(F.col(S.EMBEDDING_LENGTH).isNull(), F.lit(S.REASON_NULL_EMBEDDING))
+        .when(F.col(S.EMBEDDING_LENGTH) != F.lit(expected_dim), F.lit(S.REASON_WRONG_LENGTH))
+        .when(F.col(S.NON_FINITE), F.lit(S.REASON_NON_FINITE))
     )
-    checked_schema = T.StructType(
-        [
-            *flagged_df.schema.fields[:-1],
-            T.StructField(S.EMBEDDING_LENGTH, T.IntegerType(), True),
-            T.StructField(S.REASON, T.StringType(), True),
-        ]
+    if metric == S.COSINE:
+        reason = reason.when(F.col(S.ZERO_NORM), F.lit(S.REASON_ZERO_NORM))
+    return facts_df.join(
+        F.broadcast(duplicates_df.withColumn(IS_DUPLICATE, F.lit(True))), on=E.SKU, how="left"
+    ).select(E.SKU, E.IMAGE_PATH, S.EMBEDDING_LENGTH, reason.alias(S.REASON))
+
+
+def expected_dimension(facts_df: DataFrame) -> int:
+    """The most frequent embedding length among "ok" rows with an embedding (ties: the smaller);
+    0 when there is none."""
+    lengths = (
+        facts_df.filter(is_ok(F.col(E.STATUS)) & F.col(S.EMBEDDING_LENGTH).isNotNull())
+        .groupBy(F.col(S.EMBEDDING_LENGTH).alias(LENGTH))
+        .count()
+        .orderBy(F.col(COUNT).desc(), F.col(LENGTH).asc())
+        .limit(1)
+        .collect()
     )
-    return (
-        flagged_df.mapInArrow(
-            similarity_tiles.reasons_fn(expected_dim, metric == S.COSINE), checked_schema
-        )
-        .withColumn(S.REASON, F.coalesce(F.col(PRE_REASON), F.col(S.REASON)))
-        .drop(PRE_REASON)
-    )
+    return int(lengths[0][LENGTH]) if lengths else 0
 
 
 def select_rejects(checked_df: DataFrame) -> DataFrame:
