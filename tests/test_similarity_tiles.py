@@ -151,14 +151,20 @@ def test_topk_many_ties_beyond_the_candidate_margin(metric: str) -> None:
 
 
 def pair_kernel_rows(
-    prep: st.Prepared, k: int, pair_block: int, tile: int
+    prep: st.Prepared, k: int, pair_block: int, tile: int, workers: int = 0
 ) -> list[tuple[str, str, float, int]]:
-    """The top-k job's two steps in-process: every block pair's candidates, then each block's merge."""
+    """The top-k job's two steps in-process: every block pair's candidates, then each block's merge.
+
+    ``workers`` > 0: the pairs go round-robin, last pair first, to that many workers, each with its
+    own floors (as Spark's reused Python workers do); 0: no floors."""
     width = st.candidate_width(prep.n, k)
     blocks = math.ceil(prep.n / pair_block)
+    floors = [np.full(prep.n, -np.inf, dtype=np.float32) for _ in range(workers)]
     found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-    for a, b in st.block_pairs(blocks):
-        for block, keys, cols in st.pair_candidates(prep, a, b, pair_block, tile, width):
+    pairs = st.block_pairs(blocks)[::-1] if workers else st.block_pairs(blocks)
+    for number, (a, b) in enumerate(pairs):
+        shared = floors[number % workers] if workers else None
+        for block, keys, cols in st.pair_candidates(prep, a, b, pair_block, tile, width, shared):
             found.setdefault(block, []).append((keys, cols))
     rows = []
     for block in range(blocks):
@@ -186,7 +192,11 @@ def test_pair_kernel_with_tile_bounds_matches_brute_force(metric: str) -> None:
     x[100:120] = x[7]  # 21 identical vectors: ties beyond the candidate margin
     prep = st.prepare(*sorted_input(skus, x), metric)
     assert st.candidate_width(n, 10) <= 256 // st.GROUP
-    assert_topk_equal(pair_kernel_rows(prep, 10, 256, 256), brute_topk(skus, x, metric, 10))
+    expected = brute_topk(skus, x, metric, 10)
+    assert_topk_equal(pair_kernel_rows(prep, 10, 256, 256), expected)
+    # Floors shared by the pairs of a worker: fewer candidates per pair, the same result.
+    assert_topk_equal(pair_kernel_rows(prep, 10, 256, 256, workers=2), expected)
+    assert_topk_equal(pair_kernel_rows(prep, 10, 128, 256, workers=1), expected)
 
 
 def test_group_maxima_bound_is_below_the_kth_largest() -> None:

@@ -310,9 +310,21 @@ def load_prepared(input_uri: str, valid_uri: str, metric: str, device: torch.dev
     key = (input_uri, valid_uri, metric, str(device))
     if key not in _CACHE:
         _CACHE.clear()  # one matrix per worker at a time: memory stays bounded
+        _FLOORS.clear()
         skus, raw = read_matrix(input_uri, valid_uri)
         _CACHE[key] = prepare(skus, raw, metric, device)
     return _CACHE[key]
+
+
+_FLOORS: dict[int, np.ndarray] = {}
+
+
+def worker_floors(prep: Prepared, width: int) -> np.ndarray:
+    """This worker's per-row floors for ``width`` candidates over the cached matrix (see
+    ``pair_candidates``): shared by the pairs the worker computes, forgotten with the matrix."""
+    if width not in _FLOORS:
+        _FLOORS[width] = np.full(prep.n, -np.inf, dtype=np.float32)
+    return _FLOORS[width]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -647,11 +659,23 @@ def _update(
 
 
 def pair_candidates(
-    prep: Prepared, a: int, b: int, pair_block: int, tile: int, width: int
+    prep: Prepared,
+    a: int,
+    b: int,
+    pair_block: int,
+    tile: int,
+    width: int,
+    floors: np.ndarray | None = None,
 ) -> list[tuple[int, np.ndarray, np.ndarray]]:
     """float32 top-``width`` candidates of the rows of blocks ``a`` and ``b`` (``a <= b``) among the
     other block's rows (self excluded): ``[(block, keys best first, column indices), ...]``, one entry
     per block (one when ``a == b``). Blocks are ``pair_block`` rows, tiles ``tile`` x ``tile``.
+
+    ``floors`` (N,), optional, updated in place: lower bounds of each row's ``width``-th best key
+    over ALL columns, e.g. learnt from the pairs this worker did before. A key below its row's floor
+    cannot be in the row's global top-``width``, so it is not kept, and a row may then get fewer than
+    ``width`` candidates from this pair (padded with -inf / -1); the merge over all pairs still has
+    every key >= the global ``width``-th.
 
     Off the diagonal every tile updates its rows and its columns. In a diagonal block only the tiles
     on and above the diagonal are computed; a tile on it holds both directions of its pairs already,
@@ -661,6 +685,9 @@ def pair_candidates(
     b0, b1 = b * pair_block, min(prep.n, (b + 1) * pair_block)
     best_a = RunningTopk(a0, a1 - a0, width)
     best_b = best_a if a == b else RunningTopk(b0, b1 - b0, width)
+    if floors is not None:
+        best_a.floor[:] = floors[a0:a1]
+        best_b.floor[:] = floors[b0:b1]
     for r0 in range(a0, a1, tile):
         r1 = min(a1, r0 + tile)
         rows = torch.arange(r0, r1, device=prep.device)
@@ -676,6 +703,9 @@ def pair_candidates(
     out = [(a, *best_a.result())]
     if a != b:
         out.append((b, *best_b.result()))
+    if floors is not None:  # the w-th best over some columns is <= the w-th best over all of them
+        np.maximum(floors[a0:a1], best_a.floor, out=floors[a0:a1])
+        np.maximum(floors[b0:b1], best_b.floor, out=floors[b0:b1])
     return out
 
 
@@ -808,7 +838,7 @@ def topk_candidates_fn(
         width = candidate_width(prep.n, k)
         for pair in _blocks(batches):
             a, b = pairs[pair]
-            found = pair_candidates(prep, a, b, pair_block, tile, width)
+            found = pair_candidates(prep, a, b, pair_block, tile, width, worker_floors(prep, width))
             yield pa.RecordBatch.from_arrays(
                 [
                     pa.array([block for block, _, _ in found], type=pa.int32()),
