@@ -439,6 +439,53 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
     assert sorted(os.listdir(output.parent)) == ["catalog.csv", "edges", "gremlin"]
 
 
+def test_the_gate_checks_every_edge_file_head_and_stops_a_bad_export(sized_inputs, tmp_path, monkeypatch):
+    output, reports = tmp_path / "gremlin", tmp_path / "R"
+    args = [
+        "--catalog",
+        str(sized_inputs["catalog"]),
+        "--edges",
+        str(sized_inputs["edges"]),
+        "--output",
+        str(output),
+        "--run-date",
+        RUN_DATE,
+        "--report-dir",
+        str(reports),
+        "--compression",
+        "none",
+        "--target-file-mb",
+        "1",
+        "--gate-edge-rows",
+        "9",
+    ]
+    export_gremlin.main(args)
+    edge_files = data_files(output / "edges")
+    per_file = math.ceil(9 / len(edge_files))
+    quality_file = reports / "export" / f"dt={RUN_DATE}.quality.json"
+    results = json.loads(quality_file.read_text())
+    assert results["success"] is True and len(edge_files) >= 3
+    assert (results["context"]["edge_rows_checked"], results["context"]["edge_sample"]) == (
+        per_file * len(edge_files),
+        f"first {per_file} rows of each edge file",
+    )
+    counted = {
+        name: {check["element_count"] for check in dataset["expectations"]} - {None}
+        for name, dataset in results["datasets"].items()
+    }
+    edges_checked = per_file * len(edge_files)
+    assert counted == {"gremlin_vertices": {1000}, "gremlin_edges": {edges_checked}, "funnel": {1}}
+    before = {str(p.relative_to(output)): p.read_bytes() for p in data_files(output)}
+
+    # A writer bug that gives every edge the same ~id passes the job's own file checks; the gate stops it.
+    monkeypatch.setattr(export_gremlin.tg, "edge_id", lambda label, from_id, to_id: F.lit("similar:same"))
+    with pytest.raises(JobError, match="gremlin_edges: expect_column_values_to_be_unique"):
+        export_gremlin.main(args)
+    assert json.loads(quality_file.read_text())["success"] is False
+    assert {str(p.relative_to(output)): p.read_bytes() for p in data_files(output)} == before
+    assert sorted(os.listdir(tmp_path)) == ["R", "gremlin"]
+
+
 def test_missing_input_and_bad_label_are_clear_errors(tmp_path):
     with pytest.raises(JobError, match="--edges: nothing at"):
         export_gremlin.main(

@@ -24,6 +24,10 @@ _VALUES = "_values"
 _HAS_FROM = "_has_from"
 _HAS_TO = "_has_to"
 _SUSPECT = "_is_duplicate_suspect"
+_BUCKET = "_key_bucket"
+_KEYS = "_keys"
+_REPEATED = "_repeated"
+REPEATED_KEYS = "repeated"
 
 
 def blank_to_null(column: Column) -> Column:
@@ -227,6 +231,26 @@ def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
         .count()
         .filter(F.col("count") > 1)
         .select(G.EDGE_KEY)
+    )
+
+
+def repeated_edge_key_count(edges_df: DataFrame, *, buckets: int) -> DataFrame:
+    """One row, one column ``repeated``: rows with both ends whose :data:`G.EDGE_KEY` another row has too.
+
+    0 proves every (src, dst) distinct (equal pairs always share a key); more than 0 says there are
+    duplicates or hash collisions, which :func:`duplicate_edge_keys` and :func:`mark_duplicate_edges` then
+    sort out exactly. The keys are gathered into ``buckets`` lists by key (partial lists built where the
+    rows are read), so what is shuffled is a few arrays rather than one row per edge, and each list's
+    size is compared with its distinct size. Memory: every key of a task is held while its lists grow,
+    so callers keep this for inputs of tens of millions of edges at most.
+    """
+    key = F.col(G.EDGE_KEY)
+    return (
+        edges_df.filter(F.col(S.SRC).isNotNull() & F.col(S.DST).isNotNull())
+        .groupBy(F.pmod(key, F.lit(buckets)).alias(_BUCKET))
+        .agg(F.collect_list(key).alias(_KEYS))
+        .select((F.size(_KEYS) - F.size(F.array_distinct(_KEYS))).alias(_REPEATED))
+        .agg(F.coalesce(F.sum(_REPEATED), F.lit(0)).alias(REPEATED_KEYS))
     )
 
 
