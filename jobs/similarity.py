@@ -157,8 +157,9 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     files = storage.list_files(args.input, suffixes=(".parquet",))
     if not files:
         raise JobError(f"--input {args.input} holds no Parquet files")
-    files_df = spark.createDataFrame([(uri,) for uri in files], FILES_SCHEMA).repartition(
-        min(len(files), spark.sparkContext.defaultParallelism)
+    slices = min(len(files), spark.sparkContext.defaultParallelism)
+    files_df = spark.createDataFrame(
+        spark.sparkContext.parallelize([(uri,) for uri in files], slices), FILES_SCHEMA
     )
     facts_df = files_df.transform(embedding_facts).cache()
     try:
