@@ -162,6 +162,24 @@ def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
         raise RuntimeError("staged train and test sets are both empty")
 
 
+class PhaseClock:
+    """Wall time of the job's steps, each measured from the end of the previous one.
+
+    Logged at INFO as each step ends and written to the report (``phase_seconds``): where a run's time
+    went, on any cluster, without a profiler.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def lap(self, name: str) -> None:
+        now = time.perf_counter()
+        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 2)
+        self._last = now
+        LOG.info("phase %s: %.2fs", name, self.seconds[name])
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started_at = time.time()
     args = parse_args(argv)
@@ -171,6 +189,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     LOG.info("reading %d files (%d of the run date)", len(files), len(run_day_files))
 
     spark = get_spark(APP_NAME, conf=SPARK_CONF)
+    clock = PhaseClock()
     run_day_marker = f"/dt={run_date.isoformat()}/"
     parsed_df = (
         read_lines(spark, files)
@@ -202,6 +221,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if reason is not None:
             rejected[reason] += n
     valid_lines = lines_read - sum(rejected.values())
+    clock.lap("parse")
 
     run_id = storage.new_run_id()
     staging_root = storage.staging_uri(args.output, STAGE, run_id)
@@ -209,27 +229,36 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         name: storage.join(staging_root, name)
         for name in (REJECTS_DIR, USERS_INDEX_DIR, ITEMS_INDEX_DIR, TRAIN_DIR, TEST_DIR)
     }
+    # Frames this run caches, released however it ends: the session may outlive the job (tests, Glue).
+    cached: list[DataFrame] = [parsed_df]
     try:
         _write(parsed_df.transform(tx.filter_rejected).coalesce(1), staged[REJECTS_DIR])
+        clock.lap("rejects")
 
         events_df = parsed_df.transform(tx.filter_valid).transform(tx.drop_duplicate_events)
-        positives_df = events_df.transform(tx.to_positives).localCheckpoint(eager=True)
-        parsed_df.unpersist()
+        positives_df = events_df.transform(tx.to_positives).persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(positives_df)
         totals = positives_df.agg(F.count(F.lit(1)).alias("n"), F.sum(S.EVENT_COUNT).alias("events")).first()
+        parsed_df.unpersist()
         n_positives = int(totals["n"])
         unique_events = int(totals["events"] or 0)
         duplicates = valid_lines - unique_events
+        clock.lap("positives")
 
         core_df, rounds = tx.filter_k_core(
             positives_df, min_user=args.min_user_interactions, min_item=args.min_item_interactions
         )
+        cached.append(core_df)
         n_core = core_df.count()
         if n_core == 0:
             raise JobError(
                 f"no positives left after the k-core (min users {args.min_user_interactions}, "
                 f"min items {args.min_item_interactions}) for {run_date}"
             )
+        clock.lap("k_core")
 
+        kept_items_df = core_df.select(S.ITEM_ID).distinct().persist(StorageLevel.MEMORY_AND_DISK)
+        cached.append(kept_items_df)
         users_index_df = tx.extend_index(
             read_index(spark, storage.join(args.output, USERS_INDEX_DIR), S.USER_INDEX_SCHEMA),
             tx.first_seen(positives_df, core_df, S.USER_ID),
@@ -239,38 +268,51 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         items_index_df = tx.extend_index(
             read_index(spark, storage.join(args.output, ITEMS_INDEX_DIR), S.ITEM_INDEX_SCHEMA),
-            tx.first_seen(positives_df, core_df, S.ITEM_ID),
+            tx.first_seen(positives_df, kept_items_df, S.ITEM_ID),
             id_col=S.ITEM_ID,
             idx_col=S.ITEM_IDX,
             run_date=run_date,
         )
         # One sorted file per map: they are small next to the events, and a later run reads them whole.
+        # Cached as they are written; the joins below read them from memory.
         users_index_df = (
-            users_index_df.repartition(1).sortWithinPartitions(S.USER_IDX).localCheckpoint(eager=True)
+            users_index_df.repartition(1).sortWithinPartitions(S.USER_IDX).persist(StorageLevel.MEMORY_AND_DISK)
         )
         items_index_df = (
-            items_index_df.repartition(1).sortWithinPartitions(S.ITEM_IDX).localCheckpoint(eager=True)
+            items_index_df.repartition(1).sortWithinPartitions(S.ITEM_IDX).persist(StorageLevel.MEMORY_AND_DISK)
         )
+        cached += [users_index_df, items_index_df]
         _write(users_index_df, staged[USERS_INDEX_DIR])
         _write(items_index_df, staged[ITEMS_INDEX_DIR])
+        clock.lap("index")
 
-        indexed_df = core_df.transform(tx.with_indices, users_index_df, items_index_df)
-        ranks_df = tx.item_ranks(indexed_df).localCheckpoint(eager=True)
+        # Tonight's items straight from their map (no pass over the positives), cached: small, used by
+        # the split and both negative samplers.
+        ranks_df = tx.item_ranks(
+            items_index_df.join(kept_items_df, on=S.ITEM_ID, how="left_semi")
+        ).persist(StorageLevel.MEMORY_AND_DISK)
         split_df = (
-            indexed_df.transform(tx.to_user_histories, ranks_df)
+            core_df.transform(tx.with_indices, users_index_df, items_index_df)
+            .transform(tx.to_user_histories, ranks_df)
             .transform(tx.with_split, split=args.split, test_fraction=args.test_fraction)
             # Same rows in the same order on every run: output files are byte-for-byte repeatable.
             .sortWithinPartitions(S.USER_IDX)
-            .localCheckpoint(eager=True)
+            # Filled by the train write, read again by the test write and the counts.
+            .persist(StorageLevel.MEMORY_AND_DISK)
         )
+        cached += [ranks_df, split_df]
         _write(
             tx.explode_train_rows(split_df, ranks_df, negatives=args.train_negatives, seed=args.seed),
             staged[TRAIN_DIR],
         )
+        for frame in (positives_df, core_df, kept_items_df, users_index_df, items_index_df):
+            frame.unpersist()
+        clock.lap("split_and_train")
         _write(
             tx.explode_test_rows(split_df, ranks_df, negatives=args.test_negatives, seed=args.seed),
             staged[TEST_DIR],
         )
+        clock.lap("test")
 
         counts = _output_counts(staged, split_df, ranks_df, args.test_negatives)
         check_staged(staged, counts)
@@ -281,6 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             dropped_by_reason={DUPLICATE_REASON: duplicates} if duplicates else {},
         )
         check_funnel(STAGE, funnel)
+        clock.lap("counts")
         run_gate(
             STAGE,
             {
@@ -300,6 +343,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             },
         )
 
+        clock.lap("quality")
         # Index maps first: if a later swap fails, a rerun reuses the ids already published.
         finals = {
             USERS_INDEX_DIR: storage.join(args.output, USERS_INDEX_DIR),
@@ -311,7 +355,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         for name, final in finals.items():
             storage.publish(staged[name], final)
     finally:
+        for frame in cached:
+            frame.unpersist()
         storage.remove(staging_root)
+    clock.lap("publish")
 
     details = {
         "lines_read": lines_read,
@@ -338,6 +385,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         },
         "input_files": len(files),
         "outputs": {name: final for name, final in finals.items()},
+        "phase_seconds": clock.seconds,
     }
     return write_report(
         cli.reports_root(args), STAGE, run_date, funnel, started_at=started_at, details=details

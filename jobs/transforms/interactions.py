@@ -15,6 +15,7 @@ import datetime as dt
 import logging
 from collections.abc import Sequence
 
+from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -213,25 +214,70 @@ def filter_k_core(
 ) -> tuple[DataFrame, int]:
     """Repeat :func:`filter_min_degree` until both thresholds hold for every remaining row.
 
-    Each round's result is local-checkpointed so the lineage (and the plan Spark re-optimises) stays one
-    round long. Returns the filtered positives (checkpointed) and the number of rounds run.
+    Each round counts the degrees of the current rows (one small table per side, local-checkpointed),
+    stops when no user and no item is below its threshold, and otherwise keeps the rows of
+    ``positives_df`` whose user and item pass. Filtering the original rows by the latest lists is the same
+    as filtering the latest rows: degrees only fall from round to round, so an id dropped once never
+    passes again. Every round's plan is thus ``positives_df`` joined with two checkpointed lists: the
+    lineage stays one round long, and only the current round's rows are cached (persisted, columnar), not
+    a copy per round. A round that removes nothing costs two aggregations and no join.
+
+    Returns:
+        The filtered positives and the number of rounds run (the last one finds nothing to remove). The
+        frame is ``positives_df`` itself when nothing was removed, else a persisted frame the caller
+        unpersists when done.
 
     Raises:
         RuntimeError: if it has not converged after ``max_iterations`` rounds (it always converges: each
-            round that changes anything removes at least one row).
+            round that goes on removes at least one row).
     """
-    current_df = positives_df.localCheckpoint(eager=True)
-    count = current_df.count()
+    current_df = positives_df
     for iteration in range(1, max_iterations + 1):
-        next_df = filter_min_degree(current_df, min_user=min_user, min_item=min_item).localCheckpoint(
-            eager=True
+        users_df, users = _degrees(current_df, S.USER_ID, min_user)
+        items_df, items = _degrees(current_df, S.ITEM_ID, min_item)
+        LOG.info(
+            "k-core round %d: %d positives, %d of %d users below %d, %d of %d items below %d",
+            iteration, users["rows"], users["low"], users["ids"], min_user,
+            items["low"], items["ids"], min_item,
         )
-        next_count = next_df.count()
-        LOG.info("k-core round %d: %d -> %d positives", iteration, count, next_count)
-        if next_count == count:
-            return next_df, iteration
-        current_df, count = next_df, next_count
+        if users["low"] == 0 and items["low"] == 0:
+            return current_df, iteration
+        next_df = (
+            positives_df.join(_keep(users_df, users, S.USER_ID, min_user), on=S.USER_ID, how="left_semi")
+            .join(_keep(items_df, items, S.ITEM_ID, min_item), on=S.ITEM_ID, how="left_semi")
+            .persist(StorageLevel.MEMORY_AND_DISK)
+        )
+        if current_df is not positives_df:
+            current_df.unpersist()
+        current_df = next_df
     raise RuntimeError(f"k-core did not converge in {max_iterations} rounds")
+
+
+_DEGREE = "_degree"
+# Up to this many kept ids, the k-core's semi joins broadcast the id list instead of shuffling the
+# positives (a few tens of MB at most); above it they are ordinary shuffled joins.
+BROADCAST_MAX_IDS = 2_000_000
+
+
+def _degrees(rows_df: DataFrame, id_col: str, minimum: int) -> tuple[DataFrame, dict[str, int]]:
+    """``id_col, _degree`` of every id in ``rows_df`` (checkpointed: small), and its totals.
+
+    Totals: ``rows`` (the sum of degrees: the rows of ``rows_df``), ``ids`` and ``low`` (ids below
+    ``minimum``).
+    """
+    degrees_df = rows_df.groupBy(id_col).agg(F.count(F.lit(1)).alias(_DEGREE)).localCheckpoint(eager=True)
+    totals = degrees_df.agg(
+        F.sum(_DEGREE).alias("rows"),
+        F.count(F.lit(1)).alias("ids"),
+        F.count(F.when(F.col(_DEGREE) < minimum, 1)).alias("low"),
+    ).first()
+    return degrees_df, {key: int(totals[key] or 0) for key in ("rows", "ids", "low")}
+
+
+def _keep(degrees_df: DataFrame, totals: dict[str, int], id_col: str, minimum: int) -> DataFrame:
+    """The ids at or above ``minimum``; broadcast when there are few enough of them."""
+    kept_df = degrees_df.filter(F.col(_DEGREE) >= minimum).select(id_col)
+    return F.broadcast(kept_df) if totals["ids"] - totals["low"] <= BROADCAST_MAX_IDS else kept_df
 
 
 # --------------------------------------------------------------------------------------------------
