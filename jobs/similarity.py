@@ -39,7 +39,6 @@ from collections.abc import Sequence
 from typing import Any
 
 from pyspark.sql import SparkSession
-from pyspark.sql import functions as F
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
@@ -55,12 +54,10 @@ from jobs.common.quality import (
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms.similarity import (
-    duplicate_skus,
     embedding_facts,
     expected_dimension,
     explode_all_pairs_edges,
     explode_topk_edges,
-    select_rejects,
     with_rejection_reason,
 )
 from schemas import similarity as S
@@ -77,7 +74,6 @@ DEVICES = ("auto", "cpu", "cuda")
 SINK_PARQUET = "parquet"
 SINK_COUNT = "count"  # compute every edge, write none (benchmarks, sizing runs)
 SINKS = (SINK_PARQUET, SINK_COUNT)
-IS_VALID = "is_valid"
 CHECKED = "checked"
 COUNT = "count"
 MIN_VALID_PRODUCTS = 2
@@ -131,10 +127,36 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def reason_counts(spark: SparkSession, checked_uri: str) -> dict[str | None, int]:
-    """Rows per reason (None = valid) of the staged check output (reads the reason column only)."""
-    rows = spark.read.parquet(storage.spark_path(checked_uri)).groupBy(S.REASON).count().collect()
-    return {row[S.REASON]: int(row[COUNT]) for row in rows}
+def disposition_uri(checked_uri: str, disposition: str) -> str:
+    """The folder of one disposition in the staged check output."""
+    return storage.join(checked_uri, f"{S.DISPOSITION}={disposition}")
+
+
+def reason_counts(checked_uri: str) -> dict[str | None, int]:
+    """Rows per reason (None = valid) of the staged check output: the valid rows from the Parquet
+    footers, the left-out ones (few) from their reason column; read on the driver, no Spark job."""
+    counts: dict[str | None, int] = {}
+    valid = storage.parquet_rows(disposition_uri(checked_uri, S.DISPOSITION_VALID))
+    if valid:
+        counts[None] = valid
+    for disposition in (S.DISPOSITION_REJECTED, S.DISPOSITION_DROPPED):
+        uri = disposition_uri(checked_uri, disposition)
+        if storage.exists(uri):
+            reasons = storage.read_parquet(uri, [S.REASON]).column(S.REASON).to_pylist()
+            for reason in reasons:
+                counts[reason] = counts.get(reason, 0) + 1
+    return counts
+
+
+def write_empty_rejects(uri: str) -> None:
+    """An empty rejects dataset (one Parquet file with ``REJECT_SCHEMA``'s columns, no rows)."""
+    import pyarrow.parquet as pq
+    from pyspark.sql.pandas.types import to_arrow_schema
+
+    fs, path = storage.filesystem(uri)
+    fs.create_dir(path, recursive=True)
+    with fs.open_output_stream(f"{path}/part-00000-empty.parquet") as sink:
+        pq.write_table(to_arrow_schema(S.REJECT_SCHEMA).empty_table(), sink)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -162,25 +184,19 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         spark.sparkContext.parallelize([(uri,) for uri in files], slices), FILES_SCHEMA
     )
     facts_df = files_df.transform(embedding_facts).cache()
+    checked_uri = storage.join(staging, CHECKED)
     try:
         expected_dim = expected_dimension(facts_df)
         LOG.info("expected embedding length %d (%.1fs)", expected_dim, time.time() - started_at)
-        checked_uri = storage.join(staging, CHECKED)
         (
-            facts_df.transform(
-                with_rejection_reason,
-                duplicate_skus(facts_df),
-                expected_dim=expected_dim,
-                metric=metric,
-            )
-            .withColumn(IS_VALID, F.col(S.REASON).isNull())
-            .write.partitionBy(IS_VALID)
+            facts_df.transform(with_rejection_reason, expected_dim=expected_dim, metric=metric)
+            .write.partitionBy(S.DISPOSITION)
             .mode("overwrite")
             .parquet(storage.spark_path(checked_uri))
         )
     finally:
         facts_df.unpersist()
-    counts = reason_counts(spark, checked_uri)
+    counts = reason_counts(checked_uri)
     LOG.info("checked: %s (%.1fs)", counts, time.time() - started_at)
     products = counts.pop(None, 0)
     rows_in = products + sum(counts.values())
@@ -199,7 +215,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     blocks_df = spark.range(0, tasks, 1, numPartitions=min(tasks, args.parallelism or tasks))
     tile_options = {
         "input_uri": args.input,
-        "valid_uri": storage.join(checked_uri, f"{IS_VALID}=true"),
+        "valid_uri": disposition_uri(checked_uri, S.DISPOSITION_VALID),
         "metric": metric,
         "block_size": block_size,
         "column_block": block_size * COLUMN_BLOCKS_PER_TILE,
@@ -224,7 +240,6 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         )
 
     staged_edges = storage.join(staging, STAGE)
-    staged_rejects = storage.join(staging, "rejects")
     LOG.info("tiles: %d products, %d blocks, %d tasks", products, blocks, tasks)
     if args.sink == SINK_COUNT:
         edges = edges_df.count()
@@ -234,14 +249,8 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             .mode("overwrite")
             .parquet(storage.spark_path(staged_edges))
         )
-        edges = spark.read.parquet(storage.spark_path(staged_edges)).count()
+        edges = storage.parquet_rows(staged_edges)
         LOG.info("edges written: %d (%.1fs)", edges, time.time() - started_at)
-        if counts:
-            invalid_uri = storage.join(checked_uri, f"{IS_VALID}=false")
-            rejects_df = spark.read.parquet(storage.spark_path(invalid_uri)).transform(select_rejects)
-        else:
-            rejects_df = spark.createDataFrame([], S.REJECT_SCHEMA)
-        rejects_df.write.mode("overwrite").parquet(storage.spark_path(staged_rejects))
 
     # Staged and checked -> publish.
     if not args.all_pairs:
@@ -264,6 +273,9 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
     final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")
     if args.sink == SINK_PARQUET:
+        staged_rejects = disposition_uri(checked_uri, S.DISPOSITION_REJECTED)
+        if not storage.exists(staged_rejects):  # no rejected row: an empty dataset, not a missing one
+            write_empty_rejects(staged_rejects)
         storage.publish(staged_edges, final_edges)
         storage.publish(staged_rejects, final_rejects)
 

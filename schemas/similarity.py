@@ -60,6 +60,12 @@ REASON_WRONG_LENGTH = "wrong_length"  # length != the expected dimension (see jo
 REASON_NON_FINITE = "non_finite"  # NaN or infinite value, or a squared norm beyond float32's range
 REASON_ZERO_NORM = "zero_norm"  # all zeros: cosine is undefined (only rejected for --metric cosine)
 DROPPED_REASONS = (REASON_STATUS_ERROR,)
+# Where the check step puts each row (the staged check output is partitioned by it; the "rejected"
+# partition is published as the rejects dataset, REJECT_SCHEMA).
+DISPOSITION = "disposition"
+DISPOSITION_VALID = "valid"
+DISPOSITION_REJECTED = "rejected"
+DISPOSITION_DROPPED = "dropped"
 REJECT_REASONS = (
     REASON_MISSING_SKU,
     REASON_DUPLICATE_SKU,

@@ -92,3 +92,23 @@ def test_publish_on_s3_swaps_objects(aws_env: str) -> None:
     assert storage.list_files("s3://stylegraph-test/out/train") == [
         "s3://stylegraph-test/out/train/dt=0/a", "s3://stylegraph-test/out/train/dt=1/a",
         "s3://stylegraph-test/out/train/dt=1/sub/b"]
+
+
+def test_read_parquet_and_parquet_rows(tmp_path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    root = tmp_path / "data"
+    (root / "k=1").mkdir(parents=True)
+    pq.write_table(pa.table({"a": [1, 2, 3], "b": ["x", "y", None]}), root / "k=1" / "p0.parquet")
+    pq.write_table(pa.table({"a": [4]}), root / "p1.parquet")  # no column b: filled with nulls
+    pq.write_table(pa.table({"a": [99]}), root / "_hidden.parquet")  # skipped, as Spark does
+    (root / "_SUCCESS").write_text("")
+    assert storage.parquet_rows(str(root)) == 4
+    table = storage.read_parquet(str(root))
+    assert sorted(zip(table.column("a").to_pylist(), table.column("b").to_pylist())) == [
+        (1, "x"), (2, "y"), (3, None), (4, None)]
+    assert storage.read_parquet(str(root), ["a"]).column_names == ["a"]
+    assert storage.parquet_rows(str(tmp_path / "missing")) == 0
+    with pytest.raises(FileNotFoundError, match="no Parquet files"):
+        storage.read_parquet(str(tmp_path / "missing"))

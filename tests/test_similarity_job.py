@@ -80,6 +80,12 @@ def test_topk_job_equals_brute_force(
         "edges": N * min(k, N - 1),
     }
     assert read_json(report["report_uri"])["funnel"]["rows_out"] == N
+    # No rejected row: the rejects dataset is there, empty, with its columns.
+    rejects_df = spark.read.parquet(str(tmp_path / "out" / "rejects" / "similarity" / f"dt={RUN_DATE}"))
+    assert rejects_df.collect() == []
+    assert [(f.name, f.dataType) for f in rejects_df.schema.fields] == [
+        (f.name, f.dataType) for f in S.REJECT_SCHEMA.fields
+    ]
 
 
 @pytest.mark.parametrize(
@@ -132,6 +138,7 @@ def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Pa
     report = run_job(inp, out, "--top-k", "3", "--block-size", "4", "--report-dir", str(tmp_path / "r"))
 
     rejects_df = spark.read.parquet(str(out / "rejects" / "similarity" / f"dt={RUN_DATE}"))
+    assert rejects_df.columns == [f.name for f in S.REJECT_SCHEMA.fields]
     rejects = sorted((tuple(r) for r in rejects_df.collect()), key=str)
     assert rejects == sorted(
         [

@@ -270,26 +270,14 @@ def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: torch.device |
 _CACHE: dict[tuple[str, ...], Prepared] = {}
 
 
-def _read_parquet(uri: str, columns: list[str]) -> pa.Table:
-    """Every Parquet file below ``uri`` (hidden and ``_`` files skipped, as Spark does), concatenated."""
-    fs, _ = storage.filesystem(uri)
-    tables = [
-        pq.read_table(storage.filesystem(file_uri)[1], filesystem=fs, columns=columns)
-        for file_uri in storage.list_files(uri, suffixes=(".parquet",))
-    ]
-    if not tables:
-        raise RuntimeError(f"no Parquet files under {uri}")
-    return pa.concat_tables(tables, promote=True)
-
-
 def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
     """The valid embeddings, sorted by sku: (skus, float32 matrix).
 
     ``input_uri`` is the embed job's Parquet; ``valid_uri`` the check step's valid rows (a ``sku``
     column). Valid skus are unique among the "ok" rows, so "ok" and a valid sku picks one row each.
     """
-    valid = _read_parquet(valid_uri, [E.SKU]).column(E.SKU)
-    table = _read_parquet(input_uri, [E.SKU, E.STATUS, E.EMBEDDING])
+    valid = storage.read_parquet(valid_uri, [E.SKU]).column(E.SKU)
+    table = storage.read_parquet(input_uri, [E.SKU, E.STATUS, E.EMBEDDING])
     keep = pc.and_(
         pc.fill_null(pc.equal(table.column(E.STATUS), E.STATUS_OK), False),
         pc.is_in(table.column(E.SKU), value_set=valid.combine_chunks()),

@@ -112,6 +112,35 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
     return sorted(out)
 
 
+def read_parquet(uri: str, columns: list[str] | None = None) -> Any:
+    """Every Parquet file below ``uri`` (as ``list_files`` finds them), concatenated into one
+    ``pyarrow.Table`` on this process: for small datasets (a job's own check results, rejects).
+    Raises FileNotFoundError when there is none."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fs, _ = filesystem(uri)
+    tables = [
+        pq.read_table(filesystem(file_uri)[1], filesystem=fs, columns=columns)
+        for file_uri in list_files(uri, suffixes=(".parquet",))
+    ]
+    if not tables:
+        raise FileNotFoundError(f"no Parquet files under {uri}")
+    return pa.concat_tables(tables, promote=True)
+
+
+def parquet_rows(uri: str) -> int:
+    """Rows in every Parquet file below ``uri``, from their footers (no data read); 0 when none."""
+    import pyarrow.parquet as pq
+
+    fs, _ = filesystem(uri)
+    total = 0
+    for file_uri in list_files(uri, suffixes=(".parquet",)):
+        with fs.open_input_file(filesystem(file_uri)[1]) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
 def remove(uri: str) -> None:
     """Delete a file or folder if it exists."""
     fs, path = filesystem(uri)

@@ -1,7 +1,7 @@
 """Pure DataFrame -> DataFrame steps of the similarity job (checks, rejects, tiled edges)."""
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame
+from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
 from schemas import embeddings as E
@@ -9,7 +9,6 @@ from schemas import similarity as S
 from udfs import similarity_tiles
 
 COUNT = "count"
-IS_DUPLICATE = "is_duplicate"
 LENGTH = "length"
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
 
@@ -24,18 +23,6 @@ def is_missing_sku(sku: Column) -> Column:
     return sku.isNull() | (F.trim(sku) == F.lit(""))
 
 
-def duplicate_skus(embeddings_df: DataFrame) -> DataFrame:
-    """The skus that occur in more than one "ok" row (one column ``sku``)."""
-    return (
-        embeddings_df.filter(is_ok(F.col(E.STATUS)))
-        .filter(~is_missing_sku(F.col(E.SKU)))
-        .groupBy(E.SKU)
-        .count()
-        .filter(F.col(COUNT) > 1)
-        .select(E.SKU)
-    )
-
-
 def embedding_facts(files_df: DataFrame) -> DataFrame:
     """One row per input file URI (first column) in; every row of those files out, as
     ``FACTS_SCHEMA``: sku, image_path, status, embedding_length, non_finite, zero_norm.
@@ -46,28 +33,31 @@ def embedding_facts(files_df: DataFrame) -> DataFrame:
     return files_df.mapInArrow(similarity_tiles.embedding_facts_fn(), S.FACTS_SCHEMA)
 
 
-def with_rejection_reason(
-    facts_df: DataFrame, duplicates_df: DataFrame, *, expected_dim: int, metric: str
-) -> DataFrame:
-    """One row per embedding row (``embedding_facts``): sku, image_path, embedding_length and
-    ``reason`` (null = usable).
+def with_rejection_reason(facts_df: DataFrame, *, expected_dim: int, metric: str) -> DataFrame:
+    """One row per embedding row (``embedding_facts``): sku, image_path, embedding_length, ``reason``
+    (null = usable) and ``disposition`` (valid, rejected, or dropped on purpose).
 
-    Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy),
-    null embedding, wrong length (``!= expected_dim``), non-finite, zero norm (cosine only).
+    Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy of a
+    sku found in more than one "ok" row), null embedding, wrong length (``!= expected_dim``),
+    non-finite, zero norm (cosine only).
     """
+    ok_copies = F.count(F.when(is_ok(F.col(E.STATUS)), F.lit(1))).over(Window.partitionBy(E.SKU))
     reason = (
         F.when(~is_ok(F.col(E.STATUS)), F.lit(S.REASON_STATUS_ERROR))
         .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
-        .when(F.col(IS_DUPLICATE).isNotNull(), F.lit(S.REASON_DUPLICATE_SKU))
+        .when(ok_copies > 1, F.lit(S.REASON_DUPLICATE_SKU))
         .when(F.col(S.EMBEDDING_LENGTH).isNull(), F.lit(S.REASON_NULL_EMBEDDING))
         .when(F.col(S.EMBEDDING_LENGTH) != F.lit(expected_dim), F.lit(S.REASON_WRONG_LENGTH))
         .when(F.col(S.NON_FINITE), F.lit(S.REASON_NON_FINITE))
     )
     if metric == S.COSINE:
         reason = reason.when(F.col(S.ZERO_NORM), F.lit(S.REASON_ZERO_NORM))
-    return facts_df.join(
-        F.broadcast(duplicates_df.withColumn(IS_DUPLICATE, F.lit(True))), on=E.SKU, how="left"
-    ).select(E.SKU, E.IMAGE_PATH, S.EMBEDDING_LENGTH, reason.alias(S.REASON))
+    return facts_df.select(E.SKU, E.IMAGE_PATH, S.EMBEDDING_LENGTH, reason.alias(S.REASON)).withColumn(
+        S.DISPOSITION,
+        F.when(F.col(S.REASON).isNull(), F.lit(S.DISPOSITION_VALID))
+        .when(F.col(S.REASON).isin(*S.DROPPED_REASONS), F.lit(S.DISPOSITION_DROPPED))
+        .otherwise(F.lit(S.DISPOSITION_REJECTED)),
+    )
 
 
 def expected_dimension(facts_df: DataFrame) -> int:
@@ -82,13 +72,6 @@ def expected_dimension(facts_df: DataFrame) -> int:
         .collect()
     )
     return int(lengths[0][LENGTH]) if lengths else 0
-
-
-def select_rejects(checked_df: DataFrame) -> DataFrame:
-    """The rows rejected for a data problem, as ``REJECT_SCHEMA`` (dropped status errors excluded)."""
-    return checked_df.filter(
-        F.col(S.REASON).isNotNull() & ~F.col(S.REASON).isin(*S.DROPPED_REASONS)
-    ).select(*(F.col(f.name).cast(f.dataType).alias(f.name) for f in S.REJECT_SCHEMA.fields))
 
 
 def explode_topk_edges(
