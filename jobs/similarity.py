@@ -105,13 +105,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="all-pairs: write each pair in both directions (default: once, src < dst)",
     )
     parser.add_argument("--block-size", type=positive_int, default=DEFAULT_BLOCK_SIZE,
-                        help="rows per block; a task holds one block x block float32 tile")
+                        help="tile side: top-k tiles are N x N over pairs of 4N-row blocks, "
+                        "all-pairs tiles N x 4N")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: the task's GPU when it has one, else CPU")
     parser.add_argument("--threads-per-task", type=positive_int, default=None,
                         help="torch CPU threads per task (default: spark.task.cpus)")
     parser.add_argument("--parallelism", type=positive_int, default=None,
-                        help="tile tasks (default: one per row block)")
+                        help="tile tasks (default: one per block pair (top-k) or row block (all-pairs))")
     parser.add_argument("--max-records-per-file", type=positive_int, default=DEFAULT_MAX_RECORDS_PER_FILE)
     parser.add_argument("--sink", choices=SINKS, default=SINK_PARQUET,
                         help="count: compute and count the edges, publish nothing")
