@@ -423,14 +423,15 @@ def in_job_group(
         LOG.info("%s (background): %.2fs", description, time.perf_counter() - started)
 
 
-def count_repeated_edge_keys(keyed_df: DataFrame) -> int:
+def count_repeated_edge_keys(keyed_df: DataFrame, edge_plan: concurrent.futures.Future) -> int:
     """How many rows repeat an edge key (0: every (src, dst) is distinct; >0: there may be duplicates).
 
     Up to :data:`MAX_LISTED_KEYS` rows, the keys are gathered into a few lists and each list's distinct
     size compared (:func:`tg.repeated_edge_key_count`: a shuffle of a few arrays, not of millions of
-    rows); above, the keys are counted by a hash shuffle with bounded memory.
+    rows); above, the keys are counted by a hash shuffle with bounded memory. ``edge_plan`` is the
+    future of :func:`plan_edges`, whose input count picks the way.
     """
-    edges_in = keyed_df.count()  # Parquet footers: no scan
+    edges_in, _ = edge_plan.result()
     if edges_in <= MAX_LISTED_KEYS:
         buckets = max(MIN_KEY_BUCKETS, math.ceil(edges_in / KEYS_PER_BUCKET))
         return int(keyed_df.transform(tg.repeated_edge_key_count, buckets=buckets).first()[0])
@@ -487,6 +488,7 @@ def stage_vertices(
     tagged_v_df: DataFrame,
     *,
     vertices_good: int,
+    has_rejects: bool,
     with_status: bool,
 ) -> tuple[list[dict], Sizing, list[str]]:
     """Write the vertex CSVs and the catalog rejects under ``staged``, clean and describe the vertex files.
@@ -505,13 +507,14 @@ def stage_vertices(
     )
     vertices_uri = storage.join(staged, G.VERTICES_DIR)
     write_csv(vertex_rows_df, vertices_uri, compression=args.compression, sizing=vertex_sizing)
-    (
-        tagged_v_df.filter(F.col(G.REASON).isNotNull())
-        .select(*C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON)
-        .coalesce(1)  # the catalog is small
-        .write.mode("overwrite")
-        .parquet(storage.spark_path(storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)))
+    rejects_uri = storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)
+    rejects_df = tagged_v_df.filter(F.col(G.REASON).isNotNull()).select(
+        *C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON
     )
+    if has_rejects:
+        rejects_df.coalesce(1).write.mode("overwrite").parquet(storage.spark_path(rejects_uri))  # small
+    else:  # the counts say every catalog row is a vertex: no Spark job for an empty quarantine
+        write_empty_parquet(rejects_uri, rejects_df.schema)
     removed = remove_non_data_files(vertices_uri, keep=DATA_FILE_PATTERN)
     vertex_header = G.VERTEX_HEADER_WITH_STATUS if with_status else G.VERTEX_HEADER
     vertex_files = describe_files(staged, G.VERTICES_DIR, args.compression, vertex_header)
@@ -555,12 +558,12 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     group = f"{APP_NAME}-{posixpath.basename(posixpath.dirname(staged.rstrip('/')))}"
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="export")
     try:
-        repeated = pool.submit(
-            in_job_group, spark, group, "duplicate-key check", count_repeated_edge_keys, keyed_df
-        )
         edge_plan = pool.submit(
             in_job_group, spark, group, "edge count and sizing", plan_edges, spark, contract_df,
             untagged_rows_df, args,
+        )
+        repeated = pool.submit(
+            in_job_group, spark, group, "duplicate-key check", count_repeated_edge_keys, keyed_df, edge_plan
         )
         tagged_v_df, vertex_counts, nul_stripped, with_status = tag_vertices(spark, args, catalog_df)
         vertices_in = sum(vertex_counts.values())
@@ -569,7 +572,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
         edges_in, edge_sizing = edge_plan.result()
         vertex_phase = pool.submit(
             in_job_group, spark, group, "vertex files", stage_vertices, spark, args, staged, tagged_v_df,
-            vertices_good=vertices_good, with_status=with_status,
+            vertices_good=vertices_good, has_rejects=vertices_in > vertices_good, with_status=with_status,
         )
         clock.lap("edge_sizing")
         vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)

@@ -439,7 +439,7 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
     assert sorted(os.listdir(output.parent)) == ["catalog.csv", "edges", "gremlin"]
 
 
-def test_the_gate_checks_every_edge_file_head_and_stops_a_bad_export(sized_inputs, tmp_path, monkeypatch):
+def test_the_gate_checks_each_edge_file_head_and_stops_bad_output(spark, sized_inputs, tmp_path, monkeypatch):
     output, reports = tmp_path / "gremlin", tmp_path / "R"
     args = [
         "--catalog",
@@ -475,6 +475,15 @@ def test_the_gate_checks_every_edge_file_head_and_stops_a_bad_export(sized_input
     }
     edges_checked = per_file * len(edge_files)
     assert counted == {"gremlin_vertices": {1000}, "gremlin_edges": {edges_checked}, "funnel": {1}}
+    # Nothing was quarantined: both quarantines are empty Parquet with the reject schema.
+    quarantines = {
+        kind: spark.read.parquet(str(output / "_rejects" / kind)) for kind in ("vertices", "edges")
+    }
+    assert {kind: (df.columns, df.count()) for kind, df in quarantines.items()} == {
+        "vertices": (["sku", "name", "brand", "category", "subcategory", "image_path", "_corrupt_record",
+                      "reject_reason"], 0),
+        "edges": (["src", "dst", "score", "reject_reason"], 0),
+    }
     before = {str(p.relative_to(output)): p.read_bytes() for p in data_files(output)}
 
     # A writer bug that gives every edge the same ~id passes the job's own file checks; the gate stops it.
