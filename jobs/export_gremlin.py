@@ -521,6 +521,24 @@ def stage_vertices(
     return vertex_files, vertex_sizing, removed
 
 
+def check_and_stage_vertices(
+    spark: SparkSession, args: argparse.Namespace, staged: str, catalog_df: DataFrame
+) -> tuple[DataFrame, dict[str | None, int], int, bool, tuple[list[dict], Sizing, list[str]]]:
+    """:func:`tag_vertices`, then :func:`stage_vertices`: the whole vertex side, for a worker thread."""
+    tagged_v_df, vertex_counts, nul_stripped, with_status = tag_vertices(spark, args, catalog_df)
+    vertices_good = vertex_counts[None]
+    staged_files = stage_vertices(
+        spark,
+        args,
+        staged,
+        tagged_v_df,
+        vertices_good=vertices_good,
+        has_rejects=sum(vertex_counts.values()) > vertices_good,
+        with_status=with_status,
+    )
+    return tagged_v_df, vertex_counts, nul_stripped, with_status, staged_files
+
+
 def write_empty_parquet(uri: str, schema: T.StructType) -> None:
     """An empty Parquet file with ``schema`` under the folder ``uri``, written without a Spark job."""
     import pyarrow.parquet as pq
@@ -536,10 +554,12 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     """Write the whole export under ``staged`` and check it; returns the manifest and the counts.
 
     The edge work that needs nothing from the catalog (input count, file sizing, the duplicate-key
-    check) starts at once in a background thread; the vertex files are written in another while the
-    edges are written. The edges are written as soon as the vertices to check them against are known,
-    before the duplicate check has answered: in the rare run where it finds a repeated (src, dst) key,
-    the edges are compared exactly and written again. Nothing is published before every check is done.
+    check) starts at once in a background thread; the catalog checks and vertex files run in another
+    while the edges are written. The edges are written as soon as their size is planned, checked
+    against the skus that become vertices (the catalog rows without a reason: duplicate skus do not
+    change that set), before the duplicate check has answered: in the rare run where it finds a
+    repeated (src, dst) key, the edges are compared exactly and written again. Nothing is published
+    before every check is done.
     """
     clock = PhaseClock()
     suffix = G.FILE_SUFFIX[args.compression]
@@ -565,17 +585,13 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
         repeated = pool.submit(
             in_job_group, spark, group, "duplicate-key check", count_repeated_edge_keys, keyed_df, edge_plan
         )
-        tagged_v_df, vertex_counts, nul_stripped, with_status = tag_vertices(spark, args, catalog_df)
-        vertices_in = sum(vertex_counts.values())
-        vertices_good = vertex_counts[None]
-        clock.lap("catalog_checks")
-        edges_in, edge_sizing = edge_plan.result()
         vertex_phase = pool.submit(
-            in_job_group, spark, group, "vertex files", stage_vertices, spark, args, staged, tagged_v_df,
-            vertices_good=vertices_good, has_rejects=vertices_in > vertices_good, with_status=with_status,
+            in_job_group, spark, group, "catalog checks and vertex files", check_and_stage_vertices, spark,
+            args, staged, catalog_df,
         )
+        edges_in, edge_sizing = edge_plan.result()
         clock.lap("edge_sizing")
-        vertex_skus_df = tagged_v_df.filter(F.col(G.REASON).isNull()).select(C.SKU)
+        vertex_skus_df = catalog_df.transform(tg.vertex_skus)
         tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
         LOG.info("edges: %d rows in; writing with %s", edges_in, edge_sizing)
         edges_uri = storage.join(staged, G.EDGES_DIR)
@@ -630,7 +646,10 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             edge_reject_counts = {}
         LOG.info("edges staged: %d written; rejects by reason %s", edges_written, edge_reject_counts)
         clock.lap("edge_rejects")
-        vertex_files, vertex_sizing, removed_vertex_files = vertex_phase.result()
+        tagged_v_df, vertex_counts, nul_stripped, with_status, vertex_staged = vertex_phase.result()
+        vertex_files, vertex_sizing, removed_vertex_files = vertex_staged
+        vertices_in = sum(vertex_counts.values())
+        vertices_good = vertex_counts[None]
         removed += removed_vertex_files
         clock.lap("vertex_files_wait")
     except BaseException:

@@ -82,6 +82,20 @@ def mark_duplicate_skus(catalog_df: DataFrame) -> DataFrame:
     )
 
 
+def vertex_skus(catalog_df: DataFrame) -> DataFrame:
+    """The skus that become vertices (one column ``sku``, distinct): those of rows without a reason.
+
+    The same set whichever duplicate row wins (:func:`mark_duplicate_skus` keeps one row per sku), so
+    edges can be checked against it without waiting for the duplicate comparison.
+    """
+    return (
+        catalog_df.transform(with_vertex_reject_reason)
+        .filter(F.col(G.REASON).isNull())
+        .select(C.SKU)
+        .distinct()
+    )
+
+
 def with_duplicate_reasons(
     df: DataFrame,
     *,
