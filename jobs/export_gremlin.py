@@ -424,7 +424,9 @@ def in_job_group(
 
 
 def count_repeated_edge_keys(keyed_df: DataFrame, edge_plan: concurrent.futures.Future) -> int:
-    """How many rows repeat an edge key (0: every (src, dst) is distinct; >0: there may be duplicates).
+    """0 when every (src, dst) is distinct; more than 0 when some edge key repeats (duplicate or collision).
+
+    The number is the copies beyond the first (listed keys) or the keys that repeat (shuffled keys).
 
     Up to :data:`MAX_LISTED_KEYS` rows, the keys are gathered into a few lists and each list's distinct
     size compared (:func:`tg.repeated_edge_key_count`: a shuffle of a few arrays, not of millions of

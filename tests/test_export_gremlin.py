@@ -495,6 +495,26 @@ def test_the_gate_checks_each_edge_file_head_and_stops_bad_output(spark, sized_i
     assert sorted(os.listdir(tmp_path)) == ["R", "gremlin"]
 
 
+@pytest.mark.parametrize(("max_listed", "expected"), [(1_000, (2, 0)), (0, (1, 0))])
+def test_the_duplicate_key_check_finds_repeats_either_way(spark, monkeypatch, max_listed, expected):
+    # Lists (copies beyond the first: 2) up to MAX_LISTED_KEYS edges, a key shuffle (repeated keys: 1) above.
+    monkeypatch.setattr(export_gremlin, "MAX_LISTED_KEYS", max_listed)
+    rows = [
+        ("A", "B", 0.1, 1),
+        ("A", "B", 0.1, 1),
+        ("A", "B", 0.2, 2),
+        ("B", "A", 0.1, 1),
+        ("C", None, 0.1, 1),
+    ]
+    found = []
+    for edges in (rows, [row for row in rows if row[2] != 0.1 or row[0] != "A"]):
+        keyed_df = spark.createDataFrame(edges, RAW_EDGE_SCHEMA).transform(export_gremlin.tg.with_edge_key)
+        plan: Any = export_gremlin.concurrent.futures.Future()
+        plan.set_result((len(edges), None))
+        found.append(export_gremlin.count_repeated_edge_keys(keyed_df, plan))
+    assert tuple(found) == expected
+
+
 def test_missing_input_and_bad_label_are_clear_errors(tmp_path):
     with pytest.raises(JobError, match="--edges: nothing at"):
         export_gremlin.main(

@@ -261,7 +261,8 @@ def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
 
 
 def repeated_edge_key_count(edges_df: DataFrame, *, buckets: int) -> DataFrame:
-    """One row, one column ``repeated``: rows with both ends whose :data:`G.EDGE_KEY` another row has too.
+    """One row, one column ``repeated``: among rows with both ends, the copies of a :data:`G.EDGE_KEY`
+    beyond its first (three rows sharing a key count 2).
 
     0 proves every (src, dst) distinct (equal pairs always share a key); more than 0 says there are
     duplicates or hash collisions, which :func:`duplicate_edge_keys` and :func:`mark_duplicate_edges` then
