@@ -106,7 +106,7 @@ def test_read_parquet_and_parquet_rows(tmp_path) -> None:
     (root / "_SUCCESS").write_text("")
     assert storage.parquet_rows(str(root)) == 4
     table = storage.read_parquet(str(root))
-    assert sorted(zip(table.column("a").to_pylist(), table.column("b").to_pylist())) == [
+    assert sorted(zip(table.column("a").to_pylist(), table.column("b").to_pylist(), strict=True)) == [
         (1, "x"), (2, "y"), (3, None), (4, None)]
     assert storage.read_parquet(str(root), ["a"]).column_names == ["a"]
     assert storage.parquet_rows(str(tmp_path / "missing")) == 0
