@@ -188,7 +188,11 @@ def run(quick: bool, with_gate: bool = True) -> list[dict[str, Any]]:
                         "rate_vs_native": round(native_s / seconds, 3),
                         "rate_vs_same_output": round(both_s / seconds, 3),
                         "target": f">= {TARGET_RATIO}",
-                        "phases": job_report.get("seconds_by_phase", {}),
+                        "phases": ", ".join(
+                            f"{name} {value:.2f}"
+                            for name, value in job_report.get("seconds_by_phase", {}).items()
+                            if value
+                        ),
                         **files,
                     }
                 )
@@ -221,10 +225,7 @@ def main(argv: list[str] | None = None) -> int:
             f"| {row['case']} | {row['impl']} | {row['seconds']} | {row['edges_per_s']:,} | "
             f"{row.get('rate_vs_native', '')} | {row.get('rate_vs_same_output', '')} | {files} |"
         )
-    for row in rows:
-        if row.get("phases"):
-            phases = ", ".join(f"{name} {seconds:.2f}" for name, seconds in row["phases"].items() if seconds)
-            lines.append(f"- {row['case']}, {row['impl']}: {phases}")
+    lines += [f"- {row['case']}, {row['impl']}: {row['phases']}" for row in rows if row.get("phases")]
     sys.stdout.write("\n".join(lines) + "\n")
     return 0
 
