@@ -38,6 +38,9 @@ TRAIN_NEGATIVES = 4
 TEST_NEGATIVES = 99
 MIN_INTERACTIONS = 5
 THREADS = 2
+# DuckDB takes 80% of RAM by default: at 10 M events its negative-sampling step grew past 17 GB and was
+# killed on this shared 24 GiB machine. With a limit it spills to its temp directory instead.
+DUCKDB_MEMORY_LIMIT = "8GB"
 
 
 def shape(events: int) -> tuple[int, int]:
@@ -216,6 +219,7 @@ def run_duckdb(logs: str, out: str) -> tuple[float, dict[str, Any]]:
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute(f"SET threads={THREADS}")
+    con.execute(f"SET memory_limit='{DUCKDB_MEMORY_LIMIT}'")
     con.execute(f"SET temp_directory='{out}/tmp'")
     con.execute(DUCKDB_STEPS.format(files=json.dumps(files), out=out, end_of_day=end_of_day))
     con.execute("CREATE TEMP TABLE core AS SELECT * FROM positives")
@@ -297,6 +301,8 @@ def run(
                         "k_core_rounds",
                     )
                 },
+                "spark_phase_seconds": report.get("phase_seconds", {}),
+                "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],
                 "machine": f"{os.cpu_count()} cores, {platform.machine()}, shared with other work",
             }
             LOG.info("%s", row)
@@ -336,6 +342,8 @@ def main() -> None:
     out = [format_table(rows)]
     for r in rows:
         out.append(f"{r['events']:,} events: spark {r['spark_counts']} | duckdb {r['duckdb_counts']}")
+        out.append(f"{r['events']:,} events: spark phases (s) {r['spark_phase_seconds']}")
+        out.append(f"{r['events']:,} events: load average after the run {r['load_average_1_5_15']}")
     out.append(
         f"machine: {os.cpu_count()} cores, local[{THREADS}] vs DuckDB threads={THREADS}, "
         "shared with other work"

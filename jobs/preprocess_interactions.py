@@ -324,12 +324,15 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         check_funnel(STAGE, funnel)
         clock.lap("counts")
+        # The gate checks what was written. Three narrow columns: re-reading the Parquet for each metric
+        # is cheaper than caching tens of millions of rows (at 1 M events, 12 s instead of 19 s).
         run_gate(
             STAGE,
             {
                 TRAIN: spark.read.parquet(storage.spark_path(staged[TRAIN_DIR])),
                 TEST: spark.read.parquet(storage.spark_path(staged[TEST_DIR])),
             },
+            cache_frames=False,
             reports_root=cli.reports_root(args),
             run_date=run_date,
             thresholds=thresholds_from_args(args),

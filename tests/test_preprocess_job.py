@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import jobs.preprocess_interactions as job
+from jobs.common import quality
 from jobs.common.cli import JobError
 from jobs.generate_sample import generate_interactions
 from schemas import interactions as S
@@ -399,6 +400,48 @@ def test_same_output_with_other_partitions_and_file_order(runs):
     assert index_map(runs["out2"], "users") == runs["first_users"]
     assert index_map(runs["out2"], "items") == runs["first_items"]
     assert runs["other"]["funnel"] == runs["first"]["funnel"]
+
+
+def test_quality_gate_passed_the_run_and_fails_bad_sets_read_uncached(runs, spark, tmp_path):
+    results = json.loads((runs["reports"] / "preprocess" / f"dt={FIRST_DATE}.quality.json").read_text())
+    assert results["success"] is True
+    assert set(results["datasets"]) == {quality.TRAIN, quality.TEST, quality.FUNNEL_DATASET}
+
+    # The job's gate path (staged Parquet re-read per metric, not cached) still fails bad sets: one test
+    # user gets a second positive that is also a repeat of a negative, one train index is out of range.
+    day = f"dt={FIRST_DATE}"
+    test_df = spark.read.parquet(str(runs["out"] / "test" / day))
+    user, negative = test_df.filter("label = 0").orderBy("user_idx", "item_idx").first()[:2]
+    bad_test = test_df.unionByName(spark.createDataFrame([(user, negative, 1.0)], test_df.schema))
+    bad_test.write.parquet(str(tmp_path / "test"))
+    train_df = spark.read.parquet(str(runs["out"] / "train" / day))
+    n_items = runs["first"]["items_index_size"]
+    bad_train = train_df.unionByName(spark.createDataFrame([(user, n_items, 0.0)], train_df.schema))
+    bad_train.write.parquet(str(tmp_path / "train"))
+    frames = {name: spark.read.parquet(str(tmp_path / name)) for name in (quality.TRAIN, quality.TEST)}
+    with pytest.raises(quality.QualityGateError) as caught:
+        quality.run_gate(
+            job.STAGE,
+            frames,
+            reports_root=str(tmp_path / "R"),
+            run_date=FIRST_DATE,
+            context={
+                quality.N_USERS: runs["first"]["users_index_size"],
+                quality.N_ITEMS: n_items,
+                quality.TEST_NEGATIVES: TEST_NEGATIVES,
+            },
+            cache_frames=False,
+        )
+    failed = json.loads((tmp_path / "R" / "preprocess" / f"dt={FIRST_DATE}.quality.json").read_text())
+    assert [line.split(" [")[1].split("]")[0] for line in failed["failed_critical"]] == [
+        f"0 <= item_idx < {n_items}",
+        "every test user has exactly one positive (leave-one-out)",
+        "a user's test items are distinct (negatives never repeat the positive)",
+    ]
+    assert str(caught.value).count("\n  - ") == 3
+    # Nothing was cached on the way: neither by the gate nor by great-expectations' own batch persist.
+    levels = [frame.storageLevel for frame in frames.values()]
+    assert [(level.useMemory, level.useDisk) for level in levels] == [(False, False)] * 2
 
 
 def test_failed_run_leaves_previous_output_and_no_staging(runs):

@@ -174,6 +174,7 @@ def run_gate(
     run_date: dt.date | str,
     thresholds: QualityThresholds | None = None,
     context: Mapping[str, Any] | None = None,
+    cache_frames: bool = True,
 ) -> dict[str, Any]:
     """Validate a stage's frames, write the quality JSON and fail on a critical expectation.
 
@@ -186,6 +187,9 @@ def run_gate(
         thresholds: limits and mode (default: :class:`QualityThresholds` defaults).
         context: counts the suites need (``n_users``, ``n_items``, ``test_negatives``, ``top_k``,
             ``rows_in``, ``rows_rejected``...); recorded in the results.
+        cache_frames: persist each frame while its suite runs (default), so every metric reads it
+            once; ``False`` for frames cheaper to re-read than to cache (tens of millions of narrow
+            Parquet rows: each metric then scans the files).
 
     Returns:
         The results as written, plus ``quality_uri``.
@@ -223,7 +227,9 @@ def run_gate(
         gx_context = _ephemeral_context()
         for name, frame in frames.items():
             expectations = suites.SUITES[name](thresholds, context)
-            results["datasets"][name] = validate_frame(gx_context, f"{stage}.{name}", frame, expectations)
+            results["datasets"][name] = validate_frame(
+                gx_context, f"{stage}.{name}", frame, expectations, cache=cache_frames
+            )
 
     critical: list[str] = []
     warnings: list[str] = []
@@ -270,13 +276,19 @@ def funnel_frame(spark: Any, rows_in: int, rows_rejected: int) -> DataFrame:
     return spark.createDataFrame([(rows_in, rows_rejected, share)], schema)
 
 
-def validate_frame(gx_context: Any, name: str, frame: DataFrame, expectations: list[Any]) -> dict[str, Any]:
-    """Run one suite on one frame; every expectation's outcome, failures and exceptions included."""
+def validate_frame(
+    gx_context: Any, name: str, frame: DataFrame, expectations: list[Any], *, cache: bool = True
+) -> dict[str, Any]:
+    """Run one suite on one frame; every expectation's outcome, failures and exceptions included.
+
+    ``cache=False`` leaves the frame as it is: each metric recomputes (re-reads) it.
+    """
     import great_expectations as gx
 
     unique = f"{name}.{uuid.uuid4().hex[:8]}"
     batch_definition = (
-        gx_context.data_sources.add_spark(unique)
+        # GE persists a batch's frame unless told not to: with cache=False nothing is cached at all.
+        gx_context.data_sources.add_spark(unique, persist=cache)
         .add_dataframe_asset(name)
         .add_batch_definition_whole_dataframe("whole")
     )
@@ -284,7 +296,7 @@ def validate_frame(gx_context: Any, name: str, frame: DataFrame, expectations: l
     checks: list[dict[str, Any]]
     # Every metric is a Spark job over the frame: read the staged files once, not once per metric
     # (a frame the caller cached stays cached).
-    owned = not frame.is_cached
+    owned = cache and not frame.is_cached
     if owned:
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:

@@ -26,7 +26,7 @@ LOG = logging.getLogger(__name__)
 
 # Internal columns.
 _PARSED = "_parsed"
-_CORRUPT = "_corrupt_record"
+_IS_ONE_VALUE = "_is_one_value"
 _WRAPPED = "_wrapped"
 _HIST = "_hist"
 _N_POS = "_n_pos"
@@ -49,7 +49,7 @@ FALLBACK_SALT = 3
 CANDIDATE_MARGIN = 32
 CANDIDATE_SLACK = 1.5
 
-_PARSE_SCHEMA = T.StructType([*S.RAW_EVENT_SCHEMA.fields, T.StructField(_CORRUPT, T.StringType(), True)])
+_PARSE_SCHEMA = T.ArrayType(S.RAW_EVENT_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -91,32 +91,29 @@ def with_parsed_events(lines_df: DataFrame, *, run_date: dt.date) -> DataFrame:
         reason``; ``event_ts`` is the parsed timestamp (UTC), ``reason`` one of ``S.REJECT_REASONS``.
     """
     end_of_day = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(0, 0))
+    wrapped = F.concat(F.lit("["), F.col(S.LINE), F.lit("]"))
+    # One parse per line: "[line]" as an array of events. from_json on the bare line would read the first
+    # JSON value and ignore what follows; as an array, trailing text is a syntax error (null) and a second
+    # value a second element, so "[line]" must parse to exactly one element.
     parsed_df = lines_df.select(
         F.col(S.LINE),
         F.col(S.INPUT_FILE),
-        F.from_json(
-            S.LINE, _PARSE_SCHEMA, {"columnNameOfCorruptRecord": _CORRUPT, "mode": "PERMISSIVE"}
-        ).alias(_PARSED),
-        F.concat(F.lit("["), F.col(S.LINE), F.lit("]")).alias(_WRAPPED),
+        F.from_json(wrapped, _PARSE_SCHEMA).alias(_PARSED),
+        wrapped.alias(_WRAPPED),
     )
     fields = [f.name for f in S.RAW_EVENT_SCHEMA.fields]
     flat_df = parsed_df.select(
         S.LINE,
         S.INPUT_FILE,
         _WRAPPED,
-        F.col(f"{_PARSED}.{_CORRUPT}").alias(_CORRUPT),
-        F.col(_PARSED).isNull().alias("_is_null_parse"),
-        *[F.col(f"{_PARSED}.{name}").alias(name) for name in fields],
+        F.coalesce(F.size(_PARSED) == 1, F.lit(False)).alias(_IS_ONE_VALUE),
+        *[F.col(_PARSED)[0][name].alias(name) for name in fields],
     )
     line = F.rtrim(F.col(S.LINE))
-    # from_json reads the first JSON value and ignores what follows; "[line]" must be a one-element array.
-    is_one_value = F.json_array_length(F.col(_WRAPPED)) == 1
     is_invalid_json = (
-        F.col("_is_null_parse")
-        | F.col(_CORRUPT).isNotNull()
+        ~F.col(_IS_ONE_VALUE)
         | ~F.ltrim(line).startswith("{")
         | ~line.endswith("}")
-        | ~F.coalesce(is_one_value, F.lit(False))
     )
     is_missing = F.lit(False)
     for name in S.REQUIRED_FIELDS:
