@@ -52,7 +52,7 @@ from jobs.common.quality import (
     thresholds_from_args,
 )
 from jobs.common.report import Funnel, write_report
-from jobs.common.spark import get_spark
+from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.similarity import (
     embedding_facts,
     expected_dimension,
@@ -81,6 +81,7 @@ FILES_SCHEMA = "uri string"
 # A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
 # per-tile selection and merge overhead small against the product itself.
 COLUMN_BLOCKS_PER_TILE = 4
+TOPK_TASKS_PER_SLOT = 2
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -112,7 +113,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads-per-task", type=positive_int, default=None,
                         help="torch CPU threads per task (default: spark.task.cpus)")
     parser.add_argument("--parallelism", type=positive_int, default=None,
-                        help="tile tasks (default: one per block pair (top-k) or row block (all-pairs))")
+                        help="tile tasks (default: top-k 2 per task slot, all-pairs one per row block)")
     parser.add_argument("--max-records-per-file", type=positive_int, default=DEFAULT_MAX_RECORDS_PER_FILE)
     parser.add_argument("--sink", choices=SINKS, default=SINK_PARQUET,
                         help="count: compute and count the edges, publish nothing")
@@ -213,7 +214,12 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
         blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
         tasks = len(block_pairs(blocks))
-    blocks_df = spark.range(0, tasks, 1, numPartitions=min(tasks, args.parallelism or tasks))
+    # Top-k: a few runs of pairs per core (a Python task costs ~0.2 s to start here; block_pairs
+    # orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row block
+    # (their work shrinks block by block; many tasks balance it).
+    default_tasks = tasks if args.all_pairs else TOPK_TASKS_PER_SLOT * task_slots(spark)
+    partitions = min(tasks, args.parallelism or default_tasks)
+    blocks_df = spark.range(0, tasks, 1, numPartitions=partitions)
     tile_options = {
         "input_uri": args.input,
         "valid_uri": disposition_uri(checked_uri, S.DISPOSITION_VALID),
@@ -241,7 +247,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         )
 
     staged_edges = storage.join(staging, STAGE)
-    LOG.info("tiles: %d products, %d blocks, %d tasks", products, blocks, tasks)
+    LOG.info("tiles: %d products, %d blocks, %d units in %d tasks", products, blocks, tasks, partitions)
     if args.sink == SINK_COUNT:
         edges = edges_df.count()
     else:
@@ -295,7 +301,8 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         "edges": int(edges),
         "block_size": block_size,
         "row_blocks": blocks,
-        "tile_tasks": tasks,
+        "tile_units": tasks,
+        "tile_tasks": partitions,
         "device": args.device,
         "sink": args.sink,
         "input": args.input,

@@ -22,3 +22,28 @@ def test_spark_submit_launch_is_detected(monkeypatch: pytest.MonkeyPatch) -> Non
     assert not spark_module.is_cluster_launched()
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "40123")
     assert spark_module.is_cluster_launched()
+
+
+def test_task_slots_reads_the_master(spark) -> None:
+    from jobs.common.spark import task_slots
+
+    # The shared test session runs local[2] with spark.default.parallelism 8: slots are the cores.
+    assert spark.sparkContext.master == "local[2]"
+    assert spark.sparkContext.defaultParallelism == 8
+    assert task_slots(spark) == 2
+
+
+@pytest.mark.parametrize(
+    ("master", "default_parallelism", "expected"),
+    [("local[3]", 8, 3), ("local[4, 2]", 8, 4), ("local[*]", 8, None), ("local", 8, 1),
+     ("yarn", 48, 48), ("spark://host:7077", 0, 1)],
+)
+def test_task_slots_by_master(master: str, default_parallelism: int, expected: int | None) -> None:
+    import os
+    from types import SimpleNamespace
+
+    from jobs.common.spark import task_slots
+
+    context = SimpleNamespace(master=master, defaultParallelism=default_parallelism)
+    fake = SimpleNamespace(sparkContext=context)
+    assert task_slots(fake) == (expected if expected is not None else os.cpu_count())

@@ -256,10 +256,17 @@ def test_running_topk_keeps_the_best_and_raises_floors() -> None:
         assert best.floor[r] == want[-1][0]
 
 
-def test_block_pairs_cover_each_unordered_pair_once() -> None:
-    pairs = st.block_pairs(4)
-    assert sorted(pairs) == [(a, b) for a in range(4) for b in range(a, 4)]
-    assert [a == b for a, b in pairs] == [False] * 6 + [True] * 4
+@pytest.mark.parametrize("blocks", [1, 2, 4, 7, 13])
+def test_block_pairs_cover_each_unordered_pair_once_in_balanced_runs(blocks: int) -> None:
+    pairs = st.block_pairs(blocks)
+    assert sorted(pairs) == [(a, b) for a in range(blocks) for b in range(a, blocks)]
+    cost = [0.5 if a == b else 1.0 for a, b in pairs]
+    for parts in (2, 4):
+        if len(pairs) < 2 * parts:
+            continue
+        bounds = [len(pairs) * i // parts for i in range(parts + 1)]  # spark.range's split
+        runs = [sum(cost[bounds[i] : bounds[i + 1]]) for i in range(parts)]
+        assert max(runs) - min(runs) <= 1.0, runs
 
 
 @pytest.mark.parametrize("metric", S.METRICS)

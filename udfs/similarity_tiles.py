@@ -534,10 +534,22 @@ PAD_LIMIT = 8  # candidates merged per row at once, in multiples of the width
 
 
 def block_pairs(blocks: int) -> list[tuple[int, int]]:
-    """The block pairs ``(a, b)``, ``a <= b``, of ``blocks`` blocks: off-diagonal first, then diagonal
-    (half the work each), so the longest tasks are scheduled first."""
+    """The block pairs ``(a, b)``, ``a <= b``, of ``blocks`` blocks, in task order: off-diagonal pairs
+    in row-major order with the diagonal ones (half the work each) spread evenly among them, so that
+    contiguous runs of pairs (Spark's ``range`` partitions) carry about the same work, and a run's
+    pairs share blocks (and so floors)."""
     off = [(a, b) for a in range(blocks) for b in range(a + 1, blocks)]
-    return off + [(a, a) for a in range(blocks)]
+    total = len(off) + blocks
+    out: list[tuple[int, int]] = []
+    taken = 0  # diagonal pairs placed so far
+    for position in range(total):
+        due = round((position + 1) * blocks / total)  # diagonal pairs due by this position
+        if taken < blocks and (len(out) - taken >= len(off) or taken < due):
+            out.append((taken, taken))
+            taken += 1
+        else:
+            out.append(off[len(out) - taken])
+    return out
 
 
 class RunningTopk:

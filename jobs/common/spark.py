@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 from collections.abc import Mapping
 
@@ -79,3 +80,18 @@ def get_spark(
         spark.conf.set(key, value)
     LOG.debug("SparkSession %s on %s", app_name, spark.sparkContext.master)
     return spark
+
+
+def task_slots(spark: SparkSession) -> int:
+    """How many tasks can run at once: N of a ``local[N]`` master (``local[*]``: this machine's
+    cores), else the context's default parallelism (a cluster's total executor cores unless set).
+
+    ``spark.default.parallelism`` is not the answer locally: the builder sets it to 8 for small
+    shuffles whatever the core count."""
+    master = spark.sparkContext.master
+    match = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
+    if match:
+        return (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1))
+    if master == "local":
+        return 1
+    return max(1, spark.sparkContext.defaultParallelism)
