@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import torch
+from pyspark.sql.pandas.types import to_arrow_schema
 from threadpoolctl import threadpool_limits
 
 from jobs.common import storage
@@ -57,21 +58,8 @@ MAX_EDGES_PER_BATCH = 1 << 20
 # cancellation in float32 (|a|^2 + |b|^2 - 2ab); such pairs are re-scored in float64.
 L2_REFINE_SHARE = 1e-2
 
-TOPK_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field(S.SRC, pa.string(), False),
-        pa.field(S.DST, pa.string(), False),
-        pa.field(S.SCORE, pa.float64(), False),
-        pa.field(S.RANK, pa.int32(), False),
-    ]
-)
-ALL_PAIRS_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field(S.SRC, pa.string(), False),
-        pa.field(S.DST, pa.string(), False),
-        pa.field(S.SCORE, pa.float64(), False),
-    ]
-)
+TOPK_ARROW_SCHEMA = to_arrow_schema(S.TOPK_EDGE_SCHEMA)  # declared once, in schemas/similarity.py
+ALL_PAIRS_ARROW_SCHEMA = to_arrow_schema(S.ALL_PAIRS_EDGE_SCHEMA)  # declared once, in schemas/similarity.py
 
 
 # --------------------------------------------------------------------------------------------------
@@ -156,16 +144,7 @@ def embedding_facts(embeddings: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]
 
 
 FACT_COLUMNS = (E.SKU, E.IMAGE_PATH, E.STATUS, E.EMBEDDING)
-FACTS_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field(E.SKU, pa.string()),
-        pa.field(E.IMAGE_PATH, pa.string()),
-        pa.field(E.STATUS, pa.string()),
-        pa.field(S.EMBEDDING_LENGTH, pa.int32()),
-        pa.field(S.NON_FINITE, pa.bool_()),
-        pa.field(S.ZERO_NORM, pa.bool_()),
-    ]
-)
+FACTS_ARROW_SCHEMA = to_arrow_schema(S.FACTS_SCHEMA)  # declared once, in schemas/similarity.py
 FACTS_BATCH_ROWS = 8192
 
 
@@ -826,13 +805,7 @@ def merge_block(
         yield topk_batch(prep, s0, s1, k, tile, (keys[s0 - r0 : s1 - r0], cols[s0 - r0 : s1 - r0]))
 
 
-CANDIDATES_ARROW_SCHEMA = pa.schema(
-    [
-        pa.field(S.BLOCK, pa.int32(), False),
-        pa.field(S.CANDIDATE_KEYS, pa.binary(), False),
-        pa.field(S.CANDIDATE_COLUMNS, pa.binary(), False),
-    ]
-)
+CANDIDATES_ARROW_SCHEMA = to_arrow_schema(S.CANDIDATES_SCHEMA)  # declared once, in schemas/similarity.py
 
 
 def topk_candidates_fn(
