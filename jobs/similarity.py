@@ -61,7 +61,7 @@ from jobs.transforms.similarity import (
     with_rejection_reason,
 )
 from schemas import similarity as S
-from udfs.similarity_tiles import block_pairs
+from udfs.similarity_tiles import block_pairs, missing_fact_columns
 
 LOG = logging.getLogger("stylegraph.similarity")
 
@@ -181,6 +181,10 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     files = storage.list_files(args.input, suffixes=(".parquet",))
     if not files:
         raise JobError(f"--input {args.input} holds no Parquet files")
+    for uri in files:
+        missing = missing_fact_columns(uri)
+        if missing:
+            raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
     slices = min(len(files), spark.sparkContext.defaultParallelism)
     files_df = spark.createDataFrame(
         spark.sparkContext.parallelize([(uri,) for uri in files], slices), FILES_SCHEMA

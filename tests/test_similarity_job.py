@@ -203,6 +203,14 @@ def test_bad_arguments_are_job_errors(tmp_path: Path, argv: list[str]) -> None:
     assert not (tmp_path / "out").exists()
 
 
+def test_input_without_the_embed_columns_is_a_job_error(spark: SparkSession, tmp_path: Path) -> None:
+    inp = write_input(spark, tmp_path / "in", ok_rows(["a", "b", "c"], np.eye(3, dtype=np.float32)), 1)
+    spark.read.parquet(inp).drop(E.STATUS).write.parquet(str(tmp_path / "in2"))
+    with pytest.raises(JobError, match=r"has no column\(s\) \['status'\]"):
+        run_job(str(tmp_path / "in2"), tmp_path / "out", "--top-k", "2")
+    assert not list((tmp_path / "out").glob("similarity/*"))
+
+
 def test_missing_input_is_a_job_error(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="does not exist"):
         run_job(str(tmp_path / "nope"), tmp_path / "out", "--top-k", "3")

@@ -148,6 +148,14 @@ FACTS_ARROW_SCHEMA = to_arrow_schema(S.FACTS_SCHEMA)  # declared once, in schema
 FACTS_BATCH_ROWS = 8192
 
 
+def missing_fact_columns(uri: str) -> list[str]:
+    """The columns the checks read (``FACT_COLUMNS``) that a Parquet file lacks (its footer only)."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        names = pq.ParquetFile(handle).schema_arrow.names
+    return [column for column in FACT_COLUMNS if column not in names]
+
+
 def embedding_facts_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
     """A ``mapInArrow`` function: Parquet file URIs in (one column), each file's rows out as
     ``FACTS_ARROW_SCHEMA`` (sku, image_path, status and the ``embedding_facts``), read with pyarrow a
@@ -165,7 +173,7 @@ def embedding_facts_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.Rec
                 with fs.open_input_file(path) as handle:
                     reader = pq.ParquetFile(handle)
                     missing = [c for c in FACT_COLUMNS if c not in reader.schema_arrow.names]
-                    if missing:
+                    if missing:  # the job checks this on the driver first (a clear JobError)
                         raise ValueError(f"{uri}: no column(s) {missing} (not the embed job's output?)")
                     for rows in reader.iter_batches(batch_size=FACTS_BATCH_ROWS, columns=list(FACT_COLUMNS)):
                         lengths, non_finite, zero_norm = embedding_facts(rows.column(E.EMBEDDING))
