@@ -38,6 +38,8 @@ TRAIN_NEGATIVES = 4
 TEST_NEGATIVES = 99
 MIN_INTERACTIONS = 5
 THREADS = 2
+# The counts both implementations report, side by side in each result row.
+COMPARED_COUNTS = ("positives_after_k_core", "users", "items", "train_rows", "test_rows", "k_core_rounds")
 # DuckDB takes 80% of RAM by default: at 10 M events its negative-sampling step grew past 17 GB and was
 # killed on this shared 24 GiB machine. With a limit it spills to its temp directory instead.
 DUCKDB_MEMORY_LIMIT = "8GB"
@@ -279,28 +281,8 @@ def run(
                 "duckdb_events_per_s": round(lines / duck_s),
                 "spark_us_per_event": round(1e6 * spark_s / lines, 2),
                 "duckdb_us_per_event": round(1e6 * duck_s / lines, 2),
-                "spark_counts": {
-                    k: report[k]
-                    for k in (
-                        "positives_after_k_core",
-                        "users",
-                        "items",
-                        "train_rows",
-                        "test_rows",
-                        "k_core_rounds",
-                    )
-                },
-                "duckdb_counts": {
-                    k: duck[k]
-                    for k in (
-                        "positives_after_k_core",
-                        "users",
-                        "items",
-                        "train_rows",
-                        "test_rows",
-                        "k_core_rounds",
-                    )
-                },
+                "spark_counts": {k: report[k] for k in COMPARED_COUNTS},
+                "duckdb_counts": {k: duck[k] for k in COMPARED_COUNTS},
                 "spark_phase_seconds": report.get("phase_seconds", {}),
                 "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],
                 "machine": f"{os.cpu_count()} cores, {platform.machine()}, shared with other work",

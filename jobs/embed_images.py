@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import os
-import re
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -44,7 +42,7 @@ from jobs.common.quality import (
     thresholds_from_args,
 )
 from jobs.common.report import Funnel, check_funnel, write_report
-from jobs.common.spark import get_spark
+from jobs.common.spark import get_spark, task_slots
 from schemas import catalog as C
 from schemas import embeddings as E
 from udfs import image_models as M
@@ -255,27 +253,6 @@ def with_embeddings(products_df: DataFrame, embed_udf: Any, model: str, weights_
 def error_reason(error: Any) -> Any:
     """Column: the reason word of an ``error`` value (``"missing_file: ..."`` -> ``missing_file``)."""
     return F.substring_index(error, ":", 1)
-
-
-def task_slots(spark: SparkSession) -> int:
-    """How many UDF tasks run at once: ``local[N]`` -> N (``local[*]``: the cores), else defaultParallelism.
-
-    Local runs set ``spark.default.parallelism`` above the core count (for shuffles), which would split
-    a small catalog into more partitions than cores and leave a straggler round at the end.
-    """
-    context = spark.sparkContext
-    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\d+)?\])?", context.master)
-    if not match:
-        return max(1, context.defaultParallelism)
-    threads = match.group(1)
-    if threads is None:
-        cores = 1
-    elif threads == "*":
-        cores = os.cpu_count() or 1
-    else:
-        cores = int(threads)
-    task_cpus = int(context.getConf().get("spark.task.cpus", "1"))
-    return max(1, cores // max(1, task_cpus))
 
 
 def partition_count(rows: int, slots: int, batch_size: int) -> int:

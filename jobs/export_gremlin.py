@@ -54,7 +54,7 @@ from jobs.common.quality import (
     thresholds_from_args,
 )
 from jobs.common.report import Funnel, check_funnel, write_report
-from jobs.common.spark import get_spark
+from jobs.common.spark import get_spark, task_slots
 from jobs.transforms import gremlin as tg
 from jobs.validate_gremlin_csv import all_files
 from schemas import catalog as C
@@ -183,17 +183,6 @@ def _compress(data: bytes, compression: str) -> bytes:
     if compression == G.COMPRESSION_BZIP2:
         return bz2.compress(data)
     return data
-
-
-def writer_slots(spark: SparkSession) -> int:
-    """How many tasks write at once: N of a ``local[N]`` master, else Spark's default parallelism."""
-    master = spark.sparkContext.master
-    match = re.match(r"^local\[(\d+|\*)", master)
-    if match:
-        return os.cpu_count() or 1 if match.group(1) == "*" else int(match.group(1))
-    if master == "local":
-        return 1
-    return spark.sparkContext.defaultParallelism
 
 
 def plan_sizing(
@@ -450,7 +439,7 @@ def plan_edges(
         total_rows=edges_in,
         target_bytes=args.target_file_mb * 1024 * 1024,
         compression=args.compression,
-        slots=writer_slots(spark),
+        slots=task_slots(spark),
     )
     return edges_in, sizing
 
@@ -505,7 +494,7 @@ def stage_vertices(
         total_rows=vertices_good,
         target_bytes=args.target_file_mb * 1024 * 1024,
         compression=args.compression,
-        slots=writer_slots(spark),
+        slots=task_slots(spark),
     )
     vertices_uri = storage.join(staged, G.VERTICES_DIR)
     write_csv(vertex_rows_df, vertices_uri, compression=args.compression, sizing=vertex_sizing)
@@ -625,7 +614,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
                 target_bytes=args.target_file_mb * 1024 * 1024,
                 compression=args.compression,
                 sample_df=untagged_rows_df,
-                slots=writer_slots(spark),
+                slots=task_slots(spark),
             )
             write_csv(edge_rows_df, edges_uri, compression=args.compression, sizing=edge_sizing)
             clock.lap("edge_rewrite_after_duplicates")

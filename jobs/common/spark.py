@@ -83,15 +83,17 @@ def get_spark(
 
 
 def task_slots(spark: SparkSession) -> int:
-    """How many tasks can run at once: N of a ``local[N]`` master (``local[*]``: this machine's
-    cores), else the context's default parallelism (a cluster's total executor cores unless set).
+    """How many tasks run at once: N of a ``local[N]`` master (``local[*]``: this machine's cores,
+    plain ``local``: 1), else the context's default parallelism (a cluster's total executor cores
+    unless set). Used to size partitions so that a round of tasks fills the slots (embed, export)
+    and to group similarity's block pairs.
 
     ``spark.default.parallelism`` is not the answer locally: the builder sets it to 8 for small
     shuffles whatever the core count."""
     master = spark.sparkContext.master
-    match = re.fullmatch(r"local\[(\d+|\*)(?:,\s*\d+)?\]", master)
-    if match:
-        return (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1))
-    if master == "local":
+    match = re.fullmatch(r"local(?:\[(\*|\d+)(?:,\s*\d+)?\])?", master)
+    if not match:
+        return max(1, spark.sparkContext.defaultParallelism)
+    if match.group(1) is None:
         return 1
-    return max(1, spark.sparkContext.defaultParallelism)
+    return (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1))
