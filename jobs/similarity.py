@@ -182,7 +182,10 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     if not files:
         raise JobError(f"--input {args.input} holds no Parquet files")
     for uri in files:
-        missing = missing_fact_columns(uri)
+        try:
+            missing = missing_fact_columns(uri)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
         if missing:
             raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
     slices = min(len(files), spark.sparkContext.defaultParallelism)
@@ -218,7 +221,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
         blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
         tasks = len(block_pairs(blocks))
-    # Top-k: a few runs of pairs per core (a Python task costs ~0.2 s to start here; block_pairs
+    # Top-k: a few runs of pairs per slot (a Python task took ~0.2 s to start in a logged run; block_pairs
     # orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row block
     # (their work shrinks block by block; many tasks balance it).
     default_tasks = tasks if args.all_pairs else TOPK_TASKS_PER_SLOT * task_slots(spark)

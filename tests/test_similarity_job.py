@@ -209,6 +209,12 @@ def test_input_without_the_embed_columns_is_a_job_error(spark: SparkSession, tmp
     with pytest.raises(JobError, match=r"has no column\(s\) \['status'\]"):
         run_job(str(tmp_path / "in2"), tmp_path / "out", "--top-k", "2")
     assert not list((tmp_path / "out").glob("similarity/*"))
+    # A file that is not Parquet at all (truncated, or something else named .parquet).
+    (tmp_path / "in3").mkdir()
+    (tmp_path / "in3" / "part-0.parquet").write_bytes(b"PAR1 not really")
+    with pytest.raises(JobError, match=r"part-0\.parquet is not a readable Parquet file"):
+        run_job(str(tmp_path / "in3"), tmp_path / "out", "--top-k", "2")
+    assert not list((tmp_path / "out").glob("similarity/*"))
 
 
 def test_missing_input_is_a_job_error(tmp_path: Path) -> None:
