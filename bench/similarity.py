@@ -11,6 +11,8 @@ another engineer's step, is switched off with ``--quality off``):
   in memory, no I/O), recall of the job's neighbour sets against FAISS's; numpy brute force (blocked
   GEMM + ``argpartition``, 2 BLAS threads) at d=256.
 - top-10 at small N: the job against Spark's naive ``crossJoin`` + window (built-in array functions).
+- the top-k kernel alone (``kernel_cpu``: all block pairs and merges, one thread, no Spark) against FAISS
+  on one thread, in CPU seconds: how much of the job's time is the kernel and how much Spark around it.
 - all-pairs over N products written to Parquet, against Spark's own Parquet writer on a
   ``spark.range`` frame with the same row count and column types (src, dst strings, score double).
 - all-pairs over the full catalog size to a counting sink (``--sink count``): time and peak RSS.
@@ -149,6 +151,46 @@ def faiss_topk(vectors: np.ndarray) -> tuple[np.ndarray, float]:
     seconds = time.perf_counter() - start
     neighbours = np.array([[j for j in row if j != i][:K] for i, row in enumerate(found)])
     return neighbours, seconds
+
+
+def kernel_cpu(vectors: np.ndarray, pair_block: int = 8192, tile: int = 2048) -> dict[str, Any]:
+    """The job's top-k kernel without Spark, on one thread in this process, against FAISS on one thread:
+    CPU seconds (``time.process_time``, less sensitive to a shared machine than wall time) of every
+    block pair (``pair_candidates``, floors shared as one worker shares them) plus every block's merge
+    and exact settling (``merge_block``); the job's defaults for the block sizes."""
+    import math
+
+    import faiss
+    import torch
+    from threadpoolctl import threadpool_limits
+
+    from udfs import similarity_tiles as st
+
+    n = len(vectors)
+    torch.set_num_threads(1)
+    faiss.omp_set_num_threads(1)
+    with threadpool_limits(limits=1, user_api="blas"):
+        prep = st.prepare(pa.array([sku(i) for i in range(n)]), vectors, "cosine")
+        start = time.process_time()
+        index = faiss.IndexFlatIP(vectors.shape[1])
+        index.add(prep.work.numpy())
+        index.search(prep.work.numpy(), K + 1)
+        faiss_cpu = time.process_time() - start
+        width = st.candidate_width(n, K)
+        blocks = math.ceil(n / pair_block)
+        floors = np.full(n, -np.inf, dtype=np.float32)  # as one worker's shared floors
+        start = time.process_time()
+        found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
+        for a, b in st.block_pairs(blocks):
+            for block, keys, cols in st.pair_candidates(prep, a, b, pair_block, tile, width, floors):
+                found.setdefault(block, []).append((keys, cols))
+        pairs_cpu = time.process_time() - start
+        for block in range(blocks):
+            for _ in st.merge_block(prep, block, found.pop(block), K, pair_block, tile):
+                pass
+        kernel_cpu_s = time.process_time() - start
+    return {"faiss_cpu_s": round(faiss_cpu, 2), "kernel_cpu_s": round(kernel_cpu_s, 2),
+            "pairs_cpu_s": round(pairs_cpu, 2), "ratio": round(kernel_cpu_s / faiss_cpu, 3)}
 
 
 def numpy_topk(vectors: np.ndarray, block: int = 2048) -> tuple[np.ndarray, float]:
@@ -295,6 +337,10 @@ def run(quick: bool) -> list[dict[str, Any]]:
             shutil.rmtree(root / f"emb-{n}-{dim}", ignore_errors=True)
 
         topk_case(256)
+        cpu = kernel_cpu(make_vectors(sizes["topk_n"], 256, seed=2))
+        add(f"top-{K} cosine N={sizes['topk_n']} d=256, kernel only, 1 thread, CPU seconds",
+            "this job's kernel (pairs + merges) vs faiss (1 thread)", cpu["kernel_cpu_s"],
+            ratio_vs_faiss=cpu["ratio"], **cpu)
 
         n = sizes["pairs_n"]
         input_uri = write_embeddings(root / f"emb-{n}-256", make_vectors(n, 256, seed=3))

@@ -162,8 +162,8 @@ def embedding_facts_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.Rec
     row batch at a time.
 
     Why not Spark's reader: Spark decodes ``array<float>`` into rows and re-encodes it to Arrow for
-    Python, about 20x the time of pyarrow reading the file (3.8 s against 0.2 s for 50,000 x 256
-    here); and the tile tasks read the same files with the same reader (``read_matrix``).
+    Python, many times the time of pyarrow reading the file (3.8 s against 0.4 s for 50,000 x 256 in
+    a one-off side measurement here); and the tile tasks read the same files the same way.
     """
 
     def facts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
@@ -310,8 +310,7 @@ def _product(query: torch.Tensor, cols: torch.Tensor, out: np.ndarray | None = N
     AMD EPYC cores measured here, and the BLAS FAISS uses), torch (cuBLAS) on a GPU.
 
     ``out``: a flat float32 buffer of at least ``len(query) x len(cols)`` reused for the result (CPU):
-    a fresh 16 MB result per tile costs its page faults every time (the product ran at 81 GFLOP/s
-    per core that way, 123 into a reused buffer)."""
+    a fresh 16 MB result per tile is allocated and faulted in every time; one buffer per task is not."""
     if query.device.type == "cpu":
         if out is None:
             return torch.from_numpy(query.numpy() @ cols.numpy().T)
@@ -512,10 +511,11 @@ def topk_batch(
 #
 # Selection without a per-tile top-k: each row keeps a floor, a lower bound of its final w-th best
 # key in the pair, and a tile contributes only its elements >= the floor (one vectorised compare and
-# ``flatnonzero``, about 0.3 ns an element here, against 1.3 ns for ``torch.topk`` along rows and
-# 6 ns along columns). The first floor of a row comes from the tile itself: the w-th largest of the
-# maxima of GROUP-strided groups of its elements is <= its w-th largest element. Each tile's hits
-# are merged into the running top-w at once, which raises the floor to the row's w-th best.
+# ``flatnonzero``: about 0.3 ns an element in a one-off microbenchmark here, against 1.3 ns for
+# ``torch.topk`` along rows and 6 ns along columns). The first floor of a row comes from the tile
+# itself: the w-th largest of the maxima of GROUP-strided groups of its elements is <= its w-th
+# largest element. Each tile's hits are merged into the running top-w at once, which raises the
+# floor to the row's w-th best.
 GROUP = 16
 PAD_LIMIT = 8  # candidates merged per row at once, in multiples of the width
 
