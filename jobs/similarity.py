@@ -10,10 +10,11 @@ Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
 
 How (see ``udfs/similarity_tiles.py`` for the kernels):
 1. Each input Parquet file is read with pyarrow in a task (the embeddings never travel through Spark's
-   row format) into per-row facts: length, non-finite, zero norm. The expected embedding length is
-   the most frequent length among "ok" rows with an embedding (ties: the smaller length). Every row
-   is checked (status, sku, duplicates, null, length, NaN/inf, zero norm for cosine); the check's
-   verdicts (sku, image_path, length, reason; not the embeddings) are staged.
+   row format) into per-row facts: length, non-finite, zero norm. The facts (a few percent of the
+   matrix every tile task holds) come back to the driver as Arrow in one Spark job, where every row is
+   checked (status, sku, duplicates, null, length, NaN/inf, zero norm for cosine) against the expected
+   embedding length, the most frequent length among "ok" rows with an embedding (ties: the smaller).
+   The valid skus and the rejected rows are staged as Parquet from there: no further Spark job.
 2. Broadcast by Parquet: every tile task reads the input embeddings itself (pyarrow, once per Python
    worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
    valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix
@@ -38,7 +39,11 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from pyspark.sql import SparkSession
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
@@ -53,15 +58,10 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark, task_slots
-from jobs.transforms.similarity import (
-    embedding_facts,
-    expected_dimension,
-    explode_all_pairs_edges,
-    explode_topk_edges,
-    with_rejection_reason,
-)
+from jobs.transforms.similarity import embedding_facts, explode_all_pairs_edges, explode_topk_edges
+from schemas import embeddings as E
 from schemas import similarity as S
-from udfs.similarity_tiles import block_pairs, missing_fact_columns
+from udfs import similarity_tiles as st
 
 LOG = logging.getLogger("stylegraph.similarity")
 
@@ -75,13 +75,13 @@ SINK_PARQUET = "parquet"
 SINK_COUNT = "count"  # compute every edge, write none (benchmarks, sizing runs)
 SINKS = (SINK_PARQUET, SINK_COUNT)
 CHECKED = "checked"
-COUNT = "count"
 MIN_VALID_PRODUCTS = 2
 FILES_SCHEMA = "uri string"
 # A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
 # per-tile selection and merge overhead small against the product itself.
 COLUMN_BLOCKS_PER_TILE = 4
 TOPK_TASKS_PER_SLOT = 2
+REJECT_ARROW_SCHEMA = to_arrow_schema(S.REJECT_SCHEMA)  # declared once, in schemas/similarity.py
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -129,36 +129,41 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def disposition_uri(checked_uri: str, disposition: str) -> str:
-    """The folder of one disposition in the staged check output."""
-    return storage.join(checked_uri, f"{S.DISPOSITION}={disposition}")
+def collect_facts(facts_df: DataFrame) -> pa.Table:
+    """The facts frame (one small row per input row, no embeddings) as one Arrow table on the driver.
+
+    Bounded by design: a fact row is the sku, the image path and four small values, a few percent of
+    the embedding matrix that every tile task holds anyway (50,000 products: about 5 MB of facts).
+    """
+    to_arrow = getattr(facts_df, "toArrow", None)  # public from Spark 4.0
+    batches = to_arrow().to_batches() if to_arrow else facts_df._collect_as_arrow()
+    return pa.Table.from_batches(batches, schema=st.FACTS_ARROW_SCHEMA)
 
 
-def reason_counts(checked_uri: str) -> dict[str | None, int]:
-    """Rows per reason (None = valid) of the staged check output: the valid rows from the Parquet
-    footers, the left-out ones (few) from their reason column; read on the driver, no Spark job."""
-    counts: dict[str | None, int] = {}
-    valid = storage.parquet_rows(disposition_uri(checked_uri, S.DISPOSITION_VALID))
-    if valid:
-        counts[None] = valid
-    for disposition in (S.DISPOSITION_REJECTED, S.DISPOSITION_DROPPED):
-        uri = disposition_uri(checked_uri, disposition)
-        if storage.exists(uri):
-            reasons = storage.read_parquet(uri, [S.REASON]).column(S.REASON).to_pylist()
-            for reason in reasons:
-                counts[reason] = counts.get(reason, 0) + 1
-    return counts
-
-
-def write_empty_rejects(uri: str) -> None:
-    """An empty rejects dataset (one Parquet file with ``REJECT_SCHEMA``'s columns, no rows)."""
-    import pyarrow.parquet as pq
-    from pyspark.sql.pandas.types import to_arrow_schema
-
+def write_table(uri: str, table: pa.Table) -> None:
+    """One Parquet file under the folder ``uri`` (the check's small outputs; written on the driver)."""
     fs, path = storage.filesystem(uri)
     fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/part-00000-empty.parquet") as sink:
-        pq.write_table(to_arrow_schema(S.REJECT_SCHEMA).empty_table(), sink)
+    with fs.open_output_stream(f"{path}/part-00000.parquet") as sink:
+        pq.write_table(table, sink)
+
+
+def stage_checks(facts: pa.Table, reasons: pa.Array, checked_uri: str) -> tuple[str, str]:
+    """Stage the check's verdicts: the valid skus (what the tile tasks read) and the rejected rows
+    (``REJECT_SCHEMA``, the rejects dataset; empty when none). Returns (valid uri, rejects uri)."""
+    valid_uri = storage.join(checked_uri, S.CHECKED_VALID)
+    rejects_uri = storage.join(checked_uri, S.CHECKED_REJECTED)
+    write_table(valid_uri, pa.table({E.SKU: pc.filter(facts.column(E.SKU), pc.is_null(reasons))}))
+    rejected = pc.and_(pc.is_valid(reasons), pc.invert(pc.is_in(reasons, pa.array(S.DROPPED_REASONS))))
+    with_reason = facts.append_column(S.REASON, reasons).filter(rejected)
+    write_table(rejects_uri, with_reason.select(REJECT_ARROW_SCHEMA.names).cast(REJECT_ARROW_SCHEMA))
+    return valid_uri, rejects_uri
+
+
+def reason_counts(reasons: pa.Array) -> dict[str | None, int]:
+    """Rows per reason (None = valid)."""
+    counted = pc.value_counts(reasons)
+    return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -183,7 +188,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         raise JobError(f"--input {args.input} holds no Parquet files")
     for uri in files:
         try:
-            missing = missing_fact_columns(uri)
+            missing = st.missing_fact_columns(uri)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
         if missing:
@@ -192,21 +197,12 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     files_df = spark.createDataFrame(
         spark.sparkContext.parallelize([(uri,) for uri in files], slices), FILES_SCHEMA
     )
-    facts_df = files_df.transform(embedding_facts).cache()
-    checked_uri = storage.join(staging, CHECKED)
-    try:
-        expected_dim = expected_dimension(facts_df)
-        LOG.info("expected embedding length %d (%.1fs)", expected_dim, time.time() - started_at)
-        (
-            facts_df.transform(with_rejection_reason, expected_dim=expected_dim, metric=metric)
-            .write.partitionBy(S.DISPOSITION)
-            .mode("overwrite")
-            .parquet(storage.spark_path(checked_uri))
-        )
-    finally:
-        facts_df.unpersist()
-    counts = reason_counts(checked_uri)
-    LOG.info("checked: %s (%.1fs)", counts, time.time() - started_at)
+    facts = collect_facts(files_df.transform(embedding_facts))
+    expected_dim = st.expected_dimension(facts)
+    reasons = st.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
+    valid_uri, staged_rejects = stage_checks(facts, reasons, storage.join(staging, CHECKED))
+    counts = reason_counts(reasons)
+    LOG.info("checked, expected length %d: %s (%.1fs)", expected_dim, counts, time.time() - started_at)
     products = counts.pop(None, 0)
     rows_in = products + sum(counts.values())
     if products < MIN_VALID_PRODUCTS:
@@ -220,16 +216,17 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         tasks = blocks
     else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
         blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
-        tasks = len(block_pairs(blocks))
+        tasks = len(st.block_pairs(blocks))
     # Top-k: a few runs of pairs per slot (a Python task took ~0.2 s to start in a logged run; block_pairs
     # orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row block
     # (their work shrinks block by block; many tasks balance it).
     default_tasks = tasks if args.all_pairs else TOPK_TASKS_PER_SLOT * task_slots(spark)
     partitions = min(tasks, args.parallelism or default_tasks)
     blocks_df = spark.range(0, tasks, 1, numPartitions=partitions)
+    merge_tasks = None if args.all_pairs else min(blocks, task_slots(spark))
     tile_options = {
         "input_uri": args.input,
-        "valid_uri": disposition_uri(checked_uri, S.DISPOSITION_VALID),
+        "valid_uri": valid_uri,
         "metric": metric,
         "block_size": block_size,
         "column_block": block_size * COLUMN_BLOCKS_PER_TILE,
@@ -250,6 +247,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             k=args.top_k,
             pair_block=block_size * COLUMN_BLOCKS_PER_TILE,
             blocks=blocks,
+            merge_tasks=merge_tasks,
             **{name: value for name, value in tile_options.items() if name != "column_block"},
         )
 
@@ -287,9 +285,6 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
     final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")
     if args.sink == SINK_PARQUET:
-        staged_rejects = disposition_uri(checked_uri, S.DISPOSITION_REJECTED)
-        if not storage.exists(staged_rejects):  # no rejected row: an empty dataset, not a missing one
-            write_empty_rejects(staged_rejects)
         storage.publish(staged_edges, final_edges)
         storage.publish(staged_rejects, final_rejects)
 
@@ -310,6 +305,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         "row_blocks": blocks,
         "tile_units": tasks,
         "tile_tasks": partitions,
+        "merge_tasks": merge_tasks,
         "device": args.device,
         "sink": args.sink,
         "input": args.input,

@@ -60,12 +60,10 @@ REASON_WRONG_LENGTH = "wrong_length"  # length != the expected dimension (see jo
 REASON_NON_FINITE = "non_finite"  # NaN or infinite value, or a squared norm beyond float32's range
 REASON_ZERO_NORM = "zero_norm"  # all zeros: cosine is undefined (only rejected for --metric cosine)
 DROPPED_REASONS = (REASON_STATUS_ERROR,)
-# Where the check step puts each row (the staged check output is partitioned by it; the "rejected"
-# partition is published as the rejects dataset, REJECT_SCHEMA).
-DISPOSITION = "disposition"
-DISPOSITION_VALID = "valid"
-DISPOSITION_REJECTED = "rejected"
-DISPOSITION_DROPPED = "dropped"
+# The check step's staged outputs: the valid skus (read by the tile tasks) and the rejected rows
+# (REJECT_SCHEMA, published as the rejects dataset). Dropped rows are counted only.
+CHECKED_VALID = "valid"
+CHECKED_REJECTED = "rejected"
 REJECT_REASONS = (
     REASON_MISSING_SKU,
     REASON_DUPLICATE_SKU,

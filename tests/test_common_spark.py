@@ -47,3 +47,25 @@ def test_task_slots_by_master(master: str, default_parallelism: int, expected: i
     context = SimpleNamespace(master=master, defaultParallelism=default_parallelism)
     fake = SimpleNamespace(sparkContext=context)
     assert task_slots(fake) == (expected if expected is not None else os.cpu_count())
+
+
+def test_murmur3_int_is_sparks_hash(spark) -> None:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    values = [0, 1, -1, 7, 42, 2**31 - 1, -(2**31), 123456789, -987654321]
+    df = spark.createDataFrame([(v,) for v in values], T.StructType([T.StructField("v", T.IntegerType())]))
+    expected = [row[0] for row in df.select(F.hash("v")).collect()]
+    assert [spark_module.murmur3_int(v) for v in values] == expected
+
+
+@pytest.mark.parametrize("partitions", [1, 2, 3, 7])
+def test_partition_keys_land_in_their_partition(spark, partitions: int) -> None:
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    keys = spark_module.partition_keys(partitions)
+    assert len(set(keys)) == partitions
+    df = spark.createDataFrame([(k,) for k in keys], T.StructType([T.StructField("k", T.IntegerType())]))
+    placed = dict(df.repartition(partitions, "k").select("k", F.spark_partition_id()).collect())
+    assert [placed[k] for k in keys] == list(range(partitions))

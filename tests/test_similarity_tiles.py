@@ -364,6 +364,56 @@ def test_embedding_facts() -> None:
     assert [a.to_pylist() for a in chunked] == [a.to_pylist() for a in (lengths, non_finite, zero_norm)]
 
 
+def facts_table(rows: list[tuple]) -> pa.Table:
+    """FACTS_ARROW_SCHEMA rows: (sku, image_path, status, length, non_finite, zero_norm)."""
+    schema = st.FACTS_ARROW_SCHEMA
+    return pa.Table.from_pylist([dict(zip(schema.names, row, strict=True)) for row in rows], schema=schema)
+
+
+def test_expected_dimension_is_the_most_frequent_ok_length() -> None:
+    assert st.expected_dimension(facts_table([])) == 0
+    rows = [
+        ("a", "a.jpg", "ok", 4, False, False),
+        ("b", "b.jpg", "ok", 3, False, False),
+        ("c", "c.jpg", "error", 3, False, False),  # not ok: not counted
+        ("d", "d.jpg", None, 3, False, False),  # no status: not counted
+        ("e", "e.jpg", "ok", None, None, None),  # no embedding: not counted
+        ("f", "f.jpg", "ok", 4, True, False),  # non-finite values still have a length
+    ]
+    assert st.expected_dimension(facts_table(rows)) == 4
+    # a tie takes the smaller length
+    assert st.expected_dimension(facts_table(rows + [("g", "g.jpg", "ok", 3, False, False)])) == 3
+    assert st.expected_dimension(facts_table([("c", "c.jpg", "error", 3, False, False)])) == 0
+
+
+@pytest.mark.parametrize("metric", [S.COSINE, S.DOT])
+def test_rejection_reasons_first_match_wins(metric: str) -> None:
+    rows_and_reasons = [
+        (("a", "a.jpg", "ok", 3, False, False), None),
+        (("b", "b.jpg", "error", None, None, None), S.REASON_STATUS_ERROR),
+        ((None, "n.jpg", None, 3, False, False), S.REASON_STATUS_ERROR),  # no status before no sku
+        ((None, "n.jpg", "ok", 3, False, False), S.REASON_MISSING_SKU),
+        (("   ", "s.jpg", "ok", 3, False, False), S.REASON_MISSING_SKU),
+        (("", "e.jpg", "ok", 3, False, False), S.REASON_MISSING_SKU),
+        (("\t", "t.jpg", "ok", 3, False, False), None),  # only spaces count as blank, as Spark's trim
+        (("d", "d1.jpg", "ok", None, None, None), S.REASON_DUPLICATE_SKU),  # two ok copies: both out
+        (("d", "d2.jpg", "ok", 3, False, False), S.REASON_DUPLICATE_SKU),
+        (("d", "d3.jpg", "error", 3, False, False), S.REASON_STATUS_ERROR),
+        (("o", "o1.jpg", "ok", 3, False, False), None),  # its other copy is not ok: one ok copy
+        (("o", "o2.jpg", "error", 3, False, False), S.REASON_STATUS_ERROR),
+        (("Ü,\"x\"", "u.jpg", "ok", None, None, None), S.REASON_NULL_EMBEDDING),
+        (("w", "w.jpg", "ok", 2, True, True), S.REASON_WRONG_LENGTH),
+        (("z0", "z.jpg", "ok", 0, False, True), S.REASON_WRONG_LENGTH),
+        (("f", "f.jpg", "ok", 3, True, False), S.REASON_NON_FINITE),
+        (("z", "z.jpg", "ok", 3, False, True), S.REASON_ZERO_NORM if metric == S.COSINE else None),
+    ]
+    facts = facts_table([row for row, _ in rows_and_reasons])
+    reasons = st.rejection_reasons(facts, expected_dim=3, metric=metric)
+    assert reasons.type == pa.string()
+    assert reasons.to_pylist() == [reason for _, reason in rows_and_reasons]
+    assert st.rejection_reasons(facts_table([]), expected_dim=3, metric=metric).to_pylist() == []
+
+
 def test_embedding_facts_fn_reads_files_in_batches(tmp_path: Path) -> None:
     rows = 3 * st.FACTS_BATCH_ROWS // 2
     table = pa.table(

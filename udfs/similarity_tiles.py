@@ -192,6 +192,62 @@ def embedding_facts_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.Rec
     return facts
 
 
+def _numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
+    if isinstance(values, pa.ChunkedArray):
+        values = values.combine_chunks()
+    return values.to_numpy(zero_copy_only=False)
+
+
+def expected_dimension(facts: pa.Table) -> int:
+    """The most frequent embedding length among "ok" rows with an embedding (ties: the smaller);
+    0 when there is none. ``facts``: ``FACTS_ARROW_SCHEMA`` rows (``embedding_facts_fn``'s)."""
+    ok = pc.fill_null(pc.equal(facts.column(E.STATUS), E.STATUS_OK), False)
+    lengths = _numpy(pc.drop_null(pc.filter(facts.column(S.EMBEDDING_LENGTH), ok)))
+    if lengths.size == 0:
+        return 0
+    values, counts = np.unique(lengths, return_counts=True)  # ascending: argmax takes the smaller tie
+    return int(values[int(np.argmax(counts))])
+
+
+def rejection_reasons(facts: pa.Table, *, expected_dim: int, metric: str) -> pa.Array:
+    """Why each row of ``facts`` (``FACTS_ARROW_SCHEMA``) is left out; null = usable.
+
+    First match wins: status not "ok" (dropped on purpose: the embed job reported it), missing sku (null,
+    or only spaces), duplicate sku (every copy of a sku found in more than one "ok" row), null embedding,
+    wrong length (``!= expected_dim``), non-finite, zero norm (cosine only).
+    """
+    count = facts.num_rows
+    ok = _numpy(pc.fill_null(pc.equal(facts.column(E.STATUS), E.STATUS_OK), False))
+    sku = facts.column(E.SKU)
+    missing = _numpy(pc.fill_null(pc.equal(pc.utf8_trim(sku, " "), ""), True))
+    ok_skus = pc.filter(sku, pa.array(ok, type=pa.bool_()))
+    counted = pc.value_counts(pc.drop_null(ok_skus))
+    repeated = pc.filter(counted.field("values"), pc.greater(counted.field("counts"), 1))
+    duplicate = _numpy(pc.fill_null(pc.is_in(sku, value_set=repeated), False))
+    length = facts.column(S.EMBEDDING_LENGTH)
+    null_embedding = _numpy(length.is_null())
+    wrong_length = ~null_embedding & (_numpy(pc.fill_null(length, 0)) != expected_dim)
+    non_finite = _numpy(pc.fill_null(facts.column(S.NON_FINITE), False))
+    zero_norm = _numpy(pc.fill_null(facts.column(S.ZERO_NORM), False))
+    checks = [
+        (~ok, S.REASON_STATUS_ERROR),
+        (missing, S.REASON_MISSING_SKU),
+        (duplicate, S.REASON_DUPLICATE_SKU),
+        (null_embedding, S.REASON_NULL_EMBEDDING),
+        (wrong_length, S.REASON_WRONG_LENGTH),
+        (non_finite, S.REASON_NON_FINITE),
+    ]
+    if metric == S.COSINE:
+        checks.append((zero_norm, S.REASON_ZERO_NORM))
+    reasons = np.full(count, None, dtype=object)
+    undecided = np.ones(count, dtype=bool)
+    for failed, reason in checks:
+        hit = undecided & np.asarray(failed, dtype=bool)
+        reasons[hit] = reason
+        undecided &= ~hit
+    return pa.array(reasons, type=pa.string())
+
+
 # --------------------------------------------------------------------------------------------------
 # The prepared matrix
 # --------------------------------------------------------------------------------------------------

@@ -97,3 +97,42 @@ def task_slots(spark: SparkSession) -> int:
     if match.group(1) is None:
         return 1
     return (os.cpu_count() or 1) if match.group(1) == "*" else int(match.group(1))
+
+
+_MASK32 = 0xFFFFFFFF
+HASH_SEED = 42  # Spark's Murmur3Hash seed (F.hash and hash partitioning)
+
+
+def _rotl32(value: int, bits: int) -> int:
+    return ((value << bits) | (value >> (32 - bits))) & _MASK32
+
+
+def murmur3_int(value: int, seed: int = HASH_SEED) -> int:
+    """Spark's ``Murmur3_x86_32.hashInt``: ``F.hash`` of an int column, as a signed 32-bit int."""
+    k1 = (value & _MASK32) * 0xCC9E2D51 & _MASK32
+    k1 = _rotl32(k1, 15) * 0x1B873593 & _MASK32
+    h1 = _rotl32((seed & _MASK32) ^ k1, 13)
+    h1 = (h1 * 5 + 0xE6546B64) & _MASK32
+    h1 ^= 4  # the input's length in bytes
+    h1 ^= h1 >> 16
+    h1 = h1 * 0x85EBCA6B & _MASK32
+    h1 ^= h1 >> 13
+    h1 = h1 * 0xC2B2AE35 & _MASK32
+    h1 ^= h1 >> 16
+    return h1 - (1 << 32) if h1 & 0x80000000 else h1
+
+
+def partition_keys(partitions: int) -> list[int]:
+    """An int key per partition ``p`` (the smallest >= 0) that ``repartition(partitions, key)`` sends to
+    partition ``p``: Spark's hash partitioning is ``pmod(murmur3(key), partitions)``.
+
+    Lets a job place a few groups exactly (``repartition`` by a small key scatters them: 7 keys over 7
+    partitions left 3 empty). Only the balance rests on it: rows of one key still meet in one partition
+    whatever Spark's hash is.
+    """
+    keys: dict[int, int] = {}
+    candidate = 0
+    while len(keys) < partitions:
+        keys.setdefault(murmur3_int(candidate) % partitions, candidate)  # Python's % is pmod
+        candidate += 1
+    return [keys[p] for p in range(partitions)]

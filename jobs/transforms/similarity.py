@@ -1,26 +1,15 @@
-"""Pure DataFrame -> DataFrame steps of the similarity job (checks, rejects, tiled edges)."""
+"""Pure DataFrame -> DataFrame steps of the similarity job (embedding facts, tiled edges)."""
 from __future__ import annotations
 
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from schemas import embeddings as E
+from jobs.common.spark import partition_keys
 from schemas import similarity as S
 from udfs import similarity_tiles
 
-COUNT = "count"
-LENGTH = "length"
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
-
-
-def is_ok(status: Column) -> Column:
-    """True for the embed job's "ok" rows."""
-    return F.coalesce(status == F.lit(E.STATUS_OK), F.lit(False))
-
-
-def is_missing_sku(sku: Column) -> Column:
-    """True for a null or empty (after trimming) sku."""
-    return sku.isNull() | (F.trim(sku) == F.lit(""))
+ROUTE = "route"  # top-k candidates: the shuffle key that sends a block to its merge task
 
 
 def embedding_facts(files_df: DataFrame) -> DataFrame:
@@ -33,47 +22,6 @@ def embedding_facts(files_df: DataFrame) -> DataFrame:
     return files_df.mapInArrow(similarity_tiles.embedding_facts_fn(), S.FACTS_SCHEMA)
 
 
-def with_rejection_reason(facts_df: DataFrame, *, expected_dim: int, metric: str) -> DataFrame:
-    """One row per embedding row (``embedding_facts``): sku, image_path, embedding_length, ``reason``
-    (null = usable) and ``disposition`` (valid, rejected, or dropped on purpose).
-
-    Reasons, first match wins: status not "ok" (dropped), missing sku, duplicate sku (every copy of a
-    sku found in more than one "ok" row), null embedding, wrong length (``!= expected_dim``),
-    non-finite, zero norm (cosine only).
-    """
-    ok_copies = F.count(F.when(is_ok(F.col(E.STATUS)), F.lit(1))).over(Window.partitionBy(E.SKU))
-    reason = (
-        F.when(~is_ok(F.col(E.STATUS)), F.lit(S.REASON_STATUS_ERROR))
-        .when(is_missing_sku(F.col(E.SKU)), F.lit(S.REASON_MISSING_SKU))
-        .when(ok_copies > 1, F.lit(S.REASON_DUPLICATE_SKU))
-        .when(F.col(S.EMBEDDING_LENGTH).isNull(), F.lit(S.REASON_NULL_EMBEDDING))
-        .when(F.col(S.EMBEDDING_LENGTH) != F.lit(expected_dim), F.lit(S.REASON_WRONG_LENGTH))
-        .when(F.col(S.NON_FINITE), F.lit(S.REASON_NON_FINITE))
-    )
-    if metric == S.COSINE:
-        reason = reason.when(F.col(S.ZERO_NORM), F.lit(S.REASON_ZERO_NORM))
-    return facts_df.select(E.SKU, E.IMAGE_PATH, S.EMBEDDING_LENGTH, reason.alias(S.REASON)).withColumn(
-        S.DISPOSITION,
-        F.when(F.col(S.REASON).isNull(), F.lit(S.DISPOSITION_VALID))
-        .when(F.col(S.REASON).isin(*S.DROPPED_REASONS), F.lit(S.DISPOSITION_DROPPED))
-        .otherwise(F.lit(S.DISPOSITION_REJECTED)),
-    )
-
-
-def expected_dimension(facts_df: DataFrame) -> int:
-    """The most frequent embedding length among "ok" rows with an embedding (ties: the smaller);
-    0 when there is none."""
-    lengths = (
-        facts_df.filter(is_ok(F.col(E.STATUS)) & F.col(S.EMBEDDING_LENGTH).isNotNull())
-        .groupBy(F.col(S.EMBEDDING_LENGTH).alias(LENGTH))
-        .count()
-        .orderBy(F.col(COUNT).desc(), F.col(LENGTH).asc())
-        .limit(1)
-        .collect()
-    )
-    return int(lengths[0][LENGTH]) if lengths else 0
-
-
 def explode_topk_edges(
     pairs_df: DataFrame,
     *,
@@ -84,6 +32,7 @@ def explode_topk_edges(
     block_size: int,
     pair_block: int,
     blocks: int,
+    merge_tasks: int,
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
@@ -93,12 +42,19 @@ def explode_topk_edges(
     Two steps: each pair's tiles give the candidates of both its blocks (one product per pair of
     products); a shuffle by block brings a block's candidates together, where they are merged and
     settled exactly. ``input_uri`` holds the embeddings, ``valid_uri`` the skus that passed the checks.
+
+    The blocks are dealt round-robin to ``merge_tasks`` tasks (``partition_keys``: hashing the block
+    number itself left some tasks with two blocks and others with none).
     """
     options = (input_uri, valid_uri, metric, k, pair_block, block_size, device, threads)
+    keys = partition_keys(merge_tasks)
+    route = F.element_at(F.array(*(F.lit(keys[b % merge_tasks]) for b in range(blocks))), F.col(S.BLOCK) + 1)
     return (
         pairs_df.select(F.col(BLOCK))
         .mapInArrow(similarity_tiles.topk_candidates_fn(*options), S.CANDIDATES_SCHEMA)
-        .repartition(blocks, F.col(S.BLOCK))
+        .withColumn(ROUTE, route)
+        .repartition(merge_tasks, F.col(ROUTE))
+        .drop(ROUTE)
         .mapInArrow(similarity_tiles.topk_merge_fn(*options), S.TOPK_EDGE_SCHEMA)
     )
 
