@@ -21,10 +21,12 @@ import argparse
 import bz2
 import concurrent.futures
 import csv
+import dataclasses
 import functools
 import gzip
 import hashlib
 import io
+import itertools
 import logging
 import math
 import os
@@ -36,9 +38,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
 from jobs.common.catalog import check_catalog_header
@@ -56,11 +61,13 @@ from jobs.common.quality import (
 from jobs.common.report import Funnel, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms import gremlin as tg
+from jobs.transforms import gremlin_arrow as ga
 from jobs.validate_gremlin_csv import all_files
 from schemas import catalog as C
 from schemas import embeddings as E
 from schemas import gremlin as G
 from schemas import similarity as S
+from udfs import gremlin_edge_files as ef
 
 LOG = logging.getLogger("stylegraph.export")
 
@@ -79,11 +86,9 @@ EDGE_PREFIX = "edge."
 DROPPED_REASONS = {G.VERTEX_DUPLICATE_IDENTICAL, G.EDGE_DUPLICATE_IDENTICAL}
 # Suspect duplicate keys above this many are joined without a broadcast.
 MAX_BROADCAST_KEYS = 1_000_000
-# The duplicate-key check gathers keys into lists up to this many edges (8-byte keys, boxed while listed:
-# about 25 bytes each on the JVM heap); above, a hash shuffle of the keys with bounded memory.
-MAX_LISTED_KEYS = 20_000_000
-KEYS_PER_BUCKET = 500_000
-MIN_KEY_BUCKETS = 16
+# The exact duplicate check holds at most about this many (from, to) keys (8 bytes each, sorted) in one
+# task: the keys are cut into this many-key ranges of the ~from vertex and each range counted apart.
+KEYS_PER_RANGE = 5_000_000
 EMPTY_PARQUET_NAME = "part-00000-empty.parquet"
 # The quality gate reads back every vertex and this many edge rows in all, taken from the head of every
 # edge file (0: every edge row). The job itself has already read every byte of every file (record count,
@@ -412,23 +417,6 @@ def in_job_group(
         LOG.info("%s (background): %.2fs", description, time.perf_counter() - started)
 
 
-def count_repeated_edge_keys(keyed_df: DataFrame, edge_plan: concurrent.futures.Future) -> int:
-    """0 when every (src, dst) is distinct; more than 0 when some edge key repeats (duplicate or collision).
-
-    The number is the copies beyond the first (listed keys) or the keys that repeat (shuffled keys).
-
-    Up to :data:`MAX_LISTED_KEYS` rows, the keys are gathered into a few lists and each list's distinct
-    size compared (:func:`tg.repeated_edge_key_count`: a shuffle of a few arrays, not of millions of
-    rows); above, the keys are counted by a hash shuffle with bounded memory. ``edge_plan`` is the
-    future of :func:`plan_edges`, whose input count picks the way.
-    """
-    edges_in, _ = edge_plan.result()
-    if edges_in <= MAX_LISTED_KEYS:
-        buckets = max(MIN_KEY_BUCKETS, math.ceil(edges_in / KEYS_PER_BUCKET))
-        return int(keyed_df.transform(tg.repeated_edge_key_count, buckets=buckets).first()[0])
-    return keyed_df.transform(tg.duplicate_edge_keys).count()
-
-
 def plan_edges(
     spark: SparkSession, contract_df: DataFrame, untagged_rows_df: DataFrame, args: argparse.Namespace
 ) -> tuple[int, Sizing]:
@@ -442,6 +430,205 @@ def plan_edges(
         slots=task_slots(spark),
     )
     return edges_in, sizing
+
+
+# ---------------------------------------------------------------------------------- edges from Arrow tasks
+@dataclass
+class EdgeOutcome:
+    """What the edge write produced: input rows, files, rejects by reason, repeated keys, sizing."""
+
+    edges_in: int
+    files: list[dict[str, Any]]
+    rejected: dict[str, int]
+    repeated_keys: int
+    sizing: Sizing
+
+
+def edge_row_groups(uri: str) -> list[tuple[str, int, int]]:
+    """``(file URI, row group, rows)`` of every edge Parquet file, in file order, from the footers.
+
+    Raises:
+        JobError: a file that is not readable Parquet (named).
+    """
+
+    def footer(file_uri: str) -> list[tuple[str, int, int]]:
+        fs, path = storage.filesystem(file_uri)
+        try:
+            with fs.open_input_file(path) as handle:
+                metadata = pq.ParquetFile(handle).metadata
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise JobError(f"--edges: {file_uri} is not a readable Parquet file: {error}") from error
+        return [
+            (file_uri, index, metadata.row_group(index).num_rows) for index in range(metadata.num_row_groups)
+        ]
+
+    files = storage.list_files(uri)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(8, max(1, len(files)))) as pool:
+        return [group for groups in pool.map(footer, files) for group in groups]
+
+
+def sample_edge_bytes_per_row(
+    row_groups: list[tuple[str, int, int]], spec: ef.EdgeWriteSpec, pieces: ga.VertexPieces
+) -> float | None:
+    """Compressed bytes per written edge row, from the first :data:`SIZING_SAMPLE_ROWS` input rows
+    formatted and compressed exactly as the write tasks do (None: no good row among them)."""
+    first = next(((uri, group) for uri, group, rows in row_groups if rows), None)
+    if first is None:
+        return None
+    task = ef.EdgeTask(index=0, parts=((first[0], (first[1],)),), rows=0)
+    batch = next(ef.read_task_batches(task, spec.columns)).slice(0, SIZING_SAMPLE_ROWS)
+    checked = ga.check_batch(batch, pieces.skus)
+    good = batch.filter(pa.array(checked.reasons == ga.GOOD))
+    if good.num_rows == 0:
+        return None
+    records = ga.format_edges(
+        good, checked.from_index, checked.to_index, pieces, has_rank=spec.has_rank, tail=spec.tail
+    )
+    return max(len(_compress(bytes(records), spec.compression)) / good.num_rows, 1.0)
+
+
+def plan_edge_tasks(
+    row_groups: list[tuple[str, int, int]], *, bytes_per_row: float | None, target_bytes: int, slots: int
+) -> list[ef.EdgeTask]:
+    """Cut the input row groups into write tasks (contiguous, in input order).
+
+    One task per row group, unless that would write files under ``min(TINY_FILE_BYTES, target)``: then
+    ``max(slots, ceil(bytes / target))`` tasks of about equal rows (never fewer tasks than slots to run
+    them, as many as the row groups at most). A task writes files of ``rows_per_file`` rows.
+    """
+    groups = [item for item in row_groups if item[2]]
+    total = sum(rows for _, _, rows in groups)
+    if not groups:
+        return []
+    if bytes_per_row is None or total <= SIZING_SAMPLE_ROWS:
+        count = 1
+    elif bytes_per_row * total / len(groups) >= min(TINY_FILE_BYTES, target_bytes):
+        count = len(groups)
+    else:
+        count = min(len(groups), max(slots, math.ceil(bytes_per_row * total / target_bytes)))
+    assigned: list[list[tuple[str, int, int]]] = [[] for _ in range(count)]
+    seen = 0
+    for item in groups:
+        index = min(count - 1, seen * count // total)
+        assigned[index].append(item)
+        seen += item[2]
+    tasks = []
+    for items in assigned:
+        if not items:
+            continue
+        parts = tuple(
+            (uri, tuple(group for _, group, _ in members))
+            for uri, members in itertools.groupby(items, key=lambda item: item[0])
+        )
+        tasks.append(ef.EdgeTask(index=len(tasks), parts=parts, rows=sum(rows for _, _, rows in items)))
+    return tasks
+
+
+def write_edges_arrow(
+    spark: SparkSession,
+    args: argparse.Namespace,
+    staged: str,
+    *,
+    skus: list[str],
+    contract_df: DataFrame,
+    has_rank: bool,
+) -> EdgeOutcome:
+    """Check and write every edge from Python tasks (:mod:`udfs.gremlin_edge_files`); one Spark job.
+
+    Each task reads row groups of the edge Parquet, rejects rows (reasons as in
+    :func:`tg.with_edge_reject_reason`, the rows to ``_rejects/edges/part-<task>.parquet``), writes the
+    good ones as CSV files of ``rows_per_file`` rows with their rows, bytes and sha256 taken as written,
+    and hands its (from, to) keys, sorted and cut by key range, to a second step that counts the keys
+    seen more than once. ``repeated_keys`` > 0 means some pair repeats: the caller then redoes the edges
+    on the Spark path, which picks the edge to keep.
+    """
+    row_groups = edge_row_groups(args.edges)
+    edges_in = sum(rows for _, _, rows in row_groups)
+    pieces = ga.vertex_pieces(pa.array(skus, pa.string()), label=args.edge_label)
+    reject_schema = to_arrow_schema(contract_df.schema).append(pa.field(G.REASON, pa.string()))
+    slots = task_slots(spark)
+    spec = ef.EdgeWriteSpec(
+        edges_uri=storage.join(staged, G.EDGES_DIR),
+        rejects_uri=storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR),
+        compression=args.compression,
+        rows_per_file=max(edges_in, 1),
+        columns=tuple(contract_df.columns),
+        has_rank=has_rank,
+        header=",".join(G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS),
+        tail=ga.record_tail(args.metric, S.HIGHER_IS_CLOSER[args.metric]),
+        reject_schema=reject_schema,
+        key_ranges=max(slots, math.ceil(edges_in / KEYS_PER_RANGE)),
+        vertices=max(len(skus), 1),
+    )
+    target_bytes = args.target_file_mb * 1024 * 1024
+    bytes_per_row = (
+        sample_edge_bytes_per_row(row_groups, spec, pieces) if edges_in > SIZING_SAMPLE_ROWS else None
+    )
+    if bytes_per_row is not None:
+        spec = dataclasses.replace(spec, rows_per_file=max(1, int(target_bytes / bytes_per_row)))
+    tasks = plan_edge_tasks(row_groups, bytes_per_row=bytes_per_row, target_bytes=target_bytes, slots=slots)
+    LOG.info("edges: %d rows in, %d write tasks, %d rows per file", edges_in, len(tasks), spec.rows_per_file)
+    results: list[tuple[str, Any]] = []
+    if tasks:
+        context = spark.sparkContext
+        pieces_broadcast = context.broadcast(pieces)
+        try:
+            results = (
+                context.parallelize(tasks, len(tasks))
+                .mapPartitions(functools.partial(ef.write_edge_partition, spec=spec, pieces=pieces_broadcast))
+                .partitionBy(spec.key_ranges, lambda key_range: key_range)
+                .mapPartitions(ef.count_repeats)
+                .collect()
+            )
+        finally:
+            pieces_broadcast.destroy()
+    stats = sorted((payload for kind, payload in results if kind == ef.STATS), key=lambda item: item["task"])
+    files = [
+        {
+            "path": f"{G.EDGES_DIR}/{item['name']}",
+            "rows": item["rows"],
+            "bytes": item["bytes"],
+            "sha256": item["sha256"],
+        }
+        for task_stats in stats
+        for item in task_stats["files"]
+    ]
+    if not files:  # no good edge at all: one file with the header, so every export has edge files
+        writer = ef.CsvFileWriter(
+            storage.join(spec.edges_uri, ef.file_name(0, 0, args.compression)), args.compression, spec.header
+        )
+        item = writer.close()
+        files = [
+            {
+                "path": f"{G.EDGES_DIR}/{item['name']}",
+                "rows": 0,
+                "bytes": item["bytes"],
+                "sha256": item["sha256"],
+            }
+        ]
+    rejected: dict[str, int] = {}
+    for task_stats in stats:
+        for reason, count in task_stats["rejected"].items():
+            rejected[reason] = rejected.get(reason, 0) + count
+    rows_read = sum(task_stats["rows_in"] for task_stats in stats)
+    if rows_read != edges_in or len(stats) != len(tasks):
+        raise RuntimeError(
+            f"edge tasks read {rows_read} rows in {len(stats)} tasks, expected {edges_in} in {len(tasks)}"
+        )
+    repeated = sum(payload for kind, payload in results if kind == ef.REPEATS)
+    LOG.info(
+        "edge tasks: seconds %s, CPU seconds %s",
+        [task_stats["seconds"] for task_stats in stats],
+        [task_stats["cpu_seconds"] for task_stats in stats],
+    )
+    sizing = Sizing(
+        bytes_per_row=None if bytes_per_row is None else round(bytes_per_row, 2),
+        rows_per_file=spec.rows_per_file,
+        partitions=len(tasks),
+    )
+    return EdgeOutcome(
+        edges_in=edges_in, files=files, rejected=rejected, repeated_keys=repeated, sizing=sizing
+    )
 
 
 def tag_vertices(
@@ -544,13 +731,12 @@ def write_empty_parquet(uri: str, schema: T.StructType) -> None:
 def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:
     """Write the whole export under ``staged`` and check it; returns the manifest and the counts.
 
-    The edge work that needs nothing from the catalog (input count, file sizing, the duplicate-key
-    check) starts at once in a background thread; the catalog checks and vertex files run in another
-    while the edges are written. The edges are written as soon as their size is planned, checked
-    against the skus that become vertices (the catalog rows without a reason: duplicate skus do not
-    change that set), before the duplicate check has answered: in the rare run where it finds a
-    repeated (src, dst) key, the edges are compared exactly and written again. Nothing is published
-    before every check is done.
+    The catalog checks and vertex files run in a worker thread (Spark jobs) while the edges are checked
+    and written by Python tasks (:func:`write_edges_arrow`) against the skus that become vertices (the
+    catalog rows without a reason: duplicate skus do not change that set). The tasks take every file's
+    rows, bytes and sha256 as they write it and count repeated (from, to) keys exactly; in the rare run
+    where a pair repeats, the edges are redone on the Spark path, which keeps the best edge of each
+    pair. Nothing is published before every check is done.
     """
     clock = PhaseClock()
     suffix = G.FILE_SUFFIX[args.compression]
@@ -559,46 +745,57 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
 
     # Vertices: the catalog is small (tens of thousands of rows), so its tagged frame is cached.
     catalog_df = read_catalog(spark, args.catalog).transform(tg.with_row_order)
-    # Edges: possibly tens of millions of rows; nothing is cached.
+    # Edges: possibly tens of millions of rows; nothing is cached. Spark reads only the schema here.
     contract_df, has_rank = read_edges(spark, args.edges)
-    keyed_df = contract_df.transform(tg.with_edge_key)
-    # Row sizes are estimated on untagged rows: the same columns, without the joins.
-    untagged_rows_df = contract_df.withColumn(G.REASON, F.lit(None).cast("string")).transform(
-        tg.to_edge_rows, **edge_format
-    )
+    edges_uri = storage.join(staged, G.EDGES_DIR)
+    edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
+    edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
     group = f"{APP_NAME}-{posixpath.basename(posixpath.dirname(staged.rstrip('/')))}"
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=3, thread_name_prefix="export")
+    # The skus that become vertices (the catalog rows without a reason: the same set whichever duplicate
+    # row wins), so the edges need not wait for the duplicate-sku comparison. Tens of thousands of
+    # strings, fetched through Arrow before the vertex work starts beside the edges.
+    skus = sorted(set(catalog_df.transform(tg.vertex_skus, is_distinct=False).toPandas()[C.SKU]))
+    clock.lap("vertex_skus")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
     try:
-        edge_plan = pool.submit(
-            in_job_group, spark, group, "edge count and sizing", plan_edges, spark, contract_df,
-            untagged_rows_df, args,
-        )
-        repeated = pool.submit(
-            in_job_group, spark, group, "duplicate-key check", count_repeated_edge_keys, keyed_df, edge_plan
-        )
         vertex_phase = pool.submit(
-            in_job_group, spark, group, "catalog checks and vertex files", check_and_stage_vertices, spark,
-            args, staged, catalog_df,
+            in_job_group,
+            spark,
+            group,
+            "catalog checks and vertex files",
+            check_and_stage_vertices,
+            spark,
+            args,
+            staged,
+            catalog_df,
         )
-        edges_in, edge_sizing = edge_plan.result()
-        clock.lap("edge_sizing")
-        vertex_skus_df = catalog_df.transform(tg.vertex_skus)
-        tagged_e_df = keyed_df.transform(tg.with_edge_reject_reason, vertex_skus_df)
-        LOG.info("edges: %d rows in; writing with %s", edges_in, edge_sizing)
-        edges_uri = storage.join(staged, G.EDGES_DIR)
-        write_csv(
-            tagged_e_df.transform(tg.to_edge_rows, **edge_format),
-            edges_uri,
-            compression=args.compression,
-            sizing=edge_sizing,
+        outcome = in_job_group(
+            spark,
+            group,
+            "edge files",
+            write_edges_arrow,
+            spark,
+            args,
+            staged,
+            skus=skus,
+            contract_df=contract_df,
+            has_rank=has_rank,
         )
+        edges_in, edge_sizing, edge_files = outcome.edges_in, outcome.sizing, outcome.files
+        edge_reject_counts: dict[str | None, int] = dict(outcome.rejected)
         clock.lap("edge_write")
-        repeated_keys = repeated.result()
-        clock.lap("duplicate_check_wait")
+        LOG.info("edges: %d rows in; %d repeated (from, to) keys", edges_in, outcome.repeated_keys)
         duplicate_keys = 0
-        if repeated_keys:
-            # Rare: some key repeats. Find the keys exactly, compare those edges, write the edges again.
-            duplicate_keys_df = keyed_df.transform(tg.duplicate_edge_keys)
+        removed: list[str] = []
+        if outcome.repeated_keys:
+            # Rare: some (from, to) repeats. The Spark path finds those keys, keeps the best edge of
+            # each, and writes every edge again; the files and rejects of the first write are replaced.
+            storage.remove(edges_uri)
+            storage.remove(edge_rejects_uri)
+            tagged_e_df = contract_df.transform(tg.with_edge_key).transform(
+                tg.with_edge_reject_reason, catalog_df.transform(tg.vertex_skus)
+            )
+            duplicate_keys_df = tagged_e_df.transform(tg.duplicate_edge_keys)
             duplicate_keys = duplicate_keys_df.count()
             LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
             tagged_e_df = tagged_e_df.transform(
@@ -608,6 +805,9 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
                 broadcast_keys=duplicate_keys <= MAX_BROADCAST_KEYS,
             )
             edge_rows_df = tagged_e_df.transform(tg.to_edge_rows, **edge_format)
+            untagged_rows_df = contract_df.withColumn(G.REASON, F.lit(None).cast("string")).transform(
+                tg.to_edge_rows, **edge_format
+            )
             edge_sizing = plan_sizing(
                 edge_rows_df,
                 total_rows=edges_in,
@@ -617,25 +817,24 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
                 slots=task_slots(spark),
             )
             write_csv(edge_rows_df, edges_uri, compression=args.compression, sizing=edge_sizing)
-            clock.lap("edge_rewrite_after_duplicates")
-        # The rows written are counted from the files themselves; only when some input rows are missing
-        # from them is the input read again to quarantine those rows with their reasons.
-        removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
-        edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
-        edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
-        edges_written = totals(edge_files)["rows"]
-        clock.lap("edge_read_back")
-        edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
-        rejects_df = tagged_e_df.drop(G.EDGE_KEY)
-        if edges_written != edges_in:
-            rejects_df.filter(F.col(G.REASON).isNotNull()).write.mode("overwrite").parquet(
-                storage.spark_path(edge_rejects_uri)
-            )
+            removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
+            edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
+            rejects_df = tagged_e_df.drop(G.EDGE_KEY).filter(F.col(G.REASON).isNotNull())
+            rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
             edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
-        else:  # every input row is in the files: the quarantine is empty, nothing to read back
-            write_empty_parquet(edge_rejects_uri, rejects_df.schema)
-            edge_reject_counts = {}
-        LOG.info("edges staged: %d written; rejects by reason %s", edges_written, edge_reject_counts)
+            clock.lap("edge_rewrite_after_duplicates")
+        else:
+            # The files on disk must be exactly those the tasks described (a dead attempt leaves at most
+            # a hidden temporary file, removed here).
+            removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
+            on_disk = sorted(posixpath.relpath(uri, staged) for uri in all_files(edges_uri))
+            if on_disk != sorted(item["path"] for item in edge_files):
+                raise RuntimeError(f"edge files on disk {on_disk} are not those written {edge_files}")
+            if not edge_reject_counts:  # nothing quarantined: an empty file keeps the reject schema
+                write_empty_parquet(
+                    edge_rejects_uri, contract_df.withColumn(G.REASON, F.lit(None).cast("string")).schema
+                )
+        LOG.info("edges staged: %s written; rejects by reason %s", totals(edge_files), edge_reject_counts)
         clock.lap("edge_rejects")
         tagged_v_df, vertex_counts, nul_stripped, with_status, vertex_staged = vertex_phase.result()
         vertex_files, vertex_sizing, removed_vertex_files = vertex_staged

@@ -7,6 +7,7 @@ read back with Python's csv module (RFC 4180), independent of Spark's reader.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import gzip
 import hashlib
 import io
@@ -16,6 +17,9 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pytest
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
@@ -163,16 +167,15 @@ def write_catalog(path: Path, rows: list[list[str]], extra: str = "") -> None:
         handle.write(extra)
 
 
-@pytest.fixture(scope="module")
-def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
-    root = tmp_path_factory.mktemp("export")
+def run_hostile_export(spark: Any, root: Path, edges: list[tuple]) -> dict[str, Any]:
+    """The hostile catalog, embeddings and ``edges`` exported (gzip, gate off) under ``root``."""
     write_catalog(root / "catalog.csv", CATALOG, MALFORMED_LINE)
     embeddings = [
         (sku, f"{sku}.jpg", [0.0] if status == "ok" else None, status, None, "resnet152", None)
         for sku, status in EMBEDDINGS
     ]
     spark.createDataFrame(embeddings, E.EMBEDDING_SCHEMA).write.parquet(str(root / "embeddings"))
-    spark.createDataFrame(EDGES, RAW_EDGE_SCHEMA).write.parquet(str(root / "edges"))
+    spark.createDataFrame(edges, RAW_EDGE_SCHEMA).write.parquet(str(root / "edges"))
     output = root / "gremlin" / f"dt={RUN_DATE}"
     report = export_gremlin.main(
         [
@@ -193,6 +196,12 @@ def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
         ]
     )
     return {"root": root, "output": output, "report": report}
+
+
+@pytest.fixture(scope="module")
+def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
+    """Edges with repeated (src, dst) pairs: the Arrow write finds them, the Spark path redoes the edges."""
+    return run_hostile_export(spark, tmp_path_factory.mktemp("export"), EDGES)
 
 
 def test_hostile_vertices_round_trip_through_python_csv(hostile_export):
@@ -402,7 +411,7 @@ def test_files_are_sized_near_the_target_and_all_pairs_has_no_rank(sized_inputs)
         "product:S0000",
         "product:S0001",
         "looks_like",
-        "0.0",
+        "0",  # the shortest form that parses back to the same double (Spark writes 0.0)
         "exp_l1",
         "false",
     ]
@@ -480,39 +489,37 @@ def test_the_gate_checks_each_edge_file_head_and_stops_bad_output(spark, sized_i
         kind: spark.read.parquet(str(output / "_rejects" / kind)) for kind in ("vertices", "edges")
     }
     assert {kind: (df.columns, df.count()) for kind, df in quarantines.items()} == {
-        "vertices": (["sku", "name", "brand", "category", "subcategory", "image_path", "_corrupt_record",
-                      "reject_reason"], 0),
+        "vertices": (
+            [
+                "sku",
+                "name",
+                "brand",
+                "category",
+                "subcategory",
+                "image_path",
+                "_corrupt_record",
+                "reject_reason",
+            ],
+            0,
+        ),
         "edges": (["src", "dst", "score", "reject_reason"], 0),
     }
     before = {str(p.relative_to(output)): p.read_bytes() for p in data_files(output)}
 
     # A writer bug that gives every edge the same ~id passes the job's own file checks; the gate stops it.
-    monkeypatch.setattr(export_gremlin.tg, "edge_id", lambda label, from_id, to_id: F.lit("similar:same"))
+    real_pieces = export_gremlin.ga.vertex_pieces
+
+    def same_id_pieces(skus: Any, *, label: str) -> Any:
+        pieces = real_pieces(skus, label=label)
+        same = pa.array(["similar:same"] * len(skus))
+        return dataclasses.replace(pieces, id_head=same, id_tail=pa.array([""] * len(skus)))
+
+    monkeypatch.setattr(export_gremlin.ga, "vertex_pieces", same_id_pieces)
     with pytest.raises(JobError, match="gremlin_edges: expect_column_values_to_be_unique"):
         export_gremlin.main(args)
     assert json.loads(quality_file.read_text())["success"] is False
     assert {str(p.relative_to(output)): p.read_bytes() for p in data_files(output)} == before
     assert sorted(os.listdir(tmp_path)) == ["R", "gremlin"]
-
-
-@pytest.mark.parametrize(("max_listed", "expected"), [(1_000, (2, 0)), (0, (1, 0))])
-def test_the_duplicate_key_check_finds_repeats_either_way(spark, monkeypatch, max_listed, expected):
-    # Lists (copies beyond the first: 2) up to MAX_LISTED_KEYS edges, a key shuffle (repeated keys: 1) above.
-    monkeypatch.setattr(export_gremlin, "MAX_LISTED_KEYS", max_listed)
-    rows = [
-        ("A", "B", 0.1, 1),
-        ("A", "B", 0.1, 1),
-        ("A", "B", 0.2, 2),
-        ("B", "A", 0.1, 1),
-        ("C", None, 0.1, 1),
-    ]
-    found = []
-    for edges in (rows, [row for row in rows if row[2] != 0.1 or row[0] != "A"]):
-        keyed_df = spark.createDataFrame(edges, RAW_EDGE_SCHEMA).transform(export_gremlin.tg.with_edge_key)
-        plan: Any = export_gremlin.concurrent.futures.Future()
-        plan.set_result((len(edges), None))
-        found.append(export_gremlin.count_repeated_edge_keys(keyed_df, plan))
-    assert tuple(found) == expected
 
 
 def test_missing_input_and_bad_label_are_clear_errors(tmp_path):
@@ -575,3 +582,265 @@ def test_writer_round_trips_every_hostile_string(spark, tmp_path):
     assert b"\n19,\n" in raw  # null is a blank field, not ""
     assert b"\n18,\n" in raw  # and so is the empty string
     assert io.BytesIO(raw).read().count(b"\x00") == 0
+
+
+# ------------------------------------------------------------------ the Arrow edge writer (no repeated pair)
+UNIQUE_EDGES = [row for index, row in enumerate(EDGES) if index not in (4, 6)]  # no (src, dst) twice
+EXPECTED_UNIQUE_EDGE_REJECTS = {
+    ("A1", "B2", "nan", 3, "non_finite_score"),
+    ("A1", "N1", float("inf"), 4, "non_finite_score"),
+    ("A1", "A1", 1.0, 5, "self_loop"),
+    ("GHOST", "A1", 0.3, 1, "from_vertex_missing"),
+    ("A1", "GHOST", 0.3, 6, "to_vertex_missing"),
+    (None, "A1", 0.3, 1, "missing_endpoint"),
+    ("N1", "B2", None, 1, "missing_score"),
+    ("Z\x00", "A1", 0.1, 1, "from_vertex_missing"),
+}
+
+
+@pytest.fixture(scope="module")
+def arrow_export(spark, tmp_path_factory) -> dict[str, Any]:
+    return run_hostile_export(spark, tmp_path_factory.mktemp("arrow"), UNIQUE_EDGES)
+
+
+def test_hostile_edges_written_by_the_arrow_tasks_round_trip(arrow_export, hostile_export):
+    output = arrow_export["output"]
+    files = data_files(output / "edges")
+    assert [path.name for path in files] == [f"part-{i:05d}-c000.csv.gz" for i in range(len(files))]
+    assert {tuple(read_csv_rows(path)[0]) for path in files} == {tuple(EDGE_HEADER)}
+    rows = [row for path in files for row in read_csv_rows(path)[1:]]
+    parsed = [[*row[:4], float(row[4]), *row[5:]] for row in rows]
+    assert sorted(parsed, key=str) == sorted(EXPECTED_EDGES, key=str)
+    # The quoted ids and ends, exactly as RFC 4180 wants them (quotes doubled, the field quoted).
+    raw = b"".join(gzip.decompress(path.read_bytes()) for path in files)
+    assert b'"similar:13:product:Q""1,x->product: 8sp","product:Q""1,x",product: 8sp,similar,0.5,1,' in raw
+    assert arrow_export["report"]["edges"]["duplicate_keys"] == 0
+    assert hostile_export["report"]["edges"]["duplicate_keys"] == 2  # (A1, 8sp) and (B2, A1): Spark path
+
+
+def test_arrow_tasks_quarantine_and_count_every_bad_edge(spark, arrow_export):
+    output = arrow_export["output"]
+    rejects = {
+        (
+            row["src"],
+            row["dst"],
+            "nan" if row["score"] is not None and math.isnan(row["score"]) else row["score"],
+            row["rank"],
+            row["reject_reason"],
+        )
+        for row in spark.read.parquet(str(output / "_rejects" / "edges")).collect()
+    }
+    assert rejects == EXPECTED_UNIQUE_EDGE_REJECTS
+    funnel = arrow_export["report"]["funnel"]
+    assert {k: v for k, v in funnel["rejected_by_reason"].items() if k.startswith("edge.")} == {
+        "edge.non_finite_score": 2,
+        "edge.self_loop": 1,
+        "edge.from_vertex_missing": 2,
+        "edge.to_vertex_missing": 1,
+        "edge.missing_endpoint": 1,
+        "edge.missing_score": 1,
+    }
+    assert (funnel["rows_in"], funnel["rows_out"], funnel["is_balanced"]) == (
+        len(CATALOG) + 1 + len(UNIQUE_EDGES),
+        10,
+        True,
+    )
+    assert [path.name for path in (output / "_rejects" / "edges").iterdir()] == ["part-00000.parquet"]
+
+
+def test_arrow_manifest_has_each_files_rows_bytes_and_sha256(arrow_export):
+    output = arrow_export["output"]
+    manifest = json.loads((output / "manifest.json").read_text())
+    edge_files = [item for item in manifest["files"] if item["path"].startswith("edges/")]
+    on_disk = [
+        {
+            "path": f"edges/{path.name}",
+            "rows": len(read_csv_rows(path)) - 1,
+            "bytes": path.stat().st_size,
+            "sha256": hashlib.sha256(path.read_bytes()).hexdigest(),
+        }
+        for path in data_files(output / "edges")
+    ]
+    assert edge_files == on_disk
+    assert manifest["totals"]["edges"] == {
+        "files": len(on_disk),
+        "rows": 5,
+        "bytes": sum(item["bytes"] for item in on_disk),
+    }
+    result = validate_export(str(output / "vertices"), str(output / "edges"))
+    assert result.problems == [] and result.records == {"vertex": 5, "edge": 5}
+
+
+HOSTILE_SKUS = [
+    "plain",
+    "a,b",
+    'a"b',
+    '"',
+    '""',
+    "a\nb",
+    "a\rb",
+    "a\r\nb",
+    "back\\slash",
+    'bs\\"q',
+    " lead",
+    "trail ",
+    "semi;colon",
+    "emoji 👟",
+    "日本語",
+    "tab\tin",
+    "\u2028",
+]
+
+
+def arrow_records(skus: list[str], edges: list[tuple], *, has_rank: bool, label: str = "similar") -> bytes:
+    pieces = export_gremlin.ga.vertex_pieces(pa.array(skus), label=label)
+    columns = {"src": [e[0] for e in edges], "dst": [e[1] for e in edges], "score": [e[2] for e in edges]}
+    if has_rank:
+        columns["rank"] = pa.array([e[3] for e in edges], pa.int32())
+    batch = pa.RecordBatch.from_pydict(columns)
+    checked = export_gremlin.ga.check_batch(batch, pieces.skus)
+    good = batch.filter(pa.array(checked.reasons == 0))
+    tail = export_gremlin.ga.record_tail("cosine", True)
+    return bytes(
+        export_gremlin.ga.format_edges(
+            good, checked.from_index, checked.to_index, pieces, has_rank=has_rank, tail=tail
+        )
+    )
+
+
+def test_arrow_rows_are_byte_for_byte_what_sparks_writer_writes(spark, tmp_path):
+    # Scores that Java and Arrow both write the same way; every hostile sku on both ends.
+    edges = [
+        (src, dst, 0.25 * (1 + i % 3), None if i % 5 == 0 else i)
+        for i, (src, dst) in enumerate(zip(HOSTILE_SKUS, HOSTILE_SKUS[1:] + HOSTILE_SKUS[:1], strict=True))
+    ]
+    edges_df = spark.createDataFrame(edges, RAW_EDGE_SCHEMA).withColumn(
+        "reject_reason", F.lit(None).cast("string")
+    )
+    rows_df = edges_df.transform(
+        export_gremlin.tg.to_edge_rows, label="similar", metric="cosine", higher_is_closer=True
+    )
+    sizing = export_gremlin.Sizing(bytes_per_row=None, rows_per_file=1000, partitions=1)
+    export_gremlin.write_csv(rows_df, str(tmp_path / "spark"), compression="none", sizing=sizing)
+    (path,) = [p for p in (tmp_path / "spark").iterdir() if p.name.endswith(".csv")]
+    spark_bytes = path.read_bytes().split(b"\n", 1)[1]
+    assert arrow_records(HOSTILE_SKUS, edges, has_rank=True) == spark_bytes
+    assert b'\\"' not in spark_bytes.replace(b'bs\\""q', b"")
+
+
+def test_arrow_scores_parse_back_to_the_same_double():
+    values = [0.5, 1e-5, 0.1 + 0.2, 1e300, -1e-300, 5e-324, -0.0, 123456789.123, 1 / 3, 2.0**53 + 2]
+    pieces_skus = ["a", "b"]
+    text = arrow_records(pieces_skus, [("a", "b", value, 1) for value in values], has_rank=True)
+    scores = [line.split(",")[4] for line in text.decode().splitlines()]
+    assert [float(score) for score in scores] == values
+    assert all(pc.match_substring_regex(pa.array(scores), r"^-?[0-9.e+-]+$").to_pylist())
+
+
+def test_a_retried_task_rewrites_the_same_files(tmp_path, monkeypatch):
+    from udfs import gremlin_edge_files as ef
+
+    skus = [f"S{i:03d}" for i in range(100)] + ['q"uote,d']
+    rows = [(skus[i % 101], skus[(i * 7 + 1) % 101], i / 2500, i % 9) for i in range(2500)]
+    table = pa.table(
+        {
+            "src": [r[0] for r in rows],
+            "dst": [r[1] for r in rows],
+            "score": [r[2] for r in rows],
+            "rank": pa.array([r[3] for r in rows], pa.int32()),
+        }
+    )
+    export_gremlin.pq.write_table(table, tmp_path / "in.parquet")
+    pieces = export_gremlin.ga.vertex_pieces(pa.array(skus), label="similar")
+    reject_schema = pa.schema(
+        [
+            ("src", pa.string()),
+            ("dst", pa.string()),
+            ("score", pa.float64()),
+            ("rank", pa.int32()),
+            ("reject_reason", pa.string()),
+        ]
+    )
+    spec = ef.EdgeWriteSpec(
+        edges_uri=str(tmp_path / "edges"),
+        rejects_uri=str(tmp_path / "rejects"),
+        compression="gzip",
+        rows_per_file=1000,
+        columns=("src", "dst", "score", "rank"),
+        has_rank=True,
+        header=",".join(EDGE_HEADER),
+        tail=export_gremlin.ga.record_tail("cosine", True),
+        reject_schema=reject_schema,
+        key_ranges=3,
+        vertices=len(skus),
+    )
+    task = ef.EdgeTask(index=7, parts=((str(tmp_path / "in.parquet"), (0,)),), rows=2500)
+
+    def run_once() -> tuple[dict[str, bytes], Any]:
+        out = list(ef.write_edge_task(task, spec, pieces))
+        stats = [payload for _, (kind, payload) in out if kind == ef.STATS][0]
+        files = {p.name: p.read_bytes() for p in sorted((tmp_path / "edges").iterdir())}
+        return files, {k: v for k, v in stats.items() if "seconds" not in k}
+
+    first_files, first_stats = run_once()
+    # Self-loops (i * 7 + 1 == i mod 101) are rejected; the rest is written in files of 1,000 rows.
+    loops = sum(1 for r in rows if r[0] == r[1])
+    assert [f["rows"] for f in first_stats["files"]] == [1000, 1000, 2500 - loops - 2000]
+    assert first_stats["rejected"] == {"self_loop": loops} and loops > 0
+    assert list(first_files) == ["part-00007-c000.csv.gz", "part-00007-c001.csv.gz", "part-00007-c002.csv.gz"]
+    for item in first_stats["files"]:
+        assert hashlib.sha256(first_files[item["name"]]).hexdigest() == item["sha256"]
+        assert len(first_files[item["name"]]) == item["bytes"]
+    written = [row for name in first_files for row in read_csv_rows(tmp_path / "edges" / name)[1:]]
+    expected = [
+        [edge_id(s, d), f"product:{s}", f"product:{d}", "similar", score, str(rank), "cosine", "true"]
+        for s, d, score, rank in rows
+        if s != d
+    ]
+    assert [[*row[:4], float(row[4]), *row[5:]] for row in written] == expected
+
+    # An attempt that dies half-way leaves no partial file under a data name, and a retry rewrites
+    # the same names with the same bytes.
+    calls = {"n": 0}
+    real_format = export_gremlin.ga.format_edges
+
+    def failing_format(*args: Any, **kwargs: Any) -> Any:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError("executor lost")
+        return real_format(*args, **kwargs)
+
+    monkeypatch.setattr(ef.ga, "format_edges", failing_format)
+    with pytest.raises(OSError, match="executor lost"):
+        run_once()
+    assert sorted(p.name for p in (tmp_path / "edges").iterdir()) == sorted(first_files)
+    monkeypatch.setattr(ef.ga, "format_edges", real_format)
+    assert run_once() == (first_files, first_stats)
+    assert sorted(p.name for p in (tmp_path / "edges").iterdir()) == sorted(first_files)
+
+
+def test_repeated_pairs_are_counted_exactly_across_tasks_and_ranges():
+    from udfs import gremlin_edge_files as ef
+
+    vertices, ranges = 10, 3
+    tasks = [
+        [(0, 1), (9, 8), (4, 4)],
+        [(0, 1), (5, 5), (9, 7)],  # (0, 1) again, in another task
+        [(3, 2), (2, 3), (9, 8), (9, 8)],  # (9, 8) twice more; (2, 3) is not (3, 2)
+    ]
+    items = []
+    for task in tasks:
+        keys = export_gremlin.ga.edge_keys(
+            np.array([f for f, _ in task]), np.array([t for _, t in task]), vertices
+        )
+        items += list(ef.key_range_chunks(keys, vertices=vertices, key_ranges=ranges))
+    assert {key_range for key_range, _ in items} == {0, 1, 2}
+    by_range: dict[int, list] = {}
+    for key_range, chunk in items:
+        by_range.setdefault(key_range, []).append((key_range, (ef.KEYS, chunk)))
+    repeats = {
+        key_range: [payload for kind, payload in ef.count_repeats(chunks) if kind == ef.REPEATS]
+        for key_range, chunks in by_range.items()
+    }
+    # Ranges by ~from: 0-3 -> 0, 4-6 -> 1, 7-9 -> 2. (0, 1) repeats once, (9, 8) twice.
+    assert repeats == {0: [1], 1: [0], 2: [2]}

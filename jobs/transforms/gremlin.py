@@ -27,10 +27,6 @@ _FROM_HASH = "_from_hash"
 _TO_SKU = "_to_sku"
 _TO_HASH = "_to_hash"
 _SUSPECT = "_is_duplicate_suspect"
-_BUCKET = "_key_bucket"
-_KEYS = "_keys"
-_REPEATED = "_repeated"
-REPEATED_KEYS = "repeated"
 
 
 def blank_to_null(column: Column) -> Column:
@@ -82,18 +78,15 @@ def mark_duplicate_skus(catalog_df: DataFrame) -> DataFrame:
     )
 
 
-def vertex_skus(catalog_df: DataFrame) -> DataFrame:
-    """The skus that become vertices (one column ``sku``, distinct): those of rows without a reason.
+def vertex_skus(catalog_df: DataFrame, *, is_distinct: bool = True) -> DataFrame:
+    """The skus that become vertices (one column ``sku``): those of rows without a reason.
 
     The same set whichever duplicate row wins (:func:`mark_duplicate_skus` keeps one row per sku), so
-    edges can be checked against it without waiting for the duplicate comparison.
+    edges can be checked against it without waiting for the duplicate comparison. Distinct unless
+    ``is_distinct`` is False (a caller that dedupes the collected skus itself saves a shuffle).
     """
-    return (
-        catalog_df.transform(with_vertex_reject_reason)
-        .filter(F.col(G.REASON).isNull())
-        .select(C.SKU)
-        .distinct()
-    )
+    skus_df = catalog_df.transform(with_vertex_reject_reason).filter(F.col(G.REASON).isNull()).select(C.SKU)
+    return skus_df.distinct() if is_distinct else skus_df
 
 
 def with_duplicate_reasons(
@@ -257,27 +250,6 @@ def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
         .count()
         .filter(F.col("count") > 1)
         .select(G.EDGE_KEY)
-    )
-
-
-def repeated_edge_key_count(edges_df: DataFrame, *, buckets: int) -> DataFrame:
-    """One row, one column ``repeated``: among rows with both ends, the copies of a :data:`G.EDGE_KEY`
-    beyond its first (three rows sharing a key count 2).
-
-    0 proves every (src, dst) distinct (equal pairs always share a key); more than 0 says there are
-    duplicates or hash collisions, which :func:`duplicate_edge_keys` and :func:`mark_duplicate_edges` then
-    sort out exactly. The keys are gathered into ``buckets`` lists by key (partial lists built where the
-    rows are read), so what is shuffled is a few arrays rather than one row per edge, and each list's
-    size is compared with its distinct size. Memory: every key of a task is held while its lists grow,
-    so callers keep this for inputs of tens of millions of edges at most.
-    """
-    key = F.col(G.EDGE_KEY)
-    return (
-        edges_df.filter(F.col(S.SRC).isNotNull() & F.col(S.DST).isNotNull())
-        .groupBy(F.pmod(key, F.lit(buckets)).alias(_BUCKET))
-        .agg(F.collect_list(key).alias(_KEYS))
-        .select((F.size(_KEYS) - F.size(F.array_distinct(_KEYS))).alias(_REPEATED))
-        .agg(F.coalesce(F.sum(_REPEATED), F.lit(0)).alias(REPEATED_KEYS))
     )
 
 
