@@ -9,12 +9,12 @@ Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
 ``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
 
 How (see ``udfs/similarity_tiles.py`` for the kernels):
-1. Each input Parquet file is read with pyarrow in a task (the embeddings never travel through Spark's
-   row format) into per-row facts: length, non-finite, zero norm. The facts (a few percent of the
-   matrix every tile task holds) come back to the driver as Arrow in one Spark job, where every row is
-   checked (status, sku, duplicates, null, length, NaN/inf, zero norm for cosine) against the expected
-   embedding length, the most frequent length among "ok" rows with an embedding (ties: the smaller).
-   The valid skus and the rejected rows are staged as Parquet from there: no further Spark job.
+1. The driver reads each input Parquet file with pyarrow (the embeddings never travel through Spark's
+   row format) into per-row facts: length, non-finite, zero norm (a few percent of the matrix every
+   tile task holds). Every row is checked (status, sku, duplicates, null, length, NaN/inf, zero norm
+   for cosine) against the expected embedding length, the most frequent length among "ok" rows with
+   an embedding (ties: the smaller). The valid skus and the rejected rows are staged as Parquet from
+   there. No Spark job before the tiles.
 2. Broadcast by Parquet: every tile task reads the input embeddings itself (pyarrow, once per Python
    worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
    valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix
@@ -33,6 +33,7 @@ How (see ``udfs/similarity_tiles.py`` for the kernels):
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import logging
 import math
 import time
@@ -42,7 +43,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
@@ -58,7 +59,7 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark, task_slots
-from jobs.transforms.similarity import embedding_facts, explode_all_pairs_edges, explode_topk_edges
+from jobs.transforms.similarity import explode_all_pairs_edges, explode_topk_edges
 from schemas import embeddings as E
 from schemas import similarity as S
 from udfs import similarity_tiles as st
@@ -76,7 +77,7 @@ SINK_COUNT = "count"  # compute every edge, write none (benchmarks, sizing runs)
 SINKS = (SINK_PARQUET, SINK_COUNT)
 CHECKED = "checked"
 MIN_VALID_PRODUCTS = 2
-FILES_SCHEMA = "uri string"
+FACT_THREADS = 4
 # A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
 # per-tile selection and merge overhead small against the product itself.
 COLUMN_BLOCKS_PER_TILE = 4
@@ -129,15 +130,23 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def collect_facts(facts_df: DataFrame) -> pa.Table:
-    """The facts frame (one small row per input row, no embeddings) as one Arrow table on the driver.
+def read_facts(files: Sequence[str]) -> pa.Table:
+    """The facts of every input row (``udfs.similarity_tiles.file_facts``), read on the driver, a few
+    files at a time in threads (pyarrow and numpy release the GIL).
 
-    Bounded by design: a fact row is the sku, the image path and four small values, a few percent of
-    the embedding matrix that every tile task holds anyway (50,000 products: about 5 MB of facts).
+    On the driver by design: a fact row is the sku, the image path and four small values, and the
+    whole matrix they describe must fit every tile task anyway (50,000 x 256: 0.3 CPU-s, 5 MB of
+    facts); a Spark job for it cost more in task starts than the reading itself.
     """
-    to_arrow = getattr(facts_df, "toArrow", None)  # public from Spark 4.0
-    batches = to_arrow().to_batches() if to_arrow else facts_df._collect_as_arrow()
-    return pa.Table.from_batches(batches, schema=st.FACTS_ARROW_SCHEMA)
+
+    def facts_of(uri: str) -> pa.Table:
+        try:
+            return st.file_facts(uri)
+        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+            raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=min(len(files), FACT_THREADS)) as pool:
+        return pa.concat_tables(list(pool.map(facts_of, files)))
 
 
 def write_table(uri: str, table: pa.Table) -> None:
@@ -193,11 +202,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
         if missing:
             raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
-    slices = min(len(files), spark.sparkContext.defaultParallelism)
-    files_df = spark.createDataFrame(
-        spark.sparkContext.parallelize([(uri,) for uri in files], slices), FILES_SCHEMA
-    )
-    facts = collect_facts(files_df.transform(embedding_facts))
+    facts = read_facts(files)
     expected_dim = st.expected_dimension(facts)
     reasons = st.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
     valid_uri, staged_rejects = stage_checks(facts, reasons, storage.join(staging, CHECKED))

@@ -79,7 +79,7 @@ EMBEDDING_LENGTH = "embedding_length"
 NON_FINITE = "non_finite"
 ZERO_NORM = "zero_norm"
 
-# Rejected embedding rows: one per input row left out for a data problem (the embedding is not copied).
+# What the checks learn of each input row (udfs.similarity_tiles.file_facts; not an output).
 FACTS_SCHEMA = T.StructType(
     [
         T.StructField("sku", T.StringType(), True),
@@ -90,6 +90,7 @@ FACTS_SCHEMA = T.StructType(
         T.StructField(ZERO_NORM, T.BooleanType(), True),
     ]
 )
+# Rejected embedding rows: one per input row left out for a data problem (the embedding is not copied).
 REJECT_SCHEMA = T.StructType(
     [
         T.StructField("sku", T.StringType(), True),

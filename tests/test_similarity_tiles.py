@@ -414,7 +414,7 @@ def test_rejection_reasons_first_match_wins(metric: str) -> None:
     assert st.rejection_reasons(facts_table([]), expected_dim=3, metric=metric).to_pylist() == []
 
 
-def test_embedding_facts_fn_reads_files_in_batches(tmp_path: Path) -> None:
+def test_file_facts_reads_a_file_in_batches(tmp_path: Path) -> None:
     rows = 3 * st.FACTS_BATCH_ROWS // 2
     table = pa.table(
         {
@@ -428,13 +428,11 @@ def test_embedding_facts_fn_reads_files_in_batches(tmp_path: Path) -> None:
     )
     pq.write_table(table, tmp_path / "a.parquet")
     pq.write_table(table.drop(["status"]), tmp_path / "b.parquet")
-    files = pa.record_batch([pa.array([str(tmp_path / "a.parquet")])], names=["uri"])
-    out = pa.Table.from_batches(list(st.embedding_facts_fn()(iter([files]))))
+    out = st.file_facts(str(tmp_path / "a.parquet"))
     assert out.schema == st.FACTS_ARROW_SCHEMA
     assert out.column("sku").to_pylist() == table.column("sku").to_pylist()
     assert out.column("status").to_pylist() == table.column("status").to_pylist()
     assert out.column(S.EMBEDDING_LENGTH).to_pylist() == [2 if i % 7 else None for i in range(rows)]
     assert out.column(S.ZERO_NORM).to_pylist() == [False if i % 7 else None for i in range(rows)]
-    missing = pa.record_batch([pa.array([str(tmp_path / "b.parquet")])], names=["uri"])
     with pytest.raises(ValueError, match=r"b\.parquet: no column\(s\) \['status'\]"):
-        list(st.embedding_facts_fn()(iter([missing])))
+        st.file_facts(str(tmp_path / "b.parquet"))

@@ -156,40 +156,36 @@ def missing_fact_columns(uri: str) -> list[str]:
     return [column for column in FACT_COLUMNS if column not in names]
 
 
-def embedding_facts_fn() -> Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]:
-    """A ``mapInArrow`` function: Parquet file URIs in (one column), each file's rows out as
-    ``FACTS_ARROW_SCHEMA`` (sku, image_path, status and the ``embedding_facts``), read with pyarrow a
-    row batch at a time.
+def file_facts(uri: str) -> pa.Table:
+    """Every row of one embeddings Parquet file as ``FACTS_ARROW_SCHEMA`` (sku, image_path, status and
+    the ``embedding_facts``), read with pyarrow a row batch at a time (memory: one batch of embeddings).
 
-    Why not Spark's reader: Spark decodes ``array<float>`` into rows and re-encodes it to Arrow for
-    Python, many times the time of pyarrow reading the file (3.8 s against 0.4 s for 50,000 x 256 in
-    a one-off side measurement here); and the tile tasks read the same files the same way.
+    Raises:
+        ValueError: the file lacks a column the checks read (the job checks the footers first).
     """
-
-    def facts(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
-        for batch in batches:
-            for uri in batch.column(0).to_pylist():
-                fs, path = storage.filesystem(uri)
-                with fs.open_input_file(path) as handle:
-                    reader = pq.ParquetFile(handle)
-                    missing = [c for c in FACT_COLUMNS if c not in reader.schema_arrow.names]
-                    if missing:  # the job checks this on the driver first (a clear JobError)
-                        raise ValueError(f"{uri}: no column(s) {missing} (not the embed job's output?)")
-                    for rows in reader.iter_batches(batch_size=FACTS_BATCH_ROWS, columns=list(FACT_COLUMNS)):
-                        lengths, non_finite, zero_norm = embedding_facts(rows.column(E.EMBEDDING))
-                        yield pa.RecordBatch.from_arrays(
-                            [
-                                rows.column(E.SKU).cast(pa.string()),
-                                rows.column(E.IMAGE_PATH).cast(pa.string()),
-                                rows.column(E.STATUS).cast(pa.string()),
-                                lengths,
-                                non_finite,
-                                zero_norm,
-                            ],
-                            schema=FACTS_ARROW_SCHEMA,
-                        )
-
-    return facts
+    fs, path = storage.filesystem(uri)
+    batches = []
+    with fs.open_input_file(path) as handle:
+        reader = pq.ParquetFile(handle)
+        missing = [c for c in FACT_COLUMNS if c not in reader.schema_arrow.names]
+        if missing:
+            raise ValueError(f"{uri}: no column(s) {missing} (not the embed job's output?)")
+        for rows in reader.iter_batches(batch_size=FACTS_BATCH_ROWS, columns=list(FACT_COLUMNS)):
+            lengths, non_finite, zero_norm = embedding_facts(rows.column(E.EMBEDDING))
+            batches.append(
+                pa.RecordBatch.from_arrays(
+                    [
+                        rows.column(E.SKU).cast(pa.string()),
+                        rows.column(E.IMAGE_PATH).cast(pa.string()),
+                        rows.column(E.STATUS).cast(pa.string()),
+                        lengths,
+                        non_finite,
+                        zero_norm,
+                    ],
+                    schema=FACTS_ARROW_SCHEMA,
+                )
+            )
+    return pa.Table.from_batches(batches, schema=FACTS_ARROW_SCHEMA)
 
 
 def _numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
@@ -200,7 +196,7 @@ def _numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 
 def expected_dimension(facts: pa.Table) -> int:
     """The most frequent embedding length among "ok" rows with an embedding (ties: the smaller);
-    0 when there is none. ``facts``: ``FACTS_ARROW_SCHEMA`` rows (``embedding_facts_fn``'s)."""
+    0 when there is none. ``facts``: ``FACTS_ARROW_SCHEMA`` rows (``file_facts``')."""
     ok = pc.fill_null(pc.equal(facts.column(E.STATUS), E.STATUS_OK), False)
     lengths = _numpy(pc.drop_null(pc.filter(facts.column(S.EMBEDDING_LENGTH), ok)))
     if lengths.size == 0:

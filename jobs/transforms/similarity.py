@@ -1,4 +1,4 @@
-"""Pure DataFrame -> DataFrame steps of the similarity job (embedding facts, tiled edges)."""
+"""Pure DataFrame -> DataFrame steps of the similarity job (the tiled edges)."""
 from __future__ import annotations
 
 from pyspark.sql import DataFrame
@@ -10,16 +10,6 @@ from udfs import similarity_tiles
 
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
 ROUTE = "route"  # top-k candidates: the shuffle key that sends a block to its merge task
-
-
-def embedding_facts(files_df: DataFrame) -> DataFrame:
-    """One row per input file URI (first column) in; every row of those files out, as
-    ``FACTS_SCHEMA``: sku, image_path, status, embedding_length, non_finite, zero_norm.
-
-    The embeddings are read and checked in Python (``udfs.similarity_tiles.embedding_facts_fn``) and do
-    not travel through Spark at all; the tile tasks read them from the same files.
-    """
-    return files_df.mapInArrow(similarity_tiles.embedding_facts_fn(), S.FACTS_SCHEMA)
 
 
 def explode_topk_edges(
