@@ -436,3 +436,35 @@ def test_file_facts_reads_a_file_in_batches(tmp_path: Path) -> None:
     assert out.column(S.ZERO_NORM).to_pylist() == [False if i % 7 else None for i in range(rows)]
     with pytest.raises(ValueError, match=r"b\.parquet: no column\(s\) \['status'\]"):
         st.file_facts(str(tmp_path / "b.parquet"))
+
+
+def test_read_matrix_keeps_the_valid_rows_in_sku_order(tmp_path: Path) -> None:
+    def write(folder: Path, name: str, rows: list[tuple]) -> None:
+        folder.mkdir(exist_ok=True)
+        table = pa.table(
+            {
+                "sku": [r[0] for r in rows],
+                "status": [r[1] for r in rows],
+                "embedding": pa.array([r[2] for r in rows], type=pa.list_(pa.float32())),
+            }
+        )
+        pq.write_table(table, folder / name, row_group_size=2)  # several chunks per column
+
+    inp = tmp_path / "in"
+    write(inp, "a.parquet", [("c", "ok", [3.0, 3.5]), ("x", "ok", None), ("a", "ok", [1.0, 1.5]),
+                             ("b", "error", [9.0, 9.0])])
+    write(inp, "b.parquet", [("b", "ok", [2.0, 2.5]), ("w", "ok", [7.0]), ("d", None, [4.0, 4.5]),
+                             ("é,\"", "ok", [5.0, 5.5])])
+    valid = tmp_path / "valid"
+    write(valid, "v.parquet", [(sku, None, None) for sku in ["b", "é,\"", "a", "c"]])
+    skus, matrix = st.read_matrix(str(inp), str(valid))
+    assert skus.to_pylist() == ["a", "b", "c", "é,\""]
+    np.testing.assert_array_equal(matrix, np.array([[1, 1.5], [2, 2.5], [3, 3.5], [5, 5.5]], np.float32))
+    assert matrix.dtype == np.float32 and matrix.flags.c_contiguous
+    # a valid sku the input no longer has, or a valid list naming a row of another length
+    write(valid, "v.parquet", [(sku, None, None) for sku in ["a", "zz"]])
+    with pytest.raises(RuntimeError, match="changed under the job: 1 rows for 2 skus"):
+        st.read_matrix(str(inp), str(valid))
+    write(valid, "v.parquet", [(sku, None, None) for sku in ["a", "w"]])
+    with pytest.raises(RuntimeError, match="ragged"):
+        st.read_matrix(str(inp), str(valid))

@@ -321,15 +321,21 @@ def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
         pc.fill_null(pc.equal(table.column(E.STATUS), E.STATUS_OK), False),
         pc.is_in(table.column(E.SKU), value_set=valid.combine_chunks()),
     )
-    table = table.filter(keep).sort_by(E.SKU)
-    if table.num_rows != len(valid):
-        raise RuntimeError(f"{input_uri} changed under the job: {table.num_rows} rows for {len(valid)} skus")
-    skus = table.column(E.SKU).combine_chunks().cast(pa.string())
-    values = pc.list_flatten(table.column(E.EMBEDDING).combine_chunks()).to_numpy(zero_copy_only=False)
-    count = table.num_rows
-    if count == 0 or values.size % count:
-        raise RuntimeError(f"embedding matrix of {input_uri} is empty or ragged")
-    return skus, values.astype(np.float32, copy=False).reshape(count, values.size // count)
+    rows = _numpy(pc.indices_nonzero(keep))
+    if rows.size != len(valid):
+        raise RuntimeError(f"{input_uri} changed under the job: {rows.size} rows for {len(valid)} skus")
+    if rows.size == 0:
+        raise RuntimeError(f"embedding matrix of {input_uri} is empty")
+    skus = table.column(E.SKU).take(pa.array(rows)).combine_chunks().cast(pa.string())
+    order = _numpy(pc.sort_indices(skus))
+    # Sort the row numbers by sku, then gather the vectors once (sorting the whole table would copy
+    # the list column and flattening it would copy it again).
+    embeddings = table.column(E.EMBEDDING).take(pa.array(rows[order]))
+    values = _numpy(pc.list_flatten(embeddings)).astype(np.float32, copy=False)
+    dim = values.size // rows.size
+    if values.size % rows.size or (_numpy(pc.list_value_length(embeddings)) != dim).any():
+        raise RuntimeError(f"embedding matrix of {input_uri} is ragged")
+    return skus.take(pa.array(order)), values.reshape(rows.size, dim)
 
 
 def load_prepared(input_uri: str, valid_uri: str, metric: str, device: torch.device) -> Prepared:
