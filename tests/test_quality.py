@@ -318,3 +318,88 @@ def test_quality_flags_are_the_same_on_every_job_parser():
         parser.parse_args(["--max-reject-fraction", "1.5"])
     with pytest.raises(JobError, match="invalid choice"):
         parser.parse_args(["--quality", "lenient"])
+
+
+def _by_description(checks: list[dict]) -> dict[str, dict]:
+    # Which duplicated rows a LIMIT returns first is Spark's choice; the multiset of examples is not.
+    return {
+        c["description"]: {**c, "unexpected_examples": sorted(map(repr, c["unexpected_examples"]))}
+        for c in checks
+    }
+
+
+@pytest.mark.parametrize("dataset", sorted(CASES))
+def test_gate_metrics_give_the_results_of_great_expectations_own_spark_engine(spark, gx_context, dataset):
+    # The oracle: great-expectations computing every metric itself, one Spark job or more per expectation,
+    # on the frame that breaks the most (counts, shares and examples all differ from zero there).
+    schema, _, bad, context, _ = CASES[dataset]
+    frame = spark.createDataFrame(bad, schema)
+    suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
+    planned = quality.validate_frame(gx_context, dataset, frame, suite)["expectations"]
+    suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
+    native = quality._validate_with_gx_engine(gx_context, dataset, frame, suite)
+    for check in native:
+        check.pop("_key")
+    assert len(planned) == len(suite)
+    assert _by_description(planned) == _by_description(native)
+
+
+def test_every_suite_expectation_is_computed_by_the_gate_not_left_to_the_slow_engine(spark):
+    # An expectation the gate cannot plan still runs (through great-expectations' engine), only slower:
+    # the shipped suites must all be planned, or a job's gate quietly gets expensive again.
+    context = {
+        quality.N_USERS: 2, quality.N_ITEMS: 3, quality.TEST_NEGATIVES: 1, quality.TOP_K: 2,
+        quality.EMBEDDING_DIM: 2, quality.ROWS_IN: 100,
+    }
+    for dataset, (schema, *_rest) in CASES.items():
+        unplanned = [
+            e.description
+            for e in ex.SUITES[dataset](quality.QualityThresholds(), context)
+            if quality._plan_expectation(e, set(schema.names)) is None
+        ]
+        assert unplanned == [], dataset
+    funnel = ex.SUITES[quality.FUNNEL_DATASET](quality.QualityThresholds(), context)
+    assert all(quality._plan_expectation(e, {quality.REJECT_FRACTION}) for e in funnel)
+    # A missing column is left to great-expectations, which names it (see the empty/missing test).
+    not_null = ex.SUITES[quality.TRAIN](quality.QualityThresholds(), context)[4]
+    assert not_null.description == "user_idx is never blank"
+    assert quality._plan_expectation(not_null, {"item_idx", "label"}) is None
+    assert quality._plan_expectation(not_null, {"user_idx"}) is not None
+
+
+def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(spark, gx_context):
+    import great_expectations.expectations as gxe
+
+    frame = spark.createDataFrame([(0, 0, 1.0), (1, None, 0.0), (1, None, 1.0)], NCF)
+    suite = [
+        gxe.ExpectColumnValuesToNotBeNull(column="item_idx", severity="critical", description="item set"),
+        gxe.UnexpectedRowsExpectation(
+            unexpected_rows_query="SELECT no_such_column FROM {batch}",
+            severity="warning",
+            description="bad sql",
+        ),
+        gxe.UnexpectedRowsExpectation(
+            # Parses, then fails at run time (on the row with label 1).
+            unexpected_rows_query="SELECT * FROM {batch} WHERE assert_true(label < 1) IS NULL",
+            severity="critical",
+            description="raises",
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="label", value_set=[0.0], mostly=0.5, severity="critical", description="mostly zero"
+        ),
+    ]
+    result = quality.validate_frame(gx_context, "train", frame, suite)
+    checks = {c["description"]: c for c in result["expectations"]}
+    assert list(checks) == ["item set", "bad sql", "raises", "mostly zero"]
+    assert (checks["item set"]["success"], checks["item set"]["unexpected_count"]) == (False, 2)
+    assert checks["item set"]["unexpected_examples"] == [None, None]
+    assert checks["item set"]["exception"] is None
+    assert (checks["bad sql"]["success"], checks["bad sql"]["severity"]) == (False, "warning")
+    assert "no_such_column" in checks["bad sql"]["exception"]
+    assert (checks["raises"]["success"], checks["raises"]["severity"]) == (False, "critical")
+    assert "is not true!" in checks["raises"]["exception"]
+    assert "\n" not in checks["raises"]["exception"]  # the first line, not the JVM stack trace
+    # 2 of 3 labels are 1.0: a third in the set is under mostly=0.5.
+    assert (checks["mostly zero"]["success"], checks["mostly zero"]["unexpected_count"]) == (False, 2)
+    assert checks["mostly zero"]["unexpected_examples"] == [1.0, 1.0]
+    assert result["success"] is False
