@@ -423,9 +423,9 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
     assert "manifest.json" in before
 
     def disk_full(*args: Any, **kwargs: Any) -> Any:
-        raise OSError("disk full while reading the staged files back")
+        raise OSError("disk full after staging the files")
 
-    monkeypatch.setattr(export_gremlin, "describe_files", disk_full)
+    monkeypatch.setattr(export_gremlin, "check_funnel", disk_full)
     with pytest.raises(OSError, match="disk full"):
         export_gremlin.main(
             [

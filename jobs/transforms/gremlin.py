@@ -171,15 +171,6 @@ def to_vertex_rows(catalog_df: DataFrame, *, label: str, with_status: bool) -> D
     return catalog_df.filter(F.col(G.REASON).isNull()).select(*columns)
 
 
-def has_nul_in_properties(catalog_df: DataFrame) -> Column:
-    """True for a catalog row with a NUL in any of its string columns (to count what was stripped)."""
-    checks = [F.coalesce(F.instr(F.col(column), NUL) > 0, F.lit(False)) for column in C.CATALOG_COLUMNS]
-    out = checks[0]
-    for check in checks[1:]:
-        out = out | check
-    return out
-
-
 def select_edge_contract(edges_df: DataFrame, *, has_rank: bool) -> DataFrame:
     """The similarity columns the export reads (``src``, ``dst``, ``score`` and ``rank`` when present)."""
     columns = [F.col(S.SRC).cast("string"), F.col(S.DST).cast("string"), F.col(S.SCORE).cast("double")]

@@ -25,6 +25,7 @@ import pyarrow.compute as pc
 from schemas import gremlin as G
 from schemas import similarity as S
 
+NUL = "\u0000"
 # Characters that make a field need quotes (RFC 4180: separator, quote, CR, LF).
 NEEDS_QUOTES_PATTERN = '[,"\r\n]'
 QUOTE = '"'
@@ -192,8 +193,39 @@ def format_edges(
     if has_rank:
         columns.append(pc.fill_null(pc.cast(good.column(S.RANK).cast(pa.int32()), pa.string()), ""))
     columns.append(pa.scalar(tail))
-    records = pc.binary_join_element_wise(*columns, ",")
+    return record_bytes(pc.binary_join_element_wise(*columns, ","))
+
+
+def record_bytes(records: pa.Array) -> memoryview:
+    """The text of a string array without nulls, as one buffer (its values back to back, zero-copy)."""
+    if len(records) == 0:
+        return memoryview(b"")
     offsets = np.frombuffer(
         records.buffers()[1], dtype=np.int32, count=len(records) + 1, offset=records.offset * 4
     )
     return memoryview(records.buffers()[2])[offsets[0] : offsets[-1]]
+
+
+def property_field(values: pa.Array) -> pa.Array:
+    """A String property as a CSV field: NULs removed, null and "" both a blank field ("no value")."""
+    text = pc.fill_null(pc.replace_substring(values.cast(pa.string()), NUL, ""), "")
+    return csv_field(text)
+
+
+def format_vertices(rows: pa.Table, *, label: str, property_columns: tuple[str, ...], sku: str) -> pa.Array:
+    """One CSV record per row (``\n``-terminated, no header), as a string array (see :func:`record_bytes`):
+    ``~id`` (``product:<sku>``), ``~label``, then each of ``property_columns`` as :func:`property_field`.
+
+    The same rows as :func:`jobs.transforms.gremlin.to_vertex_rows` on the good catalog rows.
+    """
+    rows = rows.combine_chunks()
+
+    def column(name: str) -> pa.Array:
+        chunked = rows.column(name)
+        return chunked.chunk(0) if chunked.num_chunks else pa.array([], chunked.type)
+
+    ids = csv_field(pc.binary_join_element_wise(G.VERTEX_ID_PREFIX, column(sku).cast(pa.string()), ""))
+    label_field = csv_field(pa.array([label]))[0].as_py()
+    fields = [ids, pa.scalar(label_field), *(property_field(column(name)) for name in property_columns)]
+    joined = pc.binary_join_element_wise(*fields, ",")
+    return pc.binary_join_element_wise(joined, RECORD_END, "")
