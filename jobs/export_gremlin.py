@@ -465,7 +465,7 @@ def sample_edge_bytes_per_row(
     if first is None:
         return None
     task = ef.EdgeTask(index=0, parts=((first[0], (first[1],)),), rows=0)
-    batch = next(ef.read_task_batches(task, spec.columns)).slice(0, SIZING_SAMPLE_ROWS)
+    batch = next(ef.read_task_batches(task, spec.columns, batch_rows=SIZING_SAMPLE_ROWS))
     checked = ga.check_batch(batch, pieces.skus)
     good = batch.filter(pa.array(checked.reasons == ga.GOOD))
     if good.num_rows == 0:
@@ -735,11 +735,6 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
     edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
     group = f"{APP_NAME}-{posixpath.basename(posixpath.dirname(staged.rstrip('/')))}"
-    # The skus that become vertices (the catalog rows without a reason: the same set whichever duplicate
-    # row wins), so the edges need not wait for the duplicate-sku comparison. Tens of thousands of
-    # strings, fetched through Arrow before the vertex work starts beside the edges.
-    skus = sorted(set(catalog_df.transform(tg.vertex_skus, is_distinct=False).toPandas()[C.SKU]))
-    clock.lap("vertex_skus")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
     try:
         vertex_phase = pool.submit(
@@ -753,6 +748,12 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             staged,
             catalog_df,
         )
+        # The skus that become vertices (the catalog rows without a reason: the same set whichever
+        # duplicate row wins), so the edges need not wait for the duplicate-sku comparison. Tens of
+        # thousands of strings, fetched through Arrow while the vertex job reads the catalog beside.
+        skus_df = catalog_df.transform(tg.vertex_skus, is_distinct=False)
+        skus = sorted(set(in_job_group(spark, group, "vertex skus", skus_df.toPandas)[C.SKU]))
+        clock.lap("vertex_skus")
         outcome = in_job_group(
             spark,
             group,

@@ -844,3 +844,37 @@ def test_repeated_pairs_are_counted_exactly_across_tasks_and_ranges():
     }
     # Ranges by ~from: 0-3 -> 0, 4-6 -> 1, 7-9 -> 2. (0, 1) repeats once, (9, 8) twice.
     assert repeats == {0: [1], 1: [0], 2: [2]}
+
+
+def test_no_good_edge_still_writes_a_header_only_edge_file(spark, tmp_path):
+    write_catalog(
+        tmp_path / "catalog.csv", [["A1", "n", "b", "c", "d", "e"], ["B2", "n", "b", "c", "d", "e"]]
+    )
+    rows = [("A1", "A1", 0.5, 1), ("A1", "ZZ", 0.5, 2), ("B2", "A1", float("nan"), 1)]
+    spark.createDataFrame(rows, RAW_EDGE_SCHEMA).coalesce(1).write.parquet(str(tmp_path / "edges"))
+    output = tmp_path / "out"
+    report = export_gremlin.main(
+        [
+            "--catalog",
+            str(tmp_path / "catalog.csv"),
+            "--edges",
+            str(tmp_path / "edges"),
+            "--output",
+            str(output),
+            "--run-date",
+            RUN_DATE,
+            "--compression",
+            "none",
+            "--quality",
+            "off",
+        ]
+    )
+    (path,) = data_files(output / "edges")
+    assert path.read_text() == ",".join(EDGE_HEADER) + "\n"
+    assert report["funnel"]["rejected_by_reason"] == {
+        "edge.self_loop": 1,
+        "edge.to_vertex_missing": 1,
+        "edge.non_finite_score": 1,
+    }
+    assert report["totals"]["edges"] == {"files": 1, "rows": 0, "bytes": path.stat().st_size}
+    assert validate_export(str(output / "vertices"), str(output / "edges")).problems == []

@@ -137,14 +137,16 @@ class CsvFileWriter:
                 self.fs.delete_file(self.target)
 
 
-def read_task_batches(task: EdgeTask, columns: Iterable[str]) -> Iterator[pa.RecordBatch]:
-    """The task's rows in input order, in batches of at most :data:`BATCH_ROWS`."""
+def read_task_batches(
+    task: EdgeTask, columns: Iterable[str], *, batch_rows: int = BATCH_ROWS
+) -> Iterator[pa.RecordBatch]:
+    """The task's rows in input order, in batches of at most ``batch_rows``."""
     for uri, row_groups in task.parts:
         fs, path = storage.filesystem(uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
             yield from parquet.iter_batches(
-                batch_size=BATCH_ROWS, row_groups=list(row_groups), columns=list(columns)
+                batch_size=batch_rows, row_groups=list(row_groups), columns=list(columns)
             )
 
 
