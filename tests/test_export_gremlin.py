@@ -878,3 +878,34 @@ def test_no_good_edge_still_writes_a_header_only_edge_file(spark, tmp_path):
     }
     assert report["totals"]["edges"] == {"files": 1, "rows": 0, "bytes": path.stat().st_size}
     assert validate_export(str(output / "vertices"), str(output / "edges")).problems == []
+
+
+def test_data_files_on_s3_are_whole_objects_with_the_described_bytes(aws_env):
+    import boto3
+
+    from udfs import gremlin_edge_files as ef
+
+    boto3.client("s3").create_bucket(Bucket="stylegraph-export")
+    records = "similar:12:product:a,b->product:b,product:a,product:b,similar,0.5,cosine,true\n"
+    uri = "s3://stylegraph-export/staged/edges/part-00000-c000.csv.gz"
+    writer = ef.CsvFileWriter(uri, "gzip", "~id,~from")
+    writer.write(memoryview(records.encode()), 1)
+    item = writer.close()
+    body = boto3.client("s3").get_object(
+        Bucket="stylegraph-export", Key="staged/edges/part-00000-c000.csv.gz"
+    )
+    data = body["Body"].read()
+    assert item == {
+        "name": "part-00000-c000.csv.gz",
+        "rows": 1,
+        "bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
+    assert gzip.decompress(data).decode() == "~id,~from\n" + records
+    # An attempt that dies leaves no object behind (closing an S3 stream completes its upload).
+    failing = ef.CsvFileWriter(uri.replace("c000", "c001"), "gzip", "~id,~from")
+    failing.write(memoryview(records.encode()), 1)
+    failing.abort()
+    listed = boto3.client("s3").list_objects_v2(Bucket="stylegraph-export")["Contents"]
+    # (pyarrow leaves an empty "folder/" marker after a delete; publish copies files only.)
+    assert [o["Key"] for o in listed if not o["Key"].endswith("/")] == ["staged/edges/part-00000-c000.csv.gz"]

@@ -82,13 +82,13 @@ class CsvFileWriter:
     def __init__(self, uri: str, compression: str, header: str) -> None:
         self.fs, self.path = storage.filesystem(uri)
         # Local: a hidden temporary name renamed at close (atomic, and a retried attempt replaces it
-        # whole). Object stores: the object appears when its upload completes.
+        # whole). Object stores: the object appears when its upload completes, at close.
         self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
         folder, name = posixpath.split(self.path)
-        self.fs.create_dir(folder, recursive=True)
-        self.target = (
-            posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp") if self.is_local else self.path
-        )
+        self.target = self.path
+        if self.is_local:
+            self.fs.create_dir(folder, recursive=True)
+            self.target = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
         self.stream = self.fs.open_output_stream(self.target, compression=None)
         self.compressor: Any = None
         if compression == G.COMPRESSION_GZIP:
@@ -129,12 +129,12 @@ class CsvFileWriter:
         }
 
     def abort(self) -> None:
-        """Drop a file that will not be finished (its temporary name, locally)."""
+        """Drop a file that will not be finished: its temporary name locally; on an object store,
+        closing completes the upload, so the object is deleted again (a retry writes it whole)."""
         try:
             self.stream.close()
         finally:
-            if self.is_local:
-                self.fs.delete_file(self.target)
+            self.fs.delete_file(self.target)
 
 
 def read_task_batches(
@@ -249,9 +249,11 @@ def write_parquet(table: pa.Table, uri: str) -> None:
     """A Parquet file put in place whole (a temporary name renamed, locally)."""
     fs, path = storage.filesystem(uri)
     folder, name = posixpath.split(path)
-    fs.create_dir(folder, recursive=True)
     is_local = isinstance(fs, pafs.LocalFileSystem)
-    target = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp") if is_local else path
+    target = path
+    if is_local:
+        fs.create_dir(folder, recursive=True)
+        target = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
     pq.write_table(table, target, filesystem=fs)
     if is_local:
         fs.move(target, path)
