@@ -30,7 +30,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -300,7 +300,7 @@ def validate_frame(
     if owned:
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
-        columns = set(frame.columns)
+        columns = list(frame.columns)
         plans: list[_ExpectationPlan] = []
         native: list[Any] = []
         for expectation in expectations:
@@ -440,8 +440,11 @@ def _duplicates_sql(columns: list[str], where: str) -> str:
     return f"SELECT {keys}, count(*) AS n FROM {{{_BATCH}}} WHERE {where} GROUP BY {keys} HAVING count(*) > 1"
 
 
-def _plan_expectation(expectation: Any, columns: set[str]) -> _ExpectationPlan | None:
-    """The metrics of one expectation as Spark aggregates and queries; None: leave it to GE's engine."""
+def _plan_expectation(expectation: Any, columns: Sequence[str]) -> _ExpectationPlan | None:
+    """The metrics of one expectation as Spark aggregates and queries; None: leave it to GE's engine.
+
+    ``columns`` are the frame's, in order (``table.columns`` is that list).
+    """
     dependencies = expectation.get_validation_dependencies(
         execution_engine=None, runtime_configuration={"result_format": RESULT_FORMAT}
     )
@@ -454,12 +457,12 @@ def _plan_expectation(expectation: Any, columns: set[str]) -> _ExpectationPlan |
         if domain.get("row_condition") is not None:
             return None
         used = [domain["column"]] if domain.get("column") else list(domain.get("column_list") or [])
-        if any(c not in columns for c in used):
+        if any(c not in set(columns) for c in used):
             return None  # GE's engine says which column is missing, without a Spark job
         base, suffix = (name.rsplit(".", 1) + [""])[:2]
         suffix = f".{suffix}"
         if name == _TABLE_COLUMNS:
-            metrics[config.id] = _Metric(constant=None, is_constant=True)
+            metrics[config.id] = _Metric(constant=list(columns), is_constant=True)
         elif name == _TABLE_ROW_COUNT:
             metrics[config.id] = _Metric(aggregate=F.count(F.lit(1)))
         elif base in _ROW_METRICS and suffix == _UNEXPECTED_COUNT:
@@ -496,6 +499,9 @@ def _plan_expectation(expectation: Any, columns: set[str]) -> _ExpectationPlan |
             metrics[config.id] = _Metric(aggregate=F.count(F.when(F.expr(where), 1)))
         elif name == _ROWS_QUERY_COUNT:
             metrics[config.id] = _Metric(query=f"SELECT count(*) FROM ({value_kwargs[_ROWS_QUERY]})")
+        elif name == _ROWS_QUERY_TABLE and RESULT_FORMAT != "COMPLETE":
+            # Only the COMPLETE format reports the rows: fetching them would be a second pass for nothing.
+            metrics[config.id] = _Metric(constant=[], is_constant=True)
         elif name == _ROWS_QUERY_TABLE:
             metrics[config.id] = _Metric(
                 examples=value_kwargs[_ROWS_QUERY],
@@ -520,7 +526,7 @@ def _validate_planned(name: str, frame: DataFrame, plans: list[_ExpectationPlan]
         for plan in plans:
             wanted.update(plan.metrics)
         values, errors = _compute_metrics(spark, frame, view, wanted)
-        values.update({metric_id: list(frame.columns) for metric_id, m in wanted.items() if m.is_constant})
+        values.update({metric_id: m.constant for metric_id, m in wanted.items() if m.is_constant})
         for metric_id, metric in wanted.items():
             if metric.examples is None or metric.count_id in errors:
                 continue
