@@ -42,7 +42,7 @@ from schemas import similarity as S
 TOP_K = 10
 TEST_ROWS_PER_USER = 100
 N_ITEMS = 50_000
-REPEATS = 2
+REPEATS = 3
 RUN_DATE = "2024-03-31"
 
 
