@@ -9,9 +9,11 @@ similarity pair), ``<output>/_rejects/{vertices,edges}/`` (Parquet, each row wit
 ``<reports>/export/dt=D.json``.
 
 The whole export is written beside its final place, under ``<parent>/_staging/export/<run id>/<name>/``
-(``<parent>/<name>`` being ``--output``), so that one :func:`storage.publish` swaps it in at once: Spark's
-``_SUCCESS`` and ``.crc`` files are removed there, every data file is read back (rows counted, header and
-NULs checked, sha256 taken), and only then is the folder published. A failed run leaves the previous
+(``<parent>/<name>`` being ``--output``), so that one :func:`storage.publish` swaps it in at once. The
+edge files are written by Python tasks (:mod:`udfs.gremlin_edge_files`) and the vertex files by the
+driver, each taking its files' rows, bytes and sha256 as it writes them; only in the rare run where a
+(src, dst) pair repeats are the edges redone with Spark's CSV writer and read back. The funnel must
+balance and the quality gate pass before the folder is published. A failed run leaves the previous
 export as it was (and removes its staging folder).
 """
 
@@ -404,21 +406,6 @@ def in_job_group(
         return fn(*fn_args, **fn_kwargs)
     finally:
         LOG.info("%s (background): %.2fs", description, time.perf_counter() - started)
-
-
-def plan_edges(
-    spark: SparkSession, contract_df: DataFrame, untagged_rows_df: DataFrame, args: argparse.Namespace
-) -> tuple[int, Sizing]:
-    """Input rows (Parquet footers: no scan) and the edge files' sizing, from untagged rows."""
-    edges_in = contract_df.count()
-    sizing = plan_sizing(
-        untagged_rows_df,
-        total_rows=edges_in,
-        target_bytes=args.target_file_mb * 1024 * 1024,
-        compression=args.compression,
-        slots=task_slots(spark),
-    )
-    return edges_in, sizing
 
 
 # ---------------------------------------------------------------------------------- edges from Arrow tasks
