@@ -675,7 +675,7 @@ def stage_vertices(
     reject_columns = [*C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON]
     rejects = tagged.filter(pc.invert(is_good)).select(reject_columns)
     if rejects.num_rows:
-        ef.write_parquet(rejects, storage.join(rejects_uri, "part-00000.parquet"))
+        storage.write_parquet(rejects, storage.join(rejects_uri, "part-00000.parquet"))
     else:
         write_empty_parquet(rejects_uri, tagged_v_df.select(*reject_columns).schema)
     sizing = Sizing(

@@ -42,7 +42,6 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
@@ -82,6 +81,7 @@ FACT_THREADS = 4
 # per-tile selection and merge overhead small against the product itself.
 COLUMN_BLOCKS_PER_TILE = 4
 TOPK_TASKS_PER_SLOT = 2
+PART_FILE = "part-00000.parquet"  # the check's small outputs: one file each, written on the driver
 REJECT_ARROW_SCHEMA = to_arrow_schema(S.REJECT_SCHEMA)  # declared once, in schemas/similarity.py
 
 
@@ -149,23 +149,17 @@ def read_facts(files: Sequence[str]) -> pa.Table:
         return pa.concat_tables(list(pool.map(facts_of, files)))
 
 
-def write_table(uri: str, table: pa.Table) -> None:
-    """One Parquet file under the folder ``uri`` (the check's small outputs; written on the driver)."""
-    fs, path = storage.filesystem(uri)
-    fs.create_dir(path, recursive=True)
-    with fs.open_output_stream(f"{path}/part-00000.parquet") as sink:
-        pq.write_table(table, sink)
-
-
 def stage_checks(facts: pa.Table, reasons: pa.Array, checked_uri: str) -> tuple[str, str]:
     """Stage the check's verdicts: the valid skus (what the tile tasks read) and the rejected rows
     (``REJECT_SCHEMA``, the rejects dataset; empty when none). Returns (valid uri, rejects uri)."""
     valid_uri = storage.join(checked_uri, S.CHECKED_VALID)
     rejects_uri = storage.join(checked_uri, S.CHECKED_REJECTED)
-    write_table(valid_uri, pa.table({E.SKU: pc.filter(facts.column(E.SKU), pc.is_null(reasons))}))
+    valid = pa.table({E.SKU: pc.filter(facts.column(E.SKU), pc.is_null(reasons))})
+    storage.write_parquet(valid, storage.join(valid_uri, PART_FILE))
     rejected = pc.and_(pc.is_valid(reasons), pc.invert(pc.is_in(reasons, pa.array(S.DROPPED_REASONS))))
     with_reason = facts.append_column(S.REASON, reasons).filter(rejected)
-    write_table(rejects_uri, with_reason.select(REJECT_ARROW_SCHEMA.names).cast(REJECT_ARROW_SCHEMA))
+    rejects = with_reason.select(REJECT_ARROW_SCHEMA.names).cast(REJECT_ARROW_SCHEMA)
+    storage.write_parquet(rejects, storage.join(rejects_uri, PART_FILE))
     return valid_uri, rejects_uri
 
 

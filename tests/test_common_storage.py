@@ -112,3 +112,35 @@ def test_read_parquet_and_parquet_rows(tmp_path) -> None:
     assert storage.parquet_rows(str(tmp_path / "missing")) == 0
     with pytest.raises(FileNotFoundError, match="no Parquet files"):
         storage.read_parquet(str(tmp_path / "missing"))
+
+
+def test_atomic_file_appears_whole_or_not_at_all(tmp_path) -> None:
+    uri = str(tmp_path / "out" / "part-00000.bin")
+    first = storage.AtomicFile(uri)
+    first.stream.write(b"half")
+    assert os.listdir(tmp_path / "out") != ["part-00000.bin"]  # nothing under the final name yet
+    assert [name.startswith(".part-00000.bin.") for name in os.listdir(tmp_path / "out")] == [True]
+    first.abort()
+    assert os.listdir(tmp_path / "out") == []
+    for body in (b"whole", b"again"):  # a retried attempt replaces the file whole
+        output = storage.AtomicFile(uri)
+        output.stream.write(body)
+        output.commit()
+        assert os.listdir(tmp_path / "out") == ["part-00000.bin"]
+        assert (tmp_path / "out" / "part-00000.bin").read_bytes() == body
+
+
+def test_write_parquet_locally_and_on_s3(tmp_path, aws_env: str) -> None:
+    import pyarrow as pa
+
+    table = pa.table({"sku": ["a", 'é,"x"', None], "n": [1, 2, 3]})
+    storage.write_parquet(table, str(tmp_path / "t" / "part-00000.parquet"))
+    assert os.listdir(tmp_path / "t") == ["part-00000.parquet"]
+    assert storage.read_parquet(str(tmp_path / "t")).equals(table)
+    boto3.client("s3").create_bucket(Bucket="stylegraph-parquet")
+    storage.write_parquet(table, "s3://stylegraph-parquet/t/part-00000.parquet")
+    assert storage.read_parquet("s3://stylegraph-parquet/t").equals(table)
+    # A write that fails leaves no object behind.
+    with pytest.raises((TypeError, AttributeError)):  # fails inside the write, after the upload began
+        storage.write_parquet({"not": "a table"}, "s3://stylegraph-parquet/t/part-00001.parquet")
+    assert storage.list_files("s3://stylegraph-parquet/t") == ["s3://stylegraph-parquet/t/part-00000.parquet"]

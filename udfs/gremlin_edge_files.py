@@ -19,9 +19,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
-import posixpath
 import time
-import uuid
 import zlib
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -31,7 +29,6 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-from pyarrow import fs as pafs
 
 from jobs.common import storage
 from jobs.transforms import gremlin_arrow as ga
@@ -80,16 +77,7 @@ class CsvFileWriter:
     """One data file: compressed, counted and hashed as it is written; in place only once closed."""
 
     def __init__(self, uri: str, compression: str, header: str) -> None:
-        self.fs, self.path = storage.filesystem(uri)
-        # Local: a hidden temporary name renamed at close (atomic, and a retried attempt replaces it
-        # whole). Object stores: the object appears when its upload completes, at close.
-        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
-        folder, name = posixpath.split(self.path)
-        self.target = self.path
-        if self.is_local:
-            self.fs.create_dir(folder, recursive=True)
-            self.target = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-        self.stream = self.fs.open_output_stream(self.target, compression=None)
+        self.file = storage.AtomicFile(uri)  # in place only at close; a retry replaces it whole
         self.compressor: Any = None
         if compression == G.COMPRESSION_GZIP:
             self.compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
@@ -103,7 +91,7 @@ class CsvFileWriter:
     def _emit(self, data: bytes | memoryview) -> None:
         if len(data):
             self.digest.update(data)
-            self.stream.write(data)
+            self.file.stream.write(data)
             self.bytes += len(data)
 
     def _put(self, data: bytes | memoryview) -> None:
@@ -118,23 +106,17 @@ class CsvFileWriter:
         """Finish the file and put it in place; returns its name, rows, bytes and sha256."""
         if self.compressor is not None:
             self._emit(self.compressor.flush())
-        self.stream.close()
-        if self.is_local:
-            self.fs.move(self.target, self.path)
+        self.file.commit()
         return {
-            "name": posixpath.basename(self.path),
+            "name": self.file.name,
             "rows": self.rows,
             "bytes": self.bytes,
             "sha256": self.digest.hexdigest(),
         }
 
     def abort(self) -> None:
-        """Drop a file that will not be finished: its temporary name locally; on an object store,
-        closing completes the upload, so the object is deleted again (a retry writes it whole)."""
-        try:
-            self.stream.close()
-        finally:
-            self.fs.delete_file(self.target)
+        """Drop a file that will not be finished (``storage.AtomicFile.abort``)."""
+        self.file.abort()
 
 
 def read_task_batches(
@@ -228,7 +210,7 @@ def write_edge_task(
             writer.abort()
         raise
     if rejects:
-        write_parquet(
+        storage.write_parquet(
             pa.concat_tables(rejects), storage.join(spec.rejects_uri, f"part-{task.index:05d}.parquet")
         )
     stats = {
@@ -243,20 +225,6 @@ def write_edge_task(
     all_keys = np.concatenate(keys) if keys else np.empty(0, dtype=np.int64)
     for key_range, chunk in key_range_chunks(all_keys, vertices=spec.vertices, key_ranges=spec.key_ranges):
         yield key_range, (KEYS, chunk)
-
-
-def write_parquet(table: pa.Table, uri: str) -> None:
-    """A Parquet file put in place whole (a temporary name renamed, locally)."""
-    fs, path = storage.filesystem(uri)
-    folder, name = posixpath.split(path)
-    is_local = isinstance(fs, pafs.LocalFileSystem)
-    target = path
-    if is_local:
-        fs.create_dir(folder, recursive=True)
-        target = posixpath.join(folder, f".{name}.{uuid.uuid4().hex}.tmp")
-    pq.write_table(table, target, filesystem=fs)
-    if is_local:
-        fs.move(target, path)
 
 
 def write_edge_partition(

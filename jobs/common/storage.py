@@ -141,6 +141,54 @@ def parquet_rows(uri: str) -> int:
     return total
 
 
+class AtomicFile:
+    """A file written by a task that appears whole or not at all under its final name.
+
+    Locally it is written under a hidden temporary name in the same folder and renamed by
+    :meth:`commit`; on an object store (S3) the object appears when its upload completes, at
+    :meth:`commit`. Task outputs use deterministic names, so a retried or speculative attempt replaces
+    the file whole with the same bytes. ``stream`` is the pyarrow output stream (no compression).
+    """
+
+    def __init__(self, uri: str) -> None:
+        self.fs, self.path = filesystem(uri)
+        self.is_local = isinstance(self.fs, pafs.LocalFileSystem)
+        self.name = posixpath.basename(self.path)
+        self.target = self.path
+        if self.is_local:
+            folder = posixpath.dirname(self.path)
+            self.fs.create_dir(folder, recursive=True)
+            self.target = posixpath.join(folder, f".{self.name}.{uuid.uuid4().hex}.tmp")
+        self.stream = self.fs.open_output_stream(self.target, compression=None)
+
+    def commit(self) -> None:
+        """Finish the file and put it in place."""
+        self.stream.close()
+        if self.is_local:
+            self.fs.move(self.target, self.path)
+
+    def abort(self) -> None:
+        """Drop a file that will not be finished: its temporary name locally; on an object store,
+        closing completes the upload, so the object is deleted again (a retry writes it whole)."""
+        try:
+            self.stream.close()
+        finally:
+            self.fs.delete_file(self.target)
+
+
+def write_parquet(table: Any, uri: str) -> None:
+    """A pyarrow table as one Parquet file at ``uri``, put in place whole (:class:`AtomicFile`)."""
+    import pyarrow.parquet as pq
+
+    output = AtomicFile(uri)
+    try:
+        pq.write_table(table, output.stream)
+    except BaseException:
+        output.abort()
+        raise
+    output.commit()
+
+
 def remove(uri: str) -> None:
     """Delete a file or folder if it exists."""
     fs, path = filesystem(uri)
