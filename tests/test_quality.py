@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
+import great_expectations.expectations as gxe
 import pytest
 from pyspark.sql import types as T
 
@@ -368,8 +369,6 @@ def test_every_suite_expectation_is_computed_by_the_gate_not_left_to_the_slow_en
 
 
 def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(spark, gx_context):
-    import great_expectations.expectations as gxe
-
     frame = spark.createDataFrame([(0, 0, 1.0), (1, None, 0.0), (1, None, 1.0)], NCF)
     suite = [
         gxe.ExpectColumnValuesToNotBeNull(column="item_idx", severity="critical", description="item set"),
@@ -403,3 +402,28 @@ def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(
     assert (checks["mostly zero"]["success"], checks["mostly zero"]["unexpected_count"]) == (False, 2)
     assert checks["mostly zero"]["unexpected_examples"] == [1.0, 1.0]
     assert result["success"] is False
+
+
+def test_an_expectation_the_gate_does_not_compute_runs_on_gx_engine_in_suite_order(spark, gx_context):
+    frame = spark.createDataFrame([(0, 0, 1.0), (1, 2, 0.0), (1, None, 0.0)], NCF)
+    suite = [
+        gxe.ExpectColumnValuesToNotBeNull(column="item_idx", severity="critical", description="item set"),
+        # column.mean is not a metric the gate computes: great-expectations' engine evaluates it.
+        gxe.ExpectColumnMeanToBeBetween(
+            column="user_idx", min_value=0.9, severity="warning", description="mean"
+        ),
+        gxe.ExpectColumnValuesToBeInSet(
+            column="row_condition_free", value_set=[1], severity="critical", description="missing column"
+        ),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=2, severity="critical", description="rows"),
+    ]
+    assert [quality._plan_expectation(e, frame.columns) is None for e in suite] == [False, True, True, False]
+    checks = quality.validate_frame(gx_context, "train", frame, suite)["expectations"]
+    assert [(c["description"], c["success"], c["severity"], c["observed_value"]) for c in checks] == [
+        ("item set", False, "critical", None),
+        ("mean", False, "warning", 2 / 3),
+        ("missing column", False, "critical", None),
+        ("rows", False, "critical", 3),
+    ]
+    assert checks[0]["unexpected_count"] == 1
+    assert checks[2]["exception"] == 'Error: The column "row_condition_free" in BatchData does not exist.'

@@ -304,7 +304,11 @@ def validate_frame(
         plans: list[_ExpectationPlan] = []
         native: list[Any] = []
         for expectation in expectations:
-            plan = _plan_expectation(expectation, columns)
+            try:
+                plan = _plan_expectation(expectation, columns)
+            except Exception:  # an odd configuration: GE's engine reports it the way it always has
+                LOG.warning("%s: %s left to great-expectations' engine", name, type(expectation).__name__)
+                plan = None
             if plan is None:
                 native.append(expectation)
             else:
@@ -440,6 +444,11 @@ def _duplicates_sql(columns: list[str], where: str) -> str:
     return f"SELECT {keys}, count(*) AS n FROM {{{_BATCH}}} WHERE {where} GROUP BY {keys} HAVING count(*) > 1"
 
 
+def _examples_limit(value_kwargs: Mapping[str, Any]) -> int:
+    result_format = value_kwargs.get("result_format") or {}
+    return int(result_format.get("partial_unexpected_count", _PARTIAL_UNEXPECTED))
+
+
 def _plan_expectation(expectation: Any, columns: Sequence[str]) -> _ExpectationPlan | None:
     """The metrics of one expectation as Spark aggregates and queries; None: leave it to GE's engine.
 
@@ -474,7 +483,7 @@ def _plan_expectation(expectation: Any, columns: Sequence[str]) -> _ExpectationP
             metrics[config.id] = _Metric(
                 examples=lambda df, u=unexpected, c=column: df.filter(u).select(_q(c)),
                 count_id=counts.get(f"{base}{_UNEXPECTED_COUNT}"),
-                limit=int(value_kwargs.get("result_format", {}).get("partial_unexpected_count", 20)),
+                limit=_examples_limit(value_kwargs),
             )
         elif base in _GROUP_METRICS and suffix == _UNEXPECTED_COUNT:
             keys, where = _group_domain(base, domain)
@@ -492,7 +501,7 @@ def _plan_expectation(expectation: Any, columns: Sequence[str]) -> _ExpectationP
                 ),
                 count_id=counts.get(f"{base}{_UNEXPECTED_COUNT}"),
                 as_dicts=base == _COMPOUND_UNIQUE,
-                limit=int(value_kwargs.get("result_format", {}).get("partial_unexpected_count", 20)),
+                limit=_examples_limit(value_kwargs),
             )
         elif base == _COMPOUND_UNIQUE and suffix == _FILTERED_ROW_COUNT:
             _, where = _group_domain(base, domain)
