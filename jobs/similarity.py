@@ -27,8 +27,10 @@ How (see ``udfs/similarity_tiles.py`` for the kernels):
    All-pairs: a ``spark.range`` of row blocks (``--block-size`` rows): each task computes its rows
    against every later column (the upper triangle), filtered inside each tile and streamed as Arrow
    batches. A task holds the matrix and one tile, never N x N.
-3. Edges are written by Spark's Parquet writer (``--max-records-per-file`` bounds the files), checked,
-   published with the rejects, and the report is written last.
+3. The tile tasks write the edges themselves, Arrow straight to Parquet (``EdgeFiles``: files of at
+   most ``--max-records-per-file`` rows, named by task and sequence so that a retried attempt writes
+   the same files, each put in place whole) and report the files to the driver, which checks them
+   against the folder and the footers; then the gate, the publish of edges and rejects, and the report.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, write_report
 from jobs.common.spark import get_spark, task_slots
-from jobs.transforms.similarity import explode_all_pairs_edges, explode_topk_edges
+from jobs.transforms.similarity import all_pairs_edge_files, topk_edge_files
 from schemas import embeddings as E
 from schemas import similarity as S
 from udfs import similarity_tiles as st
@@ -169,6 +171,24 @@ def reason_counts(reasons: pa.Array) -> dict[str | None, int]:
     return dict(zip(counted.field("values").to_pylist(), counted.field("counts").to_pylist(), strict=True))
 
 
+def check_edge_files(staged_edges: str, written: list[tuple[str | None, int]], schema: pa.Schema) -> None:
+    """The staged edge folder holds exactly the files the tasks reported, with their rows (footers);
+    no edge at all: one empty file of ``schema``, so that the dataset exists with its columns.
+
+    Raises:
+        RuntimeError: a reported file is missing, an unreported one is there, or the rows differ.
+    """
+    found = sorted(uri.rsplit("/", 1)[-1] for uri in storage.list_files(staged_edges))
+    reported = sorted(name for name, _ in written if name is not None)
+    if found != reported:
+        raise RuntimeError(f"{staged_edges}: files {found} on storage, the tasks reported {reported}")
+    rows = sum(n for name, n in written if name is not None)
+    if storage.parquet_rows(staged_edges) != rows:
+        raise RuntimeError(f"{staged_edges}: the footers count other than the {rows} rows the tasks wrote")
+    if not reported:
+        storage.write_parquet(schema.empty_table(), storage.join(staged_edges, PART_FILE))
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the similarity job; returns the run report."""
     started_at = time.time()
@@ -223,6 +243,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     partitions = min(tasks, args.parallelism or default_tasks)
     blocks_df = spark.range(0, tasks, 1, numPartitions=partitions)
     merge_tasks = None if args.all_pairs else min(blocks, task_slots(spark))
+    staged_edges = storage.join(staging, STAGE)
     tile_options = {
         "input_uri": args.input,
         "valid_uri": valid_uri,
@@ -231,18 +252,20 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         "column_block": block_size * COLUMN_BLOCKS_PER_TILE,
         "device": args.device,
         "threads": args.threads_per_task,
+        "output": staged_edges if args.sink == SINK_PARQUET else None,
+        "max_rows_per_file": args.max_records_per_file,
     }
     if args.all_pairs:
-        edges_df = blocks_df.transform(
-            explode_all_pairs_edges,
+        written_df = blocks_df.transform(
+            all_pairs_edge_files,
             min_score=args.min_score,
             max_distance=args.max_distance,
             directed=args.directed,
             **tile_options,
         )
     else:
-        edges_df = blocks_df.transform(
-            explode_topk_edges,
+        written_df = blocks_df.transform(
+            topk_edge_files,
             k=args.top_k,
             pair_block=block_size * COLUMN_BLOCKS_PER_TILE,
             blocks=blocks,
@@ -250,18 +273,14 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             **{name: value for name, value in tile_options.items() if name != "column_block"},
         )
 
-    staged_edges = storage.join(staging, STAGE)
     LOG.info("tiles: %d products, %d blocks, %d units in %d tasks", products, blocks, tasks, partitions)
-    if args.sink == SINK_COUNT:
-        edges = edges_df.count()
-    else:
-        (
-            edges_df.write.option("maxRecordsPerFile", args.max_records_per_file)
-            .mode("overwrite")
-            .parquet(storage.spark_path(staged_edges))
+    written = [(row[S.EDGE_FILE], row[S.EDGE_ROWS]) for row in written_df.collect()]  # a row per file
+    edges = sum(rows for _, rows in written)
+    if args.sink == SINK_PARQUET:
+        check_edge_files(
+            staged_edges, written, st.ALL_PAIRS_ARROW_SCHEMA if args.all_pairs else st.TOPK_ARROW_SCHEMA
         )
-        edges = storage.parquet_rows(staged_edges)
-        LOG.info("edges written: %d (%.1fs)", edges, time.time() - started_at)
+    LOG.info("edges %s: %d (%.1fs)", args.sink, edges, time.time() - started_at)
 
     # Staged and checked -> publish.
     if not args.all_pairs:

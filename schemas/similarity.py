@@ -33,6 +33,17 @@ ALL_PAIRS_EDGE_SCHEMA = T.StructType(
     ]
 )
 
+# What each tile task reports to the driver: the edge files it wrote (``file`` null: the edges were only
+# counted, ``--sink count``) and their rows (not an output).
+EDGE_FILE = "file"
+EDGE_ROWS = "rows"
+WRITTEN_SCHEMA = T.StructType(
+    [
+        T.StructField(EDGE_FILE, T.StringType(), True),
+        T.StructField(EDGE_ROWS, T.LongType(), False),
+    ]
+)
+
 # Top-k's intermediate rows between the pair step and the merge step (not an output): one row per
 # (block pair, block), the block's rows' float32 candidates as raw little-endian arrays.
 BLOCK = "block"

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
 from pyspark.sql import types as T
@@ -112,7 +113,24 @@ def test_all_pairs_job_equals_brute_force(
     assert_pairs_equal(actual, expected)
     assert report["mode"] == S.MODE_ALL_PAIRS and report["edges"] == len(expected) and report[key] == value
     parquet_files = list((tmp_path / "out" / "similarity" / f"dt={RUN_DATE}").glob("*.parquet"))
-    assert len(parquet_files) >= math.ceil(len(expected) / 50)  # maxRecordsPerFile bounds each file
+    assert len(parquet_files) >= math.ceil(len(expected) / 50)  # --max-records-per-file bounds each file
+    assert max(pq.ParquetFile(f).metadata.num_rows for f in parquet_files) <= 50
+    assert not [f for f in parquet_files[0].parent.iterdir() if f.suffix != ".parquet"]  # nothing else
+
+
+def test_all_pairs_with_no_pair_kept_writes_an_empty_dataset(spark: SparkSession, tmp_path: Path) -> None:
+    skus = sample_skus(N)
+    inp = write_input(spark, tmp_path / "in", ok_rows(skus, sample_vectors(N, DIM, seed=13)), 2)
+    # (the gate's "at least one row" fails an empty edge set: warn records it and publishes)
+    report = run_job(
+        inp, tmp_path / "out", "--all-pairs", "--min-score", "1.5", "--block-size", "8", "--quality", "warn"
+    )
+    assert report["edges"] == 0
+    edges_df = spark.read.parquet(str(tmp_path / "out" / "similarity" / f"dt={RUN_DATE}"))
+    assert edges_df.collect() == []
+    assert [(f.name, f.dataType) for f in edges_df.schema.fields] == [
+        (f.name, f.dataType) for f in S.ALL_PAIRS_EDGE_SCHEMA.fields
+    ]
 
 
 def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -468,3 +469,50 @@ def test_read_matrix_keeps_the_valid_rows_in_sku_order(tmp_path: Path) -> None:
     write(valid, "v.parquet", [(sku, None, None) for sku in ["a", "w"]])
     with pytest.raises(RuntimeError, match="ragged"):
         st.read_matrix(str(inp), str(valid))
+
+
+def edge_batch(first: int, rows: int) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays(
+        [pa.array([f"s{i}" for i in range(first, first + rows)]), pa.array([f"d{i}" for i in range(rows)]),
+         pa.array(np.arange(rows, dtype=np.float64))],
+        schema=st.ALL_PAIRS_ARROW_SCHEMA,
+    )
+
+
+def test_edge_files_bound_rows_per_file_and_report_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(st, "ROW_GROUP_ROWS", 4)
+    batches = [edge_batch(0, 7), edge_batch(7, 0), edge_batch(7, 6), edge_batch(13, 3)]
+    folder = str(tmp_path / "e")
+    written = list(st.write_edges(iter(batches), folder, st.ALL_PAIRS_ARROW_SCHEMA, 10))
+    assert len(written) == 1 and written[0].schema == st.WRITTEN_ARROW_SCHEMA
+    files = ["part-00000-c000.parquet", "part-00000-c001.parquet"]
+    assert written[0].to_pylist() == [{"file": files[0], "rows": 10}, {"file": files[1], "rows": 6}]
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == files  # no temporary file left
+    table = pa.concat_tables([pq.read_table(tmp_path / "e" / f) for f in files])
+    assert table.equals(pa.Table.from_batches(batches, schema=st.ALL_PAIRS_ARROW_SCHEMA))
+    groups = [pq.ParquetFile(tmp_path / "e" / f).metadata.num_row_groups for f in files]
+    assert groups == [2, 1]  # 7 rows flushed at 4 or more, then 3 to fill the file; then 3 + 3
+    # Smaller files: the same rows cut every 5.
+    small = list(st.write_edges(iter(batches), str(tmp_path / "s"), st.ALL_PAIRS_ARROW_SCHEMA, 5))
+    assert [row["rows"] for row in small[0].to_pylist()] == [5, 5, 5, 1]
+    # A retried attempt writes the same names with the same rows.
+    again = list(st.write_edges(iter(batches), folder, st.ALL_PAIRS_ARROW_SCHEMA, 10))
+    assert again[0].to_pylist() == written[0].to_pylist()
+    assert pa.concat_tables([pq.read_table(tmp_path / "e" / f) for f in files]).equals(table)
+    # Counted only: nothing written.
+    counted = list(st.write_edges(iter(batches), None, st.ALL_PAIRS_ARROW_SCHEMA, 10))
+    assert counted[0].to_pylist() == [{"file": None, "rows": 16}]
+
+
+def test_edge_files_of_a_failed_task_leave_only_whole_files(tmp_path: Path) -> None:
+    def failing() -> Iterator[pa.RecordBatch]:
+        yield edge_batch(0, 7)
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        list(st.write_edges(failing(), str(tmp_path / "e"), st.ALL_PAIRS_ARROW_SCHEMA, 5))
+    # the first file was complete; the second (2 rows so far) was not, and is gone with its temporary name
+    assert [p.name for p in (tmp_path / "e").iterdir()] == ["part-00000-c000.parquet"]
+    assert pq.read_table(tmp_path / "e" / "part-00000-c000.parquet").num_rows == 5

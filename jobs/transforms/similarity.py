@@ -12,7 +12,7 @@ BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block
 ROUTE = "route"  # top-k candidates: the shuffle key that sends a block to its merge task
 
 
-def explode_topk_edges(
+def topk_edge_files(
     pairs_df: DataFrame,
     *,
     input_uri: str,
@@ -23,11 +23,15 @@ def explode_topk_edges(
     pair_block: int,
     blocks: int,
     merge_tasks: int,
+    output: str | None,
+    max_rows_per_file: int,
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
-    """One row per block pair in (``id``, ``similarity_tiles.block_pairs`` order), the top-k edges of
-    every product out (``TOPK_EDGE_SCHEMA``).
+    """One row per block pair in (``id``, ``similarity_tiles.block_pairs`` order); when the frame is
+    evaluated, the top-k edges of every product (``TOPK_EDGE_SCHEMA``) are written as Parquet files
+    under ``output`` (None: only counted) by the tasks; out: one row per file written
+    (``WRITTEN_SCHEMA``: file, rows).
 
     Two steps: each pair's tiles give the candidates of both its blocks (one product per pair of
     products); a shuffle by block brings a block's candidates together, where they are merged and
@@ -45,11 +49,14 @@ def explode_topk_edges(
         .withColumn(ROUTE, route)
         .repartition(merge_tasks, F.col(ROUTE))
         .drop(ROUTE)
-        .mapInArrow(similarity_tiles.topk_merge_fn(*options), S.TOPK_EDGE_SCHEMA)
+        .mapInArrow(
+            similarity_tiles.topk_merge_fn(*options, output=output, max_rows_per_file=max_rows_per_file),
+            S.WRITTEN_SCHEMA,
+        )
     )
 
 
-def explode_all_pairs_edges(
+def all_pairs_edge_files(
     blocks_df: DataFrame,
     *,
     input_uri: str,
@@ -57,13 +64,17 @@ def explode_all_pairs_edges(
     metric: str,
     block_size: int,
     column_block: int,
+    output: str | None,
+    max_rows_per_file: int,
     min_score: float | None = None,
     max_distance: float | None = None,
     directed: bool = False,
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
-    """One row per row block in (``id``), the block's pairs out (``ALL_PAIRS_EDGE_SCHEMA``), streamed."""
+    """One row per row block in (``id``); when evaluated, the block's pairs (``ALL_PAIRS_EDGE_SCHEMA``)
+    are streamed into Parquet files under ``output`` (None: only counted) by the tasks; out: one row
+    per file written (``WRITTEN_SCHEMA``)."""
     return blocks_df.select(F.col(BLOCK)).mapInArrow(
         similarity_tiles.all_pairs_edges_fn(
             input_uri,
@@ -76,6 +87,8 @@ def explode_all_pairs_edges(
             min_score=min_score,
             max_distance=max_distance,
             directed=directed,
+            output=output,
+            max_rows_per_file=max_rows_per_file,
         ),
-        S.ALL_PAIRS_EDGE_SCHEMA,
+        S.WRITTEN_SCHEMA,
     )
