@@ -6,7 +6,7 @@
 Cases (random normal float32 embeddings, written first as Parquet in the embed job's schema; the job is
 timed from ``main()`` to its report: read, checks, tiles, Parquet write, publish; the quality gate,
 another engineer's step, is switched off with ``--quality off``):
-- top-10 cosine at d=256 and d=2048 over N products: the job (2 tasks x 1 torch thread, and 1 task x
+- top-10 cosine at d=256 and d=2048 over N products: the job (2 task slots x 1 torch thread, and 1 task x
   2 threads at d=256) against FAISS ``IndexFlatIP`` on the L2-normalised matrix (2 OpenMP threads,
   in memory, no I/O), recall of the job's neighbour sets against FAISS's; numpy brute force (blocked
   GEMM + ``argpartition``, 2 BLAS threads) at d=256.
@@ -321,7 +321,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             add(case, "faiss IndexFlatIP (2 threads)", faiss_s)
             report, job_s, peak = run_job(input_uri, root / "job", "--top-k", str(K))
             add(
-                case, "this job, 2 tasks x 1 thread", job_s,
+                case, "this job, 2 slots x 1 thread", job_s,
                 ratio_vs_faiss=round(job_s / faiss_s, 3), target=f"<= {FAISS_TARGET}",
                 recall_vs_faiss=recall(job_neighbours(root / "job", n), truth),
                 vs_float64=exact_on_disagreements(vectors, job_neighbours(root / "job", n), truth),
