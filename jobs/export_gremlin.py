@@ -464,13 +464,16 @@ def sample_edge_bytes_per_row(
 
 
 def plan_edge_tasks(
-    row_groups: list[tuple[str, int, int]], *, bytes_per_row: float | None, target_bytes: int, slots: int
+    row_groups: list[tuple[str, int, int]], *, bytes_per_row: float | None, slots: int
 ) -> list[ef.EdgeTask]:
-    """Cut the input row groups into write tasks (contiguous, in input order).
+    """Cut the input row groups into write tasks (contiguous, in input order, about equal rows).
 
-    One task per row group, unless that would write files under ``min(TINY_FILE_BYTES, target)``: then
-    ``max(slots, ceil(bytes / target))`` tasks of about equal rows (never fewer tasks than slots to run
-    them, as many as the row groups at most). A task writes files of ``rows_per_file`` rows.
+    Whole rounds of tasks (a multiple of ``slots``), as few as keep each task's rows under
+    ``KEYS_PER_RANGE`` (a task holds its (from, to) keys, 8 bytes a row, until it ends), as many as the
+    row groups at most; a small input (no ``bytes_per_row`` estimate) is one task. A task writes files
+    of ``rows_per_file`` rows (about ``--target-file-mb`` each): file sizes do not depend on the task
+    count. Few, large tasks: a Python task costs about 0.14 s to start and finish here (8 tasks of
+    625,000 edges spent 1.1 of their 4.1 task-seconds outside their own work).
     """
     groups = [item for item in row_groups if item[2]]
     total = sum(rows for _, _, rows in groups)
@@ -478,10 +481,9 @@ def plan_edge_tasks(
         return []
     if bytes_per_row is None or total <= SIZING_SAMPLE_ROWS:
         count = 1
-    elif bytes_per_row * total / len(groups) >= min(TINY_FILE_BYTES, target_bytes):
-        count = len(groups)
     else:
-        count = min(len(groups), max(slots, math.ceil(bytes_per_row * total / target_bytes)))
+        count = max(slots, math.ceil(total / KEYS_PER_RANGE))
+        count = min(len(groups), slots * math.ceil(count / slots))
     assigned: list[list[tuple[str, int, int]]] = [[] for _ in range(count)]
     seen = 0
     for item in groups:
@@ -542,7 +544,7 @@ def write_edges_arrow(
     )
     if bytes_per_row is not None:
         spec = dataclasses.replace(spec, rows_per_file=max(1, int(target_bytes / bytes_per_row)))
-    tasks = plan_edge_tasks(row_groups, bytes_per_row=bytes_per_row, target_bytes=target_bytes, slots=slots)
+    tasks = plan_edge_tasks(row_groups, bytes_per_row=bytes_per_row, slots=slots)
     LOG.info("edges: %d rows in, %d write tasks, %d rows per file", edges_in, len(tasks), spec.rows_per_file)
     results: list[tuple[str, Any]] = []
     if tasks:

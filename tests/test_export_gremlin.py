@@ -875,3 +875,26 @@ def test_data_files_on_s3_are_whole_objects_with_the_described_bytes(aws_env):
     listed = boto3.client("s3").list_objects_v2(Bucket="stylegraph-export")["Contents"]
     # (pyarrow leaves an empty "folder/" marker after a delete; publish copies files only.)
     assert [o["Key"] for o in listed if not o["Key"].endswith("/")] == ["staged/edges/part-00000-c000.csv.gz"]
+
+
+def test_edge_tasks_are_whole_rounds_of_few_large_tasks():
+    def plan(groups, slots, bytes_per_row=120.0):
+        tasks = export_gremlin.plan_edge_tasks(groups, bytes_per_row=bytes_per_row, slots=slots)
+        return [(task.index, task.parts, task.rows) for task in tasks]
+
+    eight = [(f"f{g // 4}", g % 4, 625_000) for g in range(8)]  # 5 M rows in 2 files of 4 row groups
+    assert plan(eight, 2) == [
+        (0, (("f0", (0, 1, 2, 3)),), 2_500_000),
+        (1, (("f1", (0, 1, 2, 3)),), 2_500_000),
+    ]
+    # 25 M rows: at most KEYS_PER_RANGE rows a task -> 5 tasks, rounded up to whole rounds of 2 slots
+    many = [("f", g, 625_000) for g in range(40)]
+    assert [rows for _, _, rows in plan(many, 2)] == [4_375_000, 4_375_000, 3_750_000, 4_375_000, 4_375_000,
+                                                     3_750_000]
+    assert sum(rows for _, _, rows in plan(many, 2)) == 25_000_000
+    # never more tasks than row groups (cut by rows: a group goes where its first row falls); empty row
+    # groups are skipped; a small input is one task
+    assert [rows for _, _, rows in plan([("f", 0, 1_500), ("f", 1, 0), ("f", 2, 1_500)], 4)] == [1_500, 1_500]
+    assert [rows for _, _, rows in plan([("f", 0, 10), ("f", 2, 3_000)], 4)] == [3_010]
+    assert plan([("f", 0, 10), ("f", 1, 3_000)], 2, bytes_per_row=None) == [(0, (("f", (0, 1)),), 3_010)]
+    assert plan([("f", 0, 0)], 2) == []
