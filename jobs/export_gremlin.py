@@ -62,7 +62,7 @@ from jobs.common.quality import (
     run_gate,
     thresholds_from_args,
 )
-from jobs.common.report import Funnel, check_funnel, write_report
+from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms import gremlin as tg
 from jobs.transforms import gremlin_arrow as ga
@@ -382,20 +382,6 @@ def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str,
 
 
 # ------------------------------------------------------------------------------------------------- main
-class PhaseClock:
-    """Wall seconds per phase of a run (logged and kept in the report), to see where the time goes."""
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, phase: str) -> None:
-        now = time.perf_counter()
-        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
-        self._last = now
-        LOG.info("phase %s: %.2fs", phase, self.seconds[phase])
-
-
 def in_job_group(
     spark: SparkSession, group: str, description: str, fn: Any, *fn_args: Any, **fn_kwargs: Any
 ) -> Any:
@@ -711,7 +697,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
     where a pair repeats, the edges are redone on the Spark path, which keeps the best edge of each
     pair. Nothing is published before every check is done.
     """
-    clock = PhaseClock()
+    clock = PhaseClock(LOG)
     suffix = G.FILE_SUFFIX[args.compression]
     higher_is_closer = S.HIGHER_IS_CLOSER[args.metric]
     edge_format = {"label": args.edge_label, "metric": args.metric, "higher_is_closer": higher_is_closer}

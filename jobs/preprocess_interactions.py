@@ -41,7 +41,7 @@ from jobs.common.quality import (
     run_gate,
     thresholds_from_args,
 )
-from jobs.common.report import Funnel, check_funnel, write_report
+from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark
 from jobs.transforms import interactions as tx
 from schemas import interactions as S
@@ -162,24 +162,6 @@ def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
         raise RuntimeError("staged train and test sets are both empty")
 
 
-class PhaseClock:
-    """Wall time of the job's steps, each measured from the end of the previous one.
-
-    Logged at INFO as each step ends and written to the report (``phase_seconds``): where a run's time
-    went, on any cluster, without a profiler.
-    """
-
-    def __init__(self) -> None:
-        self.seconds: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def lap(self, name: str) -> None:
-        now = time.perf_counter()
-        self.seconds[name] = round(self.seconds.get(name, 0.0) + now - self._last, 2)
-        self._last = now
-        LOG.info("phase %s: %.2fs", name, self.seconds[name])
-
-
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started_at = time.time()
     args = parse_args(argv)
@@ -189,7 +171,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     LOG.info("reading %d files (%d of the run date)", len(files), len(run_day_files))
 
     spark = get_spark(APP_NAME, conf=SPARK_CONF)
-    clock = PhaseClock()
+    clock = PhaseClock(LOG)
     run_day_marker = f"/dt={run_date.isoformat()}/"
     parsed_df = (
         read_lines(spark, files)

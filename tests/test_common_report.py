@@ -51,3 +51,21 @@ def test_unbalanced_funnel_is_refused_and_nothing_written(tmp_path, rows_out: in
 def test_report_uri_convention() -> None:
     assert report_uri("s3://b/r", "export", "2024-03-31") == "s3://b/r/export/dt=2024-03-31.json"
     assert report_uri("/r/", "export", "2024-03-31", "quality.json") == "/r/export/dt=2024-03-31.quality.json"
+
+
+def test_phase_clock_times_each_step_from_the_previous_one(monkeypatch, caplog) -> None:
+    import logging
+
+    from jobs.common import report
+
+    ticks = iter([10.0, 10.5, 12.25, 12.5, 13.0])
+    monkeypatch.setattr(report.time, "perf_counter", lambda: next(ticks))
+    clock = report.PhaseClock(logging.getLogger("stylegraph.test"))
+    with caplog.at_level(logging.INFO, logger="stylegraph.test"):
+        clock.lap("read")  # 10.0 -> 10.5
+        clock.lap("write")  # -> 12.25
+        clock.lap("read")  # -> 12.5: a step that comes back adds up
+        clock.lap("publish")  # -> 13.0
+    assert clock.seconds == {"read": 0.75, "write": 1.75, "publish": 0.5}
+    assert [r.getMessage() for r in caplog.records] == [
+        "phase read: 0.50s", "phase write: 1.75s", "phase read: 0.75s", "phase publish: 0.50s"]

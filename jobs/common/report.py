@@ -107,3 +107,21 @@ def write_report(
     )
     report["report_uri"] = uri
     return report
+
+
+class PhaseClock:
+    """Wall seconds of a job's steps, each measured from the end of the previous one (a step that comes
+    back adds up). Logged at INFO as each step ends (with the job's logger) and written to the report
+    (``phase_seconds`` / ``seconds_by_phase``): where a run's time went, on any cluster, without a
+    profiler."""
+
+    def __init__(self, log: logging.Logger = LOG) -> None:
+        self.seconds: dict[str, float] = {}
+        self._log = log
+        self._last = time.perf_counter()
+
+    def lap(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.seconds[phase] = round(self.seconds.get(phase, 0.0) + now - self._last, 3)
+        self._last = now
+        self._log.info("phase %s: %.2fs", phase, self.seconds[phase])
