@@ -179,16 +179,9 @@ def run_hostile_export(spark: Any, root: Path, edges: list[tuple]) -> dict[str, 
     output = root / "gremlin" / f"dt={RUN_DATE}"
     report = export_gremlin.main(
         [
-            "--catalog",
-            str(root / "catalog.csv"),
-            "--edges",
-            str(root / "edges"),
+            *export_argv(root / "catalog.csv", root / "edges", output),
             "--embeddings",
             str(root / "embeddings"),
-            "--output",
-            str(output),
-            "--run-date",
-            RUN_DATE,
             "--report-dir",
             str(root / "reports"),
             "--quality",
@@ -202,6 +195,11 @@ def run_hostile_export(spark: Any, root: Path, edges: list[tuple]) -> dict[str, 
 def hostile_export(spark, tmp_path_factory) -> dict[str, Any]:
     """Edges with repeated (src, dst) pairs: the Arrow write finds them, the Spark path redoes the edges."""
     return run_hostile_export(spark, tmp_path_factory.mktemp("export"), EDGES)
+
+
+def export_argv(catalog: Any, edges: Any, output: Any) -> list[str]:
+    """The export's required arguments (paths as strings) and the run date."""
+    return ["--catalog", str(catalog), "--edges", str(edges), "--output", str(output), "--run-date", RUN_DATE]
 
 
 def test_hostile_vertices_round_trip_through_python_csv(hostile_export):
@@ -360,14 +358,7 @@ def sized_inputs(spark, tmp_path_factory) -> dict[str, Path]:
 
 def test_files_are_sized_near_the_target_and_all_pairs_has_no_rank(sized_inputs):
     args = [
-        "--catalog",
-        str(sized_inputs["catalog"]),
-        "--edges",
-        str(sized_inputs["edges"]),
-        "--output",
-        str(sized_inputs["output"]),
-        "--run-date",
-        RUN_DATE,
+        *export_argv(sized_inputs["catalog"], sized_inputs["edges"], sized_inputs["output"]),
         "--compression",
         "none",
         "--target-file-mb",
@@ -412,14 +403,7 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
     with pytest.raises(OSError, match="disk full"):
         export_gremlin.main(
             [
-                "--catalog",
-                str(sized_inputs["catalog"]),
-                "--edges",
-                str(sized_inputs["edges"]),
-                "--output",
-                str(output),
-                "--run-date",
-                RUN_DATE,
+                *export_argv(sized_inputs["catalog"], sized_inputs["edges"], output),
                 "--compression",
                 "gzip",
                 "--quality",
@@ -434,14 +418,7 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
 def test_the_gate_checks_each_edge_file_head_and_stops_bad_output(spark, sized_inputs, tmp_path, monkeypatch):
     output, reports = tmp_path / "gremlin", tmp_path / "R"
     args = [
-        "--catalog",
-        str(sized_inputs["catalog"]),
-        "--edges",
-        str(sized_inputs["edges"]),
-        "--output",
-        str(output),
-        "--run-date",
-        RUN_DATE,
+        *export_argv(sized_inputs["catalog"], sized_inputs["edges"], output),
         "--report-dir",
         str(reports),
         "--compression",
@@ -821,14 +798,7 @@ def test_no_good_edge_still_writes_a_header_only_edge_file(spark, tmp_path):
     output = tmp_path / "out"
     report = export_gremlin.main(
         [
-            "--catalog",
-            str(tmp_path / "catalog.csv"),
-            "--edges",
-            str(tmp_path / "edges"),
-            "--output",
-            str(output),
-            "--run-date",
-            RUN_DATE,
+            *export_argv(tmp_path / "catalog.csv", tmp_path / "edges", output),
             "--compression",
             "none",
             "--quality",
