@@ -679,13 +679,9 @@ def stage_vertices(
 
 def write_empty_parquet(uri: str, schema: T.StructType) -> None:
     """An empty Parquet file with ``schema`` under the folder ``uri``, written without a Spark job."""
-    import pyarrow.parquet as pq
     from pyspark.sql.pandas.types import to_arrow_schema
 
-    arrow_schema = to_arrow_schema(schema)
-    fs, path = storage.filesystem(uri)
-    fs.create_dir(path, recursive=True)
-    pq.write_table(arrow_schema.empty_table(), f"{path}/{EMPTY_PARQUET_NAME}", filesystem=fs)
+    storage.write_parquet(to_arrow_schema(schema).empty_table(), storage.join(uri, EMPTY_PARQUET_NAME))
 
 
 def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:

@@ -20,7 +20,6 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-import pyarrow.parquet as pq
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -377,16 +376,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     )
 
 
-def parquet_rows(uri: str) -> int:
-    """Rows in a Parquet folder, from the files' footers (no Spark job)."""
-    total = 0
-    for file_uri in storage.list_files(uri, (".parquet",)):
-        fs, path = storage.filesystem(file_uri)
-        with fs.open_input_file(path) as handle:
-            total += pq.read_metadata(handle).num_rows
-    return total
-
-
 def _output_counts(
     staged: dict[str, str], split_df: DataFrame, ranks_df: DataFrame, test_negatives: int
 ) -> dict[str, int]:
@@ -400,10 +389,10 @@ def _output_counts(
         "users": int(users["users"]),
         "items": ranks_df.count(),
         "users_short_of_test_negatives": int(users["short"] or 0),
-        "train_rows": parquet_rows(staged[TRAIN_DIR]),
-        "test_rows": parquet_rows(staged[TEST_DIR]),
-        "users_index_size": parquet_rows(staged[USERS_INDEX_DIR]),
-        "items_index_size": parquet_rows(staged[ITEMS_INDEX_DIR]),
+        "train_rows": storage.parquet_rows(staged[TRAIN_DIR]),
+        "test_rows": storage.parquet_rows(staged[TEST_DIR]),
+        "users_index_size": storage.parquet_rows(staged[USERS_INDEX_DIR]),
+        "items_index_size": storage.parquet_rows(staged[ITEMS_INDEX_DIR]),
     }
 
 

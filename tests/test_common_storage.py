@@ -130,7 +130,7 @@ def test_atomic_file_appears_whole_or_not_at_all(tmp_path) -> None:
         assert (tmp_path / "out" / "part-00000.bin").read_bytes() == body
 
 
-def test_write_parquet_locally_and_on_s3(tmp_path, aws_env: str) -> None:
+def test_write_parquet_locally_and_on_s3(tmp_path, aws_env: str, monkeypatch: pytest.MonkeyPatch) -> None:
     import pyarrow as pa
 
     table = pa.table({"sku": ["a", 'é,"x"', None], "n": [1, 2, 3]})
@@ -140,7 +140,20 @@ def test_write_parquet_locally_and_on_s3(tmp_path, aws_env: str) -> None:
     boto3.client("s3").create_bucket(Bucket="stylegraph-parquet")
     storage.write_parquet(table, "s3://stylegraph-parquet/t/part-00000.parquet")
     assert storage.read_parquet("s3://stylegraph-parquet/t").equals(table)
-    # A write that fails leaves no object behind.
-    with pytest.raises((TypeError, AttributeError)):  # fails inside the write, after the upload began
-        storage.write_parquet({"not": "a table"}, "s3://stylegraph-parquet/t/part-00001.parquet")
-    assert storage.list_files("s3://stylegraph-parquet/t") == ["s3://stylegraph-parquet/t/part-00000.parquet"]
+
+    def half_write(table, sink) -> None:  # bytes reach the stream, then the write breaks
+        sink.write(b"PAR1 half a file")
+        raise OSError("disk full")
+
+    # A write that breaks leaves nothing behind: no object (closing an S3 stream completes the upload,
+    # so the aborted object is deleted again), no file and no temporary file locally.
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr(pq, "write_table", half_write)
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_parquet(table, "s3://stylegraph-parquet/t/part-00001.parquet")
+    listed = boto3.client("s3").list_objects_v2(Bucket="stylegraph-parquet")["Contents"]
+    assert [o["Key"] for o in listed if not o["Key"].endswith("/")] == ["t/part-00000.parquet"]
+    with pytest.raises(OSError, match="disk full"):
+        storage.write_parquet(table, str(tmp_path / "t" / "part-00001.parquet"))
+    assert os.listdir(tmp_path / "t") == ["part-00000.parquet"]
