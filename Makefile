@@ -56,7 +56,7 @@ test: $(STAMP) $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the 
 browser: ## Debian's Chromium for the HTML report's browser test (installed when missing)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-bench: $(STAMP) ## every benchmark under bench/, one table in bench/results/latest.md (QUICK=1: smoke)
+bench: $(STAMP) ## every benchmark under bench/, current tables in bench/RESULTS.md (QUICK=1: smoke run to bench/results/quick.md)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
 lint: $(STAMP) ## ruff
