@@ -166,7 +166,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
-    parser.add_argument("--output", default=None, help=f"results page (default {RESULTS}; quick: {QUICK_RESULTS})")
+    parser.add_argument(
+        "--output", default=None, help=f"results page (default {RESULTS}; quick: {QUICK_RESULTS})"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

@@ -39,9 +39,11 @@ def test_each_benchmark_runs_apart_and_the_page_has_every_result(tmp_path: Path)
     assert results[2]["output_tail"].endswith("RuntimeError: no GPU here")
 
     machines = {name: f"machine of {name}" for name in ("alpha", "beta", "gamma")}
+    def earlier(name: str, rows: list[dict]) -> dict:
+        return {"name": name, "ok": True, "returncode": 0, "seconds": 1.0, "rows": rows, "output_tail": ""}
+
     previous = run_all.render(
-        [{"name": "alpha", "ok": True, "returncode": 0, "seconds": 9.0, "rows": [{"old": 1}], "output_tail": ""},
-         {"name": "delta", "ok": True, "returncode": 0, "seconds": 1.0, "rows": [{"kept": 1}], "output_tail": ""}],
+        [earlier("alpha", [{"old": 1}]), earlier("delta", [{"kept": 1}])],
         {"alpha": "old machine", "delta": "delta machine"},
     )
     page = run_all.render(results, machines, previous)
