@@ -14,11 +14,15 @@ Spark-SQL queries that must return no rows; the NCF ones share one per-user aggr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import great_expectations.expectations as gxe
 
-from jobs.common.quality import (  # dataset names and context keys live with the gate (no GE import)
+from schemas import embeddings as emb
+from schemas import gremlin as G
+from schemas import interactions as ia
+from schemas import similarity as sim
+from schemas.quality_terms import (
     CRITICAL,
     EMBEDDING_DIM,
     EMBEDDINGS,
@@ -37,14 +41,8 @@ from jobs.common.quality import (  # dataset names and context keys live with th
     TOP_K,
     TRAIN,
     WARNING,
+    QualityThresholds,
 )
-from schemas import embeddings as emb
-from schemas import gremlin as G
-from schemas import interactions as ia
-from schemas import similarity as sim
-
-if TYPE_CHECKING:
-    from jobs.common.quality import QualityThresholds
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
 GREMLIN_ID = G.ID
@@ -53,7 +51,7 @@ GREMLIN_FROM = G.FROM
 GREMLIN_TO = G.TO
 GREMLIN_SCORE = G.EDGE_SCORE
 
-Suite = Callable[["QualityThresholds", Mapping[str, Any]], list[Any]]
+Suite = Callable[[QualityThresholds, Mapping[str, Any]], list[Any]]
 
 
 def _q(column: str) -> str:
