@@ -64,13 +64,13 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
+from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
-from jobs.transforms import gremlin_arrow as ga
-from jobs.validate_gremlin_csv import all_files
 from schemas import catalog as C
 from schemas import embeddings as E
 from schemas import gremlin as G
 from schemas import similarity as S
+from udfs import gremlin_arrow as ga
 from udfs import gremlin_edge_files as ef
 
 LOG = logging.getLogger("stylegraph.export")

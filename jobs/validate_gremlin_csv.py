@@ -52,8 +52,6 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
-from pyarrow import fs as pafs
-
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
@@ -146,22 +144,6 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def all_files(uri: str) -> list[str]:
-    """Every file below a folder URI (or the file itself), hidden and ``_`` files included, sorted."""
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return []
-    if info.type == pafs.FileType.File:
-        return [uri]
-    prefix = uri.rstrip("/")
-    return sorted(
-        f"{prefix}/{posixpath.relpath(item.path, path)}"
-        for item in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if item.type == pafs.FileType.File
-    )
-
-
 def is_non_data_name(name: str) -> bool:
     """Files a Spark write leaves behind that the loader would still try to read."""
     return name.startswith((".", "_")) or name.endswith(".crc")
@@ -542,7 +524,7 @@ def validate_prefix(
     allow_non_finite: bool = False,
 ) -> None:
     """Check every file under one loader prefix (vertex or edge)."""
-    files = all_files(uri)
+    files = storage.all_files(uri)
     data_files = []
     for file_uri in files:
         if is_non_data_name(posixpath.basename(file_uri)):

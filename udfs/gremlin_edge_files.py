@@ -5,7 +5,7 @@ Why Python here: the export must check every edge (both ends are vertices, finit
 checks are extra passes: broadcast joins, a duplicate-key pass and a read-back of every file cost about
 twice the write itself (README, section export). Here one task reads its Parquet row groups with
 pyarrow, looks both ends up among the vertex skus (``index_in``: a vertex index per end, so the pair
-is an exact int64 key), formats the good rows with Arrow kernels (:mod:`jobs.transforms.gremlin_arrow`),
+is an exact int64 key), formats the good rows with Arrow kernels (:mod:`udfs.gremlin_arrow`),
 compresses them with zlib/bz2 at Hadoop's levels (gzip 6, bzip2 9) and hashes the bytes as they are
 written; the keys go on, sorted and cut by key range, to a second step that counts repeats exactly.
 
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.common import storage
-from jobs.transforms import gremlin_arrow as ga
 from schemas import gremlin as G
+from udfs import gremlin_arrow as ga
 
 BATCH_ROWS = 131_072
 GZIP_LEVEL = 6  # Hadoop's GzipCodec (Spark's "gzip"): zlib's default level
