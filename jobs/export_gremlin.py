@@ -477,7 +477,7 @@ def plan_edge_tasks(
         index = min(count - 1, seen * count // total)
         assigned[index].append(item)
         seen += item[2]
-    tasks = []
+    tasks: list[ef.EdgeTask] = []
     for items in assigned:
         if not items:
             continue
@@ -652,7 +652,7 @@ def stage_vertices(
         bytes_per_row = max(len(_compress(sample, args.compression)) / SIZING_SAMPLE_ROWS, 1.0)
         rows_per_file = max(1, int(target_bytes / bytes_per_row))
     vertices_uri = storage.join(staged, G.VERTICES_DIR)
-    files = []
+    files: list[dict[str, Any]] = []
     for start in range(0, max(len(records), 1), rows_per_file):
         chunk = records.slice(start, rows_per_file)
         name = ef.file_name(0, len(files), args.compression)

@@ -48,7 +48,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
@@ -271,8 +271,8 @@ def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[s
         low, high = _INT_RANGES[type_name]
         if not _INTEGER.match(value):
             return ("type", f"{value!r} is not an integer ({type_name})")
-        number = int(value)
-        return None if low <= number <= high else ("type", f"{value} is out of range for {type_name}")
+        integer = int(value)
+        return None if low <= integer <= high else ("type", f"{value} is out of range for {type_name}")
     if type_name in (G.TYPE_FLOAT, G.TYPE_DOUBLE):
         if _NON_FINITE.match(value):
             return None if allow_non_finite else ("non_finite", f"{value!r} is not a finite {type_name}")
@@ -341,6 +341,7 @@ def split_record(record: str) -> tuple[list[str] | None, str | None]:
     end = len(body)
     while True:
         match = _FIELD.match(body, position)
+        assert match is not None  # its second alternative matches the empty string
         quoted, plain = match.group(1), match.group(2)
         fields.append(quoted.replace('""', '"') if quoted is not None else plain)
         position = match.end()
@@ -406,7 +407,7 @@ def validate_file(
             result.add(uri, None, "compression", "compressed data in a file without a .gz/.bz2 suffix")
             return
         if compression == G.COMPRESSION_GZIP:
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw)
+            stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw)
         elif compression == G.COMPRESSION_BZIP2:
             stream = bz2.BZ2File(raw)
         else:
@@ -420,7 +421,7 @@ def validate_file(
 def _validate_stream(
     uri: str,
     kind: str,
-    stream: IO[bytes],
+    stream: Iterable[bytes],
     result: ValidationResult,
     ids: set[str],
     vertex_ids: set[str] | None,

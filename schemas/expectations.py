@@ -17,6 +17,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import great_expectations.expectations as gxe
+from great_expectations.expectations.metadata_types import FailureSeverity
 
 from schemas import embeddings as emb
 from schemas import gremlin as G
@@ -44,6 +45,10 @@ from schemas.quality_terms import (
     QualityThresholds,
 )
 
+# The gate's severities as great-expectations' own (a str enum: SEVERITY_CRITICAL == CRITICAL).
+SEVERITY_CRITICAL = FailureSeverity(CRITICAL)
+SEVERITY_WARNING = FailureSeverity(WARNING)
+
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
 GREMLIN_ID = G.ID
 GREMLIN_LABEL = G.LABEL
@@ -63,14 +68,16 @@ def _table(columns: Sequence[str]) -> list[Any]:
     """The shape every suite starts with: the columns exist and there is at least one row."""
     return [
         *(
-            gxe.ExpectColumnToExist(column=column, severity=CRITICAL, description=f"column {column} exists")
+            gxe.ExpectColumnToExist(
+                column=column, severity=SEVERITY_CRITICAL, description=f"column {column} exists"
+            )
             for column in columns
         ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=CRITICAL, description="not empty"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=SEVERITY_CRITICAL, description="not empty"),
     ]
 
 
-def _not_null(column: str, *, mostly: float = 1.0, severity: str = CRITICAL) -> Any:
+def _not_null(column: str, *, mostly: float = 1.0, severity: FailureSeverity = SEVERITY_CRITICAL) -> Any:
     return gxe.ExpectColumnValuesToNotBeNull(
         column=column, mostly=mostly, severity=severity, description=f"{column} is never blank"
     )
@@ -85,7 +92,7 @@ def _index_in_range(column: str, size: int | None) -> list[Any]:
             column=column,
             min_value=0,
             max_value=size - 1 if size is not None else None,
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description=f"0 <= {column}{upper}",
         ),
     ]
@@ -94,7 +101,7 @@ def _index_in_range(column: str, size: int | None) -> list[Any]:
 def raw_interactions_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
     """Raw interaction events as read: mostly complete, known event types (the rest is rejected)."""
     mostly = thresholds.min_accepted_fraction
-    severity = thresholds.share_severity(context.get(ROWS_IN))
+    severity = FailureSeverity(thresholds.share_severity(context.get(ROWS_IN)))
     return [
         *_table(ia.REQUIRED_FIELDS),
         *(
@@ -117,7 +124,7 @@ def _ncf_rows(context: Mapping[str, Any]) -> list[Any]:
         *_index_in_range(ia.USER_IDX, context.get(N_USERS)),
         *_index_in_range(ia.ITEM_IDX, context.get(N_ITEMS)),
         gxe.ExpectColumnValuesToBeInSet(
-            column=ia.LABEL, value_set=[0.0, 1.0], severity=CRITICAL, description="label is 0 or 1"
+            column=ia.LABEL, value_set=[0.0, 1.0], severity=SEVERITY_CRITICAL, description="label is 0 or 1"
         ),
         _not_null(ia.LABEL),
     ]
@@ -151,7 +158,7 @@ def _per_user(where: str) -> str:
     )
 
 
-def _pairs_once(*, severity: str, description: str) -> Any:
+def _pairs_once(*, severity: FailureSeverity, description: str) -> Any:
     """Each (user_idx, item_idx) at most once: the users who repeat an item."""
     return gxe.UnexpectedRowsExpectation(
         unexpected_rows_query=_per_user(f"{REPEATED_ITEMS} > 0"), severity=severity, description=description
@@ -162,7 +169,7 @@ def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -
     """NCF training rows: indexes in range, labels 0/1, each (user, item) once."""
     return [
         *_ncf_rows(context),
-        _pairs_once(severity=WARNING, description="each (user_idx, item_idx) pair appears once"),
+        _pairs_once(severity=SEVERITY_WARNING, description="each (user_idx, item_idx) pair appears once"),
     ]
 
 
@@ -173,7 +180,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
         *_ncf_rows(context),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=_per_user(f"{POSITIVES} {'!= 1' if leave_one_out else '< 1'}"),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description=(
                 "every test user has exactly one positive (leave-one-out)"
                 if leave_one_out
@@ -181,7 +188,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
             ),
         ),
         _pairs_once(
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="a user's test items are distinct (negatives never repeat the positive)",
         ),
     ]
@@ -191,7 +198,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
             gxe.UnexpectedRowsExpectation(
                 unexpected_rows_query=_per_user(f"{USER_ROWS} != {int(negatives) + 1}"),
                 # A user who has seen almost every item cannot get all of them: recorded, not fatal.
-                severity=WARNING,
+                severity=SEVERITY_WARNING,
                 description=f"every test user has 1 positive + {int(negatives)} negatives",
             )
         )
@@ -209,12 +216,14 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
     return [
         *_table((emb.SKU, emb.EMBEDDING, emb.STATUS)),
         _not_null(emb.SKU),
-        gxe.ExpectColumnValuesToBeUnique(column=emb.SKU, severity=CRITICAL, description="one row per sku"),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=emb.SKU, severity=SEVERITY_CRITICAL, description="one row per sku"
+        ),
         _not_null(emb.STATUS),
         gxe.ExpectColumnValuesToBeInSet(
             column=emb.STATUS,
             value_set=[emb.STATUS_OK, emb.STATUS_ERROR],
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="status is ok or error",
         ),
         gxe.UnexpectedRowsExpectation(
@@ -223,7 +232,7 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
                 f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
                 f"OR abs(x) = double('inf')))"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="every ok row has a finite embedding" + (f" of {int(dim)} floats" if dim else ""),
         ),
         gxe.UnexpectedRowsExpectation(
@@ -231,7 +240,7 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
                 f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
                 f"WHERE {status} = '{emb.STATUS_OK}') WHERE n > 1"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="all embeddings have the same size",
         ),
     ]
@@ -245,7 +254,7 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
         *(_not_null(column) for column in (sim.SRC, sim.DST, sim.SCORE)),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="no product is its own neighbour (src != dst)",
         ),
         gxe.UnexpectedRowsExpectation(
@@ -253,11 +262,13 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
                 f"SELECT {src}, {dst}, {score} FROM {{batch}} "
                 f"WHERE isnan({score}) OR abs({score}) = double('inf')"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="scores are finite (no NaN, no Infinity)",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=[sim.SRC, sim.DST], severity=CRITICAL, description="each (src, dst) pair once"
+            column_list=[sim.SRC, sim.DST],
+            severity=SEVERITY_CRITICAL,
+            description="each (src, dst) pair once",
         ),
     ]
     top_k = context.get(TOP_K)
@@ -268,7 +279,7 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
                 column=sim.RANK,
                 min_value=1,
                 max_value=int(top_k),
-                severity=CRITICAL,
+                severity=SEVERITY_CRITICAL,
                 description=f"1 <= rank <= {int(top_k)}",
             ),
             gxe.UnexpectedRowsExpectation(
@@ -276,7 +287,7 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
                     f"SELECT {src}, count(*) AS n FROM {{batch}} "
                     f"GROUP BY {src} HAVING count(*) > {int(top_k)}"
                 ),
-                severity=CRITICAL,
+                severity=SEVERITY_CRITICAL,
                 description=f"at most {int(top_k)} neighbours per product",
             ),
         ]
@@ -289,7 +300,9 @@ def gremlin_vertices_suite(thresholds: QualityThresholds, context: Mapping[str, 
         *_table((GREMLIN_ID, GREMLIN_LABEL)),
         _not_null(GREMLIN_ID),
         gxe.ExpectColumnValuesToBeUnique(
-            column=GREMLIN_ID, severity=CRITICAL, description="~id is unique (duplicates merge in Neptune)"
+            column=GREMLIN_ID,
+            severity=SEVERITY_CRITICAL,
+            description="~id is unique (duplicates merge in Neptune)",
         ),
         _not_null(GREMLIN_LABEL),
     ]
@@ -301,10 +314,12 @@ def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any
     return [
         *_table((GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL, GREMLIN_SCORE)),
         *(_not_null(column) for column in (GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL)),
-        gxe.ExpectColumnValuesToBeUnique(column=GREMLIN_ID, severity=CRITICAL, description="~id is unique"),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=GREMLIN_ID, severity=SEVERITY_CRITICAL, description="~id is unique"
+        ),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="no self-loop edges (~from != ~to)",
         ),
         gxe.UnexpectedRowsExpectation(
@@ -313,7 +328,7 @@ def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any
                 f"WHERE try_cast({score} AS DOUBLE) IS NULL OR isnan(try_cast({score} AS DOUBLE)) "
                 f"OR abs(try_cast({score} AS DOUBLE)) = double('inf')"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="score:Double is a finite number on every edge",
         ),
     ]
@@ -324,13 +339,13 @@ def funnel_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> l
     return [
         *_table((REJECT_FRACTION,)),
         gxe.ExpectColumnValuesToNotBeNull(
-            column=REJECT_FRACTION, severity=CRITICAL, description="the stage read at least one row"
+            column=REJECT_FRACTION, severity=SEVERITY_CRITICAL, description="the stage read at least one row"
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column=REJECT_FRACTION,
             min_value=0.0,
             max_value=thresholds.max_reject_fraction,
-            severity=thresholds.share_severity(context.get(ROWS_IN)),
+            severity=FailureSeverity(thresholds.share_severity(context.get(ROWS_IN))),
             description=f"at most {thresholds.max_reject_fraction:.0%} of input rows rejected",
         ),
     ]

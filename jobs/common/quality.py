@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -116,7 +117,7 @@ LOG = logging.getLogger("stylegraph.quality")
 QUALITY_SUFFIX = "quality.json"
 
 # "BASIC" gives counts and a few unexpected values; "SUMMARY"/"COMPLETE" cost extra Spark jobs.
-RESULT_FORMAT = "BASIC"
+RESULT_FORMAT: Final = "BASIC"
 MAX_EXAMPLES = 5
 
 MAX_ERROR_CHARS = 1000  # of a metric's Spark error in the results (its stack trace is in the log)
@@ -610,9 +611,7 @@ def _compute_metrics(
     values: dict[Any, Any] = {}
     if not branches:
         return values, errors
-    union_df = None
-    for branch_df in branches.values():
-        union_df = branch_df if union_df is None else union_df.unionAll(branch_df)
+    union_df = functools.reduce(DataFrame.unionAll, branches.values())
     try:
         rows = union_df.collect()
     except Exception as err:  # one branch failed at run time: find which, one branch at a time
