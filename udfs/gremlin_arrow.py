@@ -10,7 +10,7 @@ module produces the same rows, checked the same way, without Spark's CSV writer:
 - quoting follows RFC 4180 exactly as Spark's writer with :data:`schemas.gremlin.GREMLIN_CSV_WRITE_OPTIONS`
   does it: a field holding a comma, a double quote, CR or LF is quoted and its quotes doubled; other
   fields are written bare; a null is a blank field;
-- doubles are written in their shortest round-trip form (``0.5``, ``1e-05``: Arrow's formatter, parsed
+- doubles are written in their shortest round-trip form (``0.5``, ``0.00001``, ``1e-7``: Arrow's formatter, parsed
   back to the same double by Java's ``Double.parseDouble`` and Python's ``float``).
 """
 
