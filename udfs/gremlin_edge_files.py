@@ -3,7 +3,7 @@
 Why Python here: the export must check every edge (both ends are vertices, finite score, no repeated
 (from, to)) and describe every file it writes (rows, bytes, sha256). With Spark's CSV writer those
 checks are extra passes: broadcast joins, a duplicate-key pass and a read-back of every file cost about
-twice the write itself (README, section export). Here one task reads its Parquet row groups with
+twice the write itself. Here one task reads its Parquet row groups with
 pyarrow, looks both ends up among the vertex skus (``index_in``: a vertex index per end, so the pair
 is an exact int64 key), formats the good rows with Arrow kernels (:mod:`udfs.gremlin_arrow`),
 compresses them with zlib/bz2 at Hadoop's levels (gzip 6, bzip2 9) and hashes the bytes as they are
