@@ -19,10 +19,7 @@ from typing import Any
 import great_expectations.expectations as gxe
 from great_expectations.expectations.metadata_types import FailureSeverity
 
-from schemas import embeddings as emb
-from schemas import gremlin as G
-from schemas import interactions as ia
-from schemas import similarity as sim
+from schemas import embeddings, gremlin, interactions, similarity
 from schemas.quality_terms import (
     CRITICAL,
     EMBEDDING_DIM,
@@ -50,11 +47,11 @@ SEVERITY_CRITICAL = FailureSeverity(CRITICAL)
 SEVERITY_WARNING = FailureSeverity(WARNING)
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
-GREMLIN_ID = G.ID
-GREMLIN_LABEL = G.LABEL
-GREMLIN_FROM = G.FROM
-GREMLIN_TO = G.TO
-GREMLIN_SCORE = G.EDGE_SCORE
+GREMLIN_ID = gremlin.ID
+GREMLIN_LABEL = gremlin.LABEL
+GREMLIN_FROM = gremlin.FROM
+GREMLIN_TO = gremlin.TO
+GREMLIN_SCORE = gremlin.EDGE_SCORE
 
 Suite = Callable[[QualityThresholds, Mapping[str, Any]], list[Any]]
 
@@ -103,30 +100,33 @@ def raw_interactions_suite(thresholds: QualityThresholds, context: Mapping[str, 
     mostly = thresholds.min_accepted_fraction
     severity = FailureSeverity(thresholds.share_severity(context.get(ROWS_IN)))
     return [
-        *_table(ia.REQUIRED_FIELDS),
+        *_table(interactions.REQUIRED_FIELDS),
         *(
             _not_null(column, mostly=mostly, severity=severity)
-            for column in (ia.USER_ID, ia.ITEM_ID, ia.EVENT_TIME)
+            for column in (interactions.USER_ID, interactions.ITEM_ID, interactions.EVENT_TIME)
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column=ia.EVENT_TYPE,
-            value_set=list(ia.EVENT_TYPES),
+            column=interactions.EVENT_TYPE,
+            value_set=list(interactions.EVENT_TYPES),
             mostly=mostly,
             severity=severity,
-            description=f"event_type is one of {', '.join(ia.EVENT_TYPES)}",
+            description=f"event_type is one of {', '.join(interactions.EVENT_TYPES)}",
         ),
     ]
 
 
 def _ncf_rows(context: Mapping[str, Any]) -> list[Any]:
     return [
-        *_table((ia.USER_IDX, ia.ITEM_IDX, ia.LABEL)),
-        *_index_in_range(ia.USER_IDX, context.get(N_USERS)),
-        *_index_in_range(ia.ITEM_IDX, context.get(N_ITEMS)),
+        *_table((interactions.USER_IDX, interactions.ITEM_IDX, interactions.LABEL)),
+        *_index_in_range(interactions.USER_IDX, context.get(N_USERS)),
+        *_index_in_range(interactions.ITEM_IDX, context.get(N_ITEMS)),
         gxe.ExpectColumnValuesToBeInSet(
-            column=ia.LABEL, value_set=[0.0, 1.0], severity=SEVERITY_CRITICAL, description="label is 0 or 1"
+            column=interactions.LABEL,
+            value_set=[0.0, 1.0],
+            severity=SEVERITY_CRITICAL,
+            description="label is 0 or 1",
         ),
-        _not_null(ia.LABEL),
+        _not_null(interactions.LABEL),
     ]
 
 
@@ -147,7 +147,7 @@ def _per_user(where: str) -> str:
     per-user partial aggregates shrink before the shuffle. (``ExpectCompoundColumnsToBeUnique`` on
     GE's own engine is a window over every row, and ran a 3 GB driver out of heap at 10 M events.)
     """
-    user, item, label = _q(ia.USER_IDX), _q(ia.ITEM_IDX), _q(ia.LABEL)
+    user, item, label = _q(interactions.USER_IDX), _q(interactions.ITEM_IDX), _q(interactions.LABEL)
     return (
         f"SELECT {user}, {USER_ROWS}, {REPEATED_ITEMS}, {POSITIVES} FROM ("
         f"SELECT {user}, count(*) AS {USER_ROWS}, "
@@ -210,25 +210,25 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
 
     The share of products that failed to embed is the stage's reject share (the funnel check).
     """
-    status, vector = _q(emb.STATUS), _q(emb.EMBEDDING)
+    status, vector = _q(embeddings.STATUS), _q(embeddings.EMBEDDING)
     dim = context.get(EMBEDDING_DIM)
     wrong_size = f"size({vector}) != {int(dim)}" if dim is not None else f"size({vector}) = 0"
     return [
-        *_table((emb.SKU, emb.EMBEDDING, emb.STATUS)),
-        _not_null(emb.SKU),
+        *_table((embeddings.SKU, embeddings.EMBEDDING, embeddings.STATUS)),
+        _not_null(embeddings.SKU),
         gxe.ExpectColumnValuesToBeUnique(
-            column=emb.SKU, severity=SEVERITY_CRITICAL, description="one row per sku"
+            column=embeddings.SKU, severity=SEVERITY_CRITICAL, description="one row per sku"
         ),
-        _not_null(emb.STATUS),
+        _not_null(embeddings.STATUS),
         gxe.ExpectColumnValuesToBeInSet(
-            column=emb.STATUS,
-            value_set=[emb.STATUS_OK, emb.STATUS_ERROR],
+            column=embeddings.STATUS,
+            value_set=[embeddings.STATUS_OK, embeddings.STATUS_ERROR],
             severity=SEVERITY_CRITICAL,
             description="status is ok or error",
         ),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=(
-                f"SELECT {_q(emb.SKU)} FROM {{batch}} WHERE {status} = '{emb.STATUS_OK}' AND "
+                f"SELECT {_q(embeddings.SKU)} FROM {{batch}} WHERE {status} = '{embeddings.STATUS_OK}' AND "
                 f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
                 f"OR abs(x) = double('inf')))"
             ),
@@ -238,7 +238,7 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=(
                 f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
-                f"WHERE {status} = '{emb.STATUS_OK}') WHERE n > 1"
+                f"WHERE {status} = '{embeddings.STATUS_OK}') WHERE n > 1"
             ),
             severity=SEVERITY_CRITICAL,
             description="all embeddings have the same size",
@@ -248,10 +248,10 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
 
 def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
     """Similarity edges: no self-loops, each pair once, finite scores; ranks 1..k in top-k mode."""
-    src, dst, score = _q(sim.SRC), _q(sim.DST), _q(sim.SCORE)
+    src, dst, score = _q(similarity.SRC), _q(similarity.DST), _q(similarity.SCORE)
     expectations = [
-        *_table((sim.SRC, sim.DST, sim.SCORE)),
-        *(_not_null(column) for column in (sim.SRC, sim.DST, sim.SCORE)),
+        *_table((similarity.SRC, similarity.DST, similarity.SCORE)),
+        *(_not_null(column) for column in (similarity.SRC, similarity.DST, similarity.SCORE)),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
             severity=SEVERITY_CRITICAL,
@@ -266,7 +266,7 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
             description="scores are finite (no NaN, no Infinity)",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=[sim.SRC, sim.DST],
+            column_list=[similarity.SRC, similarity.DST],
             severity=SEVERITY_CRITICAL,
             description="each (src, dst) pair once",
         ),
@@ -274,9 +274,9 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
     top_k = context.get(TOP_K)
     if top_k is not None:
         expectations += [
-            _not_null(sim.RANK),
+            _not_null(similarity.RANK),
             gxe.ExpectColumnValuesToBeBetween(
-                column=sim.RANK,
+                column=similarity.RANK,
                 min_value=1,
                 max_value=int(top_k),
                 severity=SEVERITY_CRITICAL,

@@ -48,6 +48,7 @@ def test_with_vertex_reject_reason_tags_malformed_missing_and_nul_skus(spark: Sp
         ("   ", "blank sku", "b", "c", "d", "e", None),
         ("Z\x00", "sku with a NUL", "b", "c", "d", "e", None),
         ("M1", None, None, None, None, None, "M1,too,many,fields,here,x,y"),
+        (None, None, None, None, None, None, '"unclosed,quote'),
         (None, None, None, None, None, None, None),
     ]
     expected = [
@@ -57,7 +58,8 @@ def test_with_vertex_reject_reason_tags_malformed_missing_and_nul_skus(spark: Sp
         (*rows[3], gremlin.VERTEX_MISSING_SKU),
         (*rows[4], gremlin.VERTEX_SKU_HAS_NUL),
         (*rows[5], gremlin.VERTEX_MALFORMED_ROW),  # a malformed row is that first, whatever its sku
-        (*rows[6], gremlin.VERTEX_MISSING_SKU),
+        (*rows[6], gremlin.VERTEX_MALFORMED_ROW),
+        (*rows[7], gremlin.VERTEX_MISSING_SKU),
     ]
 
     actual = _frame(spark, rows, fields).transform(tg.with_vertex_reject_reason)
