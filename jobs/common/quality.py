@@ -43,7 +43,6 @@ from pyspark.sql import types as T
 from jobs.common import storage
 from jobs.common.cli import JobError, fraction, non_negative_int
 from jobs.common.report import report_uri
-from schemas import expectations as suites
 from schemas.quality_terms import (
     CRITICAL,
     DEFAULT_MAX_REJECT_FRACTION,
@@ -204,6 +203,10 @@ def run_gate(
             evaluated; the message lists every such expectation.
     """
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
+    # Loaded when a gate runs, not with every job module: great_expectations costs about 5 CPU seconds
+    # to import, which a job's --help, the run report and a quality-off run need not pay. (Not a hidden
+    # circle: schemas import nothing from jobs, which tests/test_layers.py checks, late imports included.)
+    from schemas import expectations as suites
 
     thresholds = thresholds or QualityThresholds()
     context = dict(context or {})
