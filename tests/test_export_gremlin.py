@@ -753,11 +753,11 @@ def test_a_retried_task_rewrites_the_same_files(tmp_path, monkeypatch):
             raise OSError("executor lost")
         return real_format(*args, **kwargs)
 
-    monkeypatch.setattr(ef.ga, "format_edges", failing_format)
+    monkeypatch.setattr(ef.gremlin_arrow, "format_edges", failing_format)
     with pytest.raises(OSError, match="executor lost"):
         run_once()
     assert sorted(p.name for p in (tmp_path / "edges").iterdir()) == sorted(first_files)
-    monkeypatch.setattr(ef.ga, "format_edges", real_format)
+    monkeypatch.setattr(ef.gremlin_arrow, "format_edges", real_format)
     assert run_once() == (first_files, first_stats)
     assert sorted(p.name for p in (tmp_path / "edges").iterdir()) == sorted(first_files)
 
