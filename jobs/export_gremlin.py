@@ -402,18 +402,18 @@ class DiffBase:
 def diff_bases(output: str, loaded_marker: str | None) -> tuple[list[DiffBase], str | None]:
     """The exports tonight's diff is taken against, or ``[]`` and why tonight is a full load.
 
-    The export the loaded marker names (when it still holds the manifest that was loaded) and, when a
-    load of another export started and did not finish (the in-progress marker), that export too: the
-    graph may hold part of it, so what it added is removed and what it changed is loaded again.
+    The export the loaded marker names (when it still holds the manifest that was loaded) and every
+    export whose load started since and did not finish (the in-progress marker): the
+    graph may hold part of each, so what they added is removed and what they changed is loaded again.
     """
     loaded_uri = loaded_marker or gm.loaded_marker_uri(output)
     loaded = gm.read_marker(loaded_uri)
     if loaded is None:
         return [], f"no loaded marker at {loaded_uri}"
     refs = [("loaded", loaded)]
-    attempted = gm.read_marker(gm.loading_marker_uri(loaded_uri))
-    if attempted is not None and not attempted.is_same(loaded):
-        refs.append(("attempted", attempted))
+    for attempted in gm.read_attempts(gm.loading_marker_uri(loaded_uri)):
+        if not attempted.is_same(loaded):
+            refs.append(("attempted", attempted))
     bases = []
     for role, ref in refs:
         if not gm.is_current(ref):

@@ -1,8 +1,9 @@
 """Which Gremlin export the Neptune graph holds: the markers beside the dated exports.
 
 ``<gremlin root>/_LOADED.json`` names the export the graph equals (written by the loader only after a
-load, its removals and the count check succeeded); ``<gremlin root>/_LOADING.json`` names an export whose
-load has started and not yet succeeded (the graph may hold part of it). Each names the export folder,
+load, its removals and the count check succeeded); ``<gremlin root>/_LOADING.json`` lists the exports
+whose loads started since then and did not succeed (the graph may hold part of each); it is removed
+with the success that writes ``_LOADED.json``. Each names the export folder,
 its run date and the sha-256 of its ``manifest.json``, so a reader can tell whether the folder still
 holds what was loaded. The export diffs tonight's CSVs against these; the loader checks them.
 """
@@ -95,6 +96,37 @@ def write_marker(uri: str, ref: ExportRef, **extra: Any) -> None:
     """Write a marker (whole or not at all) naming ``ref``, with when and anything in ``extra``."""
     stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
     storage.write_json(uri, {**ref.as_dict(), "written_at": stamp, **extra})
+
+
+def read_attempts(uri: str) -> list[ExportRef]:
+    """The exports an in-progress marker lists (oldest first); [] when there is none.
+
+    Raises:
+        JobError: a marker that is not the JSON this module writes (named).
+    """
+    if not storage.exists(uri):
+        return []
+    try:
+        return [
+            ExportRef(
+                export=str(item["export"]).rstrip("/"),
+                run_date=str(item["run_date"]),
+                manifest_sha256=str(item["manifest_sha256"]),
+            )
+            for item in storage.read_json(uri)["attempts"]
+        ]
+    except (ValueError, KeyError, TypeError) as err:
+        raise JobError(f"{uri}: not an in-progress marker ({type(err).__name__}: {err})") from err
+
+
+def add_attempt(uri: str, ref: ExportRef) -> list[ExportRef]:
+    """Add ``ref`` to the in-progress marker (once); returns every export it now lists."""
+    attempts = read_attempts(uri)
+    if not any(ref.is_same(item) for item in attempts):
+        attempts.append(ref)
+    stamp = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
+    storage.write_json(uri, {"attempts": [item.as_dict() for item in attempts], "written_at": stamp})
+    return attempts
 
 
 def is_current(ref: ExportRef) -> bool:

@@ -92,9 +92,7 @@ def with_change_kind(current_hashes_df: DataFrame, base_hashes_df: DataFrame) ->
         .otherwise(F.lit(UNCHANGED))
     )
     return (
-        current_hashes_df.join(base_df, on=G.ID, how="left")
-        .withColumn(KIND, kind)
-        .select(G.ID, HASH, KIND)
+        current_hashes_df.join(base_df, on=G.ID, how="left").withColumn(KIND, kind).select(G.ID, HASH, KIND)
     )
 
 
@@ -142,7 +140,8 @@ def properties_to_clear(
             ]
         )
         cleared.append(
-            current_aligned_df.join(renamed_df, on=G.ID, how="inner")
-            .select(G.ID, F.explode(F.filter(flags, lambda name: name.isNotNull())).alias(PROPERTY))
+            current_aligned_df.join(renamed_df, on=G.ID, how="inner").select(
+                G.ID, F.explode(F.filter(flags, lambda name: name.isNotNull())).alias(PROPERTY)
+            )
         )
     return functools.reduce(DataFrame.unionByName, cleared).distinct()
