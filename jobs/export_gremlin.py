@@ -455,8 +455,10 @@ def write_diff(
     bases: Sequence[DiffBase],
     *,
     compression: str,
+    out_uri: str | None = None,
 ) -> dict[str, Any]:
-    """Write ``<export>/diff/`` against ``bases`` (at least one); returns its counts and files.
+    """Write ``<out>/diff/`` (``out_uri`` defaults to the export) against ``bases`` (at least one);
+    returns its counts and files (paths relative to ``out_uri``).
 
     Per kind (vertices, edges): ``diff/<kind>/`` the rows to load (tonight's header),
     ``diff/remove/<kind>/`` the ids to remove, ``diff/clear/<kind>/`` the properties to clear. Counts of
@@ -470,43 +472,46 @@ def write_diff(
         columns = [*header]
         for base in bases:
             columns += [column for column in base.headers[kind] if column not in columns]
-        current_df = read_export_csv(spark, storage.join(export_uri, kind), header)
-        base_dfs = [read_export_csv(spark, storage.join(b.ref.export, kind), b.headers[kind]) for b in bases]
-        current_hashes_df = current_df.transform(gd.element_hashes, columns).cache()
-        base_hashes = [df.transform(gd.element_hashes, columns).cache() for df in base_dfs]
+        # Each export's CSVs are parsed and hashed once, and tonight is joined with each base once; the
+        # comparisons are kept for the counts and the three outputs.
+        current_df = read_export_csv(spark, storage.join(export_uri, kind), header).transform(
+            gd.with_property_hash, columns
+        )
+        comparisons = [
+            current_df.transform(
+                gd.compare_with_base,
+                read_export_csv(spark, storage.join(b.ref.export, kind), b.headers[kind]).transform(
+                    gd.with_property_hash, columns
+                ),
+                columns,
+            ).cache()
+            for b in bases
+        ]
         try:
             by_kind = {
-                row[gd.KIND]: row["count"]
-                for row in current_hashes_df.transform(gd.with_change_kind, base_hashes[0])
-                .groupBy(gd.KIND)
-                .count()
-                .collect()
+                row[gd.KIND]: row["count"] for row in comparisons[0].groupBy(gd.KIND).count().collect()
             }
             parts = (
-                (
-                    storage.join(G.DIFF_DIR, kind),
-                    gd.filter_rows_to_load(current_df, current_hashes_df, base_hashes),
-                    header,
-                ),
+                (storage.join(G.DIFF_DIR, kind), gd.filter_rows_to_load(comparisons, header), header),
                 (
                     storage.join(G.DIFF_DIR, G.DIFF_REMOVE_DIR, kind),
-                    gd.ids_to_remove(current_hashes_df, base_hashes),
+                    gd.ids_to_remove(comparisons),
                     list(G.REMOVE_HEADER),
                 ),
                 (
                     storage.join(G.DIFF_DIR, G.DIFF_CLEAR_DIR, kind),
-                    gd.properties_to_clear(current_df, base_dfs, columns),
+                    gd.properties_to_clear(comparisons),
                     list(G.CLEAR_HEADER),
                 ),
             )
             described = {
                 folder: write_diff_part(
-                    rows_df, export_uri, folder, part_header, compression=compression, slots=slots
+                    rows_df, out_uri or export_uri, folder, part_header, compression=compression, slots=slots
                 )
                 for folder, rows_df, part_header in parts
             }
         finally:
-            for df in (current_hashes_df, *base_hashes):
+            for df in comparisons:
                 df.unpersist()
         rows = {folder: sum(item["rows"] for item in items) for folder, items in described.items()}
         load_folder, remove_folder, clear_folder = (folder for folder, _, _ in parts)

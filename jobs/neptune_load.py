@@ -66,9 +66,10 @@ DEFAULT_TIMEOUT_S = 6 * 3600
 DEFAULT_POLL_INITIAL_S = 2.0
 DEFAULT_POLL_MAX_S = 60.0
 DEFAULT_MAX_ATTEMPTS = 5  # botocore's own retries of throttling and 5xx answers per loader call
-# Ids per removal request. An edge id is about 60 bytes, so a request is about 30 KB of Gremlin and one
-# short transaction: small enough that a conflict with the site's readers retries little work, large
-# enough that 5% of 50,000 products changing (about 50,000 edge removals) is about 100 requests.
+# Ids per removal request. An edge id is about 50 bytes, so a request is about 25 KB of Gremlin and one
+# short transaction: small enough that a conflict with another writer retries little work, large enough
+# that a night with 5% of 50,000 top-10 products changed (about 30,000 removals, bench/neptune_diff.py)
+# is about 60 requests.
 DEFAULT_BATCH_SIZE = 500
 PLACEHOLDER_VERTEX_LOAD_ID = "<loadId of the vertex load>"
 

@@ -22,6 +22,14 @@ def test_property_name_unescapes_the_header():
     assert gd.property_name("score:Double") == "score"
 
 
+def compare(current_df, bases, columns):
+    hashed_df = current_df.transform(gd.with_property_hash, columns)
+    return [
+        hashed_df.transform(gd.compare_with_base, base_df.transform(gd.with_property_hash, columns), columns)
+        for base_df in bases
+    ]
+
+
 def test_rows_to_load_are_the_new_and_the_changed_rows_whole(spark):
     base_df = vertices(
         spark,
@@ -41,42 +49,39 @@ def test_rows_to_load_are_the_new_and_the_changed_rows_whole(spark):
             ("product:NEW", "product", "n", None),  # added
         ],
     )
-    current_hashes_df = current_df.transform(gd.element_hashes, V_HEADER)
-    base_hashes_df = base_df.transform(gd.element_hashes, V_HEADER)
+    comparisons = compare(current_df, [base_df], V_HEADER)
 
-    rows_df = gd.filter_rows_to_load(current_df, current_hashes_df, [base_hashes_df])
+    rows_df = gd.filter_rows_to_load(comparisons, V_HEADER)
     expected_df = vertices(
         spark, [("product:C", "product", "new name", "Acme"), ("product:NEW", "product", "n", None)]
     )
     assert_df_equality(rows_df, expected_df, ignore_row_order=True, ignore_nullable=True)
 
-    kinds_df = current_hashes_df.transform(gd.with_change_kind, base_hashes_df).select("~id", gd.KIND)
+    kinds_df = comparisons[0].select("~id", gd.KIND)
     expected_kinds_df = spark.createDataFrame(
         [
             ("product:A", "unchanged"),
             (HOSTILE, "unchanged"),
             ("product:C", "changed"),
             ("product:NEW", "added"),
+            ("product:GONE", "removed"),
         ],
         f"`~id` string, {gd.KIND} string",
     )
     assert_df_equality(kinds_df, expected_kinds_df, ignore_row_order=True, ignore_nullable=True)
 
-    removed_df = gd.ids_to_remove(current_df, [base_df])
+    removed_df = gd.ids_to_remove(comparisons)
     assert_df_equality(
         removed_df, spark.createDataFrame([("product:GONE",)], "`~id` string"), ignore_nullable=True
     )
+    assert gd.properties_to_clear(comparisons).collect() == []
 
 
 def test_a_value_moving_to_another_column_is_a_change(spark):
-    base_df = vertices(spark, [("product:A", "product", "x", None)])
-    current_df = vertices(spark, [("product:A", "product", None, "x")])
-    rows_df = gd.filter_rows_to_load(
-        current_df,
-        current_df.transform(gd.element_hashes, V_HEADER),
-        [base_df.transform(gd.element_hashes, V_HEADER)],
-    )
-    assert_df_equality(rows_df, current_df, ignore_nullable=True)
+    base_df = vertices(spark, [("product:A", "product", "x", None), ("product:B", "product", "", None)])
+    current_df = vertices(spark, [("product:A", "product", None, "x"), ("product:B", "product", None, "")])
+    rows_df = gd.filter_rows_to_load(compare(current_df, [base_df], V_HEADER), V_HEADER)
+    assert_df_equality(rows_df, current_df, ignore_row_order=True, ignore_nullable=True)
 
 
 def test_a_blank_or_dropped_property_is_cleared_and_a_new_column_is_a_change(spark):
@@ -94,17 +99,14 @@ def test_a_blank_or_dropped_property_is_cleared_and_a_new_column_is_a_change(spa
         spark, [("product:A", "product", "Boot", "Acme"), ("product:B", "product", "Shoe", None)]
     )
     columns = [*V_HEADER, STATUS]
-    clears_df = gd.properties_to_clear(current_df, [base_df], columns)
+    comparisons = compare(current_df, [base_df], columns)
+    clears_df = gd.properties_to_clear(comparisons)
     expected_df = spark.createDataFrame(
         [("product:A", "embeddingStatus"), ("product:B", "brand")], "`~id` string, property string"
     )
     assert_df_equality(clears_df, expected_df, ignore_row_order=True, ignore_nullable=True)
 
-    rows_df = gd.filter_rows_to_load(
-        current_df,
-        current_df.transform(gd.element_hashes, columns),
-        [base_df.transform(gd.element_hashes, columns)],
-    )
+    rows_df = gd.filter_rows_to_load(comparisons, V_HEADER)
     assert_df_equality(rows_df, current_df, ignore_row_order=True, ignore_nullable=True)
 
 
@@ -113,12 +115,11 @@ def test_two_bases_remove_and_reload_what_an_unfinished_load_may_have_left(spark
     # A load that stopped half-way: it may have removed B, added C and changed A.
     attempted_df = vertices(spark, [("product:A", "product", "A!", "b"), ("product:C", "product", "c", "c")])
     current_df = vertices(spark, [("product:A", "product", "a", "b"), ("product:B", "product", "b", "b")])
-    bases = [loaded_df, attempted_df]
-    hashes = [df.transform(gd.element_hashes, V_HEADER) for df in bases]
+    comparisons = compare(current_df, [loaded_df, attempted_df], V_HEADER)
 
-    rows_df = gd.filter_rows_to_load(current_df, current_df.transform(gd.element_hashes, V_HEADER), hashes)
+    rows_df = gd.filter_rows_to_load(comparisons, V_HEADER)
     assert_df_equality(rows_df, current_df, ignore_row_order=True, ignore_nullable=True)
-    removed_df = gd.ids_to_remove(current_df, bases)
+    removed_df = gd.ids_to_remove(comparisons)
     assert_df_equality(
         removed_df, spark.createDataFrame([("product:C",)], "`~id` string"), ignore_nullable=True
     )

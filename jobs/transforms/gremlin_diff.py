@@ -10,7 +10,9 @@ header name, so a property that appears or goes is a change). From tonight's row
 - properties to clear: (id, property) where a base holds a value and tonight's row is blank (the bulk
   loader reads a blank field as "no value" and leaves the old value in place, so it must be dropped).
 
-Every function takes and returns DataFrames; the job reads and writes.
+Tonight is compared with each base once (:func:`compare_with_base`, one join); the three outputs and the
+counts are filters of those comparisons. Every function takes and returns DataFrames; the job reads and
+writes.
 """
 
 from __future__ import annotations
@@ -27,12 +29,14 @@ from schemas import gremlin as G
 HASH = "_property_hash"
 KIND = "change"
 PROPERTY = "property"
+CLEARED = "cleared"
 ADDED = "added"
 CHANGED = "changed"
 UNCHANGED = "unchanged"
+REMOVED = "removed"
 _BASE_HASH = "_base_hash"
 _BASE_PREFIX = "_base_"
-_CLEARED = "_cleared"
+_IN_CURRENT = "_is_in_current"
 
 
 def property_name(header: str) -> str:
@@ -60,88 +64,85 @@ def align_columns(elements_df: DataFrame, columns: Sequence[str]) -> DataFrame:
 
 
 def property_hash(columns: Sequence[str]) -> Column:
-    """sha-256 of every non-id column by name (a blank value is left out, as the loader leaves it out).
+    """sha-256 of every column but ``~id``, in name order, each as ``v<value>`` or ``n`` (blank), joined
+    by NUL.
 
-    ``columns`` is the union of both exports' headers in a fixed order, so two rows hash alike exactly
-    when they carry the same values under the same headers.
+    ``columns`` is the union of both exports' headers, so two rows hash alike exactly when they carry the
+    same values under the same headers. The export never writes a NUL, so the encoding is unambiguous.
     """
     hashed = sorted(column for column in columns if column != G.ID)
-    return F.sha2(F.to_json(F.struct(*[F.col(column) for column in hashed])), 256)
+    fields = [F.coalesce(F.concat(F.lit("v"), F.col(column)), F.lit("n")) for column in hashed]
+    return F.sha2(F.concat_ws("\u0000", *fields), 256)
 
 
 def with_property_hash(elements_df: DataFrame, columns: Sequence[str]) -> DataFrame:
-    """Add :data:`HASH` (see :func:`property_hash`) computed over ``columns``."""
-    return elements_df.withColumn(HASH, property_hash(columns))
+    """``elements_df`` aligned to ``columns`` (see :func:`align_columns`) with :data:`HASH` added."""
+    return elements_df.transform(align_columns, columns).withColumn(HASH, property_hash(columns))
 
 
-def element_hashes(elements_df: DataFrame, columns: Sequence[str]) -> DataFrame:
-    """``(~id, HASH)`` of every row, ``elements_df`` aligned to ``columns`` first."""
-    return (
-        elements_df.transform(align_columns, columns)
-        .transform(with_property_hash, columns)
-        .select(G.ID, HASH)
+def compare_with_base(current_df: DataFrame, base_df: DataFrame, columns: Sequence[str]) -> DataFrame:
+    """Every id of either side once (a full outer join on ``~id``): ``columns`` (tonight's values, null
+    for a removed id), :data:`KIND` (added, changed, unchanged, removed) and :data:`CLEARED` (the
+    property keys the base holds a value for and tonight's row leaves blank).
+
+    Both frames come from :func:`with_property_hash` over the same ``columns``.
+    """
+    props = property_columns(columns)
+    base_side_df = base_df.select(
+        G.ID,
+        F.col(HASH).alias(_BASE_HASH),
+        *[F.col(column).alias(_BASE_PREFIX + column) for column in props],
     )
-
-
-def with_change_kind(current_hashes_df: DataFrame, base_hashes_df: DataFrame) -> DataFrame:
-    """``(~id, HASH, KIND)``: tonight's ids tagged added, changed or unchanged against one base."""
-    base_df = base_hashes_df.withColumnRenamed(HASH, _BASE_HASH)
+    current_side_df = current_df.select(*columns, HASH, F.lit(True).alias(_IN_CURRENT))
     kind = (
-        F.when(F.col(_BASE_HASH).isNull(), F.lit(ADDED))
+        F.when(F.col(_IN_CURRENT).isNull(), F.lit(REMOVED))
+        .when(F.col(_BASE_HASH).isNull(), F.lit(ADDED))
         .when(F.col(_BASE_HASH) != F.col(HASH), F.lit(CHANGED))
         .otherwise(F.lit(UNCHANGED))
     )
+    flags = F.array(
+        *[
+            F.when(
+                F.col(_IN_CURRENT) & F.col(_BASE_PREFIX + column).isNotNull() & F.col(column).isNull(),
+                F.lit(property_name(column)),
+            )
+            for column in props
+        ],
+        F.lit(None).cast("string"),  # never an empty array() of unknown type
+    )
     return (
-        current_hashes_df.join(base_df, on=G.ID, how="left").withColumn(KIND, kind).select(G.ID, HASH, KIND)
+        current_side_df.join(base_side_df, on=G.ID, how="full_outer")
+        .withColumn(KIND, kind)
+        .withColumn(CLEARED, F.filter(flags, lambda name: name.isNotNull()))
+        .select(*columns, KIND, CLEARED)
     )
 
 
-def filter_rows_to_load(
-    current_df: DataFrame, current_hashes_df: DataFrame, bases_hashes: Sequence[DataFrame]
-) -> DataFrame:
-    """Tonight's rows (its own columns) that some base lacks or holds with other values."""
-    stale_ids = [
-        current_hashes_df.join(base_df, on=[G.ID, HASH], how="left_anti").select(G.ID)
-        for base_df in bases_hashes
-    ]
-    ids_df = functools.reduce(DataFrame.unionByName, stale_ids).distinct()
-    return current_df.join(ids_df, on=G.ID, how="left_semi")
+def filter_rows_to_load(comparisons: Sequence[DataFrame], header: Sequence[str]) -> DataFrame:
+    """Tonight's rows (``header``'s columns) that some base lacks or holds with other values.
 
-
-def ids_to_remove(current_ids_df: DataFrame, bases_ids: Sequence[DataFrame]) -> DataFrame:
-    """``(~id)``: every id some base holds that tonight lacks, once."""
-    base_ids_df = functools.reduce(DataFrame.unionByName, [df.select(G.ID) for df in bases_ids]).distinct()
-    return base_ids_df.join(current_ids_df.select(G.ID), on=G.ID, how="left_anti")
-
-
-def properties_to_clear(
-    current_df: DataFrame, bases: Sequence[DataFrame], columns: Sequence[str]
-) -> DataFrame:
-    """``(~id, PROPERTY)``: a property key a base holds a value for and tonight's row leaves blank.
-
-    Only ids in both; ``columns`` is the union of the headers (both sides are aligned to it).
+    ``comparisons``: :func:`compare_with_base` of tonight against each base (the first one's rows are
+    returned; with several bases an id counts when any base says added or changed).
     """
-    props = property_columns(columns)
-    if not props:
-        return current_df.sparkSession.createDataFrame([], f"`{G.ID}` string, {PROPERTY} string")
-    current_aligned_df = current_df.transform(align_columns, columns)
-    cleared = []
-    for base_df in bases:
-        renamed_df = base_df.transform(align_columns, columns).select(
-            G.ID, *[F.col(column).alias(_BASE_PREFIX + column) for column in props]
-        )
-        flags = F.array(
-            *[
-                F.when(
-                    F.col(_BASE_PREFIX + column).isNotNull() & F.col(column).isNull(),
-                    F.lit(property_name(column)),
-                )
-                for column in props
-            ]
-        )
-        cleared.append(
-            current_aligned_df.join(renamed_df, on=G.ID, how="inner").select(
-                G.ID, F.explode(F.filter(flags, lambda name: name.isNotNull())).alias(PROPERTY)
-            )
-        )
+    is_stale = F.col(KIND).isin(ADDED, CHANGED)
+    first_df = comparisons[0]
+    if len(comparisons) == 1:
+        return first_df.filter(is_stale).select(*header)
+    ids_df = functools.reduce(
+        DataFrame.unionByName, [df.filter(is_stale).select(G.ID) for df in comparisons]
+    ).distinct()
+    return (
+        first_df.filter(F.col(KIND) != F.lit(REMOVED)).join(ids_df, on=G.ID, how="left_semi").select(*header)
+    )
+
+
+def ids_to_remove(comparisons: Sequence[DataFrame]) -> DataFrame:
+    """``(~id)``: every id some base holds that tonight lacks, once."""
+    removed = [df.filter(F.col(KIND) == F.lit(REMOVED)).select(G.ID) for df in comparisons]
+    return functools.reduce(DataFrame.unionByName, removed).distinct()
+
+
+def properties_to_clear(comparisons: Sequence[DataFrame]) -> DataFrame:
+    """``(~id, PROPERTY)``: a property key some base holds a value for and tonight leaves blank, once."""
+    cleared = [df.select(G.ID, F.explode(CLEARED).alias(PROPERTY)) for df in comparisons]
     return functools.reduce(DataFrame.unionByName, cleared).distinct()
