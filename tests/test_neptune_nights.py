@@ -8,6 +8,7 @@ and edge ids, labels, ends and typed property values.
 
 from __future__ import annotations
 
+import gzip
 import json
 import logging
 from collections.abc import Iterator
@@ -205,6 +206,9 @@ def test_night_two_changes_the_graph_to_its_export_and_a_half_done_night_reruns(
         },
     }
 
+    report = json.loads((tmp_path / "reports" / "export" / f"dt={DATES[2]}.json").read_text())
+    assert report["diff"] == {key: diff[key] for key in ("is_full_load", "reason", "bases", "counts")}
+
     # A dry run prints the plan and calls nothing.
     calls = (len(state.load_requests), len(state.queries))
     planned = neptune_load.main(load_argv(neptune.endpoint, night_2, "--dry-run"))
@@ -313,6 +317,14 @@ def test_loads_from_s3_and_keeps_the_marker_there(spark, tmp_path, neptune, aws_
     loaded = json.loads(s3.get_object(Bucket="shop-graph", Key="style/gremlin/_LOADED.json")["Body"].read())
     assert (loaded["export"], loaded["run_date"]) == (source, DATES[1])
     assert loaded["manifest_sha256"] == gm.manifest_sha256(str(local))
+
+    # Removal files are streamed from S3 too (gzip, RFC 4180 quoting of a hostile id).
+    body = '~id\n"similar:9:product:Q->product:""1,\nx"\nproduct:B2\nproduct:C3\n'
+    s3.put_object(Bucket="shop-graph", Key="ids/part-00000.csv.gz", Body=gzip.compress(body.encode()))
+    assert list(neptune_load.id_batches(["s3://shop-graph/ids/part-00000.csv.gz"], 2)) == [
+        ['similar:9:product:Q->product:"1,\nx', "product:B2"],
+        ["product:C3"],
+    ]
 
 
 def test_throttling_and_conflicts_are_retried_with_backoff_and_other_errors_are_not(neptune, caplog):
