@@ -49,6 +49,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
+from jobs.common import graph_marker as gm
 from jobs.common import storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int, reports_root, run
@@ -66,6 +67,7 @@ from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
 from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
+from jobs.transforms import gremlin_diff as gd
 from schemas import catalog as C
 from schemas import embeddings as E
 from schemas import gremlin as G
@@ -132,6 +134,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=S.COSINE,
         choices=S.METRICS,
         help="the similarity metric of the edges (written on every edge)",
+    )
+    parser.add_argument(
+        "--loaded-marker",
+        default=None,
+        help="the marker naming the export Neptune holds, to diff against "
+        f"(default <output>/../{G.LOADED_MARKER_NAME}; none there: a full load)",
     )
     add_quality_args(parser)
     parser.add_argument(
@@ -379,6 +387,162 @@ def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str,
     rejected = {f"{prefix}{k}": v for k, v in counts.items() if k is not None and k not in DROPPED_REASONS}
     dropped = {f"{prefix}{k}": v for k, v in counts.items() if k in DROPPED_REASONS}
     return rejected, dropped
+
+
+# ------------------------------------------------------------------------------ what changes tonight
+@dataclass(frozen=True)
+class DiffBase:
+    """An export the graph may hold: its folder, its headers, and why it counts (loaded, attempted)."""
+
+    role: str
+    ref: gm.ExportRef
+    headers: dict[str, list[str]]
+
+
+def diff_bases(output: str, loaded_marker: str | None) -> tuple[list[DiffBase], str | None]:
+    """The exports tonight's diff is taken against, or ``[]`` and why tonight is a full load.
+
+    The export the loaded marker names (when it still holds the manifest that was loaded) and every
+    export whose load started since and did not finish (the in-progress marker): the
+    graph may hold part of each, so what they added is removed and what they changed is loaded again.
+    """
+    loaded_uri = loaded_marker or gm.loaded_marker_uri(output)
+    loaded = gm.read_marker(loaded_uri)
+    if loaded is None:
+        return [], f"no loaded marker at {loaded_uri}"
+    refs = [("loaded", loaded)]
+    for attempted in gm.read_attempts(gm.loading_marker_uri(loaded_uri)):
+        if not attempted.is_same(loaded):
+            refs.append(("attempted", attempted))
+    bases = []
+    for role, ref in refs:
+        if not gm.is_current(ref):
+            return [], f"the {role} export {ref.export} is gone or no longer holds the manifest {role}"
+        manifest = storage.read_json(storage.join(ref.export, G.MANIFEST_NAME))
+        bases.append(DiffBase(role=role, ref=ref, headers=manifest["headers"]))
+    return bases, None
+
+
+def read_export_csv(spark: SparkSession, uri: str, header: Sequence[str]) -> DataFrame:
+    """Gremlin CSV rows of one export folder, every column a string as written (blank: null)."""
+    schema = T.StructType([T.StructField(name, T.StringType(), True) for name in header])
+    return (
+        spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
+        .schema(schema)
+        .csv(storage.spark_path(uri))
+    )
+
+
+def write_diff_part(
+    rows_df: DataFrame, root_uri: str, folder: str, header: Sequence[str], *, compression: str, slots: int
+) -> list[dict[str, Any]]:
+    """Write one part of the diff as Gremlin CSV (about ``slots`` files) and describe its files."""
+    uri = storage.join(root_uri, folder)
+    write_csv(
+        rows_df.select(*header),
+        uri,
+        compression=compression,
+        sizing=Sizing(bytes_per_row=None, rows_per_file=0, partitions=slots),
+    )
+    remove_non_data_files(uri, keep=DATA_FILE_PATTERN)
+    return describe_files(root_uri, folder, compression, header)
+
+
+def write_diff(
+    spark: SparkSession,
+    export_uri: str,
+    headers: dict[str, list[str]],
+    bases: Sequence[DiffBase],
+    *,
+    compression: str,
+    out_uri: str | None = None,
+) -> dict[str, Any]:
+    """Write ``<out>/diff/`` (``out_uri`` defaults to the export) against ``bases`` (at least one);
+    returns its counts and files (paths relative to ``out_uri``).
+
+    Per kind (vertices, edges): ``diff/<kind>/`` the rows to load (tonight's header),
+    ``diff/remove/<kind>/`` the ids to remove, ``diff/clear/<kind>/`` the properties to clear. Counts of
+    added, changed and unchanged are against the loaded export (the first base).
+    """
+    slots = task_slots(spark)
+    counts: dict[str, dict[str, int]] = {}
+    files: list[dict[str, Any]] = []
+    for kind in (G.VERTICES_DIR, G.EDGES_DIR):
+        header = list(headers[kind])
+        columns = [*header]
+        for base in bases:
+            columns += [column for column in base.headers[kind] if column not in columns]
+        # Each export's CSVs are parsed and hashed once, and tonight is joined with each base once; the
+        # comparisons are kept for the counts and the three outputs.
+        current_df = read_export_csv(spark, storage.join(export_uri, kind), header).transform(
+            gd.with_property_hash, columns
+        )
+        comparisons = [
+            current_df.transform(
+                gd.compare_with_base,
+                read_export_csv(spark, storage.join(b.ref.export, kind), b.headers[kind]).transform(
+                    gd.with_property_hash, columns
+                ),
+                columns,
+            ).cache()
+            for b in bases
+        ]
+        try:
+            by_kind = {
+                row[gd.KIND]: row["count"] for row in comparisons[0].groupBy(gd.KIND).count().collect()
+            }
+            parts = (
+                (storage.join(G.DIFF_DIR, kind), gd.filter_rows_to_load(comparisons, header), header),
+                (
+                    storage.join(G.DIFF_DIR, G.DIFF_REMOVE_DIR, kind),
+                    gd.ids_to_remove(comparisons),
+                    list(G.REMOVE_HEADER),
+                ),
+                (
+                    storage.join(G.DIFF_DIR, G.DIFF_CLEAR_DIR, kind),
+                    gd.properties_to_clear(comparisons),
+                    list(G.CLEAR_HEADER),
+                ),
+            )
+            described = {
+                folder: write_diff_part(
+                    rows_df, out_uri or export_uri, folder, part_header, compression=compression, slots=slots
+                )
+                for folder, rows_df, part_header in parts
+            }
+        finally:
+            for df in comparisons:
+                df.unpersist()
+        rows = {folder: sum(item["rows"] for item in items) for folder, items in described.items()}
+        load_folder, remove_folder, clear_folder = (folder for folder, _, _ in parts)
+        counts[kind] = {
+            gd.ADDED: by_kind.get(gd.ADDED, 0),
+            gd.CHANGED: by_kind.get(gd.CHANGED, 0),
+            gd.UNCHANGED: by_kind.get(gd.UNCHANGED, 0),
+            "to_load": rows[load_folder],
+            "to_remove": rows[remove_folder],
+            "properties_to_clear": rows[clear_folder],
+        }
+        files += [item for items in described.values() for item in items]
+    return {"counts": counts, "files": files}
+
+
+def stage_diff(
+    spark: SparkSession, args: argparse.Namespace, staged: str, headers: dict[str, list[str]]
+) -> dict[str, Any]:
+    """The manifest's ``diff`` section, its files written under ``<staged>/diff/`` unless a full load."""
+    bases, reason = diff_bases(args.output, args.loaded_marker)
+    if not bases:
+        LOG.warning("full load tonight: %s", reason)
+        return {"is_full_load": True, "reason": reason, "bases": [], "counts": None, "files": []}
+    diff = write_diff(spark, staged, headers, bases, compression=args.compression)
+    LOG.info("diff against %s: %s", [base.ref.export for base in bases], diff["counts"])
+    return {
+        "is_full_load": False,
+        "reason": None,
+        "bases": [{"role": base.role, **base.ref.as_dict()} for base in bases],
+        **diff,
+    }
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -852,6 +1016,8 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             "bytes": vertex_totals["bytes"] + edge_totals["bytes"],
         },
     }
+    manifest["diff"] = stage_diff(spark, args, staged, manifest["headers"])
+    clock.lap("diff")
     storage.write_json(storage.join(staged, G.MANIFEST_NAME), manifest)
     clock.lap("manifest")
     details = {
@@ -874,6 +1040,7 @@ def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[s
             "bytes_per_row": edge_sizing.bytes_per_row,
             "rows_per_file": edge_sizing.rows_per_file,
         },
+        "diff": {key: manifest["diff"][key] for key in ("is_full_load", "reason", "bases", "counts")},
         "non_data_files_removed": len(removed),
         "seconds_by_phase": clock.seconds,
     }

@@ -1,33 +1,53 @@
-"""Start an Amazon Neptune bulk load of a Gremlin CSV export and wait for it: vertices, then edges.
+"""Make the Neptune graph equal tonight's Gremlin CSV export: load what changed, remove what went, check.
 
     python -m jobs.neptune_load --source s3://bucket/style/gremlin/dt=D \
         --endpoint https://<cluster>:8182 --iam-role-arn arn:aws:iam::<account>:role/<loader role> \
-        --region eu-west-1 [--parallelism HIGH] [--timeout 7200] [--dry-run]
+        --region eu-west-1 [--batch-size 500] [--rate 0] [--full] [--dry-run]
 
-``--source`` is the export folder: its ``vertices/`` prefix is loaded first, then its ``edges/`` prefix
-with the vertex load as a dependency (both queued, so Neptune runs them in order). Each load is polled
-with exponential backoff until a final state; LOAD_COMPLETED is success, every other final state fails the
-run after logging the loader's error log (failed feeds and error records). Past ``--timeout`` seconds the
-run stops with the load id, so someone can look at it. ``--dry-run`` prints the two requests as JSON.
+``--source`` is the export folder. Its ``manifest.json`` says what tonight changes against the export the
+graph holds (``diff``, written by the export job against the loaded marker ``<gremlin root>/_LOADED.json``):
+
+1. the rows to load (``diff/vertices/``, then ``diff/edges/`` with the vertex load as a dependency;
+   ``vertices/`` and ``edges/`` whole on a full load), each load ``mode=NEW`` with
+   ``updateSingleCardinalityProperties``, polled with backoff until a final state (LOAD_COMPLETED is
+   success; any other final state fails after logging the loader's error log);
+2. the properties to clear (a blank field never clears a value in the loader), then the edges and the
+   vertices to remove, in batches of ``--batch-size`` ids through the data API
+   (:mod:`jobs.common.neptune_data`), at most ``--rate`` requests a second, throttling and
+   concurrent-modification errors retried with backoff;
+3. vertices and edges counted by label through the data API and compared with the manifest: a mismatch
+   fails with the numbers;
+4. only then ``_LOADED.json`` is written naming the export (and the in-progress marker ``_LOADING.json``,
+   written before step 1, is removed). A failure at any step leaves ``_LOADED.json`` as it was.
+
+Every step is idempotent (loads upsert, removing an absent id is no error), so a night that failed
+half-way is simply run again. A source that ``_LOADED.json`` already names is only checked. ``--full``
+loads the whole export and removes nothing (recovery; the count check then says whether the graph holds
+anything else). ``--dry-run`` prints the plan and the load requests as JSON and calls nothing.
 
 No credentials in code: boto3 finds them the usual way (instance role on EMR, env, profile). The endpoint,
 the loader's IAM role and the bucket's region come from the arguments or from ``NEPTUNE_ENDPOINT``,
-``NEPTUNE_LOADER_ROLE_ARN`` and ``AWS_REGION``. Uses boto3's ``neptunedata`` client (``start_loader_job``:
-POST /loader; ``get_loader_job_status``: GET /loader/{loadId}).
+``NEPTUNE_LOADER_ROLE_ARN`` and ``AWS_REGION``. Neptune's loader reads S3 only; a local ``--source`` is
+for a local stand-in.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import io
+import itertools
 import json
 import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from jobs.common import graph_marker as gm
+from jobs.common import neptune_data as nd
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from schemas import gremlin as G
@@ -38,14 +58,19 @@ ENV_ENDPOINT = "NEPTUNE_ENDPOINT"
 ENV_ROLE_ARN = "NEPTUNE_LOADER_ROLE_ARN"
 ENV_REGIONS = ("AWS_REGION", "AWS_DEFAULT_REGION")
 FORMAT_CSV = "csv"
-MODE_AUTO = "AUTO"
+MODE_NEW = "NEW"  # a fresh load each night: AUTO would resume an old failed load of the same source
 MODES = ("AUTO", "NEW", "RESUME")
 PARALLELISMS = ("LOW", "MEDIUM", "HIGH", "OVERSUBSCRIBE")
 DEFAULT_PARALLELISM = "HIGH"
 DEFAULT_TIMEOUT_S = 6 * 3600
 DEFAULT_POLL_INITIAL_S = 2.0
 DEFAULT_POLL_MAX_S = 60.0
-DEFAULT_MAX_ATTEMPTS = 5  # botocore's own retries of throttling and 5xx answers per call
+DEFAULT_MAX_ATTEMPTS = 5  # botocore's own retries of throttling and 5xx answers per loader call
+# Ids per removal request. An edge id is about 50 bytes, so a request is about 25 KB of Gremlin and one
+# short transaction: small enough that a conflict with another writer retries little work, large enough
+# that a night with 5% of 50,000 top-10 products changed (about 30,000 removals, bench/neptune_diff.py)
+# is about 60 requests.
+DEFAULT_BATCH_SIZE = 500
 PLACEHOLDER_VERTEX_LOAD_ID = "<loadId of the vertex load>"
 
 STATUS_COMPLETED = "LOAD_COMPLETED"
@@ -72,7 +97,7 @@ class LoadSettings:
     iam_role_arn: str
     region: str
     parallelism: str = DEFAULT_PARALLELISM
-    mode: str = MODE_AUTO
+    mode: str = MODE_NEW
     fail_on_error: bool = True
     update_single_cardinality: bool = True
 
@@ -201,17 +226,27 @@ class NeptuneLoader:
             self.sleep(min(delay, remaining))
             delay = min(delay * 2, self.poll_max_s)
 
-    def load_export(self, vertices_source: str, edges_source: str, settings: LoadSettings) -> dict[str, Any]:
-        """Vertices first, then edges depending on them; waits for both. Returns load ids and statuses."""
+    def load_export(
+        self, vertices_source: str | None, edges_source: str | None, settings: LoadSettings
+    ) -> dict[str, Any]:
+        """Vertices first, then edges depending on them; waits for both. Returns load ids and statuses.
+
+        A source that is None has nothing to load and is skipped (the edges then depend on nothing).
+        """
         deadline = self.clock() + self.timeout_s
-        vertex_id = self.start(loader_request(vertices_source, settings))
-        edge_id = self.start(loader_request(edges_source, settings, dependencies=[vertex_id]))
-        vertex_payload = self.wait(vertex_id, deadline)
-        edge_payload = self.wait(edge_id, deadline)
-        return {
-            "vertices": {"loadId": vertex_id, "overallStatus": vertex_payload.get("overallStatus", {})},
-            "edges": {"loadId": edge_id, "overallStatus": edge_payload.get("overallStatus", {})},
-        }
+        vertex_id = self.start(loader_request(vertices_source, settings)) if vertices_source else None
+        edge_id = None
+        if edges_source:
+            dependencies = [vertex_id] if vertex_id else []
+            edge_id = self.start(loader_request(edges_source, settings, dependencies=dependencies))
+        result: dict[str, Any] = {}
+        for kind, load_id in (("vertices", vertex_id), ("edges", edge_id)):
+            if load_id is None:
+                result[kind] = None
+                continue
+            payload = self.wait(load_id, deadline)
+            result[kind] = {"loadId": load_id, "overallStatus": payload.get("overallStatus", {})}
+        return result
 
 
 def log_errors(load_id: str, payload: Mapping[str, Any]) -> list[str]:
@@ -236,11 +271,171 @@ def log_errors(load_id: str, payload: Mapping[str, Any]) -> list[str]:
     return lines
 
 
+class GraphMismatchError(JobError):
+    """After the night, the graph's counts by label are not the export's."""
+
+
+@dataclass(frozen=True)
+class NightPlan:
+    """What one night does to the graph, from the export's manifest and the markers."""
+
+    export: gm.ExportRef
+    is_full_load: bool
+    is_loaded: bool  # the loaded marker already names this export: only the check runs
+    vertices_source: str | None  # prefix to load (None: nothing)
+    edges_source: str | None
+    remove_files: dict[str, list[str]] = field(default_factory=dict)  # "vertices"/"edges" -> CSV URIs
+    clear_files: dict[str, list[str]] = field(default_factory=dict)
+    expected: dict[str, dict[str, int]] = field(default_factory=dict)  # kind -> label -> count
+    counts: dict[str, Any] | None = None  # the diff's counts from the manifest
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "export": self.export.as_dict()}
+
+
+def expected_counts(manifest: Mapping[str, Any]) -> dict[str, dict[str, int]]:
+    """Elements per label the graph must hold after loading this export (labels with none left out)."""
+    totals = manifest["totals"]
+    expected = {
+        G.VERTICES_DIR: {manifest["vertex_label"]: int(totals[G.VERTICES_DIR]["rows"])},
+        G.EDGES_DIR: {manifest["edge_label"]: int(totals[G.EDGES_DIR]["rows"])},
+    }
+    return {kind: {label: n for label, n in counts.items() if n} for kind, counts in expected.items()}
+
+
+def plan_night(
+    source: str,
+    manifest: Mapping[str, Any],
+    ref: gm.ExportRef,
+    *,
+    loaded: gm.ExportRef | None,
+    attempts: Sequence[gm.ExportRef],
+    is_full: bool,
+) -> NightPlan:
+    """Decide what tonight loads, clears and removes.
+
+    Raises:
+        JobError: the export's diff is not against what the graph holds (the loaded marker, and every
+            unfinished load since): the export must be run again, or ``--full`` used.
+    """
+    expected = expected_counts(manifest)
+    if ref.is_same(loaded):
+        return NightPlan(ref, False, True, None, None, expected=expected)
+    diff = manifest.get("diff") or {"is_full_load": True, "bases": []}
+    rows = {item["path"]: int(item["rows"]) for item in manifest["files"] + diff.get("files", [])}
+
+    def folder_rows(folder: str) -> int:
+        return sum(n for path, n in rows.items() if path.startswith(folder + "/"))
+
+    def prefix_with_rows(folder: str) -> str | None:
+        return prefix(source, folder) if folder_rows(folder) else None
+
+    if is_full or diff["is_full_load"]:
+        return NightPlan(
+            ref,
+            True,
+            False,
+            prefix_with_rows(G.VERTICES_DIR),
+            prefix_with_rows(G.EDGES_DIR),
+            expected=expected,
+        )
+    bases = [gm.ExportRef(b["export"], b["run_date"], b["manifest_sha256"]) for b in diff["bases"]]
+    holds = [loaded, *(item for item in attempts if not item.is_same(ref) and not item.is_same(loaded))]
+    uncovered = [item for item in holds if not any(base.is_same(item) for base in bases)]
+    if uncovered:
+        names = ", ".join("nothing loaded" if item is None else item.export for item in uncovered)
+        raise JobError(
+            f"{storage.join(source, G.MANIFEST_NAME)}: its diff is against "
+            f"{[base.export for base in bases]} but the graph may hold {names}: run the export for "
+            f"{ref.run_date} again (it diffs against the markers), or load it with --full"
+        )
+
+    def files_under(folder: str) -> list[str]:
+        return sorted(storage.join(source, path) for path in rows if path.startswith(folder + "/"))
+
+    kinds = (G.VERTICES_DIR, G.EDGES_DIR)
+    return NightPlan(
+        ref,
+        False,
+        False,
+        prefix_with_rows(storage.join(G.DIFF_DIR, G.VERTICES_DIR)),
+        prefix_with_rows(storage.join(G.DIFF_DIR, G.EDGES_DIR)),
+        remove_files={k: files_under(storage.join(G.DIFF_DIR, G.DIFF_REMOVE_DIR, k)) for k in kinds},
+        clear_files={k: files_under(storage.join(G.DIFF_DIR, G.DIFF_CLEAR_DIR, k)) for k in kinds},
+        expected=expected,
+        counts=diff.get("counts"),
+    )
+
+
+def read_rows(file_uri: str) -> Iterator[list[str]]:
+    """The data rows of one (possibly gzip or bzip2) RFC 4180 CSV file, streamed; the header skipped."""
+    fs, path = storage.filesystem(file_uri)
+    compression = "gzip" if path.endswith(".gz") else "bz2" if path.endswith(".bz2") else None
+    with fs.open_input_stream(path, compression=compression) as stream:
+        reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8", newline=""), strict=True)
+        next(reader, None)
+        yield from reader
+
+
+def batched(items: Iterator[str], size: int) -> Iterator[list[str]]:
+    while batch := list(itertools.islice(items, size)):
+        yield batch
+
+
+def id_batches(files: Sequence[str], size: int) -> Iterator[list[str]]:
+    """The ids of removal files (first column), in batches of ``size``."""
+    return batched((row[0] for uri in files for row in read_rows(uri)), size)
+
+
+def clear_batches(files: Sequence[str], size: int) -> Iterator[tuple[str, list[str]]]:
+    """``(property key, ids)`` batches of clear files: one key per batch, ``size`` ids at most."""
+    by_key: dict[str, list[str]] = {}
+    for uri in files:
+        for element_id, key in read_rows(uri):
+            by_key.setdefault(key, []).append(element_id)
+    for key in sorted(by_key):
+        for batch in batched(iter(by_key[key]), size):
+            yield key, batch
+
+
+def apply_changes(api: nd.DataApi, plan: NightPlan, batch_size: int) -> dict[str, int]:
+    """Clear properties, then remove edges, then vertices; returns the ids sent per step."""
+    done = {}
+    for kind, letter in ((G.VERTICES_DIR, nd.VERTEX), (G.EDGES_DIR, nd.EDGE)):
+        done[f"{kind}_cleared"] = api.clear(letter, clear_batches(plan.clear_files.get(kind, []), batch_size))
+    for kind, letter in ((G.EDGES_DIR, nd.EDGE), (G.VERTICES_DIR, nd.VERTEX)):
+        done[f"{kind}_removed"] = api.drop(letter, id_batches(plan.remove_files.get(kind, []), batch_size))
+    LOG.info("changes applied: %s in %d requests (%d retried)", done, api.requests, api.retries)
+    return done
+
+
+def check_counts(api: nd.DataApi, expected: Mapping[str, Mapping[str, int]]) -> dict[str, dict[str, int]]:
+    """Count the graph by label and compare with ``expected``.
+
+    Raises:
+        GraphMismatchError: any label's count differs (all of them named, with both numbers).
+    """
+    found = {G.VERTICES_DIR: api.count_by_label(nd.VERTEX), G.EDGES_DIR: api.count_by_label(nd.EDGE)}
+    problems = [
+        f"{kind} {label!r}: graph {found[kind].get(label, 0)}, export {expected[kind].get(label, 0)}"
+        for kind in (G.VERTICES_DIR, G.EDGES_DIR)
+        for label in sorted(set(found[kind]) | set(expected[kind]))
+        if found[kind].get(label, 0) != expected[kind].get(label, 0)
+    ]
+    if problems:
+        raise GraphMismatchError("the graph does not match the export: " + "; ".join(problems))
+    LOG.info("graph counts match the export: %s", found)
+    return found
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = job_parser("neptune_load", "Bulk-load a Gremlin CSV export into Amazon Neptune.")
-    parser.add_argument("--source", required=True, help="the export folder (s3://...): vertices/ and edges/")
-    parser.add_argument("--vertices-source", default=None, help="vertex prefix (default <source>/vertices/)")
-    parser.add_argument("--edges-source", default=None, help="edge prefix (default <source>/edges/)")
+    parser = job_parser("neptune_load", "Make the Neptune graph equal a Gremlin CSV export, and check it.")
+    parser.add_argument("--source", required=True, help="the export folder (s3://...) with its manifest.json")
+    parser.add_argument(
+        "--loaded-marker",
+        default=None,
+        help=f"the marker naming the export the graph holds (default <source>/../{G.LOADED_MARKER_NAME})",
+    )
     parser.add_argument(
         "--endpoint",
         default=os.environ.get(ENV_ENDPOINT),
@@ -254,7 +449,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     region = next((os.environ[name] for name in ENV_REGIONS if os.environ.get(name)), None)
     parser.add_argument("--region", default=region, help="the bucket's region (default $AWS_REGION)")
     parser.add_argument("--parallelism", default=DEFAULT_PARALLELISM, choices=PARALLELISMS)
-    parser.add_argument("--mode", default=MODE_AUTO, choices=MODES)
+    parser.add_argument("--mode", default=MODE_NEW, choices=MODES, help="loader mode (default NEW)")
     parser.add_argument(
         "--no-fail-on-error",
         dest="fail_on_error",
@@ -262,11 +457,27 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="let the loader go on past bad records (default: stop at the first)",
     )
     parser.add_argument(
-        "--no-update-single-cardinality",
-        dest="update_single_cardinality",
-        action="store_false",
-        help="refuse to replace single-cardinality values already in the graph",
+        "--full",
+        action="store_true",
+        help="load the whole export and remove nothing, whatever the diff says (recovery)",
     )
+    parser.add_argument(
+        "--batch-size",
+        type=positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"ids per removal or clear request (default {DEFAULT_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--rate", type=float, default=0.0, help="data API requests per second at most (default 0: no limit)"
+    )
+    parser.add_argument(
+        "--max-retries",
+        type=positive_int,
+        default=nd.Pacing.max_retries,
+        help="retries of a throttled or conflicting data API request",
+    )
+    parser.add_argument("--backoff-initial", type=float, default=nd.Pacing.backoff_initial_s)
+    parser.add_argument("--backoff-max", type=float, default=nd.Pacing.backoff_max_s)
     parser.add_argument(
         "--timeout",
         type=positive_int,
@@ -279,9 +490,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-attempts",
         type=positive_int,
         default=DEFAULT_MAX_ATTEMPTS,
-        help="attempts per HTTP call (botocore retries throttling and 5xx answers)",
+        help="attempts per loader HTTP call (botocore retries throttling and 5xx answers)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the requests as JSON, call nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON, call nothing")
     return parser.parse_args(argv)
 
 
@@ -290,7 +501,7 @@ def prefix(source: str, folder: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Load an export; returns the load ids and final statuses (or the requests, with ``--dry-run``)."""
+    """Make the graph equal the export; returns the plan, the loads, the changes and the counts."""
     args = parse_args(argv)
     missing = [
         flag
@@ -301,32 +512,83 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         missing.insert(0, "--endpoint")
     if missing:
         raise JobError(f"missing {', '.join(missing)} (or {ENV_ENDPOINT}, {ENV_ROLE_ARN}, AWS_REGION)")
-    if not storage.is_remote(args.source) and not args.dry_run:
-        raise JobError(f"--source must be an s3:// URI the loader can read, got {args.source!r}")
+    source = args.source.rstrip("/")
+    manifest_uri = storage.join(source, G.MANIFEST_NAME)
+    if not storage.exists(manifest_uri):
+        raise JobError(f"--source {args.source}: no {G.MANIFEST_NAME} (not an export folder)")
+    manifest = storage.read_json(manifest_uri)
+    ref = gm.export_ref(source, manifest["run_date"])
+    loaded_uri = args.loaded_marker or gm.loaded_marker_uri(source)
+    loading_uri = gm.loading_marker_uri(loaded_uri)
+    loaded = gm.read_marker(loaded_uri)
+    plan = plan_night(
+        source, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
+    )
     settings = LoadSettings(
         iam_role_arn=args.iam_role_arn,
         region=args.region,
         parallelism=args.parallelism,
         mode=args.mode,
         fail_on_error=args.fail_on_error,
-        update_single_cardinality=args.update_single_cardinality,
     )
-    vertices_source = args.vertices_source or prefix(args.source, G.VERTICES_DIR)
-    edges_source = args.edges_source or prefix(args.source, G.EDGES_DIR)
     if args.dry_run:
         requests = {
             "endpoint": args.endpoint,
-            "vertices": loader_request(vertices_source, settings),
-            "edges": loader_request(edges_source, settings, dependencies=[PLACEHOLDER_VERTEX_LOAD_ID]),
+            "plan": plan.as_dict(),
+            "vertices": loader_request(plan.vertices_source, settings) if plan.vertices_source else None,
+            "edges": loader_request(
+                plan.edges_source,
+                settings,
+                dependencies=[PLACEHOLDER_VERTEX_LOAD_ID] if plan.vertices_source else [],
+            )
+            if plan.edges_source
+            else None,
         }
         sys.stdout.write(json.dumps(requests, indent=2) + "\n")  # the CLI's output, not a log line
         return {"dry_run": True, **requests}
-    client = make_client(args.endpoint, args.region, max_attempts=args.max_attempts)
-    loader = NeptuneLoader(
-        client, timeout_s=args.timeout, poll_initial_s=args.poll_initial, poll_max_s=args.poll_max
+    LOG.info(
+        "night %s: %s (diff %s)",
+        ref.run_date,
+        "already loaded: checking only" if plan.is_loaded else "full load" if plan.is_full_load else "diff",
+        plan.counts,
     )
-    result = loader.load_export(vertices_source, edges_source, settings)
-    return {"dry_run": False, "endpoint": args.endpoint, **result}
+    client = make_client(args.endpoint, args.region, max_attempts=args.max_attempts)
+    # The data API's retries are DataApi's own (ThrottlingException is an HTTP 500 there), so botocore
+    # makes one attempt per request.
+    api = nd.DataApi(
+        make_client(args.endpoint, args.region, max_attempts=1),
+        nd.Pacing(
+            rate=args.rate,
+            max_retries=args.max_retries,
+            backoff_initial_s=args.backoff_initial,
+            backoff_max_s=args.backoff_max,
+        ),
+    )
+    loads: dict[str, Any] = {"vertices": None, "edges": None}
+    changes: dict[str, int] = {}
+    if not plan.is_loaded:
+        gm.add_attempt(loading_uri, ref)
+        loader = NeptuneLoader(
+            client, timeout_s=args.timeout, poll_initial_s=args.poll_initial, poll_max_s=args.poll_max
+        )
+        loads = loader.load_export(plan.vertices_source, plan.edges_source, settings)
+        changes = apply_changes(api, plan, args.batch_size)
+    counts = check_counts(api, plan.expected)
+    if not plan.is_loaded:
+        gm.write_marker(loaded_uri, ref, counts=counts)
+        storage.remove(loading_uri)
+        LOG.info("%s now names %s", loaded_uri, ref.export)
+    return {
+        "dry_run": False,
+        "endpoint": args.endpoint,
+        "plan": plan.as_dict(),
+        **loads,
+        "changes": changes,
+        "data_api_requests": api.requests,
+        "data_api_retries": api.retries,
+        "counts": counts,
+        "loaded_marker": loaded_uri,
+    }
 
 
 if __name__ == "__main__":

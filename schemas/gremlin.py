@@ -145,3 +145,16 @@ EDGE_REJECT_REASONS = (
     EDGE_TO_MISSING,
     EDGE_DUPLICATE,
 )
+
+# What a night changes (written beside the export's CSVs, under DIFF_DIR): rows to load (Gremlin CSVs
+# with the export's headers), ids to remove and properties to clear (CSVs of these headers).
+DIFF_DIR = "diff"
+DIFF_REMOVE_DIR = "remove"
+DIFF_CLEAR_DIR = "clear"
+REMOVE_HEADER = (ID,)
+CLEAR_HEADER = (ID, "property")
+
+# Beside the dated exports (in the gremlin root): which export the graph holds, written by the loader
+# after a verified load, and which one a load has started on (removed when it succeeds).
+LOADED_MARKER_NAME = "_LOADED.json"
+LOADING_MARKER_NAME = "_LOADING.json"

@@ -1,6 +1,8 @@
-"""jobs.neptune_load end to end: real boto3 ``neptunedata`` against a local loader endpoint.
+"""jobs.neptune_load's loader calls: real boto3 ``neptunedata`` against a scripted local loader endpoint.
 
-The server (``http.server`` on 127.0.0.1, one per test) answers like Neptune's ``/loader`` endpoint:
+(The whole night, export to checked graph, is tested against the stand-in in
+tests/test_neptune_nights.py.) The server (``http.server`` on 127.0.0.1, one per test) answers like
+Neptune's ``/loader`` endpoint:
 POST /loader -> ``{"status": "200 OK", "payload": {"loadId": ...}}``;
 GET /loader/<id>?details=true&errors=true ->
 ``{"status": "200 OK", "payload": {"overallStatus": {...}, "failedFeeds": [...], "errors": {...}}}``. Each
@@ -121,24 +123,12 @@ def loader_endpoint(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[str, Fake
     thread.join(timeout=5)
 
 
-def cli(endpoint: str, *extra: str) -> list[str]:
-    return [
-        "--source",
-        SOURCE,
-        "--endpoint",
-        endpoint,
-        "--iam-role-arn",
-        ROLE,
-        "--region",
-        REGION,
-        "--poll-initial",
-        "0.01",
-        "--poll-max",
-        "0.02",
-        "--max-attempts",
-        "1",
-        *extra,
-    ]
+def load(endpoint: str, *, max_attempts: int = 1, timeout_s: float = 60) -> dict[str, Any]:
+    """The export's two prefixes loaded as the job loads them (vertices, then edges depending on them)."""
+    client = neptune_load.make_client(endpoint, REGION, max_attempts=max_attempts)
+    loader = neptune_load.NeptuneLoader(client, timeout_s=timeout_s, poll_initial_s=0.01, poll_max_s=0.02)
+    settings = neptune_load.LoadSettings(iam_role_arn=ROLE, region=REGION)
+    return loader.load_export(f"{SOURCE}/vertices/", f"{SOURCE}/edges/", settings)
 
 
 def expected_body(source: str, dependencies: list[str] | None = None) -> dict[str, Any]:
@@ -148,7 +138,7 @@ def expected_body(source: str, dependencies: list[str] | None = None) -> dict[st
         "format": "csv",
         "region": REGION,
         "iamRoleArn": ROLE,
-        "mode": "AUTO",
+        "mode": "NEW",
         "failOnError": True,
         "parallelism": "HIGH",
         "updateSingleCardinalityProperties": True,
@@ -167,7 +157,7 @@ def test_vertices_then_edges_with_dependency_after_queue_and_progress(loader_end
         "e-load-2": [payload("LOAD_IN_QUEUE"), payload("LOAD_COMPLETED", 7)],
     }
 
-    result = neptune_load.main(cli(endpoint))
+    result = load(endpoint)
 
     assert state.posts == [
         {"path": "/loader", "body": expected_body(f"{SOURCE}/vertices/")},
@@ -205,7 +195,7 @@ def test_failed_load_logs_the_error_log_and_fails(loader_endpoint, caplog):
     }
 
     with caplog.at_level(logging.ERROR, logger="stylegraph.neptune_load"), pytest.raises(JobError) as err:
-        neptune_load.main(cli(endpoint))
+        load(endpoint)
 
     assert str(err.value) == "load v-load-1 ended LOAD_FAILED (source s3://shop-bucket/x/)"
     assert [record.getMessage() for record in caplog.records] == [
@@ -226,7 +216,7 @@ def test_edge_load_failing_its_dependency_fails_the_run(loader_endpoint):
     with pytest.raises(
         neptune_load.LoadFailedError, match="e-load-2 ended LOAD_FAILED_BECAUSE_DEPENDENCY_NOT_SATISFIED"
     ):
-        neptune_load.main(cli(endpoint))
+        load(endpoint)
 
 
 def test_http_500_is_a_clear_error_after_the_configured_attempts(loader_endpoint):
@@ -242,7 +232,7 @@ def test_http_500_is_a_clear_error_after_the_configured_attempts(loader_endpoint
     )
 
     with pytest.raises(JobError) as err:
-        neptune_load.main(cli(endpoint, "--max-attempts", "2"))
+        load(endpoint, max_attempts=2)
 
     assert str(err.value) == (
         f"starting the load of {SOURCE}/vertices/: HTTP 500 InternalFailureException: loader crashed"
@@ -257,7 +247,7 @@ def test_never_finishing_load_hits_the_timeout_with_its_load_id(loader_endpoint)
     state.statuses = {"v-load-1": [payload("LOAD_IN_PROGRESS")], "e-load-2": [payload("LOAD_IN_QUEUE")]}
 
     with pytest.raises(neptune_load.LoadTimeoutError) as err:
-        neptune_load.main(cli(endpoint, "--timeout", "1"))
+        load(endpoint, timeout_s=1)
 
     assert str(err.value).startswith("load v-load-1 still LOAD_IN_PROGRESS after the 1s timeout")
     assert "GET <endpoint>/loader/v-load-1" in str(err.value)
@@ -279,23 +269,6 @@ def test_backoff_doubles_up_to_the_cap():
     final = loader.wait("x", deadline=100.0)
     assert final == payload("LOAD_COMPLETED")
     assert sleeps == [1.0, 2.0, 4.0, 5.0, 5.0]
-
-
-def test_dry_run_prints_the_requests_and_calls_nothing(loader_endpoint, capsys, monkeypatch):
-    endpoint, state = loader_endpoint
-    monkeypatch.setenv(neptune_load.ENV_ROLE_ARN, ROLE)
-    monkeypatch.setenv("AWS_REGION", REGION)
-    monkeypatch.setenv(neptune_load.ENV_ENDPOINT, endpoint)
-
-    result = neptune_load.main(["--source", SOURCE, "--dry-run", "--parallelism", "OVERSUBSCRIBE"])
-
-    printed = json.loads(capsys.readouterr().out)
-    vertices = {**expected_body(f"{SOURCE}/vertices/"), "parallelism": "OVERSUBSCRIBE"}
-    vertices["s3BucketRegion"] = vertices.pop("region")  # boto3's parameter name, before serialisation
-    edges = {**vertices, "source": f"{SOURCE}/edges/", "dependencies": ["<loadId of the vertex load>"]}
-    assert printed == {"endpoint": endpoint, "vertices": vertices, "edges": edges}
-    assert result == {"dry_run": True, **printed}
-    assert state.posts == [] and state.gets == []
 
 
 def test_missing_settings_are_named(loader_endpoint):
