@@ -51,7 +51,7 @@ from jobs.common.quality import (
     run_gate,
     thresholds_from_args,
 )
-from jobs.common.report import Funnel, check_funnel, write_report
+from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
@@ -489,16 +489,19 @@ def plan_embeddings(
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embedding job; returns the run report."""
     started = time.time()
+    clock = PhaseClock(LOG)
     args = build_parser().parse_args(argv)
     config, details = resolve_model(args)
     check_inputs(args)
     spark = get_spark(JOB_NAME)
+    clock.lap("model_check_and_session")
 
     input_kind = INPUT_CATALOG if args.catalog else INPUT_LISTING
     input_df = read_catalog(spark, args.catalog) if args.catalog else list_images(spark, args.images_root)
     checked_df = input_df.transform(with_reject_reason).persist()
     try:
         rows_in = checked_df.count()
+        clock.lap("read_catalog")
         LOG.info("%d input rows (%s) read and checked in %.1fs", rows_in, input_kind, time.time() - started)
         if rows_in == 0:
             where = f"--catalog {args.catalog}" if args.catalog else f"--images-root {args.images_root}"
@@ -511,7 +514,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             LOG.warning("full run (every product is embedded): %s", previous.reason)
         return _embed_and_publish(
             spark, args, config, details, checked_df, rows_in, input_kind, started,
-            fingerprint=fingerprint, previous=previous,
+            fingerprint=fingerprint, previous=previous, clock=clock,
         )
     finally:
         checked_df.unpersist()
@@ -529,9 +532,11 @@ def _embed_and_publish(
     *,
     fingerprint: dict[str, Any],
     previous: PreviousRun,
+    clock: PhaseClock,
 ) -> dict[str, Any]:
     model_images = spark.sparkContext.accumulator(0)
     plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
+    clock.lap("previous_and_hashes")
     embeddings_df, partitions = plan.embeddings_df, plan.partitions
     staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
     staged_embeddings = storage.join(staged, EMBEDDINGS_DIR)
@@ -540,6 +545,7 @@ def _embed_and_publish(
     final_rejects = storage.join(args.output, *REJECTS_DIR, f"dt={args.run_date}")
     try:
         checked_df.transform(select_rejects).write.parquet(storage.spark_path(staged_rejects))
+        clock.lap("rejects")
         embed_started = time.time()
         # One Arrow batch = one model batch: executor memory stays flat whatever the catalog size.
         with sql_conf(spark, {ARROW_MAX_RECORDS: str(args.batch_size)}):
@@ -547,6 +553,7 @@ def _embed_and_publish(
         embed_seconds = time.time() - embed_started
         LOG.info("embeddings staged in %.1fs on %d partitions", embed_seconds, partitions)
         storage.write_json(storage.join(staged_embeddings, CONFIG_FILE), fingerprint)
+        clock.lap("embed")
 
         # Staged and checked -> publish.
         written_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(staged_embeddings))
@@ -571,6 +578,7 @@ def _embed_and_publish(
             removed = read_embeddings(spark, previous.uri).transform(
                 filter_removed, checked_df.transform(select_products)
             ).count()
+        clock.lap("counts")
         if ok == 0:
             raise JobError(
                 f"no image could be embedded ({rows_written} products, errors by reason {errors_by_reason}): "
@@ -588,8 +596,10 @@ def _embed_and_publish(
                 ROWS_REJECTED: funnel.rows_rejected,
             },
         )
+        clock.lap("quality")
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
+        clock.lap("publish")
     finally:
         storage.remove(staged)
         plan.release()
@@ -628,6 +638,7 @@ def _embed_and_publish(
             "images_through_model": model_images.value,
             "config_fingerprint": fingerprint,
             "hash_seconds": round(plan.hash_seconds, 3),
+            "seconds_by_phase": clock.seconds,
             "embed_seconds": round(embed_seconds, 3),
             "images_per_second": round(rows_written / embed_seconds, 2) if embed_seconds > 0 else None,
             "outputs": {"embeddings": final_embeddings, "rejects": final_rejects},
