@@ -57,6 +57,12 @@ def embeddings_df(spark: Any, output: Path, run_date: str) -> Any:
     return spark.read.schema(E.EMBEDDING_SCHEMA).parquet(str(output / "embeddings" / f"dt={run_date}"))
 
 
+def parquet_schema(output: Path, run_date: str) -> Any:
+    import pyarrow.parquet as pq
+
+    return pq.read_schema(next((output / "embeddings" / f"dt={run_date}").glob("part-*.parquet")))
+
+
 def counts(report: dict[str, Any]) -> tuple[Any, ...]:
     products = report["products"]
     return (
@@ -110,6 +116,8 @@ def test_second_night_reuses_unchanged_vectors_and_equals_a_full_run(
     incremental_df = embeddings_df(spark, output, NIGHT_2)
     full_df = embeddings_df(spark, tmp_path / "full", NIGHT_2)
     assert_df_equality(incremental_df, full_df, ignore_row_order=True)
+    # The files too: reused rows are written with a full run's Parquet types (no nullable vector elements).
+    assert parquet_schema(output, NIGHT_2) == parquet_schema(tmp_path / "full", NIGHT_2)
 
     rows = {r[E.SKU]: r for r in incremental_df.collect()}
     assert sorted(rows) == sorted(night_2)
