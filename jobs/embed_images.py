@@ -11,17 +11,27 @@ Model, weights and head are checked on the driver before any Spark work (a clear
 UDF in ``udfs/embed_images.py`` loads the model once per Python worker and reads the image files itself,
 so no image bytes go through the JVM or a shuffle.
 
+Incremental: the run takes the latest earlier ``embeddings/dt=`` partition (its own date on a rerun) and,
+when that was written with the same configuration (``_embed_config.json`` beside its Parquet files),
+reuses the vector of every product whose image bytes hash the same (``content_sha256``); only new and
+changed images are decoded and embedded. The output is complete and equal to a full run's. ``--full``,
+or a previous partition that is missing, unreadable or differently configured, embeds every product
+(logged with the reason). See docs/embed.md.
+
     python -m jobs.embed_images --catalog S/catalog/catalog.csv --images-root S/images \
         --output W/style --run-date 2024-03-31 --model resnet152 --weights s3://bucket/resnet152.pth
 """
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
+import json
 import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
@@ -41,12 +51,19 @@ from jobs.common.quality import (
     run_gate,
     thresholds_from_args,
 )
-from jobs.common.report import Funnel, check_funnel, write_report
+from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
+from jobs.transforms.embed_reuse import (
+    config_differences,
+    filter_changed,
+    filter_removed,
+    select_reusable,
+    select_reused,
+)
 from schemas import catalog as C
 from schemas import embeddings as E
 from udfs import image_models as M
-from udfs.embed_images import EmbedConfig, make_embed_udf
+from udfs.embed_images import EmbedConfig, make_embed_udf, make_hash_udf
 
 LOG = logging.getLogger("stylegraph.embed_images")
 
@@ -67,6 +84,20 @@ RESULT_COL = "_result"
 BINARY_FILE_PATH = "path"
 INPUT_CATALOG = "catalog"
 INPUT_LISTING = "images_root"
+
+# The configuration a partition was written with, beside its Parquet files ("_": readers skip it).
+CONFIG_FILE = "_embed_config.json"
+# Bump when what the fingerprint stands for changes (e.g. how batches are formed): older partitions
+# then differ and the next run embeds everything.
+FINGERPRINT_FORMAT = 1
+MODE_INCREMENTAL = "incremental"
+MODE_FULL = "full"
+# Spark settings that change the numbers a worker computes (threads per task, GPU executors).
+NUMERIC_SPARK_CONFS = {
+    "task_cpus": ("spark.task.cpus", "1"),
+    "executor_gpus": ("spark.executor.resource.gpu.amount", "0"),
+}
+FINGERPRINT_LIBRARIES = ("torch", "torchvision", "pillow")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -89,6 +120,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--max-image-pixels", type=positive_int, default=M.DEFAULT_MAX_IMAGE_PIXELS,
         help="larger images are rejected as decompression bombs",
+    )
+    parser.add_argument(
+        "--full", action="store_true",
+        help="embed every product; default: reuse the previous partition's vectors of unchanged images",
     )
     return add_quality_args(parser)
 
@@ -134,6 +169,91 @@ def resolve_model(args: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
         "batch_size": args.batch_size,
     }
     return config, details
+
+
+def embed_fingerprint(config: EmbedConfig, details: Mapping[str, Any], spark_conf: Any) -> dict[str, Any]:
+    """Everything besides an image's bytes that decides its vector, as JSON-ready data.
+
+    Args:
+        config: the worker configuration (limits, batch size, device).
+        details: from :func:`resolve_model` (model column, weights and head sha256).
+        spark_conf: the SparkConf (threads per task and GPU executors change the numbers).
+    """
+    fingerprint = {
+        "format": FINGERPRINT_FORMAT,
+        "model": details["model"],
+        "weights_sha256": details["weights_sha256"],
+        "head_sha256": details["head_sha256"],
+        "preprocessing": M.PREPROCESSING,
+        "max_image_pixels": config.max_pixels,
+        "max_image_bytes": config.max_bytes,
+        "batch_size": config.batch_size,
+        "device": config.device,
+        **{key: spark_conf.get(name, default) for key, (name, default) in NUMERIC_SPARK_CONFS.items()},
+        "libraries": {name: importlib.metadata.version(name) for name in FINGERPRINT_LIBRARIES},
+    }
+    return json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back from the file
+
+
+@dataclass(frozen=True)
+class PreviousRun:
+    """The previous embeddings partition and whether tonight may reuse its vectors.
+
+    ``uri`` is set when a readable previous partition exists (its skus count the removed products) and
+    ``is_reusable`` when its configuration is tonight's; ``reason`` says which and why, for the log.
+    """
+
+    uri: str | None
+    is_reusable: bool
+    reason: str
+
+
+def parquet_problem(uri: str, columns: Sequence[str]) -> str | None:
+    """Why the Parquet files below ``uri`` cannot be read for ``columns`` (footers only), or None."""
+    import pyarrow.parquet as pq
+
+    try:
+        fs, _ = storage.filesystem(uri)
+        files = storage.list_files(uri, suffixes=(".parquet",))
+        if not files:
+            return "no Parquet files"
+        for file_uri in files:
+            with fs.open_input_file(storage.filesystem(file_uri)[1]) as handle:
+                names = set(pq.ParquetFile(handle).schema_arrow.names)
+            missing = [column for column in columns if column not in names]
+            if missing:
+                return f"{file_uri} has no column(s) {', '.join(missing)}"
+    except Exception as err:  # pyarrow raises OSError, ArrowInvalid...: all mean "cannot be read"
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def find_previous(
+    output: str, run_date: Any, fingerprint: Mapping[str, Any], *, is_full: bool
+) -> PreviousRun:
+    """The latest embeddings partition dated ``run_date`` or earlier, checked for reuse."""
+    dataset = storage.join(output, EMBEDDINGS_DIR)
+    uri = storage.latest_partition(dataset, run_date)
+    if uri is None:
+        return PreviousRun(None, False, f"no embeddings partition dated {run_date} or earlier in {dataset}")
+    problem = parquet_problem(uri, [field.name for field in E.EMBEDDING_SCHEMA.fields])
+    if problem:
+        return PreviousRun(None, False, f"previous embeddings {uri} cannot be read: {problem}")
+    if is_full:
+        return PreviousRun(uri, False, "--full")
+    config_uri = storage.join(uri, CONFIG_FILE)
+    try:
+        previous = storage.read_json(config_uri)
+    except FileNotFoundError:
+        return PreviousRun(uri, False, f"previous embeddings {uri} have no {CONFIG_FILE}")
+    except (OSError, ValueError) as err:
+        return PreviousRun(uri, False, f"{config_uri} cannot be read: {type(err).__name__}: {err}")
+    if not isinstance(previous, Mapping):
+        return PreviousRun(uri, False, f"{config_uri} is not a JSON object")
+    differences = config_differences(previous, fingerprint)
+    if differences:
+        return PreviousRun(uri, False, f"previous embeddings {uri} differ in {', '.join(differences)}")
+    return PreviousRun(uri, True, f"reusing unchanged images' vectors from {uri}")
 
 
 def check_inputs(args: argparse.Namespace) -> None:
@@ -246,8 +366,14 @@ def with_embeddings(products_df: DataFrame, embed_udf: Any, model: str, weights_
             F.col(f"{RESULT_COL}.{E.ERROR}").alias(E.ERROR),
             F.lit(model).alias(E.MODEL),
             F.lit(weights_sha256).alias(E.WEIGHTS_SHA256),
+            F.col(f"{RESULT_COL}.{E.CONTENT_SHA256}").alias(E.CONTENT_SHA256),
         )
     )
+
+
+def with_content_hash(products_df: DataFrame, hash_udf: Any) -> DataFrame:
+    """Add ``content_sha256``: the sha256 of each product's image file (null when it cannot be read)."""
+    return products_df.withColumn(E.CONTENT_SHA256, hash_udf(F.col(C.IMAGE_PATH)))
 
 
 def error_reason(error: Any) -> Any:
@@ -286,27 +412,110 @@ def _counts(df: DataFrame, *columns: Any) -> dict[tuple[Any, ...], int]:
     return {tuple(row[:-1]): int(row[-1]) for row in df.groupBy(*columns).count().collect()}
 
 
+def read_embeddings(spark: SparkSession, uri: str) -> DataFrame:
+    """An embeddings partition with its declared schema."""
+    return spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(uri))
+
+
+@dataclass
+class EmbedPlan:
+    """Tonight's embeddings as a frame to write, and how they are put together.
+
+    ``to_embed`` products go through the embedding UDF (None: every product, a full run) on
+    ``partitions`` partitions; the others take their previous vector. ``hashed_df`` (persisted, or
+    None) holds every product's content hash; :meth:`release` frees it.
+    """
+
+    embeddings_df: DataFrame
+    partitions: int
+    to_embed: int | None
+    hashed_df: DataFrame | None
+    hash_seconds: float
+
+    def release(self) -> None:
+        if self.hashed_df is not None:
+            self.hashed_df.unpersist()
+
+
+def plan_embeddings(
+    spark: SparkSession,
+    checked_df: DataFrame,
+    rows_in: int,
+    config: EmbedConfig,
+    details: Mapping[str, Any],
+    previous: PreviousRun,
+    model_images: Any,
+) -> EmbedPlan:
+    """The embeddings of every product: all through the model (full), or the changed ones through the
+    model and the rest from ``previous`` (incremental). Runs the hashing pass when incremental."""
+    slots = task_slots(spark)
+    model, weights_sha256 = details["model"], details["weights_sha256"]
+    products_df = checked_df.transform(select_products)
+    hashed_df = reused_df = None
+    to_embed = None
+    hash_seconds = 0.0
+    to_embed_df = products_df
+    if previous.is_reusable:
+        assert previous.uri is not None
+        hash_started = time.time()
+        hashed_df = (
+            products_df.repartition(partition_count(rows_in, slots, config.batch_size))
+            .transform(with_content_hash, make_hash_udf(config.images_root, config.max_bytes))
+            .persist()
+        )
+        reusable_df = read_embeddings(spark, previous.uri).transform(select_reusable, model, weights_sha256)
+        reused_df = hashed_df.transform(select_reused, reusable_df, model, weights_sha256)
+        to_embed_df = hashed_df.transform(filter_changed, reusable_df)
+        to_embed = to_embed_df.count()
+        hash_seconds = time.time() - hash_started
+        LOG.info("images hashed in %.1fs: %d of the products are new or changed", hash_seconds, to_embed)
+    partitions = partition_count(rows_in if to_embed is None else to_embed, slots, config.batch_size)
+    embeddings_df = (
+        to_embed_df
+        .repartition(partitions)
+        # Each batch's images in a fixed order (a reduce task receives the map outputs in any order):
+        # the same batches on a rerun. The vectors do not depend on it (batches are padded to one size).
+        .sortWithinPartitions(C.SKU)
+        .transform(with_embeddings, make_embed_udf(config, model_images), model, weights_sha256)
+    )
+    if reused_df is not None:
+        embeddings_df = embeddings_df.unionByName(reused_df)
+    return EmbedPlan(embeddings_df, partitions, to_embed, hashed_df, hash_seconds)
+
+
 # ---------------------------------------------------------------------------------------------- main
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embedding job; returns the run report."""
     started = time.time()
+    clock = PhaseClock(LOG)
     args = build_parser().parse_args(argv)
     config, details = resolve_model(args)
     check_inputs(args)
     spark = get_spark(JOB_NAME)
+    clock.lap("model_check_and_session")
 
     input_kind = INPUT_CATALOG if args.catalog else INPUT_LISTING
     input_df = read_catalog(spark, args.catalog) if args.catalog else list_images(spark, args.images_root)
     checked_df = input_df.transform(with_reject_reason).persist()
     try:
         rows_in = checked_df.count()
+        clock.lap("read_catalog")
         LOG.info("%d input rows (%s) read and checked in %.1fs", rows_in, input_kind, time.time() - started)
         if rows_in == 0:
             where = f"--catalog {args.catalog}" if args.catalog else f"--images-root {args.images_root}"
             raise JobError(f"no input images: {where} has no products")
-        return _embed_and_publish(spark, args, config, details, checked_df, rows_in, input_kind, started)
+        fingerprint = embed_fingerprint(config, details, spark.sparkContext.getConf())
+        previous = find_previous(args.output, args.run_date, fingerprint, is_full=args.full)
+        if previous.is_reusable or args.full:
+            LOG.info("%s run: %s", MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, previous.reason)
+        else:
+            LOG.warning("full run (every product is embedded): %s", previous.reason)
+        return _embed_and_publish(
+            spark, args, config, details, checked_df, rows_in, input_kind, started,
+            fingerprint=fingerprint, previous=previous, clock=clock,
+        )
     finally:
         checked_df.unpersist()
 
@@ -320,17 +529,15 @@ def _embed_and_publish(
     rows_in: int,
     input_kind: str,
     started: float,
+    *,
+    fingerprint: dict[str, Any],
+    previous: PreviousRun,
+    clock: PhaseClock,
 ) -> dict[str, Any]:
-    partitions = partition_count(rows_in, task_slots(spark), args.batch_size)
-    embeddings_df = (
-        checked_df.transform(select_products)
-        .repartition(partitions)
-        # A reduce task receives the map outputs in any order, and the model's CPU kernels round
-        # differently for different batch compositions: a fixed order in each partition makes the
-        # batches, and so a rerun's embeddings, bit-identical.
-        .sortWithinPartitions(C.SKU)
-        .transform(with_embeddings, make_embed_udf(config), details["model"], details["weights_sha256"])
-    )
+    model_images = spark.sparkContext.accumulator(0)
+    plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
+    clock.lap("previous_and_hashes")
+    embeddings_df, partitions = plan.embeddings_df, plan.partitions
     staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
     staged_embeddings = storage.join(staged, EMBEDDINGS_DIR)
     staged_rejects = storage.join(staged, *REJECTS_DIR)
@@ -338,12 +545,15 @@ def _embed_and_publish(
     final_rejects = storage.join(args.output, *REJECTS_DIR, f"dt={args.run_date}")
     try:
         checked_df.transform(select_rejects).write.parquet(storage.spark_path(staged_rejects))
+        clock.lap("rejects")
         embed_started = time.time()
         # One Arrow batch = one model batch: executor memory stays flat whatever the catalog size.
         with sql_conf(spark, {ARROW_MAX_RECORDS: str(args.batch_size)}):
             embeddings_df.write.parquet(storage.spark_path(staged_embeddings))
         embed_seconds = time.time() - embed_started
         LOG.info("embeddings staged in %.1fs on %d partitions", embed_seconds, partitions)
+        storage.write_json(storage.join(staged_embeddings, CONFIG_FILE), fingerprint)
+        clock.lap("embed")
 
         # Staged and checked -> publish.
         written_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(staged_embeddings))
@@ -362,6 +572,13 @@ def _embed_and_publish(
         products = rows_in - sum(rejects_by_reason.values())
         if rows_written != products:
             raise RuntimeError(f"{STAGE}: wrote {rows_written} embedding rows for {products} products")
+        reused = 0 if plan.to_embed is None else products - plan.to_embed
+        removed = None
+        if previous.uri is not None:
+            removed = read_embeddings(spark, previous.uri).transform(
+                filter_removed, checked_df.transform(select_products)
+            ).count()
+        clock.lap("counts")
         if ok == 0:
             raise JobError(
                 f"no image could be embedded ({rows_written} products, errors by reason {errors_by_reason}): "
@@ -379,14 +596,21 @@ def _embed_and_publish(
                 ROWS_REJECTED: funnel.rows_rejected,
             },
         )
+        clock.lap("quality")
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
+        clock.lap("publish")
     finally:
         storage.remove(staged)
+        plan.release()
 
+    counts = {"reused": reused, "embedded": ok - reused, "failed": rows_written - ok, "removed": removed}
     LOG.info(
-        "embedded %d of %d products (%d error rows, %d catalog rows quarantined) in %.1fs",
-        ok, products, rows_written - ok, rows_in - products, embed_seconds,
+        "%s of %d products: %d reused, %d embedded, %d failed (error rows), %s removed since the previous "
+        "run; %d catalog rows quarantined; %d images through the model; write stage %.1fs",
+        MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, products, counts["reused"],
+        counts["embedded"], counts["failed"], "-" if removed is None else removed, rows_in - products,
+        model_images.value, embed_seconds,
     )
     return write_report(
         reports_root(args),
@@ -405,6 +629,16 @@ def _embed_and_publish(
             "embeddings_error_by_reason": errors_by_reason,
             "catalog_rejects_by_reason": rejects_by_reason,
             "partitions": partitions,
+            "mode": MODE_INCREMENTAL if previous.is_reusable else MODE_FULL,
+            "mode_reason": previous.reason,
+            "previous_embeddings": previous.uri,
+            # reused + embedded + failed = products; removed: previous products no longer in the catalog.
+            "products": counts,
+            # Counted by the embedding UDF as it calls the model (a retried task counts again).
+            "images_through_model": model_images.value,
+            "config_fingerprint": fingerprint,
+            "hash_seconds": round(plan.hash_seconds, 3),
+            "seconds_by_phase": clock.seconds,
             "embed_seconds": round(embed_seconds, 3),
             "images_per_second": round(rows_written / embed_seconds, 2) if embed_seconds > 0 else None,
             "outputs": {"embeddings": final_embeddings, "rejects": final_rejects},

@@ -12,6 +12,9 @@ STATUS = "status"
 ERROR = "error"
 MODEL = "model"
 WEIGHTS_SHA256 = "weights_sha256"
+# sha256 of the image file's bytes the row was computed from (null when the file could not be read): with
+# the configuration it decides whether a later run may reuse the row's vector.
+CONTENT_SHA256 = "content_sha256"
 
 STATUS_OK = "ok"
 STATUS_ERROR = "error"
@@ -25,6 +28,7 @@ EMBEDDING_SCHEMA = T.StructType(
         T.StructField(ERROR, T.StringType(), True),
         T.StructField(MODEL, T.StringType(), False),
         T.StructField(WEIGHTS_SHA256, T.StringType(), True),
+        T.StructField(CONTENT_SHA256, T.StringType(), True),
     ]
 )
 
@@ -35,6 +39,7 @@ EMBED_RESULT_TYPE = T.StructType(
         T.StructField(EMBEDDING, T.ArrayType(T.FloatType(), containsNull=False), True),
         T.StructField(STATUS, T.StringType(), True),  # Arrow gives pandas UDF results as nullable
         T.StructField(ERROR, T.StringType(), True),
+        T.StructField(CONTENT_SHA256, T.StringType(), True),
     ]
 )
 

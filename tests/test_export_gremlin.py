@@ -171,7 +171,7 @@ def run_hostile_export(spark: Any, root: Path, edges: list[tuple]) -> dict[str, 
     """The hostile catalog, embeddings and ``edges`` exported (gzip, gate off) under ``root``."""
     write_catalog(root / "catalog.csv", CATALOG, MALFORMED_LINE)
     embeddings = [
-        (sku, f"{sku}.jpg", [0.0] if status == "ok" else None, status, None, "resnet152", None)
+        (sku, f"{sku}.jpg", [0.0] if status == "ok" else None, status, None, "resnet152", None, None)
         for sku, status in EMBEDDINGS
     ]
     spark.createDataFrame(embeddings, E.EMBEDDING_SCHEMA).write.parquet(str(root / "embeddings"))

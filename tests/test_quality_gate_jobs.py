@@ -22,10 +22,11 @@ def _embeddings(spark, path: Path, n_good: int, n_nan: int) -> str:
     rng = np.random.default_rng(3)
     rows = [
         (f'sku-{i},"<b>"', f"{i}.jpg", rng.standard_normal(4).astype(np.float32).tolist(), E.STATUS_OK, None,
-         "resnet152", "abc")
+         "resnet152", "abc", None)
         for i in range(n_good)
     ]
-    rows += [(f"nan-{i}", "n.jpg", [float("nan"), 1.0, 0.0, 0.0], E.STATUS_OK, None, "resnet152", "abc")
+    rows += [(f"nan-{i}", "n.jpg", [float("nan"), 1.0, 0.0, 0.0], E.STATUS_OK, None, "resnet152", "abc",
+              None)
              for i in range(n_nan)]
     spark.createDataFrame(rows, LOOSE_SCHEMA).coalesce(1).write.parquet(str(path))
     return str(path)

@@ -32,7 +32,7 @@ LOOSE_SCHEMA = T.StructType([T.StructField(f.name, f.dataType, True) for f in E.
 
 
 def ok_row(sku: str | None, vector: list[float] | None, path: str = "img.jpg") -> tuple:
-    return (sku, path, vector, E.STATUS_OK, None, "resnet152", "abc")
+    return (sku, path, vector, E.STATUS_OK, None, "resnet152", "abc", None)
 
 
 def ok_rows(skus: list[str], vectors: np.ndarray) -> list[tuple]:
@@ -138,7 +138,7 @@ def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Pa
     good = {f"g{i}": rng.standard_normal(4).astype(np.float32).tolist() for i in range(6)}
     rows = [ok_row(s, v, path=f"{s}.jpg") for s, v in good.items()]
     rows += [
-        ("g-err", "e.jpg", None, E.STATUS_ERROR, "decode: broken", "resnet152", "abc"),  # dropped
+        ("g-err", "e.jpg", None, E.STATUS_ERROR, "decode: broken", "resnet152", "abc", None),  # dropped
         ok_row(None, [1.0, 0.0, 0.0, 0.0], path="null.jpg"),
         ok_row("   ", [1.0, 0.0, 0.0, 0.0], path="blank.jpg"),
         ok_row("dup", [1.0, 2.0, 3.0, 4.0], path="dup1.jpg"),
@@ -149,7 +149,7 @@ def test_bad_rows_are_quarantined_with_reasons(spark: SparkSession, tmp_path: Pa
         ok_row("inf", [1.0, float("-inf"), 0.0, 0.0]),
         ok_row("zero", [0.0, 0.0, 0.0, 0.0]),
         # an error row sharing a good sku is dropped; the good copy stays (duplicates count "ok" rows)
-        ("g0", "g0-old.jpg", None, E.STATUS_ERROR, "timeout", "resnet152", "abc"),
+        ("g0", "g0-old.jpg", None, E.STATUS_ERROR, "timeout", "resnet152", "abc", None),
     ]
     inp = write_input(spark, tmp_path / "in", rows, 3)
     out = tmp_path / "out"

@@ -15,18 +15,25 @@ Design:
   torch both release the GIL). At most two batches of images are in memory per task.
 * A bad image never fails the task: its row gets status "error", a null embedding and
   ``"<reason>: <detail>"`` in ``error`` (reasons in ``udfs.image_models.IMAGE_ERROR_REASONS``).
+* A vector depends on its image alone: every model batch is padded with blank images to exactly
+  ``batch_size`` (CPU kernels pick their algorithm by batch size, so a short last batch rounded
+  differently), and each row carries the sha256 of the bytes it was computed from. Together with the
+  configuration that is what lets the job reuse a vector on a later night (:func:`make_hash_udf` hashes
+  the catalog's files without decoding them). The model is loaded at the first image that needs it: a
+  task with nothing to embed never loads it.
 * Device: :func:`udfs.image_models.plan_execution` on the task's resources (the GPU Spark assigned,
   ``spark.task.cpus``); on a GPU, channels_last and bf16/fp16 autocast.
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import posixpath
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -39,6 +46,8 @@ from udfs import image_models as M
 LOG = logging.getLogger("stylegraph.embed_udf")
 
 MAX_ERROR_DETAIL_CHARS = 300
+# Files read at once by one task of the hashing UDF (reads wait on the disk or on S3, not on the CPU).
+HASH_READ_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -136,12 +145,30 @@ class ImageReader:
             raise M.ImageError(M.REASON_UNREADABLE_FILE, f"{type(err).__name__}: {err}") from err
 
 
-def prepare_image(reader: ImageReader, value: Any, max_pixels: int) -> Any:
-    """Read, decode and preprocess one image: a uint8 tensor [3, 224, 224], or the ImageError."""
+def sha256_hex(data: bytes) -> str:
+    """The sha256 of a file's bytes, as the ``content_sha256`` column holds it."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def prepare_image(reader: ImageReader, value: Any, max_pixels: int) -> tuple[Any, str | None]:
+    """Read, decode and preprocess one image: (a uint8 tensor [3, 224, 224] or the ImageError, the
+    sha256 of the bytes read or None when there were none)."""
     try:
-        return M.preprocess_bytes(reader.read(value), max_pixels)
+        data = reader.read(value)
     except M.ImageError as err:
-        return err
+        return err, None
+    try:
+        return M.preprocess_bytes(data, max_pixels), sha256_hex(data)
+    except M.ImageError as err:
+        return err, sha256_hex(data)
+
+
+def content_sha256(reader: ImageReader, value: Any) -> str | None:
+    """The sha256 of the image file at ``value`` (read, not decoded), or None when it cannot be read."""
+    try:
+        return sha256_hex(reader.read(value))
+    except M.ImageError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------- model
@@ -251,28 +278,60 @@ def _error_text(err: M.ImageError) -> str:
     return f"{err.reason}: {err.detail[:MAX_ERROR_DETAIL_CHARS]}"
 
 
-def embed_prepared(model: LoadedModel, prepared: list[Any]) -> pd.DataFrame:
-    """Run the model on the decoded images of one batch; failed images become error rows."""
+def padded_batch(images: list[Any], batch_size: int) -> Any:
+    """The images stacked into one uint8 batch of exactly ``batch_size``, blank images after them.
+
+    CPU kernels choose their algorithm (and so their rounding) by batch size, not by what else is in the
+    batch: at one fixed size a vector is the same bits whichever images share its batch.
+    """
     import torch
 
-    ok_positions = [i for i, item in enumerate(prepared) if not isinstance(item, M.ImageError)]
-    embeddings: list[Any] = [None] * len(prepared)
+    batch = torch.stack(images)
+    missing = batch_size - len(images)
+    if missing > 0:
+        batch = torch.cat([batch, batch.new_zeros((missing, *batch.shape[1:]))])
+    return batch
+
+
+def embed_prepared(
+    model: Callable[[], LoadedModel],
+    prepared: list[tuple[Any, str | None]],
+    batch_size: int,
+    count_images: Callable[[int], None] | None = None,
+) -> pd.DataFrame:
+    """Run the model on the decoded images of one batch; failed images become error rows.
+
+    Args:
+        model: gives the worker's model (called only when the batch has an image to embed).
+        prepared: (tensor or ImageError, content sha256) per row, from :func:`prepare_image`.
+        batch_size: the model batch size the images are padded to (:func:`padded_batch`).
+        count_images: called with the number of images each model call embeds (padding not counted).
+    """
+    items = [item for item, _ in prepared]
+    ok_positions = [i for i, item in enumerate(items) if not isinstance(item, M.ImageError)]
+    embeddings: list[Any] = [None] * len(items)
     if ok_positions:
-        features = model.embed(torch.stack([prepared[i] for i in ok_positions]))
+        features = model().embed(padded_batch([items[i] for i in ok_positions], batch_size))
+        if count_images is not None:
+            count_images(len(ok_positions))
         for row, position in enumerate(ok_positions):
             embeddings[position] = features[row]
-    failed = [isinstance(item, M.ImageError) for item in prepared]
+    failed = [isinstance(item, M.ImageError) for item in items]
     return pd.DataFrame(
         {
             E.EMBEDDING: embeddings,
             E.STATUS: [E.STATUS_ERROR if bad else E.STATUS_OK for bad in failed],
-            E.ERROR: [_error_text(item) if bad else None for item, bad in zip(prepared, failed, strict=True)],
+            E.ERROR: [_error_text(item) if bad else None for item, bad in zip(items, failed, strict=True)],
+            E.CONTENT_SHA256: [sha for _, sha in prepared],
         }
     )
 
 
 def embed_path_batches(
-    batches: Iterable[pd.Series], config: EmbedConfig, plan: M.ExecutionPlan | None = None
+    batches: Iterable[pd.Series],
+    config: EmbedConfig,
+    plan: M.ExecutionPlan | None = None,
+    count_images: Callable[[int], None] | None = None,
 ) -> Iterator[pd.DataFrame]:
     """The UDF's body: relative image paths in, one result row per path out, in order.
 
@@ -280,34 +339,75 @@ def embed_path_batches(
         batches: the Arrow batches of ``image_path`` values Spark hands the UDF.
         config: model, weights, images root and limits.
         plan: how to run (default: from the running task's resources, :func:`current_task_plan`).
+        count_images: called with the number of images each model call embeds.
 
     Yields:
-        DataFrames with the columns of ``EMBED_RESULT_TYPE`` (embedding, status, error).
+        DataFrames with the columns of ``EMBED_RESULT_TYPE`` (embedding, status, error, content_sha256).
     """
     import torch
 
     plan = plan or current_task_plan(config.device)
     torch.set_num_threads(plan.torch_threads)
-    model = get_model(config, plan)
     reader = ImageReader(config.images_root, config.max_bytes)
+
+    def model() -> LoadedModel:
+        return get_model(config, plan)
+
+    def embed(prepared: list[tuple[Any, str | None]]) -> pd.DataFrame:
+        return embed_prepared(model, prepared, config.batch_size, count_images)
+
     with ThreadPoolExecutor(plan.decode_threads, thread_name_prefix="decode") as pool:
         pending: list[Future[Any]] | None = None
         for chunk in rebatch(batches, config.batch_size):
             # Decode this chunk in the pool while the previous one runs through the model.
             futures = [pool.submit(prepare_image, reader, value, config.max_pixels) for value in chunk]
             if pending is not None:
-                yield embed_prepared(model, [future.result() for future in pending])
+                yield embed([future.result() for future in pending])
             pending = futures
         if pending is not None:
-            yield embed_prepared(model, [future.result() for future in pending])
+            yield embed([future.result() for future in pending])
 
 
-def make_embed_udf(config: EmbedConfig) -> Any:
-    """The pandas UDF ``image_path -> struct<embedding, status, error>`` for one configuration."""
+def make_embed_udf(config: EmbedConfig, model_images: Any = None) -> Any:
+    """The pandas UDF ``image_path -> struct<embedding, status, error, content_sha256>`` for one
+    configuration. ``model_images``: an optional Spark accumulator that adds up the images the model
+    embedded (a retried task counts again)."""
     from pyspark.sql import functions as F
+
+    count_images = model_images.add if model_images is not None else None
 
     @F.pandas_udf(E.EMBED_RESULT_TYPE)
     def embed_images(paths: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
-        yield from embed_path_batches(paths, config)
+        yield from embed_path_batches(paths, config, count_images=count_images)
 
     return embed_images
+
+
+# ------------------------------------------------------------------------------------------ hashing
+
+
+def hash_path_batches(
+    batches: Iterable[pd.Series], images_root: str, max_bytes: int, threads: int = HASH_READ_THREADS
+) -> Iterator[pd.Series]:
+    """The hashing UDF's body: relative image paths in, the sha256 of each file's bytes out (None when
+    the file cannot be read: that product is embedded afresh, which records why)."""
+    reader = ImageReader(images_root, max_bytes)
+    with ThreadPoolExecutor(threads, thread_name_prefix="hash") as pool:
+        for series in batches:
+            yield pd.Series(list(pool.map(lambda value: content_sha256(reader, value), series.tolist())))
+
+
+def make_hash_udf(images_root: str, max_bytes: int) -> Any:
+    """The pandas UDF ``image_path -> content_sha256`` (string; null for a file that cannot be read).
+
+    Why a UDF: the files are named by catalog paths relative to a root, with the same checks as the
+    embedding UDF (paths that leave the root, size limit, local or S3); ``binaryFile`` would list and
+    carry every file below the root through the JVM, catalog or not.
+    """
+    from pyspark.sql import functions as F
+
+    @F.pandas_udf("string")
+    def hash_images(paths: Iterator[pd.Series]) -> Iterator[pd.Series]:
+        yield from hash_path_batches(paths, images_root, max_bytes)
+
+    return hash_images

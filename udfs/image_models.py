@@ -51,6 +51,19 @@ RESIZE_SIZE = 256
 CROP_SIZE = 224
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# The preprocessing as data, for the embed job's configuration fingerprint: change it here whenever
+# decode_image / image_to_tensor / normalize_batch change what they compute, so that vectors computed the
+# old way are not reused.
+PREPROCESSING: dict[str, Any] = {
+    "decode": "PIL, EXIF orientation applied, RGB",
+    "resize": RESIZE_SIZE,
+    "interpolation": "bilinear",
+    "antialias": True,
+    "crop": CROP_SIZE,
+    "scale": "uint8 / 255",
+    "mean": list(IMAGENET_MEAN),
+    "std": list(IMAGENET_STD),
+}
 
 # Guards for hostile input files. Catalog photos are well under a megapixel; 40 MP is a large camera photo.
 DEFAULT_MAX_IMAGE_PIXELS = 40_000_000

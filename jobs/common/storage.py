@@ -12,6 +12,7 @@ The filesystem layer is pyarrow's (``pyarrow.fs``), the same on a laptop and on 
 """
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import posixpath
@@ -306,3 +307,30 @@ def _publish_by_copy(fs: pafs.FileSystem, staged: str, final: str) -> None:
     for stale in sorted(old_files - written):
         fs.delete_file(stale)
     fs.delete_dir(staged)
+
+
+def partition_dates(dataset_uri: str) -> list[str]:
+    """The run dates of the ``dt=YYYY-MM-DD`` folders directly below a dataset folder, sorted; folders
+    whose name is not exactly that (a publish's set-aside copy, a stray name) are not partitions."""
+    fs, path = filesystem(dataset_uri)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    dates = []
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        name = posixpath.basename(info.path)
+        if info.type != pafs.FileType.Directory or not name.startswith("dt="):
+            continue
+        try:
+            day = dt.date.fromisoformat(name[3:])
+        except ValueError:
+            continue
+        if day.isoformat() == name[3:]:
+            dates.append(name[3:])
+    return sorted(dates)
+
+
+def latest_partition(dataset_uri: str, on_or_before: dt.date | str) -> str | None:
+    """The URI of the latest ``dt=`` partition of a dataset dated ``on_or_before`` or earlier (the run's
+    own date on a rerun), or None when there is none."""
+    earlier = [day for day in partition_dates(dataset_uri) if day <= str(on_or_before)]
+    return join(dataset_uri, f"dt={earlier[-1]}") if earlier else None
