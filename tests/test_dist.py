@@ -70,8 +70,7 @@ def test_build_writes_every_artifact(tmp_path: Path) -> None:
     expected = {
         "stylegraph.zip", "stylegraph-0.1.0-py3-none-any.whl", "requirements.txt", "emr/bootstrap.sh",
         *(f"entry/{job}.py" for job in jobs),
-        "glue/export_gremlin.py", "glue/preprocess_interactions.py", "glue/similarity.py",
-        "glue/validate_gremlin_csv.py",
+        "glue/export_gremlin.py", "glue/preprocess_interactions.py", "glue/validate_gremlin_csv.py",
     }
     assert set(manifest["artifacts"]) == expected
     assert json.loads((dist / "manifest.json").read_text()) == manifest
