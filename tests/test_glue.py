@@ -127,7 +127,8 @@ def test_run_starts_the_job_with_the_pipeline_arguments_and_waits(
     job_run = clean_glue.get_job_run(JobName="stylegraph-export", RunId=result["run_id"])["JobRun"]
     job = clean_glue.get_job(JobName="stylegraph-export")["Job"]
     assert job["MaxRetries"] == 0  # the caller (CLI, Airflow) retries, watching the run it started
-    run_only = {key: value for key, value in job_run["Arguments"].items() if key not in job["DefaultArguments"]}
+    defaults = job["DefaultArguments"]
+    run_only = {key: value for key, value in job_run["Arguments"].items() if key not in defaults}
     assert run_only == {
         "--catalog": "s3://shop-data/raw/catalog/catalog.csv",
         "--edges": f"s3://shop-data/work/style/similarity/dt={RUN_DATE}",

@@ -93,7 +93,9 @@ def glue_modules() -> set[str]:
 def glue_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     site = tmp_path_factory.mktemp("glue-site")
     (site / "sitecustomize.py").write_text(SITECUSTOMIZE, encoding="utf-8")
-    env = {key: value for key, value in os.environ.items() if not key.startswith(("PYSPARK_GATEWAY", "SPARK_"))}
+    env = {
+        key: value for key, value in os.environ.items() if not key.startswith(("PYSPARK_GATEWAY", "SPARK_"))
+    }
     env.update(
         PYTHONPATH=f"{site}{os.pathsep}{ROOT}",
         STYLEGRAPH_ALLOWED_MODULES=",".join(sorted(glue_modules())),
@@ -106,7 +108,8 @@ def glue_env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 def run_python(code: str, env: dict[str, str], cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-c", code], env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False
+        [sys.executable, "-c", code],
+        env=env, cwd=cwd, capture_output=True, text=True, timeout=300, check=False,
     )
 
 
