@@ -3,8 +3,11 @@
     python -m emr.cli run --bucket my-bucket --input-root s3://my-bucket/raw \\
         --work-root s3://my-bucket/work --run-date 2024-03-31 --weights s3://my-bucket/models/resnet152.pt
 
-Without ``--cluster-id`` it creates the cluster (GPU task group when the embedding stage is part of
-the run) and terminates it at the end, whatever happened (``--keep-cluster`` to keep it). Each step is
+A run that embeds needs real weights (``random:*`` is refused) and runs the embedding with
+``--device cuda``: a GPU node whose torch sees no GPU fails the step instead of embedding on CPU.
+
+Without ``--cluster-id`` it creates the cluster (GPU task group when the embedding stage is part of the
+run) and terminates it at the end, whatever happened (``--keep-cluster`` to keep it). Each step is
 polled until it ends; a failed step makes the command exit 2 with the step's name, id, state and
 failure details. ``plan`` prints the steps and the cluster definition as JSON without calling AWS.
 """
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reports-root", default=None, help="default <work-root>/_reports")
         cmd.add_argument("--run-date", required=True, type=cli.run_date, help="YYYY-MM-DD")
         cmd.add_argument("--stages", default=None, help="comma-separated subset of the Spark stages")
-        cmd.add_argument("--weights", default=None, help="embedding weights URI (default random:<seed>)")
+        cmd.add_argument(
+            "--weights", default=None,
+            help="embedding weights: imagenet or a state_dict path or s3:// URI (required when embedding)",
+        )
         cmd.add_argument("--top-k", type=int, default=pipeline.DEFAULT_TOP_K)
         cmd.add_argument("--dist", default="dist", help="make dist's output folder")
         cmd.add_argument("--cluster-id", default=None, help="use this running cluster")

@@ -194,6 +194,23 @@ def test_an_existing_cluster_gets_the_steps_and_is_left_running(bucket: str, dis
     ]
 
 
+def test_a_run_that_embeds_without_real_weights_is_refused_before_anything_is_created(
+    bucket: str, dist_dir: Path
+) -> None:
+    emr = boto3.client("emr")
+    before = len(emr.list_clusters()["Clusters"])
+    args = run_args(bucket, dist_dir)
+    weights = args.index("--weights")
+    without = args[:weights] + args[weights + 2:]
+    with pytest.raises(JobError, match=r"^production runs need real embedding weights"):
+        emr_cli.main(without)
+    with pytest.raises(JobError, match=r"^production runs refuse --weights random:7"):
+        emr_cli.main([*without, "--weights", "random:7"])
+    assert run(emr_cli.main, ["plan", *without[1:]]) == EXIT_JOB_ERROR
+    assert len(emr.list_clusters()["Clusters"]) == before
+    assert all_keys(bucket) == []
+
+
 def test_a_missing_bucket_is_named_and_nothing_is_created(aws_env: str, dist_dir: Path) -> None:
     emr = boto3.client("emr")
     before = len(emr.list_clusters()["Clusters"])
