@@ -62,8 +62,8 @@ bench: $(STAMP) ## every benchmark under bench/, one table in bench/results/late
 lint: $(STAMP) ## ruff
 	$(PY) -m ruff check jobs udfs schemas emr glue dags bench tests
 
-dist: $(STAMP) ## wheel, --py-files zip and entry scripts under dist/
-	$(PY) -m jobs.build_dist --output dist
+dist: $(STAMP) ## wheel, --py-files zip, entry scripts and the EMR wheelhouse (GBs) under dist/
+	$(PY) -m jobs.build_dist --output dist --wheelhouse
 
 clean: ## remove generated data, builds and caches (keeps .venv)
 	rm -rf $(DATA) build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse

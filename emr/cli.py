@@ -59,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--service-role", default="EMR_DefaultRole")
         cmd.add_argument("--instance-profile", default="EMR_EC2_DefaultRole")
         cmd.add_argument("--keep-cluster", action="store_true", help="keep a cluster created here")
+        cmd.add_argument(
+            "--idle-minutes", type=float, default=clusters.IDLE_TIMEOUT_MINUTES,
+            help="a created cluster terminates itself after this long without work",
+        )
         cmd.add_argument("--poll-seconds", type=float, default=30.0)
         cmd.add_argument("--timeout-minutes", type=float, default=360.0)
     return parser
@@ -90,7 +94,9 @@ def _cluster_definition(args: argparse.Namespace, kind: str, artifacts: steps.Ar
         log_uri=f"s3://{args.bucket}/{args.prefix.strip('/')}/emr-logs/",
         bootstrap_uri=artifacts.bootstrap_uri,
         wheel_uri=artifacts.wheel_uri,
+        wheelhouse_uri=artifacts.wheelhouse_uri,
         subnet_id=args.subnet_id,
+        idle_timeout_minutes=args.idle_minutes,
         service_role=args.service_role,
         instance_profile=args.instance_profile,
         keep_alive=True,
@@ -156,6 +162,7 @@ def command_plan(args: argparse.Namespace) -> dict[str, Any]:
         entry_prefix=f"{base}/entry",
         wheel_uri=f"{base}/stylegraph-<version>-py3-none-any.whl",
         bootstrap_uri=f"{base}/emr/bootstrap.sh",
+        wheelhouse_uri=f"s3://{args.bucket}/{args.prefix.strip('/')}/wheelhouse/<requirements digest>",
     )
     kind = clusters.GPU if steps.needs_gpu(calls) else clusters.CPU
     plan = {
@@ -182,8 +189,11 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
     aws.check_bucket(s3, args.bucket)
     if args.cluster_id:
         _check_cluster(emr, args.cluster_id)
-    uploaded = aws.upload_tree(s3, args.dist, args.bucket, aws.artifacts_prefix(args.prefix, manifest))
-    artifacts = steps.from_uploaded(uploaded)
+    wheelhouse_uri = aws.upload_wheelhouse(s3, args.dist, args.bucket, args.prefix, manifest)
+    uploaded = aws.upload_tree(
+        s3, args.dist, args.bucket, aws.artifacts_prefix(args.prefix, manifest), exclude=(aws.WHEELHOUSE_DIR,)
+    )
+    artifacts = steps.from_uploaded(uploaded, wheelhouse_uri)
 
     created = False
     step_ids: list[str] = []

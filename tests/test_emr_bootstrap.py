@@ -4,7 +4,6 @@ machine's torch, which has no GPU to see). AWS, sudo and pip are stand-ins on PA
 were asked; the Python check at the end is the real one, run with the real torch."""
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 from pathlib import Path
