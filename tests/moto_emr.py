@@ -17,7 +17,8 @@ import pytest
 @contextmanager
 def emr_runs_steps(region: str, fail_stage: str | None = None, reason: str = "") -> Iterator[None]:
     """Complete every cluster's steps one after another, or fail the one of ``fail_stage`` (a step name's
-    second word; later ones are cancelled, as ActionOnFailure=CANCEL_AND_WAIT does)."""
+    second word; later ones are cancelled, as ActionOnFailure=CANCEL_AND_WAIT does). A step added to a
+    cluster whose earlier steps are done starts running, as on EMR."""
     from moto.core import DEFAULT_ACCOUNT_ID
     from moto.emr.models import emr_backends
 
@@ -36,6 +37,8 @@ def emr_runs_steps(region: str, fail_stage: str | None = None, reason: str = "")
                                 later.state = "CANCELLED"
                         continue
                     step.state = "COMPLETED"
+                # The next step runs when none is running (also one added after the last completed).
+                if not any(s.state == "RUNNING" for s in cluster.steps):
                     following = next((s for s in cluster.steps if s.state == "PENDING"), None)
                     if following is not None:
                         following.state = "RUNNING"
