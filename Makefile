@@ -56,15 +56,18 @@ test: $(STAMP) $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the 
 browser: ## Debian's Chromium for the HTML report's browser test (installed when missing)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-bench: $(STAMP) ## every benchmark under bench/, one table in bench/results/latest.md (QUICK=1: smoke)
+bench: $(STAMP) ## every benchmark under bench/, current tables in bench/RESULTS.md (QUICK=1: smoke run to bench/results/quick.md)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
-lint: $(STAMP) ## ruff
-	$(PY) -m ruff check jobs udfs schemas emr glue dags bench tests
+lint: $(STAMP) ## ruff on everything, mypy on the packages (configured in pyproject.toml); fails if either fails
+	status=0; \
+	$(PY) -m ruff check jobs udfs schemas emr glue dags bench tests || status=1; \
+	$(PY) -m mypy || status=1; \
+	exit $$status
 
 dist: $(STAMP) ## wheel, --py-files zip, entry scripts and the EMR wheelhouse (GBs) under dist/
 	$(PY) -m jobs.build_dist --output dist --wheelhouse
 
 clean: ## remove generated data, builds and caches (keeps .venv)
-	rm -rf $(DATA) build dist *.egg-info .pytest_cache .ruff_cache spark-warehouse
+	rm -rf $(DATA) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache spark-warehouse
 	find . -name __pycache__ -not -path './.venv*' -prune -exec rm -rf {} +

@@ -4,9 +4,10 @@
 
 Each benchmark ``bench/<name>.py`` runs in its own Python process (each builds its own SparkSession
 and its own data): through its ``run(quick) -> list[dict]`` when it has one, else as
-``python -m bench.<name> [--quick]`` with the end of its output kept. The tables go to
-``bench/results/latest.md`` (one section per benchmark, its rows as a table, plus a summary of which
-ran, how long and whether they failed) and to stdout. Exit code 1 when any benchmark failed.
+``python -m bench.<name> [--quick]`` with the end of its output kept. A full run updates
+``bench/RESULTS.md``: one section per benchmark (its rows as a table, under one line naming the machine,
+the date and the load), replacing only the sections of the benchmarks it ran. A quick run writes
+``bench/results/quick.md`` instead. The page is also printed. Exit code 1 when any benchmark failed.
 """
 from __future__ import annotations
 
@@ -29,7 +30,14 @@ LOG = logging.getLogger("stylegraph.bench")
 
 BENCH_DIR = Path(__file__).resolve().parent
 ROOT = BENCH_DIR.parent
-RESULTS = BENCH_DIR / "results" / "latest.md"
+RESULTS = BENCH_DIR / "RESULTS.md"
+QUICK_RESULTS = BENCH_DIR / "results" / "quick.md"
+PAGE_TITLE = "# Benchmark results"
+PAGE_INTRO = (
+    "Each section is the latest full run of one benchmark (`make bench`, or `python -m bench.run_all --only "
+    "NAME`), against the peer a user would otherwise pick, in the same run; ratios compare within one run. "
+    "How each benchmark is built: its module docstring under `bench/`."
+)
 NOT_BENCHMARKS = {"run_all", "__init__"}
 OUTPUT_TAIL_LINES = 30
 # Runs one benchmark's run(quick) in a child process and writes its rows as JSON.
@@ -105,41 +113,62 @@ def markdown_table(rows: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def machine_line() -> str:
+    """The machine, the date and the load, in one line."""
+    when = dt.datetime.now(dt.UTC).isoformat(timespec="minutes")
+    load = ", ".join(f"{value:.1f}" for value in os.getloadavg())
     return (
-        f"{os.cpu_count()} cores, {platform.machine()}, Python {platform.python_version()}, "
-        "shared with other engineers' test runs (timings are noisy; ratios within one run compare peers)"
+        f"{when}, {os.cpu_count()} cores ({_cpu_model()}), Python {platform.python_version()}, "
+        f"load average before the benchmark {load}"
     )
 
 
-def render(results: Sequence[dict[str, Any]], quick: bool) -> str:
-    """The whole results page."""
-    when = dt.datetime.now(dt.UTC).isoformat(timespec="seconds")
-    parts = [
-        f"# Benchmarks ({'quick' if quick else 'full'} run, {when})",
-        "",
-        f"Machine: {machine_line()}.",
-        "",
-        markdown_table([
-            {"benchmark": r["name"], "status": "ok" if r["ok"] else f"FAILED (exit {r['returncode']})",
-             "seconds": r["seconds"], "rows": len(r["rows"] or [])}
-            for r in results
-        ]),
-    ]
+def render_section(result: dict[str, Any], machine: str) -> str:
+    """One benchmark's section: a heading, the machine line, its table (or its output when it failed)."""
+    status = "" if result["ok"] else f" (FAILED, exit {result['returncode']})"
+    parts = [f"## {result['name']}{status}", "", f"{machine}; {result['seconds']} s in all.", ""]
+    if result["rows"]:
+        parts.append(markdown_table(result["rows"]))
+    if result["output_tail"]:
+        parts += ["```", result["output_tail"], "```"]
+    return "\n".join(parts).rstrip() + "\n"
+
+
+def split_sections(page: str) -> dict[str, str]:
+    """The ``## <name>`` sections of a results page, by benchmark name, in page order."""
+    sections: dict[str, str] = {}
+    for chunk in re.split(r"^(?=## )", page, flags=re.MULTILINE)[1:]:
+        name = chunk.split("\n", 1)[0][3:].split(" ", 1)[0]
+        sections[name] = chunk.rstrip() + "\n"
+    return sections
+
+
+def render(results: Sequence[dict[str, Any]], machines: dict[str, str], previous: str = "") -> str:
+    """The results page: ``previous``'s sections with those of ``results`` replaced or added."""
+    sections = split_sections(previous)
     for result in results:
-        parts += ["", f"## {result['name']}", ""]
-        if result["rows"]:
-            parts.append(markdown_table(result["rows"]))
-        if result["output_tail"]:
-            parts += ["```", result["output_tail"], "```"]
-    return "\n".join(parts) + "\n"
+        sections[result["name"]] = render_section(result, machines[result["name"]])
+    body = "\n".join(sections[name] for name in sorted(sections))
+    return f"{PAGE_TITLE}\n\n{PAGE_INTRO}\n\n{body}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench.run_all", description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes: a smoke run")
     parser.add_argument("--only", default=None, help="comma-separated benchmark names")
-    parser.add_argument("--output", default=str(RESULTS), help="results markdown file")
+    parser.add_argument(
+        "--output", default=None, help=f"results page (default {RESULTS}; quick: {QUICK_RESULTS})"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per benchmark")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -151,13 +180,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             parser.error(f"unknown benchmark(s) {unknown}: choose from {names}")
         names = [name for name in names if name in wanted]
     results = []
+    machines = {}
     for name in names:
         LOG.info("bench %s: running (%s)", name, "quick" if args.quick else "full")
+        machines[name] = machine_line()
         result = run_one(name, args.quick, timeout=args.timeout)
         LOG.info("bench %s: %s in %.1f s", name, "ok" if result["ok"] else "FAILED", result["seconds"])
         results.append(result)
-    page = render(results, args.quick)
-    output = Path(args.output)
+    output = Path(args.output or (QUICK_RESULTS if args.quick else RESULTS))
+    previous = output.read_text(encoding="utf-8") if output.exists() and not args.quick else ""
+    page = render(results, machines, previous)
     output.parent.mkdir(parents=True, exist_ok=True)
     output.write_text(page, encoding="utf-8")
     sys.stdout.write(page)

@@ -1,4 +1,4 @@
-"""Embed every product image with a CNN (issue 3): ``<output>/embeddings/dt=<run date>/``.
+"""Embed every product image with a CNN: ``<output>/embeddings/dt=<run date>/``.
 
 Input is the catalog CSV (``--catalog``; ``image_path`` relative to ``--images-root``) or, without a
 catalog, every image file found recursively under ``--images-root`` (the sku is the file name without

@@ -64,13 +64,13 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
 from jobs.common.spark import get_spark, task_slots
+from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
-from jobs.transforms import gremlin_arrow as ga
-from jobs.validate_gremlin_csv import all_files
 from schemas import catalog as C
 from schemas import embeddings as E
 from schemas import gremlin as G
 from schemas import similarity as S
+from udfs import gremlin_arrow as ga
 from udfs import gremlin_edge_files as ef
 
 LOG = logging.getLogger("stylegraph.export")
@@ -477,7 +477,7 @@ def plan_edge_tasks(
         index = min(count - 1, seen * count // total)
         assigned[index].append(item)
         seen += item[2]
-    tasks = []
+    tasks: list[ef.EdgeTask] = []
     for items in assigned:
         if not items:
             continue
@@ -652,7 +652,7 @@ def stage_vertices(
         bytes_per_row = max(len(_compress(sample, args.compression)) / SIZING_SAMPLE_ROWS, 1.0)
         rows_per_file = max(1, int(target_bytes / bytes_per_row))
     vertices_uri = storage.join(staged, G.VERTICES_DIR)
-    files = []
+    files: list[dict[str, Any]] = []
     for start in range(0, max(len(records), 1), rows_per_file):
         chunk = records.slice(start, rows_per_file)
         name = ef.file_name(0, len(files), args.compression)

@@ -502,19 +502,17 @@ def generate_catalog(
 
     images_root = storage.join(out_dir, IMAGES_DIR)
     files_written = 0
-    broken = []
+    broken: list[dict[str, Any]] = []
     for i, product in enumerate(rows):
-        image, mask = (None, None)
-        if draw_images:
-            image, mask = draw_product(styles[product.style_id], rng, image_size)
+        drawn = draw_product(styles[product.style_id], rng, image_size) if draw_images else None
         entry = broken_kind.get(i)
         if entry is not None:
             kind, expected_ok, _ = entry
             broken.append({SKU: product.sku, IMAGE_PATH: product.image_path, "kind": kind,
                            "expected_ok": expected_ok})
-            data = _broken_file(kind, image, mask) if draw_images else None
+            data = _broken_file(kind, *drawn) if drawn else None
         else:
-            data = _encode(image, "JPEG", quality=JPEG_QUALITY) if draw_images else None
+            data = _encode(drawn[0], "JPEG", quality=JPEG_QUALITY) if drawn else None
         if data is not None:
             _write_bytes(storage.join(images_root, product.image_path), data)
             files_written += 1
@@ -612,7 +610,7 @@ def _bad_plan(rng: np.random.Generator, events: int, bad_fraction: float, days: 
         total = max(total, len(BAD_KINDS))
     share, remainder = divmod(total, len(BAD_KINDS))
     per_kind = [share + (1 if i < remainder else 0) for i in range(len(BAD_KINDS))]
-    plan = []
+    plan: list[tuple[str, int]] = []
     for kind, count in zip(BAD_KINDS, per_kind, strict=True):
         day_of = np.full(count, days - 1) if kind == FUTURE_EVENT_TIME else rng.integers(days, size=count)
         plan.extend((kind, int(d)) for d in day_of)

@@ -1,4 +1,4 @@
-"""Interaction logs -> NCF train and test sets (issue 2).
+"""Interaction logs -> NCF train and test sets.
 
 ``python -m jobs.preprocess_interactions --input S/interactions --output W/ncf --run-date D``
 

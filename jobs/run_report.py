@@ -309,7 +309,7 @@ def gallery(
         .orderBy(G.FROM, rs.NEIGHBOUR_RANK)
         .collect()
     )
-    errors = embed_errors(spark, embeddings_uri, [r.get(V_SKU) for r in failed if r.get(V_SKU)])
+    errors = embed_errors(spark, embeddings_uri, [r[V_SKU] for r in failed if r.get(V_SKU)])
 
     thumbs: dict[str, tuple] = {}
     rows = []
@@ -322,7 +322,7 @@ def gallery(
         rows.append(row)
     for product in failed:
         tile = _tile(product, images_root, px, thumbs)
-        why = errors.get(product.get(V_SKU)) or "no error recorded"
+        why = errors.get(product.get(V_SKU, "")) or "no error recorded"
         tile.image_uri, tile.placeholder = None, f"{EMBED_FAILED}: {why}"
         rows.append(GalleryRow(tile, note="no similar products: the image could not be embedded"))
     return Section(rows)

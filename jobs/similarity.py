@@ -308,7 +308,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         storage.publish(staged_rejects, final_rejects)
 
     dropped = {reason: n for reason, n in counts.items() if reason in S.DROPPED_REASONS}
-    rejected = {reason: n for reason, n in counts.items() if reason not in S.DROPPED_REASONS}
+    rejected = {reason: n for reason, n in counts.items() if reason and reason not in S.DROPPED_REASONS}
     details = {
         "metric": metric,
         "higher_is_closer": S.HIGHER_IS_CLOSER[metric],

@@ -48,11 +48,9 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
-
-from pyarrow import fs as pafs
 
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
@@ -146,22 +144,6 @@ class ValidationResult:
 
 
 # ------------------------------------------------------------------------------------------------ files
-def all_files(uri: str) -> list[str]:
-    """Every file below a folder URI (or the file itself), hidden and ``_`` files included, sorted."""
-    fs, path = storage.filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        return []
-    if info.type == pafs.FileType.File:
-        return [uri]
-    prefix = uri.rstrip("/")
-    return sorted(
-        f"{prefix}/{posixpath.relpath(item.path, path)}"
-        for item in fs.get_file_info(pafs.FileSelector(path, recursive=True))
-        if item.type == pafs.FileType.File
-    )
-
-
 def is_non_data_name(name: str) -> bool:
     """Files a Spark write leaves behind that the loader would still try to read."""
     return name.startswith((".", "_")) or name.endswith(".crc")
@@ -289,8 +271,8 @@ def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[s
         low, high = _INT_RANGES[type_name]
         if not _INTEGER.match(value):
             return ("type", f"{value!r} is not an integer ({type_name})")
-        number = int(value)
-        return None if low <= number <= high else ("type", f"{value} is out of range for {type_name}")
+        integer = int(value)
+        return None if low <= integer <= high else ("type", f"{value} is out of range for {type_name}")
     if type_name in (G.TYPE_FLOAT, G.TYPE_DOUBLE):
         if _NON_FINITE.match(value):
             return None if allow_non_finite else ("non_finite", f"{value!r} is not a finite {type_name}")
@@ -359,6 +341,7 @@ def split_record(record: str) -> tuple[list[str] | None, str | None]:
     end = len(body)
     while True:
         match = _FIELD.match(body, position)
+        assert match is not None  # its second alternative matches the empty string
         quoted, plain = match.group(1), match.group(2)
         fields.append(quoted.replace('""', '"') if quoted is not None else plain)
         position = match.end()
@@ -424,7 +407,7 @@ def validate_file(
             result.add(uri, None, "compression", "compressed data in a file without a .gz/.bz2 suffix")
             return
         if compression == G.COMPRESSION_GZIP:
-            stream: IO[bytes] = gzip.GzipFile(fileobj=raw)
+            stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw)
         elif compression == G.COMPRESSION_BZIP2:
             stream = bz2.BZ2File(raw)
         else:
@@ -438,7 +421,7 @@ def validate_file(
 def _validate_stream(
     uri: str,
     kind: str,
-    stream: IO[bytes],
+    stream: Iterable[bytes],
     result: ValidationResult,
     ids: set[str],
     vertex_ids: set[str] | None,
@@ -542,7 +525,7 @@ def validate_prefix(
     allow_non_finite: bool = False,
 ) -> None:
     """Check every file under one loader prefix (vertex or edge)."""
-    files = all_files(uri)
+    files = storage.all_files(uri)
     data_files = []
     for file_uri in files:
         if is_non_data_name(posixpath.basename(file_uri)):

@@ -14,11 +14,13 @@ Spark-SQL queries that must return no rows; the NCF ones share one per-user aggr
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import great_expectations.expectations as gxe
+from great_expectations.expectations.metadata_types import FailureSeverity
 
-from jobs.common.quality import (  # dataset names and context keys live with the gate (no GE import)
+from schemas import embeddings, gremlin, interactions, similarity
+from schemas.quality_terms import (
     CRITICAL,
     EMBEDDING_DIM,
     EMBEDDINGS,
@@ -37,23 +39,21 @@ from jobs.common.quality import (  # dataset names and context keys live with th
     TOP_K,
     TRAIN,
     WARNING,
+    QualityThresholds,
 )
-from schemas import embeddings as emb
-from schemas import gremlin as G
-from schemas import interactions as ia
-from schemas import similarity as sim
 
-if TYPE_CHECKING:
-    from jobs.common.quality import QualityThresholds
+# The gate's severities as great-expectations' own (a str enum: SEVERITY_CRITICAL == CRITICAL).
+SEVERITY_CRITICAL = FailureSeverity(CRITICAL)
+SEVERITY_WARNING = FailureSeverity(WARNING)
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
-GREMLIN_ID = G.ID
-GREMLIN_LABEL = G.LABEL
-GREMLIN_FROM = G.FROM
-GREMLIN_TO = G.TO
-GREMLIN_SCORE = G.EDGE_SCORE
+GREMLIN_ID = gremlin.ID
+GREMLIN_LABEL = gremlin.LABEL
+GREMLIN_FROM = gremlin.FROM
+GREMLIN_TO = gremlin.TO
+GREMLIN_SCORE = gremlin.EDGE_SCORE
 
-Suite = Callable[["QualityThresholds", Mapping[str, Any]], list[Any]]
+Suite = Callable[[QualityThresholds, Mapping[str, Any]], list[Any]]
 
 
 def _q(column: str) -> str:
@@ -65,14 +65,16 @@ def _table(columns: Sequence[str]) -> list[Any]:
     """The shape every suite starts with: the columns exist and there is at least one row."""
     return [
         *(
-            gxe.ExpectColumnToExist(column=column, severity=CRITICAL, description=f"column {column} exists")
+            gxe.ExpectColumnToExist(
+                column=column, severity=SEVERITY_CRITICAL, description=f"column {column} exists"
+            )
             for column in columns
         ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=CRITICAL, description="not empty"),
+        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=SEVERITY_CRITICAL, description="not empty"),
     ]
 
 
-def _not_null(column: str, *, mostly: float = 1.0, severity: str = CRITICAL) -> Any:
+def _not_null(column: str, *, mostly: float = 1.0, severity: FailureSeverity = SEVERITY_CRITICAL) -> Any:
     return gxe.ExpectColumnValuesToNotBeNull(
         column=column, mostly=mostly, severity=severity, description=f"{column} is never blank"
     )
@@ -87,7 +89,7 @@ def _index_in_range(column: str, size: int | None) -> list[Any]:
             column=column,
             min_value=0,
             max_value=size - 1 if size is not None else None,
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description=f"0 <= {column}{upper}",
         ),
     ]
@@ -96,32 +98,35 @@ def _index_in_range(column: str, size: int | None) -> list[Any]:
 def raw_interactions_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
     """Raw interaction events as read: mostly complete, known event types (the rest is rejected)."""
     mostly = thresholds.min_accepted_fraction
-    severity = thresholds.share_severity(context.get(ROWS_IN))
+    severity = FailureSeverity(thresholds.share_severity(context.get(ROWS_IN)))
     return [
-        *_table(ia.REQUIRED_FIELDS),
+        *_table(interactions.REQUIRED_FIELDS),
         *(
             _not_null(column, mostly=mostly, severity=severity)
-            for column in (ia.USER_ID, ia.ITEM_ID, ia.EVENT_TIME)
+            for column in (interactions.USER_ID, interactions.ITEM_ID, interactions.EVENT_TIME)
         ),
         gxe.ExpectColumnValuesToBeInSet(
-            column=ia.EVENT_TYPE,
-            value_set=list(ia.EVENT_TYPES),
+            column=interactions.EVENT_TYPE,
+            value_set=list(interactions.EVENT_TYPES),
             mostly=mostly,
             severity=severity,
-            description=f"event_type is one of {', '.join(ia.EVENT_TYPES)}",
+            description=f"event_type is one of {', '.join(interactions.EVENT_TYPES)}",
         ),
     ]
 
 
 def _ncf_rows(context: Mapping[str, Any]) -> list[Any]:
     return [
-        *_table((ia.USER_IDX, ia.ITEM_IDX, ia.LABEL)),
-        *_index_in_range(ia.USER_IDX, context.get(N_USERS)),
-        *_index_in_range(ia.ITEM_IDX, context.get(N_ITEMS)),
+        *_table((interactions.USER_IDX, interactions.ITEM_IDX, interactions.LABEL)),
+        *_index_in_range(interactions.USER_IDX, context.get(N_USERS)),
+        *_index_in_range(interactions.ITEM_IDX, context.get(N_ITEMS)),
         gxe.ExpectColumnValuesToBeInSet(
-            column=ia.LABEL, value_set=[0.0, 1.0], severity=CRITICAL, description="label is 0 or 1"
+            column=interactions.LABEL,
+            value_set=[0.0, 1.0],
+            severity=SEVERITY_CRITICAL,
+            description="label is 0 or 1",
         ),
-        _not_null(ia.LABEL),
+        _not_null(interactions.LABEL),
     ]
 
 
@@ -142,7 +147,7 @@ def _per_user(where: str) -> str:
     per-user partial aggregates shrink before the shuffle. (``ExpectCompoundColumnsToBeUnique`` on
     GE's own engine is a window over every row, and ran a 3 GB driver out of heap at 10 M events.)
     """
-    user, item, label = _q(ia.USER_IDX), _q(ia.ITEM_IDX), _q(ia.LABEL)
+    user, item, label = _q(interactions.USER_IDX), _q(interactions.ITEM_IDX), _q(interactions.LABEL)
     return (
         f"SELECT {user}, {USER_ROWS}, {REPEATED_ITEMS}, {POSITIVES} FROM ("
         f"SELECT {user}, count(*) AS {USER_ROWS}, "
@@ -153,7 +158,7 @@ def _per_user(where: str) -> str:
     )
 
 
-def _pairs_once(*, severity: str, description: str) -> Any:
+def _pairs_once(*, severity: FailureSeverity, description: str) -> Any:
     """Each (user_idx, item_idx) at most once: the users who repeat an item."""
     return gxe.UnexpectedRowsExpectation(
         unexpected_rows_query=_per_user(f"{REPEATED_ITEMS} > 0"), severity=severity, description=description
@@ -164,7 +169,7 @@ def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -
     """NCF training rows: indexes in range, labels 0/1, each (user, item) once."""
     return [
         *_ncf_rows(context),
-        _pairs_once(severity=WARNING, description="each (user_idx, item_idx) pair appears once"),
+        _pairs_once(severity=SEVERITY_WARNING, description="each (user_idx, item_idx) pair appears once"),
     ]
 
 
@@ -175,7 +180,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
         *_ncf_rows(context),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=_per_user(f"{POSITIVES} {'!= 1' if leave_one_out else '< 1'}"),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description=(
                 "every test user has exactly one positive (leave-one-out)"
                 if leave_one_out
@@ -183,7 +188,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
             ),
         ),
         _pairs_once(
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="a user's test items are distinct (negatives never repeat the positive)",
         ),
     ]
@@ -193,7 +198,7 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
             gxe.UnexpectedRowsExpectation(
                 unexpected_rows_query=_per_user(f"{USER_ROWS} != {int(negatives) + 1}"),
                 # A user who has seen almost every item cannot get all of them: recorded, not fatal.
-                severity=WARNING,
+                severity=SEVERITY_WARNING,
                 description=f"every test user has 1 positive + {int(negatives)} negatives",
             )
         )
@@ -205,35 +210,37 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
 
     The share of products that failed to embed is the stage's reject share (the funnel check).
     """
-    status, vector = _q(emb.STATUS), _q(emb.EMBEDDING)
+    status, vector = _q(embeddings.STATUS), _q(embeddings.EMBEDDING)
     dim = context.get(EMBEDDING_DIM)
     wrong_size = f"size({vector}) != {int(dim)}" if dim is not None else f"size({vector}) = 0"
     return [
-        *_table((emb.SKU, emb.EMBEDDING, emb.STATUS)),
-        _not_null(emb.SKU),
-        gxe.ExpectColumnValuesToBeUnique(column=emb.SKU, severity=CRITICAL, description="one row per sku"),
-        _not_null(emb.STATUS),
+        *_table((embeddings.SKU, embeddings.EMBEDDING, embeddings.STATUS)),
+        _not_null(embeddings.SKU),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=embeddings.SKU, severity=SEVERITY_CRITICAL, description="one row per sku"
+        ),
+        _not_null(embeddings.STATUS),
         gxe.ExpectColumnValuesToBeInSet(
-            column=emb.STATUS,
-            value_set=[emb.STATUS_OK, emb.STATUS_ERROR],
-            severity=CRITICAL,
+            column=embeddings.STATUS,
+            value_set=[embeddings.STATUS_OK, embeddings.STATUS_ERROR],
+            severity=SEVERITY_CRITICAL,
             description="status is ok or error",
         ),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=(
-                f"SELECT {_q(emb.SKU)} FROM {{batch}} WHERE {status} = '{emb.STATUS_OK}' AND "
+                f"SELECT {_q(embeddings.SKU)} FROM {{batch}} WHERE {status} = '{embeddings.STATUS_OK}' AND "
                 f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
                 f"OR abs(x) = double('inf')))"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="every ok row has a finite embedding" + (f" of {int(dim)} floats" if dim else ""),
         ),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=(
                 f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
-                f"WHERE {status} = '{emb.STATUS_OK}') WHERE n > 1"
+                f"WHERE {status} = '{embeddings.STATUS_OK}') WHERE n > 1"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="all embeddings have the same size",
         ),
     ]
@@ -241,13 +248,13 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
 
 def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
     """Similarity edges: no self-loops, each pair once, finite scores; ranks 1..k in top-k mode."""
-    src, dst, score = _q(sim.SRC), _q(sim.DST), _q(sim.SCORE)
+    src, dst, score = _q(similarity.SRC), _q(similarity.DST), _q(similarity.SCORE)
     expectations = [
-        *_table((sim.SRC, sim.DST, sim.SCORE)),
-        *(_not_null(column) for column in (sim.SRC, sim.DST, sim.SCORE)),
+        *_table((similarity.SRC, similarity.DST, similarity.SCORE)),
+        *(_not_null(column) for column in (similarity.SRC, similarity.DST, similarity.SCORE)),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="no product is its own neighbour (src != dst)",
         ),
         gxe.UnexpectedRowsExpectation(
@@ -255,22 +262,24 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
                 f"SELECT {src}, {dst}, {score} FROM {{batch}} "
                 f"WHERE isnan({score}) OR abs({score}) = double('inf')"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="scores are finite (no NaN, no Infinity)",
         ),
         gxe.ExpectCompoundColumnsToBeUnique(
-            column_list=[sim.SRC, sim.DST], severity=CRITICAL, description="each (src, dst) pair once"
+            column_list=[similarity.SRC, similarity.DST],
+            severity=SEVERITY_CRITICAL,
+            description="each (src, dst) pair once",
         ),
     ]
     top_k = context.get(TOP_K)
     if top_k is not None:
         expectations += [
-            _not_null(sim.RANK),
+            _not_null(similarity.RANK),
             gxe.ExpectColumnValuesToBeBetween(
-                column=sim.RANK,
+                column=similarity.RANK,
                 min_value=1,
                 max_value=int(top_k),
-                severity=CRITICAL,
+                severity=SEVERITY_CRITICAL,
                 description=f"1 <= rank <= {int(top_k)}",
             ),
             gxe.UnexpectedRowsExpectation(
@@ -278,7 +287,7 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
                     f"SELECT {src}, count(*) AS n FROM {{batch}} "
                     f"GROUP BY {src} HAVING count(*) > {int(top_k)}"
                 ),
-                severity=CRITICAL,
+                severity=SEVERITY_CRITICAL,
                 description=f"at most {int(top_k)} neighbours per product",
             ),
         ]
@@ -291,7 +300,9 @@ def gremlin_vertices_suite(thresholds: QualityThresholds, context: Mapping[str, 
         *_table((GREMLIN_ID, GREMLIN_LABEL)),
         _not_null(GREMLIN_ID),
         gxe.ExpectColumnValuesToBeUnique(
-            column=GREMLIN_ID, severity=CRITICAL, description="~id is unique (duplicates merge in Neptune)"
+            column=GREMLIN_ID,
+            severity=SEVERITY_CRITICAL,
+            description="~id is unique (duplicates merge in Neptune)",
         ),
         _not_null(GREMLIN_LABEL),
     ]
@@ -303,10 +314,12 @@ def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any
     return [
         *_table((GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL, GREMLIN_SCORE)),
         *(_not_null(column) for column in (GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL)),
-        gxe.ExpectColumnValuesToBeUnique(column=GREMLIN_ID, severity=CRITICAL, description="~id is unique"),
+        gxe.ExpectColumnValuesToBeUnique(
+            column=GREMLIN_ID, severity=SEVERITY_CRITICAL, description="~id is unique"
+        ),
         gxe.UnexpectedRowsExpectation(
             unexpected_rows_query=f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="no self-loop edges (~from != ~to)",
         ),
         gxe.UnexpectedRowsExpectation(
@@ -315,7 +328,7 @@ def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any
                 f"WHERE try_cast({score} AS DOUBLE) IS NULL OR isnan(try_cast({score} AS DOUBLE)) "
                 f"OR abs(try_cast({score} AS DOUBLE)) = double('inf')"
             ),
-            severity=CRITICAL,
+            severity=SEVERITY_CRITICAL,
             description="score:Double is a finite number on every edge",
         ),
     ]
@@ -326,13 +339,13 @@ def funnel_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> l
     return [
         *_table((REJECT_FRACTION,)),
         gxe.ExpectColumnValuesToNotBeNull(
-            column=REJECT_FRACTION, severity=CRITICAL, description="the stage read at least one row"
+            column=REJECT_FRACTION, severity=SEVERITY_CRITICAL, description="the stage read at least one row"
         ),
         gxe.ExpectColumnValuesToBeBetween(
             column=REJECT_FRACTION,
             min_value=0.0,
             max_value=thresholds.max_reject_fraction,
-            severity=thresholds.share_severity(context.get(ROWS_IN)),
+            severity=FailureSeverity(thresholds.share_severity(context.get(ROWS_IN))),
             description=f"at most {thresholds.max_reject_fraction:.0%} of input rows rejected",
         ),
     ]

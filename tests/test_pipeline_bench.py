@@ -38,13 +38,27 @@ def test_each_benchmark_runs_apart_and_the_page_has_every_result(tmp_path: Path)
     assert results[1]["output_tail"] == "beta table quick"
     assert results[2]["output_tail"].endswith("RuntimeError: no GPU here")
 
-    page = run_all.render(results, quick=True)
-    assert "| alpha | ok |" in page and "| gamma | FAILED (exit 1) |" in page
-    alpha = page.split("## alpha\n\n")[1].split("\n\n")[0].splitlines()
+    machines = {name: f"machine of {name}" for name in ("alpha", "beta", "gamma")}
+    def earlier(name: str, rows: list[dict]) -> dict:
+        return {"name": name, "ok": True, "returncode": 0, "seconds": 1.0, "rows": rows, "output_tail": ""}
+
+    previous = run_all.render(
+        [earlier("alpha", [{"old": 1}]), earlier("delta", [{"kept": 1}])],
+        {"alpha": "old machine", "delta": "delta machine"},
+    )
+    page = run_all.render(results, machines, previous)
+    # every section of this run replaces its old one; a benchmark not run keeps its section
+    assert [line for line in page.splitlines() if line.startswith("## ")] == [
+        "## alpha", "## beta", "## delta", "## gamma (FAILED, exit 1)",
+    ]
+    assert "old machine" not in page and "| old |" not in page
+    assert "delta machine; 1.0 s in all.\n\n| kept |\n|---|\n| 1 |" in page
+    alpha = page.split("## alpha\n\nmachine of alpha; ")[1].split("\n\n")[1].splitlines()
     assert alpha == [
         "| impl | n | seconds | ratio |",
         "|---|---|---|---|",
         "| peer | 10 | 2 |  |",
         "| ours \\| fast | 10 | 0.5 | 4 |",
     ]
-    assert "## beta\n\n```\nbeta table quick\n```" in page
+    assert "## beta\n\nmachine of beta; " in page and "```\nbeta table quick\n```" in page
+    assert "RuntimeError: no GPU here" in page.split("## gamma")[1]

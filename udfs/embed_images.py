@@ -306,7 +306,7 @@ def make_embed_udf(config: EmbedConfig) -> Any:
     """The pandas UDF ``image_path -> struct<embedding, status, error>`` for one configuration."""
     from pyspark.sql import functions as F
 
-    @F.pandas_udf(E.EMBED_RESULT_TYPE)  # type: ignore[call-overload]
+    @F.pandas_udf(E.EMBED_RESULT_TYPE)
     def embed_images(paths: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         yield from embed_path_batches(paths, config)
 

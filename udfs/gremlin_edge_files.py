@@ -3,9 +3,9 @@
 Why Python here: the export must check every edge (both ends are vertices, finite score, no repeated
 (from, to)) and describe every file it writes (rows, bytes, sha256). With Spark's CSV writer those
 checks are extra passes: broadcast joins, a duplicate-key pass and a read-back of every file cost about
-twice the write itself (README, section export). Here one task reads its Parquet row groups with
+twice the write itself. Here one task reads its Parquet row groups with
 pyarrow, looks both ends up among the vertex skus (``index_in``: a vertex index per end, so the pair
-is an exact int64 key), formats the good rows with Arrow kernels (:mod:`jobs.transforms.gremlin_arrow`),
+is an exact int64 key), formats the good rows with Arrow kernels (:mod:`udfs.gremlin_arrow`),
 compresses them with zlib/bz2 at Hadoop's levels (gzip 6, bzip2 9) and hashes the bytes as they are
 written; the keys go on, sorted and cut by key range, to a second step that counts repeats exactly.
 
@@ -31,8 +31,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from jobs.common import storage
-from jobs.transforms import gremlin_arrow as ga
-from schemas import gremlin as G
+from schemas import gremlin
+from udfs import gremlin_arrow
 
 BATCH_ROWS = 131_072
 GZIP_LEVEL = 6  # Hadoop's GzipCodec (Spark's "gzip"): zlib's default level
@@ -70,7 +70,7 @@ class EdgeWriteSpec:
 
 def file_name(task: int, seq: int, compression: str) -> str:
     """``part-<task>-c<seq><suffix>``: deterministic, and matched by the export's data-file pattern."""
-    return f"part-{task:05d}-c{seq:03d}{G.FILE_SUFFIX[compression]}"
+    return f"part-{task:05d}-c{seq:03d}{gremlin.FILE_SUFFIX[compression]}"
 
 
 class CsvFileWriter:
@@ -79,14 +79,14 @@ class CsvFileWriter:
     def __init__(self, uri: str, compression: str, header: str) -> None:
         self.file = storage.AtomicFile(uri)  # in place only at close; a retry replaces it whole
         self.compressor: Any = None
-        if compression == G.COMPRESSION_GZIP:
+        if compression == gremlin.COMPRESSION_GZIP:
             self.compressor = zlib.compressobj(GZIP_LEVEL, zlib.DEFLATED, 31)
-        elif compression == G.COMPRESSION_BZIP2:
+        elif compression == gremlin.COMPRESSION_BZIP2:
             self.compressor = bz2.BZ2Compressor(BZIP2_LEVEL)
         self.digest = hashlib.sha256()
         self.bytes = 0
         self.rows = 0
-        self._put(header.encode("utf-8") + ga.RECORD_END.encode())
+        self._put(header.encode("utf-8") + gremlin_arrow.RECORD_END.encode())
 
     def _emit(self, data: bytes | memoryview) -> None:
         if len(data):
@@ -134,10 +134,10 @@ def read_task_batches(
 
 def reject_table(batch: pa.RecordBatch, reasons: np.ndarray, schema: pa.Schema) -> pa.Table:
     """The rejected rows of a batch with their reason, in the quarantine's schema."""
-    bad = reasons != ga.GOOD
-    names = np.array(ga.REASON_CODES, dtype=object)[reasons[bad] - 1]
+    bad = reasons != gremlin_arrow.GOOD
+    names = np.array(gremlin_arrow.REASON_CODES, dtype=object)[reasons[bad] - 1]
     rows = batch.filter(pa.array(bad))
-    columns = [rows.column(field.name).cast(field.type) for field in schema if field.name != G.REASON]
+    columns = [rows.column(field.name).cast(field.type) for field in schema if field.name != gremlin.REASON]
     return pa.Table.from_arrays([*columns, pa.array(names, pa.string())], schema=schema)
 
 
@@ -154,7 +154,7 @@ def key_range_chunks(keys: np.ndarray, *, vertices: int, key_ranges: int) -> Ite
 
 
 def write_edge_task(
-    task: EdgeTask, spec: EdgeWriteSpec, pieces: ga.VertexPieces
+    task: EdgeTask, spec: EdgeWriteSpec, pieces: gremlin_arrow.VertexPieces
 ) -> Iterator[tuple[int, tuple[str, Any]]]:
     """Check and write one task's edges; yields ``(key range, (STATS, {...}))`` once and
     ``(key range, (KEYS, bytes))`` per non-empty range of the good rows' (from, to) keys.
@@ -172,16 +172,16 @@ def write_edge_task(
     try:
         for batch in read_task_batches(task, spec.columns):
             rows_in += batch.num_rows
-            checked = ga.check_batch(batch, pieces.skus)
+            checked = gremlin_arrow.check_batch(batch, pieces.skus)
             good = batch
             if checked.reasons.any():
-                codes, counts = np.unique(checked.reasons[checked.reasons != ga.GOOD], return_counts=True)
-                reasons.update(
-                    {ga.REASON_CODES[code - 1]: int(n) for code, n in zip(codes, counts, strict=True)}
-                )
+                bad = checked.reasons[checked.reasons != gremlin_arrow.GOOD]
+                codes, counts = np.unique(bad, return_counts=True)
+                names = [gremlin_arrow.REASON_CODES[code - 1] for code in codes]
+                reasons.update({name: int(n) for name, n in zip(names, counts, strict=True)})
                 rejects.append(reject_table(batch, checked.reasons, spec.reject_schema))
-                good = batch.filter(pa.array(checked.reasons == ga.GOOD))
-            keys.append(ga.edge_keys(checked.from_index, checked.to_index, spec.vertices))
+                good = batch.filter(pa.array(checked.reasons == gremlin_arrow.GOOD))
+            keys.append(gremlin_arrow.edge_keys(checked.from_index, checked.to_index, spec.vertices))
             position = 0
             while position < good.num_rows:
                 if writer is None:
@@ -189,7 +189,7 @@ def write_edge_task(
                     writer = CsvFileWriter(uri, spec.compression, spec.header)
                 take = min(spec.rows_per_file - writer.rows, good.num_rows - position)
                 end = position + take
-                records = ga.format_edges(
+                records = gremlin_arrow.format_edges(
                     good.slice(position, take),
                     checked.from_index[position:end],
                     checked.to_index[position:end],

@@ -439,7 +439,7 @@ def load_head(uri: str, in_features: int) -> Any:
 # -------------------------------------------------------------------------------------- preprocessing
 
 
-_BOMB_FILTER_INSTALLED = []
+_BOMB_FILTER_INSTALLED: list[bool] = []
 
 
 def _raise_on_bomb_warnings() -> None:
@@ -466,7 +466,7 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any
         raise ImageError(REASON_EMPTY_FILE, "0 bytes")
     _raise_on_bomb_warnings()
     try:
-        image = Image.open(io.BytesIO(data))
+        image: Image.Image = Image.open(io.BytesIO(data))
         width, height = image.size
         if width * height > max_pixels:
             raise ImageError(

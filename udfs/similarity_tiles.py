@@ -910,7 +910,7 @@ class EdgeFiles:
     def close(self) -> pa.RecordBatch:
         """Finish the last file; the files written (or the count) as ``WRITTEN_ARROW_SCHEMA`` rows."""
         if self.folder is None:
-            rows = [(None, self.counted)]
+            rows: list[tuple[str | None, int]] = [(None, self.counted)]
         else:
             self._finish_file()
             rows = self.written

@@ -26,13 +26,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import math
 import time
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, Final
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
@@ -42,48 +43,80 @@ from pyspark.sql import types as T
 from jobs.common import storage
 from jobs.common.cli import JobError, fraction, non_negative_int
 from jobs.common.report import report_uri
+from schemas.quality_terms import (
+    CRITICAL,
+    DEFAULT_MAX_REJECT_FRACTION,
+    DEFAULT_REJECT_CHECK_MIN_ROWS,
+    EMBEDDING_DIM,
+    EMBEDDINGS,
+    FUNNEL_DATASET,
+    GREMLIN_EDGES,
+    GREMLIN_VERTICES,
+    LEAVE_ONE_OUT,
+    MODE_ENFORCE,
+    MODE_OFF,
+    MODE_WARN,
+    MODES,
+    N_ITEMS,
+    N_USERS,
+    RAW_INTERACTIONS,
+    REJECT_FRACTION,
+    ROWS_IN,
+    ROWS_REJECTED,
+    SIMILARITY_EDGES,
+    TEST,
+    TEST_NEGATIVES,
+    TOP_K,
+    TRAIN,
+    WARNING,
+    QualityThresholds,
+)
+
+# The gate's API, and the terms of schemas.quality_terms that jobs pass to it (re-exported: a job
+# imports the gate and its vocabulary from one place).
+__all__ = [
+    "QUALITY_SUFFIX",
+    "QualityGateError",
+    "add_quality_args",
+    "thresholds_from_args",
+    "quality_uri",
+    "run_gate",
+    "funnel_frame",
+    "validate_frame",
+    "CRITICAL",
+    "DEFAULT_MAX_REJECT_FRACTION",
+    "DEFAULT_REJECT_CHECK_MIN_ROWS",
+    "EMBEDDING_DIM",
+    "EMBEDDINGS",
+    "FUNNEL_DATASET",
+    "GREMLIN_EDGES",
+    "GREMLIN_VERTICES",
+    "LEAVE_ONE_OUT",
+    "MODE_ENFORCE",
+    "MODE_OFF",
+    "MODE_WARN",
+    "MODES",
+    "N_ITEMS",
+    "N_USERS",
+    "RAW_INTERACTIONS",
+    "REJECT_FRACTION",
+    "ROWS_IN",
+    "ROWS_REJECTED",
+    "SIMILARITY_EDGES",
+    "TEST",
+    "TEST_NEGATIVES",
+    "TOP_K",
+    "TRAIN",
+    "WARNING",
+    "QualityThresholds",
+]
 
 LOG = logging.getLogger("stylegraph.quality")
 
 QUALITY_SUFFIX = "quality.json"
-CRITICAL = "critical"
-WARNING = "warning"
-
-MODE_ENFORCE = "enforce"  # critical failures fail the job
-MODE_WARN = "warn"  # everything is evaluated and recorded, nothing fails the job
-MODE_OFF = "off"  # nothing is evaluated (benchmarks); the quality file says so
-MODES = (MODE_ENFORCE, MODE_WARN, MODE_OFF)
-
-DEFAULT_MAX_REJECT_FRACTION = 0.1
-# Below this many input rows a share of rejects says little (3 bad rows of 12 is 25%): it is recorded
-# as a warning, not enforced. Hostile unit-test inputs stay small; real runs are far larger.
-DEFAULT_REJECT_CHECK_MIN_ROWS = 100
-
-# Dataset names: the keys jobs pass to run_gate (suites in schemas.expectations.SUITES).
-RAW_INTERACTIONS = "raw_interactions"
-TRAIN = "train"
-TEST = "test"
-EMBEDDINGS = "embeddings"
-SIMILARITY_EDGES = "similarity_edges"
-GREMLIN_VERTICES = "gremlin_vertices"
-GREMLIN_EDGES = "gremlin_edges"
-
-# Context keys the suites read.
-N_USERS = "n_users"  # train/test: user_idx < n_users
-N_ITEMS = "n_items"  # train/test: item_idx < n_items
-LEAVE_ONE_OUT = "leave_one_out"  # test: exactly one positive per user (default True; False: chrono split)
-TEST_NEGATIVES = "test_negatives"  # test, leave-one-out: rows per user = 1 + test_negatives (warning)
-TOP_K = "top_k"  # similarity edges: 1 <= rank <= k, at most k per product (None: all pairs)
-EMBEDDING_DIM = "embedding_dim"  # embeddings: every ok vector has this length
-
-# The one-row frame the gate builds from the context's counts to check the reject share.
-FUNNEL_DATASET = "funnel"
-ROWS_IN = "rows_in"
-ROWS_REJECTED = "rows_rejected"
-REJECT_FRACTION = "reject_fraction"
 
 # "BASIC" gives counts and a few unexpected values; "SUMMARY"/"COMPLETE" cost extra Spark jobs.
-RESULT_FORMAT = "BASIC"
+RESULT_FORMAT: Final = "BASIC"
 MAX_EXAMPLES = 5
 
 MAX_ERROR_CHARS = 1000  # of a metric's Spark error in the results (its stack trace is in the log)
@@ -94,38 +127,6 @@ COLUMN_TO_EXIST = "expect_column_to_exist"
 
 class QualityGateError(JobError):
     """A critical data-quality expectation failed: the staged output is not published."""
-
-
-@dataclass(frozen=True)
-class QualityThresholds:
-    """The limits a gate enforces; every job takes them from the same flags.
-
-    Attributes:
-        max_reject_fraction: the largest share of a stage's input rows that may be rejected
-            (quarantined, or embedded with status "error") and still be acceptable.
-        mode: ``enforce`` (critical failures fail the job), ``warn`` (record only) or ``off``.
-        reject_check_min_rows: the reject share is enforced from this many input rows on; below, a
-            share over the limit is a warning.
-    """
-
-    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
-    mode: str = MODE_ENFORCE
-    reject_check_min_rows: int = DEFAULT_REJECT_CHECK_MIN_ROWS
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.max_reject_fraction <= 1.0:
-            raise ValueError(f"max_reject_fraction must be in [0, 1], got {self.max_reject_fraction}")
-        if self.mode not in MODES:
-            raise ValueError(f"quality mode must be one of {MODES}, got {self.mode!r}")
-
-    @property
-    def min_accepted_fraction(self) -> float:
-        """The ``mostly`` of expectations that tolerate the rejected share."""
-        return round(1.0 - self.max_reject_fraction, 12)
-
-    def share_severity(self, rows_in: int | None) -> str:
-        """Critical when the input is big enough for its reject share to mean something (or unknown)."""
-        return WARNING if rows_in is not None and rows_in < self.reject_check_min_rows else CRITICAL
 
 
 def add_quality_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -202,7 +203,10 @@ def run_gate(
             evaluated; the message lists every such expectation.
     """
     logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
-    from schemas import expectations as suites  # imported late: pulls in great_expectations
+    # Loaded when a gate runs, not with every job module: great_expectations costs about 5 CPU seconds
+    # to import, which a job's --help, the run report and a quality-off run need not pay. (Not a hidden
+    # circle: schemas import nothing from jobs, which tests/test_layers.py checks, late imports included.)
+    from schemas import expectations as suites
 
     thresholds = thresholds or QualityThresholds()
     context = dict(context or {})
@@ -610,9 +614,7 @@ def _compute_metrics(
     values: dict[Any, Any] = {}
     if not branches:
         return values, errors
-    union_df = None
-    for branch_df in branches.values():
-        union_df = branch_df if union_df is None else union_df.unionAll(branch_df)
+    union_df = functools.reduce(DataFrame.unionAll, branches.values())
     try:
         rows = union_df.collect()
     except Exception as err:  # one branch failed at run time: find which, one branch at a time

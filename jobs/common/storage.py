@@ -112,6 +112,22 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
     return sorted(out)
 
 
+def all_files(uri: str) -> list[str]:
+    """Every file below a folder URI (or the file itself), hidden and ``_`` files included, sorted."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return []
+    if info.type == pafs.FileType.File:
+        return [uri]
+    prefix = uri.rstrip("/")
+    return sorted(
+        f"{prefix}/{posixpath.relpath(item.path, path)}"
+        for item in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if item.type == pafs.FileType.File
+    )
+
+
 def read_parquet(uri: str, columns: list[str] | None = None) -> Any:
     """Every Parquet file below ``uri`` (as ``list_files`` finds them), concatenated into one
     ``pyarrow.Table`` on this process: for small datasets (a job's own check results, rejects).

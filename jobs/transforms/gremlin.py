@@ -10,10 +10,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from schemas import catalog as C
-from schemas import embeddings as E
-from schemas import gremlin as G
-from schemas import similarity as S
+from schemas import catalog, embeddings, gremlin, similarity
 
 CORRUPT_RECORD = "_corrupt_record"
 NUL = "\u0000"
@@ -40,10 +37,9 @@ def strip_nul(column: Column) -> Column:
 
 
 def with_row_order(df: DataFrame) -> DataFrame:
-    """Add :data:`G.ROW_ORDER`, each row's position in its input (file, then offset), for "first wins"."""
-    return df.withColumn(
-        G.ROW_ORDER, F.struct(F.input_file_name().alias("file"), F.monotonically_increasing_id().alias("pos"))
-    )
+    """Add :data:`gremlin.ROW_ORDER`, each row's position in its input (file, then offset): "first wins"."""
+    position = F.struct(F.input_file_name().alias("file"), F.monotonically_increasing_id().alias("pos"))
+    return df.withColumn(gremlin.ROW_ORDER, position)
 
 
 def with_vertex_reject_reason(catalog_df: DataFrame) -> DataFrame:
@@ -51,30 +47,30 @@ def with_vertex_reject_reason(catalog_df: DataFrame) -> DataFrame:
 
     A sku is missing when it is null or only whitespace. Rows already tagged keep their reason.
     """
-    sku = F.col(C.SKU)
+    sku = F.col(catalog.SKU)
     reason = (
-        F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit(G.VERTEX_MALFORMED_ROW))
-        .when(sku.isNull() | (F.trim(sku) == F.lit("")), F.lit(G.VERTEX_MISSING_SKU))
-        .when(F.instr(sku, NUL) > 0, F.lit(G.VERTEX_SKU_HAS_NUL))
+        F.when(F.col(CORRUPT_RECORD).isNotNull(), F.lit(gremlin.VERTEX_MALFORMED_ROW))
+        .when(sku.isNull() | (F.trim(sku) == F.lit("")), F.lit(gremlin.VERTEX_MISSING_SKU))
+        .when(F.instr(sku, NUL) > 0, F.lit(gremlin.VERTEX_SKU_HAS_NUL))
     )
-    return catalog_df.withColumn(G.REASON, reason)
+    return catalog_df.withColumn(gremlin.REASON, reason)
 
 
 def mark_duplicate_skus(catalog_df: DataFrame) -> DataFrame:
     """Keep the first row of each sku (input order); tag the others.
 
     A later row equal to the kept one in every catalog column is tagged
-    :data:`G.VERTEX_DUPLICATE_IDENTICAL` (dropped on purpose); one that differs is tagged
-    :data:`G.VERTEX_DUPLICATE_SKU` (quarantined, so someone can see which values lost).
+    :data:`gremlin.VERTEX_DUPLICATE_IDENTICAL` (dropped on purpose); one that differs is tagged
+    :data:`gremlin.VERTEX_DUPLICATE_SKU` (quarantined, so someone can see which values lost).
     Rows that already have a reason are not compared.
     """
     return catalog_df.transform(
         with_duplicate_reasons,
-        keys=[C.SKU],
-        order=[F.col(G.ROW_ORDER).asc()],
-        values=[F.col(column) for column in C.CATALOG_COLUMNS],
-        identical_reason=G.VERTEX_DUPLICATE_IDENTICAL,
-        conflicting_reason=G.VERTEX_DUPLICATE_SKU,
+        keys=[catalog.SKU],
+        order=[F.col(gremlin.ROW_ORDER).asc()],
+        values=[F.col(column) for column in catalog.CATALOG_COLUMNS],
+        identical_reason=gremlin.VERTEX_DUPLICATE_IDENTICAL,
+        conflicting_reason=gremlin.VERTEX_DUPLICATE_SKU,
     )
 
 
@@ -85,7 +81,11 @@ def vertex_skus(catalog_df: DataFrame, *, is_distinct: bool = True) -> DataFrame
     edges can be checked against it without waiting for the duplicate comparison. Distinct unless
     ``is_distinct`` is False (a caller that dedupes the collected skus itself saves a shuffle).
     """
-    skus_df = catalog_df.transform(with_vertex_reject_reason).filter(F.col(G.REASON).isNull()).select(C.SKU)
+    skus_df = (
+        catalog_df.transform(with_vertex_reject_reason)
+        .filter(F.col(gremlin.REASON).isNull())
+        .select(catalog.SKU)
+    )
     return skus_df.distinct() if is_distinct else skus_df
 
 
@@ -106,18 +106,18 @@ def with_duplicate_reasons(
     """
     window = Window.partitionBy(*keys, _IS_KEPT).orderBy(*order)
     return (
-        df.withColumn(_IS_KEPT, F.col(G.REASON).isNull())
+        df.withColumn(_IS_KEPT, F.col(gremlin.REASON).isNull())
         .withColumn(_VALUES, F.struct(*values))
         .withColumn(_POSITION, F.row_number().over(window))
         .withColumn(_FIRST, F.first(_VALUES).over(window))
         .withColumn(
-            G.REASON,
+            gremlin.REASON,
             F.when(
                 F.col(_IS_KEPT) & (F.col(_POSITION) > 1),
                 F.when(F.col(_VALUES).eqNullSafe(F.col(_FIRST)), F.lit(identical_reason)).otherwise(
                     F.lit(conflicting_reason)
                 ),
-            ).otherwise(F.col(G.REASON)),
+            ).otherwise(F.col(gremlin.REASON)),
         )
         .drop(_IS_KEPT, _VALUES, _POSITION, _FIRST)
     )
@@ -125,25 +125,27 @@ def with_duplicate_reasons(
 
 def embedding_status_by_sku(embeddings_df: DataFrame) -> DataFrame:
     """One status per sku: "ok" when any embedding row of the sku is ok, else the smallest status seen."""
-    is_ok = F.col(E.STATUS) == F.lit(E.STATUS_OK)
+    is_ok = F.col(embeddings.STATUS) == F.lit(embeddings.STATUS_OK)
     return (
-        embeddings_df.groupBy(E.SKU)
-        .agg(F.max(is_ok.cast("int")).alias("_any_ok"), F.min(E.STATUS).alias("_min_status"))
+        embeddings_df.groupBy(embeddings.SKU)
+        .agg(F.max(is_ok.cast("int")).alias("_any_ok"), F.min(embeddings.STATUS).alias("_min_status"))
         .select(
-            F.col(E.SKU).alias(C.SKU),
-            F.when(F.col("_any_ok") == 1, F.lit(E.STATUS_OK)).otherwise(F.col("_min_status")).alias(E.STATUS),
+            F.col(embeddings.SKU).alias(catalog.SKU),
+            F.when(F.col("_any_ok") == 1, F.lit(embeddings.STATUS_OK))
+            .otherwise(F.col("_min_status"))
+            .alias(embeddings.STATUS),
         )
     )
 
 
 def with_embedding_status(catalog_df: DataFrame, status_df: DataFrame) -> DataFrame:
     """Add the embedding status of each product (null where the embed job has no row for the sku)."""
-    return catalog_df.join(status_df, on=C.SKU, how="left")
+    return catalog_df.join(status_df, on=catalog.SKU, how="left")
 
 
 def vertex_id(sku: Column) -> Column:
     """``product:<sku>``: stable, derived from the sku alone."""
-    return F.concat(F.lit(G.VERTEX_ID_PREFIX), sku)
+    return F.concat(F.lit(gremlin.VERTEX_ID_PREFIX), sku)
 
 
 def to_vertex_rows(catalog_df: DataFrame, *, label: str, with_status: bool) -> DataFrame:
@@ -157,25 +159,29 @@ def to_vertex_rows(catalog_df: DataFrame, *, label: str, with_status: bool) -> D
         return blank_to_null(strip_nul(F.col(column)))
 
     columns = [
-        vertex_id(F.col(C.SKU)).alias(G.ID),
-        F.lit(label).alias(G.LABEL),
-        prop(C.SKU).alias(G.VERTEX_PROPERTIES["sku"]),
-        prop(C.NAME).alias(G.VERTEX_PROPERTIES["name"]),
-        prop(C.BRAND).alias(G.VERTEX_PROPERTIES["brand"]),
-        prop(C.CATEGORY).alias(G.VERTEX_PROPERTIES["category"]),
-        prop(C.SUBCATEGORY).alias(G.VERTEX_PROPERTIES["subcategory"]),
-        prop(C.IMAGE_PATH).alias(G.VERTEX_PROPERTIES["image"]),
+        vertex_id(F.col(catalog.SKU)).alias(gremlin.ID),
+        F.lit(label).alias(gremlin.LABEL),
+        prop(catalog.SKU).alias(gremlin.VERTEX_PROPERTIES["sku"]),
+        prop(catalog.NAME).alias(gremlin.VERTEX_PROPERTIES["name"]),
+        prop(catalog.BRAND).alias(gremlin.VERTEX_PROPERTIES["brand"]),
+        prop(catalog.CATEGORY).alias(gremlin.VERTEX_PROPERTIES["category"]),
+        prop(catalog.SUBCATEGORY).alias(gremlin.VERTEX_PROPERTIES["subcategory"]),
+        prop(catalog.IMAGE_PATH).alias(gremlin.VERTEX_PROPERTIES["image"]),
     ]
     if with_status:
-        columns.append(prop(E.STATUS).alias(G.VERTEX_EMBEDDING_STATUS))
-    return catalog_df.filter(F.col(G.REASON).isNull()).select(*columns)
+        columns.append(prop(embeddings.STATUS).alias(gremlin.VERTEX_EMBEDDING_STATUS))
+    return catalog_df.filter(F.col(gremlin.REASON).isNull()).select(*columns)
 
 
 def select_edge_contract(edges_df: DataFrame, *, has_rank: bool) -> DataFrame:
     """The similarity columns the export reads (``src``, ``dst``, ``score`` and ``rank`` when present)."""
-    columns = [F.col(S.SRC).cast("string"), F.col(S.DST).cast("string"), F.col(S.SCORE).cast("double")]
+    columns = [
+        F.col(similarity.SRC).cast("string"),
+        F.col(similarity.DST).cast("string"),
+        F.col(similarity.SCORE).cast("double"),
+    ]
     if has_rank:
-        columns.append(F.col(S.RANK).cast("int"))
+        columns.append(F.col(similarity.RANK).cast("int"))
     return edges_df.select(*columns)
 
 
@@ -188,40 +194,40 @@ def with_edge_reject_reason(edges_df: DataFrame, vertex_skus_df: DataFrame) -> D
             (small: broadcast to every task, so checking both ends costs two hash lookups a row).
 
     Returns:
-        ``edges_df`` with :data:`G.REASON` (null for a good row).
+        ``edges_df`` with :data:`gremlin.REASON` (null for a good row).
 
     Each end is looked up by a 64-bit hash of the sku (a long-keyed hash table: measured about 40% less
     CPU than string keys on 5 M edges) and then compared as a string, so a hash collision can never
     make a missing vertex look present.
     """
-    skus = F.broadcast(vertex_skus_df.select(F.col(C.SKU), F.xxhash64(C.SKU).alias(_SKU_HASH)))
-    from_df = skus.select(F.col(C.SKU).alias(_FROM_SKU), F.col(_SKU_HASH).alias(_FROM_HASH))
-    to_df = skus.select(F.col(C.SKU).alias(_TO_SKU), F.col(_SKU_HASH).alias(_TO_HASH))
+    skus = F.broadcast(vertex_skus_df.select(F.col(catalog.SKU), F.xxhash64(catalog.SKU).alias(_SKU_HASH)))
+    from_df = skus.select(F.col(catalog.SKU).alias(_FROM_SKU), F.col(_SKU_HASH).alias(_FROM_HASH))
+    to_df = skus.select(F.col(catalog.SKU).alias(_TO_SKU), F.col(_SKU_HASH).alias(_TO_HASH))
 
     def found(end: str, sku: str, sku_hash: str) -> Column:
         # The string comparison is wrapped so the optimizer keeps it a join condition, not a second key.
         return (F.xxhash64(end) == F.col(sku_hash)) & F.coalesce(F.col(end) == F.col(sku), F.lit(False))
 
-    score = F.col(S.SCORE)
+    src, dst, score = F.col(similarity.SRC), F.col(similarity.DST), F.col(similarity.SCORE)
     reason = (
-        F.when(F.col(S.SRC).isNull() | F.col(S.DST).isNull(), F.lit(G.EDGE_MISSING_ENDPOINT))
-        .when(score.isNull(), F.lit(G.EDGE_MISSING_SCORE))
-        .when(F.isnan(score) | (F.abs(score) == F.lit(float("inf"))), F.lit(G.EDGE_NON_FINITE_SCORE))
-        .when(F.col(S.SRC) == F.col(S.DST), F.lit(G.EDGE_SELF_LOOP))
-        .when(F.col(_FROM_SKU).isNull(), F.lit(G.EDGE_FROM_MISSING))
-        .when(F.col(_TO_SKU).isNull(), F.lit(G.EDGE_TO_MISSING))
+        F.when(src.isNull() | dst.isNull(), F.lit(gremlin.EDGE_MISSING_ENDPOINT))
+        .when(score.isNull(), F.lit(gremlin.EDGE_MISSING_SCORE))
+        .when(F.isnan(score) | (F.abs(score) == F.lit(float("inf"))), F.lit(gremlin.EDGE_NON_FINITE_SCORE))
+        .when(src == dst, F.lit(gremlin.EDGE_SELF_LOOP))
+        .when(F.col(_FROM_SKU).isNull(), F.lit(gremlin.EDGE_FROM_MISSING))
+        .when(F.col(_TO_SKU).isNull(), F.lit(gremlin.EDGE_TO_MISSING))
     )
     return (
-        edges_df.join(from_df, on=found(S.SRC, _FROM_SKU, _FROM_HASH), how="left")
-        .join(to_df, on=found(S.DST, _TO_SKU, _TO_HASH), how="left")
-        .withColumn(G.REASON, reason)
+        edges_df.join(from_df, on=found(similarity.SRC, _FROM_SKU, _FROM_HASH), how="left")
+        .join(to_df, on=found(similarity.DST, _TO_SKU, _TO_HASH), how="left")
+        .withColumn(gremlin.REASON, reason)
         .drop(_FROM_SKU, _FROM_HASH, _TO_SKU, _TO_HASH)
     )
 
 
 def with_edge_key(edges_df: DataFrame) -> DataFrame:
-    """Add :data:`G.EDGE_KEY`, a 64-bit hash of (src, dst): equal pairs always share it."""
-    return edges_df.withColumn(G.EDGE_KEY, F.xxhash64(S.SRC, S.DST))
+    """Add :data:`gremlin.EDGE_KEY`, a 64-bit hash of (src, dst): equal pairs always share it."""
+    return edges_df.withColumn(gremlin.EDGE_KEY, F.xxhash64(similarity.SRC, similarity.DST))
 
 
 def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
@@ -234,13 +240,13 @@ def duplicate_edge_keys(edges_df: DataFrame) -> DataFrame:
     and reduce nothing (measured 2.2 s instead of 2.7 s for 2 M edges on local[2]).
     """
     return (
-        edges_df.filter(F.col(S.SRC).isNotNull() & F.col(S.DST).isNotNull())
-        .select(G.EDGE_KEY)
-        .repartition(G.EDGE_KEY)
-        .groupBy(G.EDGE_KEY)
+        edges_df.filter(F.col(similarity.SRC).isNotNull() & F.col(similarity.DST).isNotNull())
+        .select(gremlin.EDGE_KEY)
+        .repartition(gremlin.EDGE_KEY)
+        .groupBy(gremlin.EDGE_KEY)
         .count()
         .filter(F.col("count") > 1)
-        .select(G.EDGE_KEY)
+        .select(gremlin.EDGE_KEY)
     )
 
 
@@ -254,25 +260,26 @@ def mark_duplicate_edges(
     """Keep one edge per (src, dst) among the good rows; tag the others.
 
     The kept edge is the best: lowest rank, then the best score for the metric's direction. A tagged
-    copy equal to it in score and rank is :data:`G.EDGE_DUPLICATE_IDENTICAL` (dropped on purpose); one
-    that differs is :data:`G.EDGE_DUPLICATE` (quarantined). Only rows whose key is in
+    copy equal to it in score and rank is :data:`gremlin.EDGE_DUPLICATE_IDENTICAL` (dropped on purpose); one
+    that differs is :data:`gremlin.EDGE_DUPLICATE` (quarantined). Only rows whose key is in
     ``duplicate_keys_df`` are compared, so the common case (no duplicates) shuffles nothing.
     """
-    keys = duplicate_keys_df.select(G.EDGE_KEY).withColumn(_SUSPECT, F.lit(True))
-    flagged = edges_df.join(F.broadcast(keys) if broadcast_keys else keys, on=G.EDGE_KEY, how="left")
+    keys = duplicate_keys_df.select(gremlin.EDGE_KEY).withColumn(_SUSPECT, F.lit(True))
+    flagged = edges_df.join(F.broadcast(keys) if broadcast_keys else keys, on=gremlin.EDGE_KEY, how="left")
     clear_df = flagged.filter(F.col(_SUSPECT).isNull())
     suspects_df = flagged.filter(F.col(_SUSPECT).isNotNull())
 
-    has_rank = S.RANK in edges_df.columns
-    score_order = F.col(S.SCORE).desc_nulls_last() if higher_is_closer else F.col(S.SCORE).asc_nulls_last()
-    order = ([F.col(S.RANK).asc_nulls_last()] if has_rank else []) + [score_order]
+    has_rank = similarity.RANK in edges_df.columns
+    score = F.col(similarity.SCORE)
+    score_order = score.desc_nulls_last() if higher_is_closer else score.asc_nulls_last()
+    order = ([F.col(similarity.RANK).asc_nulls_last()] if has_rank else []) + [score_order]
     marked_df = suspects_df.transform(
         with_duplicate_reasons,
-        keys=[S.SRC, S.DST],
+        keys=[similarity.SRC, similarity.DST],
         order=order,
-        values=[F.col(S.SCORE), *([F.col(S.RANK)] if has_rank else [])],
-        identical_reason=G.EDGE_DUPLICATE_IDENTICAL,
-        conflicting_reason=G.EDGE_DUPLICATE,
+        values=[F.col(similarity.SCORE), *([F.col(similarity.RANK)] if has_rank else [])],
+        identical_reason=gremlin.EDGE_DUPLICATE_IDENTICAL,
+        conflicting_reason=gremlin.EDGE_DUPLICATE,
     )
     return clear_df.unionByName(marked_df).drop(_SUSPECT)
 
@@ -280,7 +287,7 @@ def mark_duplicate_edges(
 def edge_id(label: str, from_id: Column, to_id: Column) -> Column:
     """``<label>:<len(from)>:<from>-><to>``: deterministic, and decodes uniquely to (label, from, to).
 
-    The label has no ``:`` (:data:`G.LABEL_PATTERN`) and the length says where ``~from`` ends, so two
+    The label has no ``:`` (:data:`gremlin.LABEL_PATTERN`) and the length says where ``~from`` ends, so two
     different edges can never share an id whatever characters the skus hold. Cheaper than a hash.
     """
     return F.concat(
@@ -288,23 +295,26 @@ def edge_id(label: str, from_id: Column, to_id: Column) -> Column:
         F.length(from_id).cast("string"),
         F.lit(":"),
         from_id,
-        F.lit(G.EDGE_ID_ARROW),
+        F.lit(gremlin.EDGE_ID_ARROW),
         to_id,
     )
 
 
 def to_edge_rows(edges_df: DataFrame, *, label: str, metric: str, higher_is_closer: bool) -> DataFrame:
     """The edge CSV rows of good similarity rows: ids, label, score, rank (when present) and the metric."""
-    from_id = vertex_id(F.col(S.SRC))
-    to_id = vertex_id(F.col(S.DST))
+    from_id = vertex_id(F.col(similarity.SRC))
+    to_id = vertex_id(F.col(similarity.DST))
     columns = [
-        edge_id(label, from_id, to_id).alias(G.ID),
-        from_id.alias(G.FROM),
-        to_id.alias(G.TO),
-        F.lit(label).alias(G.LABEL),
-        F.col(S.SCORE).alias(G.EDGE_SCORE),
+        edge_id(label, from_id, to_id).alias(gremlin.ID),
+        from_id.alias(gremlin.FROM),
+        to_id.alias(gremlin.TO),
+        F.lit(label).alias(gremlin.LABEL),
+        F.col(similarity.SCORE).alias(gremlin.EDGE_SCORE),
     ]
-    if S.RANK in edges_df.columns:
-        columns.append(F.col(S.RANK).alias(G.EDGE_RANK))
-    columns += [F.lit(metric).alias(G.EDGE_METRIC), F.lit(higher_is_closer).alias(G.EDGE_HIGHER_IS_CLOSER)]
-    return edges_df.filter(F.col(G.REASON).isNull()).select(*columns)
+    if similarity.RANK in edges_df.columns:
+        columns.append(F.col(similarity.RANK).alias(gremlin.EDGE_RANK))
+    columns += [
+        F.lit(metric).alias(gremlin.EDGE_METRIC),
+        F.lit(higher_is_closer).alias(gremlin.EDGE_HIGHER_IS_CLOSER),
+    ]
+    return edges_df.filter(F.col(gremlin.REASON).isNull()).select(*columns)

@@ -5,7 +5,7 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from jobs.common.spark import partition_keys
-from schemas import similarity as S
+from schemas import similarity
 from udfs import similarity_tiles
 
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
@@ -42,16 +42,18 @@ def topk_edge_files(
     """
     options = (input_uri, valid_uri, metric, k, pair_block, block_size, device, threads)
     keys = partition_keys(merge_tasks)
-    route = F.element_at(F.array(*(F.lit(keys[b % merge_tasks]) for b in range(blocks))), F.col(S.BLOCK) + 1)
+    route = F.element_at(
+        F.array(*(F.lit(keys[b % merge_tasks]) for b in range(blocks))), F.col(similarity.BLOCK) + 1
+    )
     return (
         pairs_df.select(F.col(BLOCK))
-        .mapInArrow(similarity_tiles.topk_candidates_fn(*options), S.CANDIDATES_SCHEMA)
+        .mapInArrow(similarity_tiles.topk_candidates_fn(*options), similarity.CANDIDATES_SCHEMA)
         .withColumn(ROUTE, route)
         .repartition(merge_tasks, F.col(ROUTE))
         .drop(ROUTE)
         .mapInArrow(
             similarity_tiles.topk_merge_fn(*options, output=output, max_rows_per_file=max_rows_per_file),
-            S.WRITTEN_SCHEMA,
+            similarity.WRITTEN_SCHEMA,
         )
     )
 
@@ -90,5 +92,5 @@ def all_pairs_edge_files(
             output=output,
             max_rows_per_file=max_rows_per_file,
         ),
-        S.WRITTEN_SCHEMA,
+        similarity.WRITTEN_SCHEMA,
     )

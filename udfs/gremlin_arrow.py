@@ -10,8 +10,8 @@ module produces the same rows, checked the same way, without Spark's CSV writer:
 - quoting follows RFC 4180 exactly as Spark's writer with :data:`schemas.gremlin.GREMLIN_CSV_WRITE_OPTIONS`
   does it: a field holding a comma, a double quote, CR or LF is quoted and its quotes doubled; other
   fields are written bare; a null is a blank field;
-- doubles are written in their shortest round-trip form (``0.5``, ``1e-05``: Arrow's formatter, parsed
-  back to the same double by Java's ``Double.parseDouble`` and Python's ``float``).
+- doubles are written in their shortest round-trip form (``0.5``, ``0.00001``, ``1e-7``: Arrow's
+  formatter, parsed back to the same double by Java's ``Double.parseDouble`` and Python's ``float``).
 """
 
 from __future__ import annotations
@@ -22,8 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from schemas import gremlin as G
-from schemas import similarity as S
+from schemas import gremlin, similarity
 
 NUL = "\u0000"
 # Characters that make a field need quotes (RFC 4180: separator, quote, CR, LF).
@@ -34,12 +33,12 @@ RECORD_END = "\n"
 # Reason codes of a batch's rows (0 = a good row), in the order the reasons are checked.
 GOOD = 0
 REASON_CODES = (
-    G.EDGE_MISSING_ENDPOINT,
-    G.EDGE_MISSING_SCORE,
-    G.EDGE_NON_FINITE_SCORE,
-    G.EDGE_SELF_LOOP,
-    G.EDGE_FROM_MISSING,
-    G.EDGE_TO_MISSING,
+    gremlin.EDGE_MISSING_ENDPOINT,
+    gremlin.EDGE_MISSING_SCORE,
+    gremlin.EDGE_NON_FINITE_SCORE,
+    gremlin.EDGE_SELF_LOOP,
+    gremlin.EDGE_FROM_MISSING,
+    gremlin.EDGE_TO_MISSING,
 )
 
 
@@ -82,10 +81,10 @@ class VertexPieces:
 def vertex_pieces(skus: pa.Array, *, label: str) -> VertexPieces:
     """Format every vertex once (``skus``: distinct, non-null strings; their positions are the indexes)."""
     skus = skus.cast(pa.string())
-    ids = pc.binary_join_element_wise(G.VERTEX_ID_PREFIX, skus, "")
+    ids = pc.binary_join_element_wise(gremlin.VERTEX_ID_PREFIX, skus, "")
     # Spark's length() counts characters (code points), as utf8_length does.
     lengths = pc.cast(pc.utf8_length(ids), pa.string())
-    head = pc.binary_join_element_wise(f"{label}:", lengths, ":", ids, G.EDGE_ID_ARROW, "")
+    head = pc.binary_join_element_wise(f"{label}:", lengths, ":", ids, gremlin.EDGE_ID_ARROW, "")
     label_field = csv_field(pa.array([label]))[0].as_py()
     return VertexPieces(
         skus=skus,
@@ -122,9 +121,9 @@ class CheckedBatch:
 
 def check_batch(batch: pa.RecordBatch, skus: pa.Array) -> CheckedBatch:
     """The reasons of :func:`jobs.transforms.gremlin.with_edge_reject_reason`, first applicable wins."""
-    src = batch.column(S.SRC).cast(pa.string())
-    dst = batch.column(S.DST).cast(pa.string())
-    score = batch.column(S.SCORE).cast(pa.float64())
+    src = batch.column(similarity.SRC).cast(pa.string())
+    dst = batch.column(similarity.DST).cast(pa.string())
+    score = batch.column(similarity.SCORE).cast(pa.float64())
     rows = batch.num_rows
     src_null = src.is_null().to_numpy(zero_copy_only=False)
     dst_null = dst.is_null().to_numpy(zero_copy_only=False)
@@ -188,10 +187,10 @@ def format_edges(
         edge_id,
         pieces.from_field.take(f),
         pieces.to_label.take(t),
-        pc.cast(good.column(S.SCORE).cast(pa.float64()), pa.string()),
+        pc.cast(good.column(similarity.SCORE).cast(pa.float64()), pa.string()),
     ]
     if has_rank:
-        columns.append(pc.fill_null(pc.cast(good.column(S.RANK).cast(pa.int32()), pa.string()), ""))
+        columns.append(pc.fill_null(pc.cast(good.column(similarity.RANK).cast(pa.int32()), pa.string()), ""))
     columns.append(pa.scalar(tail))
     return record_bytes(pc.binary_join_element_wise(*columns, ","))
 
@@ -224,7 +223,7 @@ def format_vertices(rows: pa.Table, *, label: str, property_columns: tuple[str, 
         chunked = rows.column(name)
         return chunked.chunk(0) if chunked.num_chunks else pa.array([], chunked.type)
 
-    ids = csv_field(pc.binary_join_element_wise(G.VERTEX_ID_PREFIX, column(sku).cast(pa.string()), ""))
+    ids = csv_field(pc.binary_join_element_wise(gremlin.VERTEX_ID_PREFIX, column(sku).cast(pa.string()), ""))
     label_field = csv_field(pa.array([label]))[0].as_py()
     fields = [ids, pa.scalar(label_field), *(property_field(column(name)) for name in property_columns)]
     joined = pc.binary_join_element_wise(*fields, ",")

@@ -1,0 +1,77 @@
+"""The terms a data-quality gate and its suites share: dataset names, severities, context keys, limits.
+
+:mod:`schemas.expectations` declares a suite per dataset name below; :mod:`jobs.common.quality` runs the
+suites on a job's staged output. Both read these names from here, so the suites know no job.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# What a failed expectation does: critical fails the job before it publishes, warning is recorded only.
+CRITICAL = "critical"
+WARNING = "warning"
+
+MODE_ENFORCE = "enforce"  # critical failures fail the job
+MODE_WARN = "warn"  # everything is evaluated and recorded, nothing fails the job
+MODE_OFF = "off"  # nothing is evaluated (benchmarks); the quality file says so
+MODES = (MODE_ENFORCE, MODE_WARN, MODE_OFF)
+
+DEFAULT_MAX_REJECT_FRACTION = 0.1
+# Below this many input rows a share of rejects says little (3 bad rows of 12 is 25%): it is recorded
+# as a warning, not enforced. Hostile unit-test inputs stay small; real runs are far larger.
+DEFAULT_REJECT_CHECK_MIN_ROWS = 100
+
+# Dataset names: the keys jobs pass to run_gate (suites in schemas.expectations.SUITES).
+RAW_INTERACTIONS = "raw_interactions"
+TRAIN = "train"
+TEST = "test"
+EMBEDDINGS = "embeddings"
+SIMILARITY_EDGES = "similarity_edges"
+GREMLIN_VERTICES = "gremlin_vertices"
+GREMLIN_EDGES = "gremlin_edges"
+
+# Context keys the suites read.
+N_USERS = "n_users"  # train/test: user_idx < n_users
+N_ITEMS = "n_items"  # train/test: item_idx < n_items
+LEAVE_ONE_OUT = "leave_one_out"  # test: exactly one positive per user (default True; False: chrono split)
+TEST_NEGATIVES = "test_negatives"  # test, leave-one-out: rows per user = 1 + test_negatives (warning)
+TOP_K = "top_k"  # similarity edges: 1 <= rank <= k, at most k per product (None: all pairs)
+EMBEDDING_DIM = "embedding_dim"  # embeddings: every ok vector has this length
+
+# The one-row frame the gate builds from the context's counts to check the reject share.
+FUNNEL_DATASET = "funnel"
+ROWS_IN = "rows_in"
+ROWS_REJECTED = "rows_rejected"
+REJECT_FRACTION = "reject_fraction"
+
+
+@dataclass(frozen=True)
+class QualityThresholds:
+    """The limits a gate enforces; every job takes them from the same flags.
+
+    Attributes:
+        max_reject_fraction: the largest share of a stage's input rows that may be rejected
+            (quarantined, or embedded with status "error") and still be acceptable.
+        mode: ``enforce`` (critical failures fail the job), ``warn`` (record only) or ``off``.
+        reject_check_min_rows: the reject share is enforced from this many input rows on; below, a
+            share over the limit is a warning.
+    """
+
+    max_reject_fraction: float = DEFAULT_MAX_REJECT_FRACTION
+    mode: str = MODE_ENFORCE
+    reject_check_min_rows: int = DEFAULT_REJECT_CHECK_MIN_ROWS
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.max_reject_fraction <= 1.0:
+            raise ValueError(f"max_reject_fraction must be in [0, 1], got {self.max_reject_fraction}")
+        if self.mode not in MODES:
+            raise ValueError(f"quality mode must be one of {MODES}, got {self.mode!r}")
+
+    @property
+    def min_accepted_fraction(self) -> float:
+        """The ``mostly`` of expectations that tolerate the rejected share."""
+        return round(1.0 - self.max_reject_fraction, 12)
+
+    def share_severity(self, rows_in: int | None) -> str:
+        """Critical when the input is big enough for its reject share to mean something (or unknown)."""
+        return WARNING if rows_in is not None and rows_in < self.reject_check_min_rows else CRITICAL
