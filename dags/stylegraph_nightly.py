@@ -3,7 +3,7 @@ Neptune.
 
 Which day. The schedule is a ``CronDataIntervalTimetable`` ("0 3 * * *", UTC): the run that fires at
 D+1 03:00 covers the interval D 03:00 to D+1 03:00, and every stage gets ``--run-date`` = the date of the
-interval's start (``{{ data_interval_start | ds }}``, :data:`jobs.pipeline.AIRFLOW_RUN_DATE`): the day D
+interval's start (``{{ data_interval_start | run_day }}``, :data:`jobs.pipeline.AIRFLOW_RUN_DATE`): the day D
 that ended. A backfill or a clear of D reruns exactly D's partition. (A plain cron string would give
 Airflow 3's ``CronTriggerTimetable``, whose logical date is the firing moment: D+1, hours old.)
 
@@ -127,6 +127,21 @@ def run_neptune_load(argv: list[str]) -> dict[str, Any]:
     return neptune_load.main(argv)
 
 
+def run_day(data_interval_start: dt.datetime | None) -> str:
+    """The ``run_day`` template filter: the date the run's data interval starts (the day it processes).
+
+    Raises:
+        ValueError: a run without a data interval (a manual trigger without a logical date), which would
+            otherwise wait for ``dt=None``.
+    """
+    if data_interval_start is None:
+        raise ValueError(
+            "this run has no data interval, so no day to process: trigger it with a logical date "
+            "(D+1 after 03:00 UTC processes D) or run a backfill"
+        )
+    return data_interval_start.strftime("%Y-%m-%d")
+
+
 def timeout(config: dict[str, Any], task_id: str) -> dt.timedelta:
     minutes = {**DEFAULT_TIMEOUT_MINUTES, **config.get("execution_timeout_minutes", {})}
     return dt.timedelta(minutes=float(minutes.get(task_id, max(DEFAULT_TIMEOUT_MINUTES.values()))))
@@ -166,6 +181,7 @@ def build_dag(config: dict[str, Any]) -> DAG:
         catchup=bool(config.get("catchup", False)),
         max_active_runs=int(config.get("max_active_runs", 1)),
         default_args=default_args,
+        user_defined_filters={"run_day": run_day},
         tags=["stylegraph"],
         doc_md=__doc__,
     ) as dag:

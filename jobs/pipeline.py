@@ -51,8 +51,9 @@ PRODUCTION = "production"
 # The DAG passes Airflow's template for the run date; it is rendered by Airflow, not by Python. The DAG's
 # timetable (CronDataIntervalTimetable) gives the run that fires at D+1 03:00 the interval starting D 03:00:
 # its start's date is the day that ended. Unlike ``{{ ds }}`` (the logical date), it is also right for a
-# run whose logical date is the moment it was triggered.
-AIRFLOW_RUN_DATE = "{{ data_interval_start | ds }}"
+# run whose logical date is the moment it was triggered. ``run_day`` is the DAG's filter: that date, or a
+# failure for a run without a data interval (rather than ``dt=None``).
+AIRFLOW_RUN_DATE = "{{ data_interval_start | run_day }}"
 RANDOM_WEIGHTS_PREFIX = "random:"
 DEVICE_CUDA = "cuda"
 DEVICE_AUTO = "auto"

@@ -55,9 +55,9 @@ def test_the_production_plan_ends_with_the_neptune_load_and_takes_airflows_date(
                                              "neptune_load"]
     assert [call.stage.engine for call in calls] == ["cpu", "gpu", "cpu", "cpu", "cpu", "driver"]
     assert list(calls[-1].argv) == [
-        "--source", "s3://b/work/style/gremlin/dt={{ data_interval_start | ds }}/",
+        "--source", "s3://b/work/style/gremlin/dt={{ data_interval_start | run_day }}/",
         "--endpoint", "https://n:8182", "--iam-role-arn", "arn:r", "--region", "r1",
-        "--run-date", "{{ data_interval_start | ds }}", "--report-dir", "s3://b/work/_reports",
+        "--run-date", "{{ data_interval_start | run_day }}", "--report-dir", "s3://b/work/_reports",
     ]
     embed = dict(calls[1].option_pairs())
     assert (embed["--weights"], embed["--device"]) == ("s3://b/m.pt", "cuda")  # a GPU or a clear failure

@@ -137,6 +137,13 @@ def test_the_run_that_fires_at_3am_processes_the_day_that_ended(dag):
     assert neptune[:2] == ["--source", "s3://shop-data/work/style/gremlin/dt=2024-03-01/"]
 
 
+def test_a_run_without_a_data_interval_fails_at_once_instead_of_waiting_for_dt_none(dag):
+    sensor = dag.get_task("wait_for_logs")
+    context = {**BASE_CONTEXT, "data_interval_start": None, "logical_date": None}
+    with pytest.raises(ValueError, match="this run has no data interval, so no day to process"):
+        sensor.render_template(sensor.bucket_key, context)
+
+
 def test_a_backfill_of_a_day_reruns_exactly_that_day(dag):
     serialized = DagSerialization.deserialize_dag(DagSerialization.serialize_dag(dag))
     # What `airflow backfill create --from-date 2024-02-28 --to-date 2024-02-29` runs: Airflow's planner.
