@@ -65,8 +65,8 @@ lint: $(STAMP) ## ruff on everything, mypy on the packages (configured in pyproj
 	$(PY) -m mypy || status=1; \
 	exit $$status
 
-dist: $(STAMP) ## wheel, --py-files zip and entry scripts under dist/
-	$(PY) -m jobs.build_dist --output dist
+dist: $(STAMP) ## wheel, --py-files zip, entry scripts and the EMR wheelhouse (GBs) under dist/
+	$(PY) -m jobs.build_dist --output dist --wheelhouse
 
 clean: ## remove generated data, builds and caches (keeps .venv)
 	rm -rf $(DATA) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache spark-warehouse

@@ -70,11 +70,31 @@ def s3_uri(bucket: str, key: str) -> str:
     return f"s3://{bucket}/{key}"
 
 
-def upload_tree(s3: Any, local_dir: str | os.PathLike[str], bucket: str, prefix: str) -> dict[str, str]:
+def _size_in_s3(s3: Any, bucket: str, key: str) -> int | None:
+    try:
+        return int(s3.head_object(Bucket=bucket, Key=key)["ContentLength"])
+    except ClientError:
+        return None
+
+
+def upload_tree(
+    s3: Any,
+    local_dir: str | os.PathLike[str],
+    bucket: str,
+    prefix: str,
+    *,
+    exclude: tuple[str, ...] = (),
+    skip_existing: bool = False,
+) -> dict[str, str]:
     """Upload every file below ``local_dir`` to ``s3://bucket/prefix/<relative path>``.
 
+    Args:
+        exclude: relative-path prefixes (``wheelhouse/``) not to upload.
+        skip_existing: leave an object that is already there with the same size (content-named
+            folders such as the wheelhouse).
+
     Returns:
-        relative path -> S3 URI, for every file uploaded.
+        relative path -> S3 URI, for every file uploaded or already there.
     """
     root = Path(local_dir)
     if not root.is_dir():
@@ -82,7 +102,12 @@ def upload_tree(s3: Any, local_dir: str | os.PathLike[str], bucket: str, prefix:
     uploaded: dict[str, str] = {}
     for path in sorted(p for p in root.rglob("*") if p.is_file()):
         relative = path.relative_to(root).as_posix()
+        if relative.startswith(exclude):
+            continue
         key = f"{prefix.strip('/')}/{relative}"
+        if skip_existing and _size_in_s3(s3, bucket, key) == path.stat().st_size:
+            uploaded[relative] = s3_uri(bucket, key)
+            continue
         try:
             s3.upload_file(str(path), bucket, key)
         except ClientError as err:
@@ -90,6 +115,30 @@ def upload_tree(s3: Any, local_dir: str | os.PathLike[str], bucket: str, prefix:
         uploaded[relative] = s3_uri(bucket, key)
     LOG.info("uploaded %d artifacts to %s", len(uploaded), s3_uri(bucket, prefix.strip("/")))
     return uploaded
+
+
+WHEELHOUSE_DIR = "wheelhouse"
+
+
+def upload_wheelhouse(
+    s3: Any, dist: str | os.PathLike[str], bucket: str, prefix: str, manifest: Mapping[str, Any]
+) -> str:
+    """Upload ``dist/wheelhouse/`` to ``<prefix>/wheelhouse/<digest>/`` once; returns that folder's URI.
+
+    Raises:
+        JobError: a node kind without wheels (``make dist`` without ``--wheelhouse``).
+    """
+    local = Path(dist) / WHEELHOUSE_DIR
+    kinds = sorted(p for p in local.iterdir() if p.is_dir()) if local.is_dir() else []
+    empty = [kind.name for kind in kinds if not any(kind.glob("*.whl"))]
+    if not kinds or empty:
+        raise JobError(
+            f"{local} has no wheels for {', '.join(empty) or 'any node kind'}: EMR nodes install from it "
+            "(they have no internet access); run `make dist`"
+        )
+    target = f"{prefix.strip('/')}/{WHEELHOUSE_DIR}/{manifest['wheelhouse']}"
+    upload_tree(s3, local, bucket, target, skip_existing=True)
+    return s3_uri(bucket, target)
 
 
 def artifacts_prefix(prefix: str, manifest: Mapping[str, Any]) -> str:

@@ -3,8 +3,11 @@
     python -m emr.cli run --bucket my-bucket --input-root s3://my-bucket/raw \\
         --work-root s3://my-bucket/work --run-date 2024-03-31 --weights s3://my-bucket/models/resnet152.pt
 
-Without ``--cluster-id`` it creates the cluster (GPU task group when the embedding stage is part of
-the run) and terminates it at the end, whatever happened (``--keep-cluster`` to keep it). Each step is
+A run that embeds needs real weights (``random:*`` is refused) and runs the embedding with
+``--device cuda``: a GPU node whose torch sees no GPU fails the step instead of embedding on CPU.
+
+Without ``--cluster-id`` it creates the cluster (GPU task group when the embedding stage is part of the
+run) and terminates it at the end, whatever happened (``--keep-cluster`` to keep it). Each step is
 polled until it ends; a failed step makes the command exit 2 with the step's name, id, state and
 failure details. ``plan`` prints the steps and the cluster definition as JSON without calling AWS.
 """
@@ -44,7 +47,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--reports-root", default=None, help="default <work-root>/_reports")
         cmd.add_argument("--run-date", required=True, type=cli.run_date, help="YYYY-MM-DD")
         cmd.add_argument("--stages", default=None, help="comma-separated subset of the Spark stages")
-        cmd.add_argument("--weights", default=None, help="embedding weights URI (default random:<seed>)")
+        cmd.add_argument(
+            "--weights", default=None,
+            help="embedding weights: imagenet or a state_dict path or s3:// URI (required when embedding)",
+        )
         cmd.add_argument("--top-k", type=int, default=pipeline.DEFAULT_TOP_K)
         cmd.add_argument("--dist", default="dist", help="make dist's output folder")
         cmd.add_argument("--cluster-id", default=None, help="use this running cluster")
@@ -53,6 +59,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--service-role", default="EMR_DefaultRole")
         cmd.add_argument("--instance-profile", default="EMR_EC2_DefaultRole")
         cmd.add_argument("--keep-cluster", action="store_true", help="keep a cluster created here")
+        cmd.add_argument(
+            "--idle-minutes", type=float, default=clusters.IDLE_TIMEOUT_MINUTES,
+            help="a created cluster terminates itself after this long without work",
+        )
         cmd.add_argument("--poll-seconds", type=float, default=30.0)
         cmd.add_argument("--timeout-minutes", type=float, default=360.0)
     return parser
@@ -84,7 +94,9 @@ def _cluster_definition(args: argparse.Namespace, kind: str, artifacts: steps.Ar
         log_uri=f"s3://{args.bucket}/{args.prefix.strip('/')}/emr-logs/",
         bootstrap_uri=artifacts.bootstrap_uri,
         wheel_uri=artifacts.wheel_uri,
+        wheelhouse_uri=artifacts.wheelhouse_uri,
         subnet_id=args.subnet_id,
+        idle_timeout_minutes=args.idle_minutes,
         service_role=args.service_role,
         instance_profile=args.instance_profile,
         keep_alive=True,
@@ -150,6 +162,7 @@ def command_plan(args: argparse.Namespace) -> dict[str, Any]:
         entry_prefix=f"{base}/entry",
         wheel_uri=f"{base}/stylegraph-<version>-py3-none-any.whl",
         bootstrap_uri=f"{base}/emr/bootstrap.sh",
+        wheelhouse_uri=f"s3://{args.bucket}/{args.prefix.strip('/')}/wheelhouse/<requirements digest>",
     )
     kind = clusters.GPU if steps.needs_gpu(calls) else clusters.CPU
     plan = {
@@ -176,8 +189,11 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
     aws.check_bucket(s3, args.bucket)
     if args.cluster_id:
         _check_cluster(emr, args.cluster_id)
-    uploaded = aws.upload_tree(s3, args.dist, args.bucket, aws.artifacts_prefix(args.prefix, manifest))
-    artifacts = steps.from_uploaded(uploaded)
+    wheelhouse_uri = aws.upload_wheelhouse(s3, args.dist, args.bucket, args.prefix, manifest)
+    uploaded = aws.upload_tree(
+        s3, args.dist, args.bucket, aws.artifacts_prefix(args.prefix, manifest), exclude=(aws.WHEELHOUSE_DIR,)
+    )
+    artifacts = steps.from_uploaded(uploaded, wheelhouse_uri)
 
     created = False
     step_ids: list[str] = []

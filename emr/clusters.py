@@ -4,10 +4,18 @@
 bucket, subnet, roles, the bootstrap action's S3 URIs) and returns ``run_job_flow`` keyword arguments,
 the same dict the DAG gives ``EmrCreateJobFlowOperator(job_flow_overrides=...)``.
 
-GPU scheduling follows the EMR 7.x recipe: YARN's GPU resource plugin (``yarn-site``), the container
-executor's GPU module and cgroups (``container-executor``), the DominantResourceCalculator
-(``capacity-scheduler``) so YARN counts GPUs at all, and Spark asking for one GPU per executor shared by
-its task slots (``spark.task.resource.gpu.amount = 1 / executor cores``), GPUs discovered by EMR's script.
+GPU scheduling follows the EMR 7.x recipe, split by where each setting belongs. Cluster-wide (the
+ResourceManager on the master must know the resource): ``yarn.resource-types = yarn.io/gpu`` and the
+DominantResourceCalculator (``capacity-scheduler``) so YARN counts GPUs at all. On the GPU instance group
+only (a NodeManager with the GPU plugin and no GPU does not start): YARN's GPU resource plugin
+(``yarn-site``), the container executor's GPU module and cgroups (``container-executor``). Spark asks
+for one GPU per executor shared by its task slots (``spark.task.resource.gpu.amount = 1 / executor
+cores``) in the GPU steps only, GPUs discovered by EMR's script.
+
+Nodes boot in a private subnet without internet egress: the bootstrap action (``emr/bootstrap.sh``)
+installs Python packages from the wheelhouse ``make dist`` uploads next to the code (CPU nodes get the
+CPU build of torch, GPU nodes the CUDA build), sized into :data:`ROOT_VOLUME_GB`. An idle cluster ends
+itself after ``idle_timeout_minutes`` (``AutoTerminationPolicy``) even when nobody terminates it.
 """
 from __future__ import annotations
 
@@ -24,6 +32,11 @@ CGROUP_ROOT = "/spark-rapids-cgroup"
 
 CPU = "cpu"
 GPU = "gpu"
+# Root EBS volume of every node (GiB). The GPU nodes' packages take about 7 GB (torch's CUDA build and
+# its NVIDIA libraries) on top of the AMI's 10 or so; the wheelhouse itself is downloaded to /mnt.
+ROOT_VOLUME_GB = 40
+# Minutes a cluster may sit without a step or YARN application before EMR terminates it (60 s to 7 days).
+IDLE_TIMEOUT_MINUTES = 30.0
 
 # Spark settings a GPU stage's spark-submit passes (also the GPU cluster's spark-defaults).
 GPU_SPARK_CONF: dict[str, str] = {
@@ -55,7 +68,26 @@ PYTHON_CONFIGURATIONS: list[dict[str, Any]] = [
     },
 ]
 
+# Cluster-wide: what the ResourceManager and the scheduler need to hand out GPUs.
 GPU_CONFIGURATIONS: list[dict[str, Any]] = [
+    {"Classification": "yarn-site", "Properties": {"yarn.resource-types": "yarn.io/gpu"}},
+    {
+        "Classification": "capacity-scheduler",
+        "Properties": {
+            "yarn.scheduler.capacity.resource-calculator":
+                "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator",
+        },
+    },
+    # Only where GPUs are found: the amounts are asked per step (emr/steps.py), so CPU stages on the
+    # same cluster do not wait for a GPU.
+    {
+        "Classification": "spark-defaults",
+        "Properties": {"spark.executor.resource.gpu.discoveryScript": GPU_DISCOVERY_SCRIPT},
+    },
+]
+
+# The GPU instance group only: its NodeManagers run the GPU plugin in cgroup-isolated containers.
+GPU_NODE_CONFIGURATIONS: list[dict[str, Any]] = [
     {
         "Classification": "yarn-site",
         "Properties": {
@@ -78,19 +110,6 @@ GPU_CONFIGURATIONS: list[dict[str, Any]] = [
             {"Classification": "cgroups", "Properties": {"root": CGROUP_ROOT, "yarn-hierarchy": "yarn"}},
         ],
     },
-    {
-        "Classification": "capacity-scheduler",
-        "Properties": {
-            "yarn.scheduler.capacity.resource-calculator":
-                "org.apache.hadoop.yarn.util.resource.DominantResourceCalculator",
-        },
-    },
-    # Only where GPUs are found: the amounts are asked per step (emr/steps.py), so CPU stages on the
-    # same cluster do not wait for a GPU.
-    {
-        "Classification": "spark-defaults",
-        "Properties": {"spark.executor.resource.gpu.discoveryScript": GPU_DISCOVERY_SCRIPT},
-    },
 ]
 
 CLUSTERS: dict[str, dict[str, Any]] = {
@@ -106,7 +125,10 @@ CLUSTERS: dict[str, dict[str, Any]] = {
             {"Name": "master", "InstanceRole": "MASTER", "InstanceType": "m5.xlarge", "InstanceCount": 1},
             {"Name": "core", "InstanceRole": "CORE", "InstanceType": "m5.2xlarge", "InstanceCount": 2},
             # g5.xlarge: 1 x A10G (24 GB), 4 vCPUs -> one executor of GPU_EXECUTOR_CORES task slots.
-            {"Name": "gpu-task", "InstanceRole": "TASK", "InstanceType": "g5.xlarge", "InstanceCount": 2},
+            {
+                "Name": "gpu-task", "InstanceRole": "TASK", "InstanceType": "g5.xlarge", "InstanceCount": 2,
+                "Configurations": GPU_NODE_CONFIGURATIONS,
+            },
         ],
         "configurations": PYTHON_CONFIGURATIONS + GPU_CONFIGURATIONS,
     },
@@ -133,23 +155,29 @@ def job_flow(
     log_uri: str,
     bootstrap_uri: str,
     wheel_uri: str,
+    wheelhouse_uri: str,
     subnet_id: str | None = None,
     ec2_key_name: str | None = None,
     service_role: str = "EMR_DefaultRole",
     instance_profile: str = "EMR_EC2_DefaultRole",
     keep_alive: bool = True,
+    idle_timeout_minutes: float = IDLE_TIMEOUT_MINUTES,
     tags: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """``run_job_flow`` keyword arguments for the ``cpu`` or ``gpu`` cluster.
 
-    The bootstrap action (``emr/bootstrap.sh``) gets the wheel's URI and installs it with its pinned
-    dependencies on every node.
+    The bootstrap action (``emr/bootstrap.sh``) gets the wheelhouse's and the wheel's URIs and installs
+    the pinned stack and the project on every node from S3 only.
     """
     if kind not in CLUSTERS:
         raise ValueError(f"unknown cluster kind {kind!r}: choose from {sorted(CLUSTERS)}")
     spec = CLUSTERS[kind]
+    groups = copy.deepcopy(spec["instance_groups"])
+    for group in groups:
+        if "Configurations" in group:
+            group["Configurations"] = _merge_configurations(group["Configurations"])
     instances: dict[str, Any] = {
-        "InstanceGroups": copy.deepcopy(spec["instance_groups"]),
+        "InstanceGroups": groups,
         "KeepJobFlowAliveWhenNoSteps": keep_alive,
         "TerminationProtected": False,
     }
@@ -164,10 +192,12 @@ def job_flow(
         "Applications": copy.deepcopy(APPLICATIONS),
         "Configurations": _merge_configurations(spec["configurations"]),
         "Instances": instances,
+        "EbsRootVolumeSize": ROOT_VOLUME_GB,
+        "AutoTerminationPolicy": {"IdleTimeout": max(60, round(idle_timeout_minutes * 60))},
         "BootstrapActions": [
             {
                 "Name": "install stylegraph",
-                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [wheel_uri]},
+                "ScriptBootstrapAction": {"Path": bootstrap_uri, "Args": [wheelhouse_uri, wheel_uri]},
             }
         ],
         "JobFlowRole": instance_profile,

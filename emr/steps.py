@@ -28,12 +28,13 @@ class Artifacts:
     entry_prefix: str
     wheel_uri: str = ""
     bootstrap_uri: str = ""
+    wheelhouse_uri: str = ""
 
     def entry_uri(self, stage: pipeline.Stage) -> str:
         return f"{self.entry_prefix.rstrip('/')}/{stage.job_name}.py"
 
 
-def from_uploaded(uploaded: Mapping[str, str]) -> Artifacts:
+def from_uploaded(uploaded: Mapping[str, str], wheelhouse_uri: str = "") -> Artifacts:
     """Artifacts from :func:`emr.aws.upload_tree`'s ``relative path -> S3 URI`` map of ``dist/``."""
     wheels = [uri for rel, uri in uploaded.items() if rel.startswith("stylegraph-") and rel.endswith(".whl")]
     zip_uri = uploaded["stylegraph.zip"]
@@ -42,6 +43,7 @@ def from_uploaded(uploaded: Mapping[str, str]) -> Artifacts:
         entry_prefix=zip_uri.rsplit("/", 1)[0] + "/entry",
         wheel_uri=wheels[0] if wheels else "",
         bootstrap_uri=uploaded.get("emr/bootstrap.sh", ""),
+        wheelhouse_uri=wheelhouse_uri,
     )
 
 

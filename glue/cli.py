@@ -76,7 +76,7 @@ def command_deploy(args: argparse.Namespace) -> dict[str, Any]:
     glue = session.client("glue")
     aws.check_bucket(s3, args.bucket)
     prefix = aws.artifacts_prefix(args.prefix, manifest)
-    uploaded = aws.upload_tree(s3, args.dist, args.bucket, prefix)
+    uploaded = aws.upload_tree(s3, args.dist, args.bucket, prefix, exclude=(aws.WHEELHOUSE_DIR,))
     deployed = {}
     for stage in stages:
         script = f"glue/{stage.job_name}.py"

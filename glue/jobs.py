@@ -13,15 +13,23 @@ from jobs import pipeline
 
 GLUE_VERSION = "5.0"
 JOB_PREFIX = "stylegraph-"
-# (worker type, number of workers) per stage. Glue has no GPU workers: the embedding stays on EMR.
+# (worker type, number of workers) per stage that runs on Glue.
 WORKERS: dict[str, tuple[str, int]] = {
     "preprocess": ("G.1X", 10),
-    "similarity": ("G.2X", 10),
     "export": ("G.1X", 5),
     "validate": ("G.1X", 2),
 }
-# Glue 5.0 ships Spark 3.5 and boto3; these pins (requirements/base.txt) are what the CPU jobs import
-# on top of it. torch, torchvision and petastorm are the embedding's, which never runs on Glue.
+# Stages that never run on Glue, and why. The similarity kernels compute with torch on CPU as on GPU;
+# Glue would have to pip-install torch (a multi-GB CUDA build from PyPI) on every worker at every start,
+# so similarity runs on the EMR cluster, which has torch installed from the wheelhouse.
+NOT_ON_GLUE: dict[str, str] = {
+    "embed": "it needs GPUs, and Glue has no GPU workers",
+    "similarity": "its kernels compute with torch, which the Glue jobs do not ship",
+}
+# What Glue 5.0 itself provides that the stages import: Spark 3.5 (pyspark, py4j) and boto3.
+GLUE_PROVIDED_MODULES: tuple[str, ...] = ("pyspark", "boto3")
+# What the jobs import on top of it: these pins (requirements/base.txt), pip-installed with their
+# dependencies at job start. torch, torchvision, threadpoolctl and petastorm are not among them.
 ADDITIONAL_PYTHON_MODULES: tuple[str, ...] = (
     "pyarrow==12.0.1",
     "numpy==1.26.4",
@@ -30,7 +38,9 @@ ADDITIONAL_PYTHON_MODULES: tuple[str, ...] = (
     "Pillow>=10",
 )
 TIMEOUT_MINUTES = 120
-MAX_RETRIES = 1
+# Glue's own retries start a new run id that neither the CLI nor Airflow's GlueJobOperator watches (they
+# poll the first run, see it fail and would start yet another): retries belong to the caller.
+MAX_RETRIES = 0
 
 GLUE_STAGES: tuple[pipeline.Stage, ...] = tuple(stage for stage in pipeline.STAGES if stage.name in WORKERS)
 
@@ -43,10 +53,8 @@ def glue_stage(name: str) -> pipeline.Stage:
     """The stage called ``name`` if it can run on Glue, else JobError."""
     stages = {stage.name: stage for stage in GLUE_STAGES}
     if name not in stages:
-        raise pipeline.JobError(
-            f"stage {name!r} does not run on Glue: choose from {', '.join(stages)}"
-            + (" (embed needs GPUs: run it on EMR)" if name == "embed" else "")
-        )
+        why = f" ({name}: {NOT_ON_GLUE[name]}; run it on EMR)" if name in NOT_ON_GLUE else ""
+        raise pipeline.JobError(f"stage {name!r} does not run on Glue: choose from {', '.join(stages)}{why}")
     return stages[name]
 
 

@@ -494,6 +494,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config, details = resolve_model(args)
     check_inputs(args)
     spark = get_spark(JOB_NAME)
+    if args.device == M.DEVICE_CUDA:
+        # Asked of one executor task: where GPU resources are configured, every task runs on a GPU executor.
+        reason = spark.sparkContext.parallelize([0], 1).map(lambda _: M.cuda_unavailable_reason()).first()
+        if reason:
+            raise JobError(f"--device cuda: {reason} (on the executors); refusing to embed on CPU")
     clock.lap("model_check_and_session")
 
     input_kind = INPUT_CATALOG if args.catalog else INPUT_LISTING

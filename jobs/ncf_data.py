@@ -11,22 +11,51 @@ The training code does::
 Each pass over the loader opens a fresh petastorm ``make_batch_reader`` over the Parquet folder (one
 epoch), re-batches its row groups to ``batch_size`` rows and closes the reader at the end, so the
 loader can be iterated once per epoch like any ``torch.utils.data.DataLoader``. petastorm needs URLs
-(``file://`` or ``s3://``); a local path is turned into a ``file://`` URL here.
+(``file://`` or ``s3://``); a local path is turned into a ``file://`` URL here. ``s3://`` is read through
+pyarrow's own S3 filesystem (:func:`jobs.common.storage.filesystem`: the usual AWS credentials, region
+and endpoint variables) handed to petastorm's ``Reader``: ``make_batch_reader`` resolves ``s3://`` paths
+through fsspec's s3fs, whose aiobotocore pins a botocore older than the stack's boto3.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 import torch
+from fsspec.implementations.arrow import ArrowFSWrapper
 from petastorm import make_batch_reader
+from petastorm.arrow_reader_worker import ArrowReaderWorker
+from petastorm.reader import Reader
+from petastorm.workers_pool.thread_pool import ThreadPool
+from pyarrow.filesystem import DaskFileSystem
 from torch.utils.data import DataLoader, IterableDataset
 
 from jobs.common import storage
 from schemas import interactions as S
 
 FIELDS = (S.USER_IDX, S.ITEM_IDX, S.LABEL)
+
+
+class _LegacyFileSystem(DaskFileSystem):
+    """A pyarrow filesystem (here S3) as the legacy ``pyarrow.filesystem`` API petastorm's ParquetDataset
+    takes, through fsspec's Arrow wrapper (whose walk yields ``os.walk``'s shape)."""
+
+    def __init__(self, filesystem: Any) -> None:
+        with warnings.catch_warnings():  # the legacy API is deprecated; petastorm 0.12 still needs it
+            warnings.filterwarnings("ignore", "The pyarrow.filesystem.DaskFileSystem", FutureWarning)
+            super().__init__(ArrowFSWrapper(filesystem))
+
+    def isdir(self, path: str) -> bool:
+        return self.fs.isdir(path)
+
+    def isfile(self, path: str) -> bool:
+        return self.fs.isfile(path)
+
+    def walk(self, path: str) -> Iterator[tuple[str, list[str], list[str]]]:
+        return self.fs.walk(path)
 
 
 def petastorm_url(uri: str) -> str:
@@ -58,6 +87,7 @@ class NcfParquetDataset(IterableDataset):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.url = petastorm_url(uri)
+        self.remote = storage.filesystem(uri) if storage.is_remote(uri) else None
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.workers_count = workers_count
@@ -68,15 +98,7 @@ class NcfParquetDataset(IterableDataset):
         rng = np.random.default_rng(epoch_seed)
         buffers: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         buffered = 0
-        with make_batch_reader(
-            self.url,
-            schema_fields=list(FIELDS),
-            num_epochs=1,
-            shuffle_row_groups=self.shuffle,
-            seed=epoch_seed if self.shuffle else None,
-            workers_count=self.workers_count,
-            reader_pool_type="thread",
-        ) as reader:
+        with self._reader(epoch_seed if self.shuffle else None) as reader:
             for batch in reader:
                 part = (
                     np.asarray(getattr(batch, S.USER_IDX), dtype=np.int64),
@@ -89,6 +111,31 @@ class NcfParquetDataset(IterableDataset):
                     yield from self._drain(buffers, rng, keep_tail=True)
                     buffered = sum(len(b[0]) for b in buffers)
         yield from self._drain(buffers, rng, keep_tail=False)
+
+    def _reader(self, seed: int | None) -> Reader:
+        """One epoch's petastorm reader (what ``make_batch_reader`` builds, with pyarrow's S3)."""
+        if self.remote is None:
+            return make_batch_reader(
+                self.url,
+                schema_fields=list(FIELDS),
+                num_epochs=1,
+                shuffle_row_groups=self.shuffle,
+                seed=seed,
+                workers_count=self.workers_count,
+                reader_pool_type="thread",
+            )
+        filesystem, path = self.remote
+        return Reader(
+            _LegacyFileSystem(filesystem),
+            path,
+            schema_fields=list(FIELDS),
+            num_epochs=1,
+            shuffle_row_groups=self.shuffle,
+            seed=seed,
+            reader_pool=ThreadPool(self.workers_count),
+            worker_class=ArrowReaderWorker,
+            is_batched_reader=True,
+        )
 
     def _drain(
         self,

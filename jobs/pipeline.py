@@ -9,7 +9,11 @@ arguments as ``(option, template)`` pairs. :func:`plan` renders them for one run
   process, one SparkSession for all of them;
 - EMR: ``emr/steps.py`` puts the same argv after ``spark-submit ... dist/entry/<job>.py``;
 - Glue: ``glue/jobs.py`` turns the same argv into job-run arguments (``--option value``);
-- Airflow: ``dags/stylegraph_nightly.py`` builds its tasks from :func:`plan` with ``run_date="{{ ds }}"``.
+- Airflow: ``dags/stylegraph_nightly.py`` builds its tasks from :func:`plan` with
+  ``run_date=AIRFLOW_RUN_DATE`` (the start of the run's data interval: the day that ended).
+
+Production plans (EMR, Glue, the DAG) run GPU stages with ``--device cuda`` and refuse to embed without
+real weights; only the local run falls back to ``random:<seed>`` weights and ``--device auto``.
 
 This module must import without pyspark (the Airflow environment imports it): no pyspark, pyarrow or
 job-module import at module level. Job modules are imported only when the local runner runs them.
@@ -44,8 +48,15 @@ DRIVER = "driver"
 LOCAL = "local"
 PRODUCTION = "production"
 
-# The DAG passes Airflow's template for the logical date; it is rendered by Airflow, not by Python.
-AIRFLOW_RUN_DATE = "{{ ds }}"
+# The DAG passes Airflow's template for the run date; it is rendered by Airflow, not by Python. The DAG's
+# timetable (CronDataIntervalTimetable) gives the run that fires at D+1 03:00 the interval starting D 03:00:
+# its start's date is the day that ended. Unlike ``{{ ds }}`` (the logical date), it is also right for a
+# run whose logical date is the moment it was triggered. ``run_day`` is the DAG's filter: that date, or a
+# failure for a run without a data interval (rather than ``dt=None``).
+AIRFLOW_RUN_DATE = "{{ data_interval_start | run_day }}"
+RANDOM_WEIGHTS_PREFIX = "random:"
+DEVICE_CUDA = "cuda"
+DEVICE_AUTO = "auto"
 
 DEFAULT_SEED = 7
 DEFAULT_TOP_K = 10
@@ -108,6 +119,7 @@ STAGES: tuple[Stage, ...] = (
             ("--model", "{model}"),
             ("--weights", "{weights}"),
             ("--batch-size", "{batch_size}"),
+            ("--device", "{device}"),
         ),
     ),
     Stage(
@@ -178,7 +190,8 @@ class PipelineParams:
 
     ``input_root`` has the sample's layout (``interactions/dt=*/``, ``catalog/catalog.csv``, ``images/``);
     ``work_root`` receives every output; reports go to ``reports_root`` (default ``<work>/_reports``).
-    ``run_date`` is ``YYYY-MM-DD`` or, for the DAG, :data:`AIRFLOW_RUN_DATE`.
+    ``run_date`` is ``YYYY-MM-DD`` or, for the DAG, :data:`AIRFLOW_RUN_DATE`. ``weights`` None means
+    ``random:<seed>`` (local runs only); ``device`` None means ``cuda`` in production, ``auto`` locally.
     """
 
     input_root: str
@@ -190,6 +203,7 @@ class PipelineParams:
     metric: str = DEFAULT_METRIC
     model: str = DEFAULT_MODEL
     weights: str | None = None
+    device: str | None = None
     batch_size: int = DEFAULT_BATCH_SIZE
     lookback_days: int = DEFAULT_LOOKBACK_DAYS
     neptune_endpoint: str = ""
@@ -210,8 +224,8 @@ class PipelineParams:
         return dataclasses.replace(self, **changes)
 
 
-def template_values(params: PipelineParams) -> dict[str, str]:
-    """The names stage templates may use, derived from the run's parameters."""
+def template_values(params: PipelineParams, target: str = LOCAL) -> dict[str, str]:
+    """The names stage templates may use, derived from the run's parameters and the plan's target."""
     input_root = str(params.input_root).rstrip("/")
     work = str(params.work_root).rstrip("/")
     day = f"dt={params.run_date}"
@@ -226,7 +240,8 @@ def template_values(params: PipelineParams) -> dict[str, str]:
         "similarity": f"{work}/style/similarity/{day}",
         "export": export,
         "model": params.model,
-        "weights": params.weights or f"random:{params.seed}",
+        "weights": params.weights or f"{RANDOM_WEIGHTS_PREFIX}{params.seed}",
+        "device": params.device or (DEVICE_CUDA if target == PRODUCTION else DEVICE_AUTO),
         "batch_size": str(params.batch_size),
         "top_k": str(params.top_k),
         "metric": params.metric,
@@ -276,9 +291,9 @@ def parse_stages(value: str | Iterable[str] | None, target: str) -> tuple[Stage,
     return tuple(stage for stage in STAGES if stage.name in wanted)
 
 
-def stage_argv(stage: Stage, params: PipelineParams) -> tuple[str, ...]:
+def stage_argv(stage: Stage, params: PipelineParams, target: str = LOCAL) -> tuple[str, ...]:
     """The argv a stage's ``main`` receives for this run."""
-    values = template_values(params)
+    values = template_values(params, target)
     argv: list[str] = []
     for option, template in (*stage.args, *COMMON_ARGS):
         argv += [option, template.format(**values)]
@@ -291,8 +306,29 @@ def plan(
     target: str = PRODUCTION,
     stages: str | Iterable[str] | None = None,
 ) -> list[StageCall]:
-    """Every stage of ``target`` (or the named ones), in order, with its argv for this run."""
-    return [StageCall(stage, stage_argv(stage, params)) for stage in parse_stages(stages, target)]
+    """Every stage of ``target`` (or the named ones), in order, with its argv for this run.
+
+    Raises:
+        JobError: a production plan that embeds without real weights (none, or ``random:*``).
+    """
+    chosen = parse_stages(stages, target)
+    if target == PRODUCTION and any("{weights}" in template for s in chosen for _, template in s.args):
+        check_production_weights(params.weights)
+    return [StageCall(stage, stage_argv(stage, params, target)) for stage in chosen]
+
+
+def check_production_weights(weights: str | None) -> None:
+    """Refuse what a production embedding must never use: no weights, or seeded random ones."""
+    if not weights or not str(weights).strip():
+        raise JobError(
+            "production runs need real embedding weights: pass --weights imagenet or a state_dict path "
+            "or s3:// URI (random weights are for the local sample run only)"
+        )
+    if str(weights).strip().startswith(RANDOM_WEIGHTS_PREFIX):
+        raise JobError(
+            f"production runs refuse --weights {weights}: random weights make a meaningless similarity "
+            "graph (pass imagenet or a state_dict path or s3:// URI)"
+        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -468,11 +504,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         batch_size=args.batch_size,
         lookback_days=args.lookback_days,
     )
+    weights = template_values(params)["weights"]
+    is_random_weights = weights.startswith(RANDOM_WEIGHTS_PREFIX)
     started = time.time()
     results = run_local(params, sample=params.input_root, stages=args.stages)
     LOG.info("%s", _summary(results, time.time() - started))
+    if is_random_weights:
+        LOG.warning(
+            "embeddings use random weights (%s): the similarity graph shows the pipeline works, not "
+            "which products look alike; production runs refuse random weights", weights
+        )
     return {
         "run_date": params.run_date,
+        "weights": weights,
+        "is_random_weights": is_random_weights,
         "stages": [
             {"name": r.name, "seconds": round(r.seconds, 3), "outputs": r.outputs}
             for r in results

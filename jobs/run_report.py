@@ -640,6 +640,17 @@ figcaption{font-size:11px;margin-top:4px;overflow-wrap:anywhere}.name{font-weigh
 """
 
 
+def render_weights_notice(embed_report: Mapping[str, Any] | None) -> str:
+    """A warning line when the embeddings come from random weights (the local sample run's default)."""
+    weights = str((embed_report or {}).get("weights") or "")
+    if not weights.startswith("random:"):
+        return ""
+    return (
+        f'<p class="missing" id="random-weights">embeddings use random weights ({esc(weights)}): the graph '
+        "shows that the pipeline works, not which products look alike; production runs refuse them</p>"
+    )
+
+
 def render_page(
     *,
     run_date: str,
@@ -661,6 +672,7 @@ def render_page(
         f"<style>{CSS.replace('__PX__', str(px))}</style></head><body>"
         f"<h1>stylegraph run {esc(run_date)}</h1>"
         f'<p class="meta">work root {esc(workdir)} · generated {esc(generated)}</p>'
+        + render_weights_notice(reports.get("embed"))
         + render_funnels(reports)
         + render_quality(quality)
         + render_plots(plots, sizes)

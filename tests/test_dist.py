@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.build_dist import build, job_modules
+from jobs.build_dist import build, download_command, job_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
@@ -70,8 +70,8 @@ def test_build_writes_every_artifact(tmp_path: Path) -> None:
     expected = {
         "stylegraph.zip", "stylegraph-0.1.0-py3-none-any.whl", "requirements.txt", "emr/bootstrap.sh",
         *(f"entry/{job}.py" for job in jobs),
-        "glue/export_gremlin.py", "glue/preprocess_interactions.py", "glue/similarity.py",
-        "glue/validate_gremlin_csv.py",
+        "glue/export_gremlin.py", "glue/preprocess_interactions.py", "glue/validate_gremlin_csv.py",
+        "wheelhouse/cpu/requirements.txt", "wheelhouse/gpu/requirements.txt",
     }
     assert set(manifest["artifacts"]) == expected
     assert json.loads((dist / "manifest.json").read_text()) == manifest
@@ -95,6 +95,27 @@ def test_build_writes_every_artifact(tmp_path: Path) -> None:
     assert build(tmp_path / "again", wheel=False)["artifacts"]["stylegraph.zip"] == (
         manifest["artifacts"]["stylegraph.zip"]
     )
+
+
+def test_each_emr_node_kind_gets_its_own_requirements_without_pyspark(tmp_path: Path) -> None:
+    manifest = build(tmp_path / "dist", wheel=False)
+    base = [
+        line for line in (ROOT / "requirements" / "base.txt").read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
+    gpu = (tmp_path / "dist" / "wheelhouse" / "gpu" / "requirements.txt").read_text().splitlines()
+    cpu = (tmp_path / "dist" / "wheelhouse" / "cpu" / "requirements.txt").read_text().splitlines()
+    # EMR provides Spark; GPU nodes take PyPI's CUDA build of torch, CPU nodes its CPU build.
+    assert gpu == [line for line in base if not line.startswith("pyspark")]
+    assert cpu == [f"{line}+cpu" if line.startswith(("torch==", "torchvision==")) else line for line in gpu]
+    assert "torch==2.14.1+cpu" in cpu and "torchvision==0.29.2+cpu" in cpu
+    cpu_download = download_command("cpu", tmp_path)
+    assert cpu_download[cpu_download.index("--extra-index-url") + 1] == "https://download.pytorch.org/whl/cpu"
+    assert "--extra-index-url" not in download_command("gpu", tmp_path)
+    assert "--only-binary=:all:" in cpu_download and "manylinux_2_28_x86_64" in cpu_download
+    # The wheelhouse is named by its requirements: the same pins, the same S3 folder.
+    again = build(tmp_path / "again", wheel=False)
+    assert again["wheelhouse"] == manifest["wheelhouse"] and len(manifest["wheelhouse"]) == 12
 
 
 def test_spark_submit_runs_a_job_from_an_empty_directory_with_only_the_artifacts(tmp_path: Path) -> None:

@@ -3,10 +3,8 @@ cluster created with YARN GPU scheduling, the pipeline's steps added with the ri
 step reported with its details, and clear refusals (missing bucket, region, credentials, bad input)."""
 from __future__ import annotations
 
-import threading
+import json
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import boto3
@@ -15,15 +13,25 @@ import pytest
 from emr import cli as emr_cli
 from jobs.build_dist import build
 from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
+from tests import moto_emr
+from tests.moto_emr import accept_instance_group_configurations
 
 RUN_DATE = "2024-03-31"
 REGION = "us-east-1"
 
 
+WHEELS = {"cpu": "torch-2.14.1+cpu-cp311-cp311-manylinux_2_28_x86_64.whl",
+          "gpu": "torch-2.14.1-cp311-cp311-manylinux_2_28_x86_64.whl"}
+
+
 @pytest.fixture(scope="module")
 def dist_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """make dist's output, with one stand-in wheel per node kind where ``--wheelhouse`` would download
+    the real ones (GBs)."""
     out = tmp_path_factory.mktemp("emr") / "dist"
     build(out)
+    for kind, name in WHEELS.items():
+        (out / "wheelhouse" / kind / name).write_bytes(f"{kind} wheel".encode())
     return out
 
 
@@ -34,41 +42,13 @@ def bucket(aws_env: str) -> str:
     return name
 
 
-@contextmanager
-def emr_runs_steps(fail_stage: str | None = None, reason: str = "") -> Iterator[None]:
-    """Play EMR's part: moto leaves the first step RUNNING and the rest PENDING forever, so this thread
-    completes them one after another, or fails the one of ``fail_stage`` (later ones are cancelled,
-    as ActionOnFailure=CANCEL_AND_WAIT does)."""
-    from moto.core import DEFAULT_ACCOUNT_ID
-    from moto.emr.models import emr_backends
+@pytest.fixture(autouse=True)
+def emr_group_configurations(monkeypatch: pytest.MonkeyPatch) -> None:
+    accept_instance_group_configurations(monkeypatch)
 
-    stop = threading.Event()
 
-    def advance() -> None:
-        while not stop.is_set():
-            backend = emr_backends[DEFAULT_ACCOUNT_ID][REGION]
-            for cluster in list(backend.clusters.values()):
-                for step in [s for s in cluster.steps if s.state == "RUNNING"]:
-                    if fail_stage is not None and step.name.split(" ")[1] == fail_stage:
-                        step.state = "FAILED"
-                        step.last_state_change_reason = reason
-                        for later in cluster.steps:
-                            if later.state == "PENDING":
-                                later.state = "CANCELLED"
-                        continue
-                    step.state = "COMPLETED"
-                    following = next((s for s in cluster.steps if s.state == "PENDING"), None)
-                    if following is not None:
-                        following.state = "RUNNING"
-            stop.wait(0.02)
-
-    thread = threading.Thread(target=advance, daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join()
+def emr_runs_steps(fail_stage: str | None = None, reason: str = ""):
+    return moto_emr.emr_runs_steps(REGION, fail_stage, reason)
 
 
 def run_args(bucket: str, dist_dir: Path, *extra: str) -> list[str]:
@@ -97,7 +77,13 @@ def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
     dist_files = sorted(p.relative_to(dist_dir).as_posix() for p in dist_dir.rglob("*") if p.is_file())
     build_prefix = next(key for key in all_keys(bucket) if key.endswith("/stylegraph.zip")).rsplit("/", 1)[0]
     assert build_prefix.startswith("sg/artifacts/")
-    assert all_keys(bucket) == sorted(f"{build_prefix}/{rel}" for rel in dist_files)
+    digest = json.loads((dist_dir / "manifest.json").read_text())["wheelhouse"]
+    wheelhouse = f"sg/wheelhouse/{digest}"
+    assert all_keys(bucket) == sorted(
+        f"{wheelhouse}/{rel.removeprefix('wheelhouse/')}" if rel.startswith("wheelhouse/")
+        else f"{build_prefix}/{rel}"
+        for rel in dist_files
+    )
     uploaded_zip = s3.get_object(Bucket=bucket, Key=f"{build_prefix}/stylegraph.zip")["Body"].read()
     assert uploaded_zip == (dist_dir / "stylegraph.zip").read_bytes()
     base = f"s3://{bucket}/{build_prefix}"
@@ -112,18 +98,30 @@ def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
     }
     yarn = configurations["yarn-site"]["Properties"]
     assert yarn["yarn.resource-types"] == "yarn.io/gpu"
-    assert yarn["yarn.nodemanager.resource-plugins"] == "yarn.io/gpu"
-    gpu_module = configurations["container-executor"]["Configurations"][0]
-    assert gpu_module == {"Classification": "gpu", "Properties": {"module.enabled": "true"}}
-    groups = sorted(
-        (g["InstanceGroupType"], g["InstanceType"], g["RequestedInstanceCount"])
-        for g in emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
-    )
+    # The GPU NodeManager settings only on the GPU group: a core node with the GPU plugin would not start.
+    assert "yarn.nodemanager.resource-plugins" not in yarn
+    assert "container-executor" not in configurations
+    listed = emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
+    groups = sorted((g["InstanceGroupType"], g["InstanceType"], g["RequestedInstanceCount"]) for g in listed)
     assert groups == [("CORE", "m5.2xlarge", 2), ("MASTER", "m5.xlarge", 1), ("TASK", "g5.xlarge", 2)]
+    group_configurations = {
+        g["InstanceGroupType"]: {c["Classification"]: c for c in g.get("Configurations", [])} for g in listed
+    }
+    assert set(group_configurations["TASK"]) == {"yarn-site", "container-executor"}
+    assert group_configurations["TASK"]["yarn-site"]["Properties"]["yarn.nodemanager.resource-plugins"] == (
+        "yarn.io/gpu"
+    )
+    gpu_module = group_configurations["TASK"]["container-executor"]["Configurations"][0]
+    assert gpu_module == {"Classification": "gpu", "Properties": {"module.enabled": "true"}}
+    assert group_configurations["CORE"] == group_configurations["MASTER"] == {}
+    assert cluster["EbsRootVolumeSize"] == 40
     actions = emr.list_bootstrap_actions(ClusterId=cluster_id)["BootstrapActions"]
     assert [(a["ScriptPath"], a["Args"]) for a in actions] == [
-        (f"{base}/emr/bootstrap.sh", [f"{base}/stylegraph-0.1.0-py3-none-any.whl"])
+        (f"{base}/emr/bootstrap.sh",
+         [f"s3://{bucket}/{wheelhouse}", f"{base}/stylegraph-0.1.0-py3-none-any.whl"])
     ]
+    uploaded_wheel = s3.get_object(Bucket=bucket, Key=f"{wheelhouse}/gpu/{WHEELS['gpu']}")["Body"].read()
+    assert uploaded_wheel == b"gpu wheel"
 
     steps = list(reversed(emr.list_steps(ClusterId=cluster_id)["Steps"]))  # EMR lists newest first
     assert [(s["Name"], s["Status"]["State"]) for s in steps] == [
@@ -192,6 +190,54 @@ def test_an_existing_cluster_gets_the_steps_and_is_left_running(bucket: str, dis
     assert [(s["Name"], s["Status"]["State"]) for s in steps] == [
         (f"stylegraph similarity {RUN_DATE}", "COMPLETED")
     ]
+
+
+def test_a_dist_without_the_wheelhouse_is_refused_before_a_cluster_is_created(
+    bucket: str, tmp_path: Path
+) -> None:
+    build(tmp_path / "dist", wheel=False)  # make dist without --wheelhouse: requirements, no wheels
+    emr = boto3.client("emr")
+    before = len(emr.list_clusters()["Clusters"])
+    with pytest.raises(JobError, match=r"/dist/wheelhouse has no wheels for cpu, gpu: EMR nodes install"):
+        emr_cli.main(run_args(bucket, tmp_path / "dist"))
+    assert len(emr.list_clusters()["Clusters"]) == before
+
+
+def test_the_plan_has_an_idle_auto_termination_policy_and_a_sized_root_volume(
+    dist_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """(moto keeps no AutoTerminationPolicy: the definition is checked as the CLI prints it.)"""
+    args = ["plan", *run_args("shop-artifacts", dist_dir)[1:]]
+    plan = emr_cli.main(args)
+    assert json.loads(capsys.readouterr().out) == plan
+    cluster = plan["cluster"]
+    assert cluster["AutoTerminationPolicy"] == {"IdleTimeout": 1800}
+    assert cluster["EbsRootVolumeSize"] == 40
+    assert emr_cli.main([*args, "--idle-minutes", "45"])["cluster"]["AutoTerminationPolicy"] == {
+        "IdleTimeout": 2700
+    }
+    embed = next(step for step in plan["steps"] if step["Name"].startswith("stylegraph embed "))
+    embed_args = embed["HadoopJarStep"]["Args"]
+    assert embed_args[embed_args.index("--device") + 1] == "cuda"
+    similarity = next(step for step in plan["steps"] if " similarity " in step["Name"])
+    assert "--device" not in similarity["HadoopJarStep"]["Args"]
+
+
+def test_a_run_that_embeds_without_real_weights_is_refused_before_anything_is_created(
+    bucket: str, dist_dir: Path
+) -> None:
+    emr = boto3.client("emr")
+    before = len(emr.list_clusters()["Clusters"])
+    args = run_args(bucket, dist_dir)
+    weights = args.index("--weights")
+    without = args[:weights] + args[weights + 2:]
+    with pytest.raises(JobError, match=r"^production runs need real embedding weights"):
+        emr_cli.main(without)
+    with pytest.raises(JobError, match=r"^production runs refuse --weights random:7"):
+        emr_cli.main([*without, "--weights", "random:7"])
+    assert run(emr_cli.main, ["plan", *without[1:]]) == EXIT_JOB_ERROR
+    assert len(emr.list_clusters()["Clusters"]) == before
+    assert all_keys(bucket) == []
 
 
 def test_a_missing_bucket_is_named_and_nothing_is_created(aws_env: str, dist_dir: Path) -> None:

@@ -22,7 +22,6 @@ ROLE = "arn:aws:iam::123456789012:role/GlueJobs"
 EXPECTED_JOBS = {
     # job name: (entry script, worker type, workers)
     "stylegraph-preprocess": ("preprocess_interactions.py", "G.1X", 10),
-    "stylegraph-similarity": ("similarity.py", "G.2X", 10),
     "stylegraph-export": ("export_gremlin.py", "G.1X", 5),
     "stylegraph-validate": ("validate_gremlin_csv.py", "G.1X", 2),
 }
@@ -87,8 +86,8 @@ def test_deploy_uploads_and_creates_then_updates_one_job_per_cpu_stage(
     result = glue_cli.main(deploy_args(bucket, dist_dir))
     glue, s3 = clean_glue, boto3.client("s3")
     assert result["jobs"] == {
-        "preprocess": "stylegraph-preprocess", "similarity": "stylegraph-similarity",
-        "export": "stylegraph-export", "validate": "stylegraph-validate",
+        "preprocess": "stylegraph-preprocess", "export": "stylegraph-export",
+        "validate": "stylegraph-validate",
     }
     zip_uri = result["artifacts"]["stylegraph.zip"]
     prefix = zip_uri.removeprefix(f"s3://{bucket}/").rsplit("/", 1)[0]
@@ -123,15 +122,19 @@ def test_run_starts_the_job_with_the_pipeline_arguments_and_waits(
     bucket: str, dist_dir: Path, clean_glue
 ) -> None:
     glue_cli.main(deploy_args(bucket, dist_dir))
-    result = glue_cli.main(run_args("similarity"))
-    assert (result["job"], result["state"]) == ("stylegraph-similarity", "SUCCEEDED")
-    job_run = clean_glue.get_job_run(JobName="stylegraph-similarity", RunId=result["run_id"])["JobRun"]
-    defaults = clean_glue.get_job(JobName="stylegraph-similarity")["Job"]["DefaultArguments"]
+    result = glue_cli.main(run_args("export"))
+    assert (result["job"], result["state"]) == ("stylegraph-export", "SUCCEEDED")
+    job_run = clean_glue.get_job_run(JobName="stylegraph-export", RunId=result["run_id"])["JobRun"]
+    job = clean_glue.get_job(JobName="stylegraph-export")["Job"]
+    assert job["MaxRetries"] == 0  # the caller (CLI, Airflow) retries, watching the run it started
+    defaults = job["DefaultArguments"]
     run_only = {key: value for key, value in job_run["Arguments"].items() if key not in defaults}
     assert run_only == {
-        "--input": f"s3://shop-data/work/style/embeddings/dt={RUN_DATE}",
-        "--output": "s3://shop-data/work/style",
-        "--top-k": "10",
+        "--catalog": "s3://shop-data/raw/catalog/catalog.csv",
+        "--edges": f"s3://shop-data/work/style/similarity/dt={RUN_DATE}",
+        "--embeddings": f"s3://shop-data/work/style/embeddings/dt={RUN_DATE}",
+        "--output": f"s3://shop-data/work/style/gremlin/dt={RUN_DATE}",
+        "--compression": "gzip",
         "--metric": "cosine",
         "--run-date": RUN_DATE,
         "--report-dir": "s3://shop-data/work/_reports",
@@ -165,11 +168,13 @@ def test_a_failed_run_exits_2_with_glues_error_message(
 
 
 def test_refusals_name_the_problem(bucket: str, dist_dir: Path, aws_env: str, monkeypatch, tmp_path) -> None:
-    with pytest.raises(JobError, match=r"stage 'embed' does not run on Glue: .* \(embed needs GPUs"):
+    with pytest.raises(JobError, match=r"stage 'embed' does not run on Glue: .* \(embed: it needs GPUs"):
         glue_cli.main(run_args("embed"))
+    with pytest.raises(JobError, match=r"stage 'similarity' does not run on Glue: .*torch.*run it on EMR\)$"):
+        glue_cli.main(run_args("similarity"))
     with pytest.raises(JobError, match=r"unknown stage\(s\) 'simlarity'"):
         glue_cli.main(run_args("simlarity"))
-    args = run_args("similarity")
+    args = run_args("export")
     args[args.index(RUN_DATE)] = "31/03/2024"
     with pytest.raises(JobError, match="run date must be YYYY-MM-DD, got '31/03/2024'"):
         glue_cli.main(args)

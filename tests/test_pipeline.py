@@ -27,7 +27,8 @@ def test_the_local_plan_is_the_stages_in_order_with_their_argv() -> None:
           *common]),
         ("embed", "jobs.embed_images",
          ["--catalog", "/s/catalog/catalog.csv", "--images-root", "/s/images", "--output", "/w/style",
-          "--model", "resnet152", "--weights", "random:11", "--batch-size", "16", *common]),
+          "--model", "resnet152", "--weights", "random:11", "--batch-size", "16",
+              "--device", "auto", *common]),
         ("similarity", "jobs.similarity",
          ["--input", f"/w/style/embeddings/dt={RUN_DATE}", "--output", "/w/style", "--top-k", "10",
           "--metric", "cosine", *common]),
@@ -54,13 +55,28 @@ def test_the_production_plan_ends_with_the_neptune_load_and_takes_airflows_date(
                                              "neptune_load"]
     assert [call.stage.engine for call in calls] == ["cpu", "gpu", "cpu", "cpu", "cpu", "driver"]
     assert list(calls[-1].argv) == [
-        "--source", "s3://b/work/style/gremlin/dt={{ ds }}/", "--endpoint", "https://n:8182",
-        "--iam-role-arn", "arn:r", "--region", "r1",
-        "--run-date", "{{ ds }}", "--report-dir", "s3://b/work/_reports",
+        "--source", "s3://b/work/style/gremlin/dt={{ data_interval_start | run_day }}/",
+        "--endpoint", "https://n:8182", "--iam-role-arn", "arn:r", "--region", "r1",
+        "--run-date", "{{ data_interval_start | run_day }}", "--report-dir", "s3://b/work/_reports",
     ]
-    assert dict(calls[1].option_pairs())["--weights"] == "s3://b/m.pt"
+    embed = dict(calls[1].option_pairs())
+    assert (embed["--weights"], embed["--device"]) == ("s3://b/m.pt", "cuda")  # a GPU or a clear failure
     subset = pipeline.plan(params, stages="export, embed")
     assert [call.name for call in subset] == ["embed", "export"]  # pipeline order, whatever was asked
+
+
+def test_a_production_plan_that_embeds_needs_real_weights() -> None:
+    params = pipeline.PipelineParams(input_root="s3://b/raw", work_root="s3://b/work", run_date=RUN_DATE)
+    with pytest.raises(JobError, match=r"^production runs need real embedding weights: pass --weights"):
+        pipeline.plan(params, target=pipeline.PRODUCTION)
+    with pytest.raises(JobError, match=r"^production runs refuse --weights random:7: random weights make"):
+        pipeline.plan(params.replace(weights="random:7"), target=pipeline.PRODUCTION, stages="embed")
+    # Stages that do not embed need no weights; the local run falls back to random ones, on any device.
+    assert [c.name for c in pipeline.plan(params, target=pipeline.PRODUCTION, stages="export")] == ["export"]
+    local_embed = dict(pipeline.plan(params, target=pipeline.LOCAL, stages="embed")[0].option_pairs())
+    assert (local_embed["--weights"], local_embed["--device"]) == ("random:7", "auto")
+    imagenet = dict(pipeline.plan(params.replace(weights="imagenet"), stages="embed")[0].option_pairs())
+    assert imagenet["--weights"] == "imagenet"
 
 
 def test_unknown_stages_and_malformed_dates_are_refused(tmp_path: Path) -> None:
@@ -131,6 +147,16 @@ def test_the_local_runner_calls_the_jobs_and_reports_each_stage(
     assert progress[0].startswith(
         "validate    in=       4 out=       4 rejected=     0 dropped=     0 seconds="
     )
+
+    # The local command's result and log say when the embeddings come from random weights.
+    (tmp_path / "sample").mkdir()
+    (tmp_path / "sample" / "sample_manifest.json").write_text("{}")
+    argv = ["--workdir", str(work), "--sample", str(tmp_path / "sample"), "--run-date", RUN_DATE,
+            "--stages", "validate"]
+    result = pipeline.main(argv)
+    assert (result["weights"], result["is_random_weights"]) == ("random:7", True)
+    assert "embeddings use random weights (random:7)" in caplog.text
+    assert pipeline.main([*argv, "--weights", "imagenet"])["is_random_weights"] is False
 
     (export / "edges" / "e.csv").write_text("~id,~from,~to,~label,score:Double\na-z,a,z,similar,0.5\n")
     with pytest.raises(JobError, match=r"^stage validate failed: "):

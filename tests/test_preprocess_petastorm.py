@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import uuid
 from collections import Counter
 
+import boto3
 import pytest
 import torch
 
@@ -59,3 +61,20 @@ def test_url_and_batch_size_checks(tmp_path):
     assert petastorm_url(str(tmp_path)) == f"file://{tmp_path}"
     with pytest.raises(ValueError, match="batch_size"):
         ncf_dataloader(str(tmp_path), batch_size=0)
+
+
+def test_an_epoch_read_from_s3(train_dir, aws_env):
+    """The training code reads ``s3://`` (here the local moto server) as it reads a local folder."""
+    folder, rows = train_dir
+    bucket = f"stylegraph-ncf-{uuid.uuid4().hex[:8]}"
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket=bucket)
+    prefix = "work/ncf/train/dt=2024-03-31"
+    for path in sorted(folder.iterdir()):
+        s3.upload_file(str(path), bucket, f"{prefix}/{path.name}")
+    uri = f"s3://{bucket}/{prefix}"
+    assert petastorm_url(uri) == uri
+    seen, sizes, dtypes = _epoch(ncf_dataloader(uri, batch_size=64, workers_count=2))
+    assert seen == Counter(rows)
+    assert sizes == [64] * (len(rows) // 64) + [len(rows) % 64]
+    assert dtypes == {(torch.int64, torch.int64, torch.float32)}

@@ -396,3 +396,14 @@ def test_report_in_a_headless_browser_has_no_errors_and_no_broken_images(run_dir
     assert placeholders == 5
     assert (tmp_path / "report.png").stat().st_size > 10_000
     shutil.copy(tmp_path / "report.png", run_dirs["root"] / "report.png")
+
+
+def test_a_run_embedded_with_random_weights_says_so_at_the_top() -> None:
+    notice = run_report.render_weights_notice({"weights": "random:7"})
+    assert notice == (
+        '<p class="missing" id="random-weights">embeddings use random weights (random:7): the graph shows '
+        "that the pipeline works, not which products look alike; production runs refuse them</p>"
+    )
+    assert run_report.render_weights_notice({"weights": "file:s3://b/resnet152.pt"}) == ""
+    assert run_report.render_weights_notice({"weights": "imagenet"}) == ""
+    assert run_report.render_weights_notice(None) == ""

@@ -606,6 +606,20 @@ def plan_execution(
     )
 
 
+def cuda_unavailable_reason() -> str | None:
+    """Why torch cannot compute on CUDA in this process, or None when it can."""
+    import torch
+
+    if torch.cuda.is_available():
+        return None
+    if torch.version.cuda is None:
+        return f"torch {torch.__version__} is a CPU-only build"
+    return (
+        f"torch {torch.__version__} (built for CUDA {torch.version.cuda}) sees no CUDA device: no GPU, "
+        "or an NVIDIA driver too old for that CUDA"
+    )
+
+
 def describe_model(name: str, head_out: int | None, normalize: bool) -> str:
     """The ``model`` column: backbone, ``+head:<dims>`` with a head, ``+l2`` when L2-normalised."""
     return name + (f"+head:{head_out}" if head_out else "") + ("+l2" if normalize else "")
