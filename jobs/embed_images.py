@@ -29,7 +29,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
 from jobs.common.quality import (
@@ -114,7 +114,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
     config = EmbedConfig(
         model=args.model,
         weights=weights,
-        images_root=args.images_root,
+        images_root=storage.resolve(args.images_root),
         head_uri=args.head,
         normalize=args.normalize,
         device=args.device,
@@ -136,6 +136,14 @@ def resolve_model(args: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
     return config, details
 
 
+def final_folders(args: argparse.Namespace) -> dict[str, str]:
+    """The partitions a run publishes: embeddings and rejects of the run date."""
+    return {
+        "embeddings": storage.partition_uri(args.output, EMBEDDINGS_DIR, args.run_date),
+        "rejects": storage.partition_uri(args.output, "/".join(REJECTS_DIR), args.run_date),
+    }
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Raise JobError when the catalog or the images root does not exist."""
     if args.catalog and not storage.exists(args.catalog):
@@ -153,7 +161,7 @@ def read_catalog(spark: SparkSession, catalog_uri: str) -> DataFrame:
     return (
         spark.read.schema(C.CATALOG_SCHEMA)
         .options(**C.CATALOG_CSV_OPTIONS)
-        .csv(storage.spark_path(catalog_uri))
+        .csv(storage.read_path(catalog_uri))
         .withColumn(ORDER_COL, F.monotonically_increasing_id())
     )
 
@@ -181,12 +189,12 @@ def list_images(spark: SparkSession, images_root: str) -> DataFrame:
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .load(storage.spark_path(images_root))
+        .load(storage.read_path(images_root))
         .inputFiles()
     )
     paths = [(_listed_path(uri),) for uri in files]
     listed_df = spark.createDataFrame(paths, T.StructType([T.StructField(BINARY_FILE_PATH, T.StringType())]))
-    return listed_df.transform(with_listing_columns, root_marker=_root_marker(images_root))
+    return listed_df.transform(with_listing_columns, root_marker=_root_marker(storage.resolve(images_root)))
 
 
 def with_listing_columns(listed_df: DataFrame, root_marker: str) -> DataFrame:
@@ -295,6 +303,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     config, details = resolve_model(args)
     check_inputs(args)
+    outputs.claim_output(
+        STAGE,
+        args.output,
+        inputs={"--catalog": args.catalog, "--images-root": args.images_root},
+        replaces=final_folders(args).values(),
+        report_dir=reports_root(args),
+    )
     spark = get_spark(JOB_NAME)
 
     input_kind = INPUT_CATALOG if args.catalog else INPUT_LISTING
@@ -331,11 +346,10 @@ def _embed_and_publish(
         .sortWithinPartitions(C.SKU)
         .transform(with_embeddings, make_embed_udf(config), details["model"], details["weights_sha256"])
     )
-    staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
+    _, staged = storage.start_staging(args.output, STAGE)
     staged_embeddings = storage.join(staged, EMBEDDINGS_DIR)
     staged_rejects = storage.join(staged, *REJECTS_DIR)
-    final_embeddings = storage.join(args.output, EMBEDDINGS_DIR, f"dt={args.run_date}")
-    final_rejects = storage.join(args.output, *REJECTS_DIR, f"dt={args.run_date}")
+    final_embeddings, final_rejects = final_folders(args).values()
     try:
         checked_df.transform(select_rejects).write.parquet(storage.spark_path(staged_rejects))
         embed_started = time.time()
@@ -382,7 +396,7 @@ def _embed_and_publish(
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
     finally:
-        storage.remove(staged)
+        storage.finish_staging(staged)
 
     LOG.info(
         "embedded %d of %d products (%d error rows, %d catalog rows quarantined) in %.1fs",

@@ -37,7 +37,7 @@ STAGE_ROOTS: dict[str, str] = {
     "preprocess": "ncf",
     "embed": "style",
     "similarity": "style",
-    "generate_sample": "sample",
+    "sample": "sample",
 }
 WHOLE_FOLDER = "folder"
 
