@@ -99,7 +99,8 @@ def test_publish_on_s3_puts_a_version_behind_the_pointer(aws_env: str) -> None:
     # After the grace period a later clean removes the older layout's files, never the current version.
     assert storage.clean_versions("s3://stylegraph-test/out/train/dt=1", now=time.time() + 7200) == [
         "s3://stylegraph-test/out/train/dt=1"]
-    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/train/dt=1/")["Contents"]}
+    listed = s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/train/dt=1/")["Contents"]
+    keys = {o["Key"] for o in listed}
     assert {k for k in keys if not k.endswith("/")} == {
         "out/train/dt=1/_CURRENT", f"out/train/dt=1/_v={pointer['version']}/a",
         f"out/train/dt=1/_v={pointer['version']}/sub/b"}

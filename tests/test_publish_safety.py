@@ -204,7 +204,8 @@ def test_a_kill_between_any_two_s3_publish_steps_loses_nothing(aws_env: str, mon
         listed = boto3.client("s3").list_objects_v2(
             Bucket="stylegraph-publish", Prefix=f"kill{index}/train/dt={DAY}/"
         )["Contents"]
-        left = {o["Key"].split(f"dt={DAY}/", 1)[1].split("/", 1)[0] for o in listed if not o["Key"].endswith("/")}
+        keys = [o["Key"] for o in listed if not o["Key"].endswith("/")]
+        left = {key.split(f"dt={DAY}/", 1)[1].split("/", 1)[0] for key in keys}
         assert left == {storage.POINTER_NAME, f"{storage.VERSION_PREFIX}{pointer['version']}"}, step
         assert _s3_rows(root) == _expected(NEW), step
 
@@ -245,13 +246,15 @@ def test_staging_of_dead_runs_is_cleaned_by_the_next_run(tmp_path) -> None:
         owners = {
             "live": {"host": host, "pid": sleeper.pid, "run_id": "live", "started_at": time.time()},
             "gone": {"host": host, "pid": gone.pid, "run_id": "gone", "started_at": time.time()},
-            "elsewhere": {"host": "node-7", "pid": 1, "run_id": "elsewhere", "started_at": time.time() - 3600},
+            "elsewhere": {"host": "node-7", "pid": 1, "run_id": "elsewhere",
+                          "started_at": time.time() - 3600},
             "stale": {"host": "node-7", "pid": 1, "run_id": "stale",
                       "started_at": time.time() - storage.STAGING_GRACE_SECONDS - 1},
         }
         for name, owner in owners.items():
-            storage.write_json(storage.join(storage.staging_uri(root, "embed", name), storage.RUN_FILE), owner)
-            _parquet(storage.join(storage.staging_uri(root, "embed", name), "embeddings"), OLD)
+            run_folder = storage.staging_uri(root, "embed", name)
+            storage.write_json(storage.join(run_folder, storage.RUN_FILE), owner)
+            _parquet(storage.join(run_folder, "embeddings"), OLD)
         _parquet(storage.join(storage.staging_uri(root, "similarity", "other-stage"), "x"), OLD)
 
         _, mine = storage.start_staging(root, "embed")

@@ -141,6 +141,12 @@ def check_output(
         raise JobError(f"--output {output} is a file, not a folder: refusing to replace it")
     root = STAGE_ROOTS.get(stage)
     replaced = [*replaces, *([output] if root is None else [])]
+    for flag, uri in inputs.items():
+        if not uri:
+            continue
+        for folder in replaced:
+            if overlaps(folder, uri):
+                raise JobError(f"--output {output} overlaps the input {flag} {uri}: refusing to replace it")
     for ancestor in _ancestors(output):
         marker = read_marker(ancestor)
         if marker is None:
@@ -173,12 +179,6 @@ def check_output(
                     f"--output {output} holds another job's data ({', '.join(others)}): "
                     f"{stage} writes to a {root} root"
                 )
-    for flag, uri in inputs.items():
-        if not uri:
-            continue
-        for folder in replaced:
-            if overlaps(folder, uri):
-                raise JobError(f"--output {output} overlaps the input {flag} {uri}: refusing to replace it")
     if report_dir:
         for folder in replaced:
             if is_within(report_dir, folder):
