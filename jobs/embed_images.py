@@ -303,7 +303,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     config, details = resolve_model(args)
     check_inputs(args)
-    outputs.claim_output(
+    outputs.check_output(
         STAGE,
         args.output,
         inputs={"--catalog": args.catalog, "--images-root": args.images_root},
@@ -393,6 +393,7 @@ def _embed_and_publish(
                 ROWS_REJECTED: funnel.rows_rejected,
             },
         )
+        outputs.mark_root(STAGE, args.output)
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
     finally:

@@ -933,7 +933,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ):
         if uri is not None and not storage.exists(uri):
             raise JobError(f"{flag}: nothing at {uri}")
-    outputs.claim_output(
+    outputs.check_output(
         STAGE,
         args.output,
         inputs={"--catalog": args.catalog, "--edges": args.edges, "--embeddings": args.embeddings},

@@ -990,7 +990,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
     _check_sizes(users=args.users, items=args.products, events=args.events, compression=args.compression)
     folders = (INTERACTIONS_DIR, CATALOG_DIR, IMAGES_DIR)
-    outputs.claim_output(STAGE, args.output, replaces=[storage.join(args.output, f) for f in folders])
+    outputs.check_output(STAGE, args.output, replaces=[storage.join(args.output, f) for f in folders])
     _, staged = storage.start_staging(args.output, STAGE)
     try:
         catalog = generate_catalog(
@@ -1017,6 +1017,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "catalog": catalog,
     }
     # Staged and complete: swap each folder into place, then the manifest last (it describes them).
+    outputs.mark_root(STAGE, args.output)
     for folder in folders:
         if storage.exists(storage.join(staged, folder)):
             storage.publish(storage.join(staged, folder), storage.join(args.output, folder))

@@ -198,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         TRAIN_DIR: storage.partition_uri(args.output, TRAIN_DIR, run_date),
         TEST_DIR: storage.partition_uri(args.output, TEST_DIR, run_date),
     }
-    outputs.claim_output(
+    outputs.check_output(
         STAGE, args.output, inputs={"--input": args.input}, replaces=finals.values(),
         report_dir=cli.reports_root(args),
     )
@@ -367,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
 
         clock.lap("quality")
+        outputs.mark_root(STAGE, args.output)
         for name, final in finals.items():
             storage.publish(staged[name], final)
     finally:

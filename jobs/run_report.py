@@ -697,7 +697,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.time()
     args = parse_args(argv)
     run_date = str(args.run_date)
-    outputs.claim_output(
+    outputs.check_output(
         STAGE,
         args.output,
         inputs={

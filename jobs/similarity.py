@@ -234,7 +234,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     if not storage.exists(args.input):
         raise JobError(f"--input {args.input} does not exist")
-    outputs.claim_output(
+    outputs.check_output(
         STAGE,
         args.output,
         inputs={"--input": args.input},
@@ -348,6 +348,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         )
     final_edges, final_rejects = final_folders(args)
     if args.sink == SINK_PARQUET:
+        outputs.mark_root(STAGE, args.output)
         storage.publish(staged_edges, final_edges)
         storage.publish(staged_rejects, final_rejects)
 

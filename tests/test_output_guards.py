@@ -105,7 +105,7 @@ def test_an_output_the_job_does_not_own_is_refused_before_anything_is_written(
     work: Path, job: str, output: str, says: str
 ) -> None:
     if job == "similarity" and "embeddings" not in output:
-        outputs.claim_output("embed", str(work / "style"))  # the marker embed's first run leaves
+        outputs.mark_root("embed", str(work / "style"))  # the marker embed's first run leaves
     before = _snapshot(work)
     with pytest.raises(JobError, match=says) as refused:
         MAINS[job](_argv(work, job, str(work / output)))
@@ -115,7 +115,7 @@ def test_an_output_the_job_does_not_own_is_refused_before_anything_is_written(
 
 def test_an_output_inside_another_roots_dataset_is_refused(work: Path) -> None:
     for stage, root in (("preprocess", "ncf"), ("embed", "style")):
-        outputs.claim_output(stage, str(work / root))
+        outputs.mark_root(stage, str(work / root))
     before = _snapshot(work)
     for job, output in (("export", "style/embeddings/dt=2024-01-01/x"), ("similarity", "ncf/index"),
                         ("embed", "ncf/train")):
@@ -125,7 +125,7 @@ def test_an_output_inside_another_roots_dataset_is_refused(work: Path) -> None:
 
 
 def test_a_marked_root_refuses_another_family_and_accepts_its_own(work: Path) -> None:
-    outputs.claim_output("embed", str(work / "style"))
+    outputs.mark_root("embed", str(work / "style"))
     outputs.check_output("similarity", str(work / "style"))  # same family: embed and similarity
     with pytest.raises(JobError, match="the style output root"):
         outputs.check_output("preprocess", str(work / "style"))

@@ -12,7 +12,7 @@ A job only ever replaces what it owns. Two kinds of output:
 written, an ``--output`` that is a file, that holds another family's or stage's data (by its marker,
 or by dataset names of another family in an unmarked folder), that sits inside another output's
 dataset or replaced folder, or whose replaced folders overlap (equal, contain or sit inside) an input
-or the reports folder. :func:`claim_output` runs the check and marks an output root as the family's.
+or the reports folder. :func:`mark_root` marks an output root as the family's when a run publishes.
 """
 from __future__ import annotations
 
@@ -188,17 +188,9 @@ def check_output(
                 )
 
 
-def claim_output(
-    stage: str,
-    output: str,
-    *,
-    inputs: Mapping[str, str | None] = {},  # noqa: B006 - read only
-    replaces: Iterable[str] = (),
-    report_dir: str | None = None,
-) -> None:
-    """:func:`check_output`, then mark an output root as its family's (a whole folder is marked when
-    it is published: ``storage.publish(..., owner=folder_marker(stage))``)."""
-    check_output(stage, output, inputs=inputs, replaces=replaces, report_dir=report_dir)
-    root = STAGE_ROOTS.get(stage)
-    if root is not None and read_marker(output) is None:
+def mark_root(stage: str, output: str) -> None:
+    """Mark an output root as its family's, before the first publish into it (a folder replaced whole
+    is marked by its publish: ``storage.publish(..., owner=folder_marker(stage))``)."""
+    root = STAGE_ROOTS[stage]
+    if read_marker(output) is None:
         storage.write_text(storage.join(output, storage.OWNER_MARKER), _root_marker(root))
