@@ -311,8 +311,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail_on_error=args.fail_on_error,
         update_single_cardinality=args.update_single_cardinality,
     )
-    vertices_source = args.vertices_source or prefix(args.source, G.VERTICES_DIR)
-    edges_source = args.edges_source or prefix(args.source, G.EDGES_DIR)
+    # The export's current version (its _CURRENT pointer); a dry run calls nothing, S3 included.
+    source = args.source if args.dry_run else storage.resolve(args.source)
+    vertices_source = args.vertices_source or prefix(source, G.VERTICES_DIR)
+    edges_source = args.edges_source or prefix(source, G.EDGES_DIR)
     if args.dry_run:
         requests = {
             "endpoint": args.endpoint,

@@ -147,7 +147,9 @@ class ValidationResult:
 
 # ------------------------------------------------------------------------------------------------ files
 def all_files(uri: str) -> list[str]:
-    """Every file below a folder URI (or the file itself), hidden and ``_`` files included, sorted."""
+    """Every file below a folder URI (or the file itself), hidden and ``_`` files included, sorted; a
+    folder published on S3 through its current version (``storage.resolve``)."""
+    uri = storage.resolve(uri)
     fs, path = storage.filesystem(uri)
     info = fs.get_file_info(path)
     if info.type == pafs.FileType.NotFound:

@@ -268,3 +268,35 @@ def test_staging_of_dead_runs_is_cleaned_by_the_next_run(tmp_path) -> None:
         sleeper.wait()
     storage.finish_staging(mine)
     assert sorted(os.listdir(tmp_path / "_staging" / "embed")) == ["elsewhere", "live"]
+
+
+def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
+    from jobs import ncf_data, run_report, validate_gremlin_csv
+    from jobs.common import outputs
+
+    boto3.client("s3").create_bucket(Bucket="stylegraph-readers")
+    work = "s3://stylegraph-readers/w"
+    train = storage.partition_uri(f"{work}/ncf", "train", DAY)
+    staged = storage.join(storage.staging_uri(f"{work}/ncf", "preprocess", storage.new_run_id()), "train")
+    _parquet(staged, NEW)
+    storage.publish(staged, train)
+    export = storage.partition_uri(f"{work}/style", "gremlin", DAY)
+    staged = storage.join(storage.staging_uri(f"{work}/style/gremlin", "export", "r1"), f"dt={DAY}")
+    storage.write_text(f"{staged}/vertices/v-00000.csv", "~id\n1\n")
+    storage.write_text(f"{staged}/edges/e-00000.csv", "~id,~from,~to\n")
+    storage.write_json(f"{staged}/manifest.json", {"higher_is_closer": False})
+    storage.publish(staged, export, owner=outputs.folder_marker("export"))
+    train_version = f"{train}/_v={storage.read_pointer(train)['version']}"
+    export_version = f"{export}/_v={storage.read_pointer(export)['version']}"
+
+    assert ncf_data.petastorm_url(train) == train_version  # petastorm
+    assert storage.read_path(train) == train_version  # every Spark read of a published folder
+    assert storage.parquet_rows(train) == len(NEW)
+    assert validate_gremlin_csv.all_files(f"{export}/vertices") == [f"{export_version}/vertices/v-00000.csv"]
+    assert run_report.read_json_or_none(f"{export}/manifest.json") == {"higher_is_closer": False}
+    assert storage.resolve(f"{export}/") == export_version  # the Neptune loader's source
+    # The owner marker sits beside the versions, never under a prefix the loader reads.
+    assert outputs.read_marker(export) == {"owner": "export", "kind": "folder"}
+    assert storage.list_files(export_version) == [
+        f"{export_version}/edges/e-00000.csv", f"{export_version}/manifest.json",
+        f"{export_version}/vertices/v-00000.csv"]

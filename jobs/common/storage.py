@@ -565,14 +565,15 @@ def read_pointer(folder_uri: str) -> dict[str, Any] | None:
 
 def resolve(uri: str) -> str:
     """What a reader should open for ``uri``: on S3, the current version of the published folder that
-    holds it (``<folder>/_v=<id>/<rest>``, the nearest ``_CURRENT`` at ``uri`` or above); else ``uri``."""
+    holds it (``<folder>/_v=<id>/<rest>``, the nearest ``_CURRENT`` at ``uri`` or above); else ``uri``.
+    A hidden path (a version, staging, a pointer or marker) is returned as it is."""
     if not is_remote(uri):
         return uri
     scheme, rest = uri.split("://", 1)
     parts = rest.rstrip("/").split("/")
     for cut in range(len(parts), 1, -1):  # never the bucket itself
-        if parts[cut - 1].startswith(VERSION_PREFIX):
-            return uri  # already a version
+        if parts[cut - 1].startswith((".", "_")):
+            return uri  # a version already, or what lives beside versions (pointer, marker, staging)
         folder = f"{scheme}://{'/'.join(parts[:cut])}"
         pointer = read_pointer(folder)
         if pointer is not None:
