@@ -166,8 +166,8 @@ def _rows(df: DataFrame) -> list[tuple]:
 
 def ncf_stats(spark: SparkSession, workdir: str, run_date: str) -> dict[str, Section]:
     """Train/test sizes by label and the user/item degree distributions of the positives."""
-    train = _parquet(spark, storage.join(workdir, "ncf", "train", f"dt={run_date}"))
-    test = _parquet(spark, storage.join(workdir, "ncf", "test", f"dt={run_date}"))
+    train = _parquet(spark, storage.partition_uri(workdir, "ncf/train", run_date))
+    test = _parquet(spark, storage.partition_uri(workdir, "ncf/test", run_date))
     if train is None or test is None:
         missing = Section(
             missing=f"no NCF train/test sets under {storage.join(workdir, 'ncf')} for {run_date}"
@@ -191,9 +191,10 @@ def similarity_stats(
     spark: SparkSession, workdir: str, run_date: str, products: int | None
 ) -> dict[str, Section]:
     """Score histogram and neighbours per product of the similarity edges."""
-    edges = _parquet(spark, storage.join(workdir, "style", "similarity", f"dt={run_date}"))
+    edges_uri = storage.partition_uri(workdir, "style/similarity", run_date)
+    edges = _parquet(spark, edges_uri)
     if edges is None:
-        missing = Section(missing=f"no similarity edges under {workdir}/style/similarity/dt={run_date}")
+        missing = Section(missing=f"no similarity edges under {edges_uri}")
         return {"scores": missing, "neighbours": missing}
     low, high = edges.transform(rs.finite_range, S.SCORE).first()
     if low is None:
@@ -714,7 +715,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     embed_report = reports.get("embed") or {}
     similarity_report = reports.get("similarity") or {}
     images_root = args.images_root or embed_report.get("images_root")
-    export_uri = storage.join(args.workdir, "style", "gremlin", f"dt={run_date}")
+    export_uri = storage.partition_uri(args.workdir, "style/gremlin", run_date)
     higher_is_closer = _direction(similarity_report, export_uri)
 
     ncf = ncf_stats(spark, args.workdir, run_date)
@@ -734,7 +735,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     gallery_section = gallery(
         spark,
         export_uri,
-        storage.join(args.workdir, "style", "embeddings", f"dt={run_date}"),
+        storage.partition_uri(args.workdir, "style/embeddings", run_date),
         size=args.gallery_size,
         neighbours=args.neighbours,
         higher_is_closer=higher_is_closer,
