@@ -386,11 +386,12 @@ def finish_staging(staged_uri: str) -> None:
 
 def _is_dead(owner: dict[str, Any] | None, age_seconds: float) -> bool:
     if owner is not None and owner.get("host") == socket.gethostname():
-        pid = int(owner.get("pid", -1))
+        pid = int(owner.get("pid", 0))
         if pid == os.getpid():
             return owner.get("run_id") not in _LIVE_RUNS
         try:
-            os.kill(pid, 0)
+            if pid > 0:
+                os.kill(pid, 0)  # signal 0: is it there?
         except ProcessLookupError:
             return True
         except PermissionError:  # alive, someone else's
