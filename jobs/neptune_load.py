@@ -285,6 +285,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def current_version(source: str) -> str:
+    """The export's current version (``storage.resolve``: its ``_CURRENT`` pointer). Where this machine
+    cannot read the bucket (the loader reads it with its own role), the source as given: its
+    ``vertices/``/``edges/`` prefixes then hold no file of a versioned export, so the load finds nothing
+    rather than a mix of versions."""
+    try:
+        return storage.resolve(source)
+    except OSError as err:
+        LOG.warning("cannot read the pointer under %s (%s): loading the source as given", source, err)
+        return source
+
+
 def prefix(source: str, folder: str) -> str:
     return storage.join(source, folder) + "/"
 
@@ -311,8 +323,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail_on_error=args.fail_on_error,
         update_single_cardinality=args.update_single_cardinality,
     )
-    # The export's current version (its _CURRENT pointer); a dry run calls nothing, S3 included.
-    source = args.source if args.dry_run else storage.resolve(args.source)
+    source = args.source if args.dry_run else current_version(args.source)
     vertices_source = args.vertices_source or prefix(source, G.VERTICES_DIR)
     edges_source = args.edges_source or prefix(source, G.EDGES_DIR)
     if args.dry_run:

@@ -271,7 +271,7 @@ def test_staging_of_dead_runs_is_cleaned_by_the_next_run(tmp_path) -> None:
 
 
 def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
-    from jobs import ncf_data, run_report, validate_gremlin_csv
+    from jobs import ncf_data, neptune_load, run_report, validate_gremlin_csv
     from jobs.common import outputs
 
     boto3.client("s3").create_bucket(Bucket="stylegraph-readers")
@@ -294,7 +294,8 @@ def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
     assert storage.parquet_rows(train) == len(NEW)
     assert validate_gremlin_csv.all_files(f"{export}/vertices") == [f"{export_version}/vertices/v-00000.csv"]
     assert run_report.read_json_or_none(f"{export}/manifest.json") == {"higher_is_closer": False}
-    assert storage.resolve(f"{export}/") == export_version  # the Neptune loader's source
+    assert neptune_load.current_version(f"{export}/") == export_version  # the Neptune loader's source
+    assert neptune_load.prefix(export_version, "vertices") == f"{export_version}/vertices/"
     # The owner marker sits beside the versions, never under a prefix the loader reads.
     assert outputs.read_marker(export) == {"owner": "export", "kind": "folder"}
     assert storage.list_files(export_version) == [
