@@ -8,12 +8,19 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import boto3
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import (
+    BotoCoreError,
+    ClientError,
+    ConnectTimeoutError,
+    EndpointConnectionError,
+    NoCredentialsError,
+)
 
 from jobs.common.cli import JobError
 
@@ -41,6 +48,17 @@ def checked_session(region: str | None = None) -> boto3.session.Session:
             "or run where an instance or task role is available"
         )
     return session
+
+
+@contextmanager
+def unreachable_endpoint_is_a_job_error() -> Iterator[None]:
+    """An AWS endpoint that cannot be reached (no network, a wrong ``AWS_ENDPOINT_URL``) becomes one
+    JobError line naming it, not a traceback."""
+    try:
+        yield
+    except (EndpointConnectionError, ConnectTimeoutError) as err:
+        endpoint = err.kwargs.get("endpoint_url", "?")
+        raise JobError(f"cannot reach the AWS endpoint {endpoint}: check the network and region") from None
 
 
 def error_text(err: ClientError) -> str:

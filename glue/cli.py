@@ -160,9 +160,10 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
-    if args.command == "deploy":
-        return command_deploy(args)
-    return command_run(args)
+    with aws.unreachable_endpoint_is_a_job_error():
+        if args.command == "deploy":
+            return command_deploy(args)
+        return command_run(args)
 
 
 if __name__ == "__main__":

@@ -39,7 +39,7 @@ from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
 from jobs.common.quality import (
@@ -149,7 +149,7 @@ def resolve_model(args: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]
     config = EmbedConfig(
         model=args.model,
         weights=weights,
-        images_root=args.images_root,
+        images_root=storage.resolve(args.images_root),
         head_uri=args.head,
         normalize=args.normalize,
         device=args.device,
@@ -233,9 +233,10 @@ def find_previous(
 ) -> PreviousRun:
     """The latest embeddings partition dated ``run_date`` or earlier, checked for reuse."""
     dataset = storage.join(output, EMBEDDINGS_DIR)
-    uri = storage.latest_partition(dataset, run_date)
-    if uri is None:
+    partition = storage.latest_partition(dataset, run_date)
+    if partition is None:
         return PreviousRun(None, False, f"no embeddings partition dated {run_date} or earlier in {dataset}")
+    uri = storage.resolve(partition)  # on S3: the partition's current version
     problem = parquet_problem(uri, [field.name for field in E.EMBEDDING_SCHEMA.fields])
     if problem:
         return PreviousRun(None, False, f"previous embeddings {uri} cannot be read: {problem}")
@@ -256,6 +257,14 @@ def find_previous(
     return PreviousRun(uri, True, f"reusing unchanged images' vectors from {uri}")
 
 
+def final_folders(args: argparse.Namespace) -> dict[str, str]:
+    """The partitions a run publishes: embeddings and rejects of the run date."""
+    return {
+        "embeddings": storage.partition_uri(args.output, EMBEDDINGS_DIR, args.run_date),
+        "rejects": storage.partition_uri(args.output, "/".join(REJECTS_DIR), args.run_date),
+    }
+
+
 def check_inputs(args: argparse.Namespace) -> None:
     """Raise JobError when the catalog or the images root does not exist."""
     if args.catalog and not storage.exists(args.catalog):
@@ -273,7 +282,7 @@ def read_catalog(spark: SparkSession, catalog_uri: str) -> DataFrame:
     return (
         spark.read.schema(C.CATALOG_SCHEMA)
         .options(**C.CATALOG_CSV_OPTIONS)
-        .csv(storage.spark_path(catalog_uri))
+        .csv(storage.read_path(catalog_uri))
         .withColumn(ORDER_COL, F.monotonically_increasing_id())
     )
 
@@ -301,12 +310,12 @@ def list_images(spark: SparkSession, images_root: str) -> DataFrame:
     files = (
         spark.read.format("binaryFile")
         .option("recursiveFileLookup", "true")
-        .load(storage.spark_path(images_root))
+        .load(storage.read_path(images_root))
         .inputFiles()
     )
     paths = [(_listed_path(uri),) for uri in files]
     listed_df = spark.createDataFrame(paths, T.StructType([T.StructField(BINARY_FILE_PATH, T.StringType())]))
-    return listed_df.transform(with_listing_columns, root_marker=_root_marker(images_root))
+    return listed_df.transform(with_listing_columns, root_marker=_root_marker(storage.resolve(images_root)))
 
 
 def with_listing_columns(listed_df: DataFrame, root_marker: str) -> DataFrame:
@@ -493,6 +502,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     config, details = resolve_model(args)
     check_inputs(args)
+    outputs.check_output(
+        STAGE,
+        args.output,
+        inputs={"--catalog": args.catalog, "--images-root": args.images_root},
+        replaces=final_folders(args).values(),
+        report_dir=reports_root(args),
+    )
     spark = get_spark(JOB_NAME)
     if args.device == M.DEVICE_CUDA:
         # Asked of one executor task: where GPU resources are configured, every task runs on a GPU executor.
@@ -543,11 +559,10 @@ def _embed_and_publish(
     plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
     clock.lap("previous_and_hashes")
     embeddings_df, partitions = plan.embeddings_df, plan.partitions
-    staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
+    _, staged = storage.start_staging(args.output, STAGE)
     staged_embeddings = storage.join(staged, EMBEDDINGS_DIR)
     staged_rejects = storage.join(staged, *REJECTS_DIR)
-    final_embeddings = storage.join(args.output, EMBEDDINGS_DIR, f"dt={args.run_date}")
-    final_rejects = storage.join(args.output, *REJECTS_DIR, f"dt={args.run_date}")
+    final_embeddings, final_rejects = final_folders(args).values()
     try:
         checked_df.transform(select_rejects).write.parquet(storage.spark_path(staged_rejects))
         clock.lap("rejects")
@@ -602,11 +617,12 @@ def _embed_and_publish(
             },
         )
         clock.lap("quality")
+        outputs.mark_root(STAGE, args.output)
         storage.publish(staged_embeddings, final_embeddings)
         storage.publish(staged_rejects, final_rejects)
         clock.lap("publish")
     finally:
-        storage.remove(staged)
+        storage.finish_staging(staged)
         plan.release()
 
     counts = {"reused": reused, "embedded": ok - reused, "failed": rows_written - ok, "removed": removed}

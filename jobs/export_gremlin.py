@@ -50,7 +50,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import graph_marker as gm
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int, reports_root, run
 from jobs.common.quality import (
@@ -149,7 +149,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="edge rows the quality gate parses and checks, taken from the head of every edge file "
         f"(default {DEFAULT_GATE_EDGE_ROWS:,}; 0: every edge row, which costs far more than the export)",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if args.report_dir is None:  # beside the export, never inside the folder a publish replaces
+        args.report_dir = storage.join(posixpath.dirname(args.output.rstrip("/")) or ".", storage.REPORTS_DIR)
+    return args
 
 
 # ----------------------------------------------------------------------------------------------- reading
@@ -162,13 +165,13 @@ def read_catalog(spark: SparkSession, uri: str) -> DataFrame:
         .options(**C.CATALOG_CSV_OPTIONS)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", tg.CORRUPT_RECORD)
-        .csv(storage.spark_path(uri))
+        .csv(storage.read_path(uri))
     )
 
 
 def read_edges(spark: SparkSession, uri: str) -> tuple[DataFrame, bool]:
     """The similarity edges and whether they carry a rank (top-k) or not (all pairs)."""
-    edges_df = spark.read.parquet(storage.spark_path(uri))
+    edges_df = spark.read.parquet(storage.read_path(uri))
     missing = [column for column in (S.SRC, S.DST, S.SCORE) if column not in edges_df.columns]
     if missing:
         raise JobError(f"--edges {uri}: missing column(s) {missing}; expected schemas/similarity.py")
@@ -177,7 +180,7 @@ def read_edges(spark: SparkSession, uri: str) -> tuple[DataFrame, bool]:
 
 
 def read_embedding_status(spark: SparkSession, uri: str) -> DataFrame:
-    embeddings_df = spark.read.parquet(storage.spark_path(uri))
+    embeddings_df = spark.read.parquet(storage.read_path(uri))
     missing = [column for column in (E.SKU, E.STATUS) if column not in embeddings_df.columns]
     if missing:
         raise JobError(f"--embeddings {uri}: missing column(s) {missing}; expected schemas/embeddings.py")
@@ -1078,19 +1081,12 @@ def gate_frames(
     return {GREMLIN_VERTICES: vertices_df, GREMLIN_EDGES: edges_df}, note
 
 
-def staging_for(output: str, run_id: str) -> str:
-    """Where a run stages its export: beside ``output`` (same filesystem), so one swap publishes it."""
+def start_staging(output: str) -> str:
+    """Begin this run's staging beside ``output`` (same filesystem), so one swap publishes it: the
+    folder ``<parent>/_staging/export/<run id>/<name>`` (``<parent>/<name>`` being ``output``)."""
     parent, name = posixpath.split(output.rstrip("/"))
-    return storage.join(storage.staging_uri(parent or ".", STAGE, run_id), name)
-
-
-def remove_staging(output: str, staged: str) -> None:
-    """Delete this run's staging folder, and the ``_staging`` tree beside ``output`` when it is empty."""
-    run_folder = posixpath.dirname(staged.rstrip("/"))
-    storage.remove(run_folder)
-    staging_root = posixpath.dirname(posixpath.dirname(run_folder))
-    if not all_files(staging_root):
-        storage.remove(staging_root)
+    _, run_folder = storage.start_staging(parent or ".", STAGE)
+    return storage.join(run_folder, name)
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -1104,8 +1100,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     ):
         if uri is not None and not storage.exists(uri):
             raise JobError(f"{flag}: nothing at {uri}")
+    outputs.check_output(
+        STAGE,
+        args.output,
+        inputs={"--catalog": args.catalog, "--edges": args.edges, "--embeddings": args.embeddings},
+        report_dir=reports_root(args),
+    )
     spark = get_spark(APP_NAME)
-    staged = staging_for(args.output, storage.new_run_id())
+    staged = start_staging(args.output)
     try:
         result = export(spark, args, staged)
         # Staged and checked: the quality gate parses the staged CSVs (every vertex, a bounded share of
@@ -1128,10 +1130,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         result["details"]["quality_gate"] = gate_note
         result["clock"].lap("quality_gate")
-        storage.publish(staged, args.output)
+        storage.publish(staged, args.output, owner=outputs.folder_marker(STAGE))
         result["clock"].lap("publish")
     finally:
-        remove_staging(args.output, staged)
+        storage.finish_staging(posixpath.dirname(staged))
     manifest = result["manifest"]
     details = {
         "output": args.output,

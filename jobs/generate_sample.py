@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.cli import JobError, fraction, job_parser, positive_int, run, run_date
 from schemas.catalog import CATALOG_COLUMNS, IMAGE_PATH, SKU
 from schemas.interactions import (
@@ -890,7 +890,7 @@ def generate_interactions(
             "extra": extra_of[lo:hi],
         }
 
-        folder = storage.join(root, f"dt={day.isoformat()}")
+        folder = storage.partition_uri(root, "", day.isoformat())
         if compression == COMPRESSION_GZIP and d == plain_day:
             half = len(ordered_rows) // 2
             parts = [("part-00000.jsonl.gz", ordered_rows[:half]), ("part-00001.jsonl", ordered_rows[half:])]
@@ -987,7 +987,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             f"(7-digit skus), got {args.products}"
         )
     _check_sizes(users=args.users, items=args.products, events=args.events, compression=args.compression)
-    staged = storage.staging_uri(args.output, STAGE, storage.new_run_id())
+    folders = (INTERACTIONS_DIR, CATALOG_DIR, IMAGES_DIR)
+    outputs.check_output(STAGE, args.output, replaces=[storage.join(args.output, f) for f in folders])
+    _, staged = storage.start_staging(args.output, STAGE)
     try:
         catalog = generate_catalog(
             staged, seed=args.seed, products=args.products, image_size=args.image_size,
@@ -999,7 +1001,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             compression=args.compression,
         )
     except BaseException:
-        storage.remove(staged)  # a failed run leaves the previous sample as it was
+        storage.finish_staging(staged)  # a failed run leaves the previous sample as it was
         raise
     manifest = {
         "generator": "jobs.generate_sample",
@@ -1013,15 +1015,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "catalog": catalog,
     }
     # Staged and complete: swap each folder into place, then the manifest last (it describes them).
-    for folder in (INTERACTIONS_DIR, CATALOG_DIR, IMAGES_DIR):
+    outputs.mark_root(STAGE, args.output)
+    for folder in folders:
         if storage.exists(storage.join(staged, folder)):
             storage.publish(storage.join(staged, folder), storage.join(args.output, folder))
         else:
             storage.remove(storage.join(args.output, folder))
-    storage.remove(staged)
-    staging_root = storage.join(args.output, "_staging")
-    if not storage.list_files(staging_root):
-        storage.remove(staging_root)
+    storage.finish_staging(staged)
     storage.write_json(storage.join(args.output, MANIFEST_NAME), manifest)
     LOG.info("sample written to %s in %.1f s: %d lines, %d products", args.output, time.time() - started,
              interactions["lines"], catalog["products"])

@@ -59,8 +59,9 @@ class _LegacyFileSystem(DaskFileSystem):
 
 
 def petastorm_url(uri: str) -> str:
-    """The URL petastorm wants: ``file://`` for local paths, ``s3://`` unchanged."""
-    return storage.spark_path(uri)
+    """The URL petastorm wants: ``file://`` for local paths, ``s3://`` unchanged; a folder published on
+    S3 through its current version (``storage.read_path``)."""
+    return storage.read_path(uri)
 
 
 class NcfParquetDataset(IterableDataset):

@@ -496,6 +496,18 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
+def current_version(source: str) -> str:
+    """The export's current version (``storage.resolve``: its ``_CURRENT`` pointer). Where this machine
+    cannot read the bucket (the loader reads it with its own role), the source as given: its
+    ``vertices/``/``edges/`` prefixes then hold no file of a versioned export, so the load finds nothing
+    rather than a mix of versions."""
+    try:
+        return storage.resolve(source)
+    except OSError as err:
+        LOG.warning("cannot read the pointer under %s (%s): loading the source as given", source, err)
+        return source
+
+
 def prefix(source: str, folder: str) -> str:
     return storage.join(source, folder) + "/"
 
@@ -513,7 +525,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if missing:
         raise JobError(f"missing {', '.join(missing)} (or {ENV_ENDPOINT}, {ENV_ROLE_ARN}, AWS_REGION)")
     source = args.source.rstrip("/")
-    manifest_uri = storage.join(source, G.MANIFEST_NAME)
+    # The files of the export's current version (on S3, behind its _CURRENT pointer); the markers name
+    # the export folder itself.
+    version = current_version(source)
+    manifest_uri = storage.join(version, G.MANIFEST_NAME)
     if not storage.exists(manifest_uri):
         raise JobError(f"--source {args.source}: no {G.MANIFEST_NAME} (not an export folder)")
     manifest = storage.read_json(manifest_uri)
@@ -522,7 +537,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loading_uri = gm.loading_marker_uri(loaded_uri)
     loaded = gm.read_marker(loaded_uri)
     plan = plan_night(
-        source, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
+        version, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
     )
     settings = LoadSettings(
         iam_role_arn=args.iam_role_arn,

@@ -25,7 +25,7 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import cli, storage
+from jobs.common import cli, outputs, storage
 from jobs.common.cli import JobError
 from jobs.common.quality import (
     LEAVE_ONE_OUT,
@@ -62,6 +62,8 @@ SPARK_CONF = {
     "spark.sql.legacy.timeParserPolicy": "CORRECTED",
 }
 _IS_RUN_DAY = "_is_run_day"
+# The report names at most this many files the job did not read (it counts them all).
+MAX_NAMED_FILES = 20
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,28 +104,40 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def input_files(input_uri: str, run_date: dt.date, lookback_days: int) -> tuple[list[str], list[str]]:
-    """The log files of the window, and those of the run date itself.
+def input_files(
+    input_uri: str, run_date: dt.date, lookback_days: int
+) -> tuple[list[str], list[str], list[str]]:
+    """The log files of the window, those of the run date itself, and the window's other files (a
+    suffix or case the job does not read: ``PART.JSONL.GZ``, ``.bz2``), which are counted, not read.
 
     Raises:
         JobError: the input root or the run date's folder is missing, or the run date has no files.
     """
     if not storage.exists(input_uri):
         raise JobError(f"input folder not found: {input_uri}")
-    run_day_dir = storage.join(input_uri, f"dt={run_date.isoformat()}")
-    run_day_files = storage.list_files(run_day_dir, INPUT_SUFFIXES)
+    run_day_dir = storage.partition_uri(input_uri, "", run_date)
     if not storage.exists(run_day_dir):
         raise JobError(f"no logs for the run date: {run_day_dir} does not exist")
-    if not run_day_files:
-        raise JobError(f"no log files for the run date in {run_day_dir}")
-    files = list(run_day_files)
-    for back in range(1, lookback_days + 1):
-        day_dir = storage.join(input_uri, f"dt={(run_date - dt.timedelta(days=back)).isoformat()}")
-        day_files = storage.list_files(day_dir, INPUT_SUFFIXES)
-        if not day_files:
+    days = [run_date - dt.timedelta(days=back) for back in range(lookback_days + 1)]
+    files: list[str] = []
+    unread: list[str] = []
+    run_day_files: list[str] = []
+    for day in days:
+        day_dir = storage.partition_uri(input_uri, "", day)
+        listed = storage.list_files(day_dir)
+        day_files = [uri for uri in listed if uri.endswith(INPUT_SUFFIXES)]
+        unread += [uri for uri in listed if not uri.endswith(INPUT_SUFFIXES)]
+        if day == run_date:
+            run_day_files = day_files
+        elif not day_files:
             LOG.warning("look-back day missing or empty, skipped: %s", day_dir)
         files.extend(day_files)
-    return sorted(files), run_day_files
+    if not run_day_files:
+        raise JobError(f"no log files for the run date in {run_day_dir}")
+    for uri in unread:
+        LOG.warning("not a log file this job reads (suffix must be one of %s), not read: %s",
+                    ", ".join(INPUT_SUFFIXES), uri)
+    return sorted(files), run_day_files, sorted(unread)
 
 
 def read_lines(spark: SparkSession, files: Sequence[str]) -> DataFrame:
@@ -133,6 +147,15 @@ def read_lines(spark: SparkSession, files: Sequence[str]) -> DataFrame:
     )
 
 
+def raise_unreadable(files: Sequence[str]) -> None:
+    """After a failed read: raise JobError naming the first compressed log file that cannot be
+    decompressed (Spark's own error often names none); return when every file reads."""
+    for uri in files:
+        problem = storage.compression_problem(uri)
+        if problem:
+            raise JobError(f"{uri}: {problem}")
+
+
 def read_index(spark: SparkSession, uri: str, schema: Any) -> DataFrame:
     """The published id map at ``uri``, or an empty one.
 
@@ -140,7 +163,7 @@ def read_index(spark: SparkSession, uri: str, schema: Any) -> DataFrame:
     schema, and so its bytes, are the same as a rerun's.
     """
     if storage.exists(uri) and storage.list_files(uri):
-        return spark.read.schema(schema).parquet(storage.spark_path(uri))
+        return spark.read.schema(schema).parquet(storage.read_path(uri))
     nullable = T.StructType([T.StructField(f.name, f.dataType, True) for f in schema.fields])
     return spark.createDataFrame([], nullable)
 
@@ -166,7 +189,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = parse_args(argv)
     cli.configure_logging(args.log_level)
     run_date: dt.date = args.run_date
-    files, run_day_files = input_files(args.input, run_date, args.lookback_days)
+    files, run_day_files, unread_files = input_files(args.input, run_date, args.lookback_days)
+    # Index maps first: if a later swap fails, a rerun reuses the ids already published.
+    finals = {
+        USERS_INDEX_DIR: storage.join(args.output, USERS_INDEX_DIR),
+        ITEMS_INDEX_DIR: storage.join(args.output, ITEMS_INDEX_DIR),
+        REJECTS_DIR: storage.partition_uri(args.output, REJECTS_DIR, run_date),
+        TRAIN_DIR: storage.partition_uri(args.output, TRAIN_DIR, run_date),
+        TEST_DIR: storage.partition_uri(args.output, TEST_DIR, run_date),
+    }
+    outputs.check_output(
+        STAGE, args.output, inputs={"--input": args.input}, replaces=finals.values(),
+        report_dir=cli.reports_root(args),
+    )
     LOG.info("reading %d files (%d of the run date)", len(files), len(run_day_files))
 
     spark = get_spark(APP_NAME, conf=SPARK_CONF)
@@ -188,15 +223,20 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
         .persist(StorageLevel.MEMORY_AND_DISK)
     )
-    by_reason = {
-        (row[S.REASON], row[_IS_RUN_DAY]): row["count"]
-        for row in parsed_df.groupBy(S.REASON, _IS_RUN_DAY).count().collect()
-    }
+    try:
+        by_reason = {
+            (row[S.REASON], row[_IS_RUN_DAY]): row["count"]
+            for row in parsed_df.groupBy(S.REASON, _IS_RUN_DAY).count().collect()
+        }
+    except Exception:
+        parsed_df.unpersist()
+        raise_unreadable(files)
+        raise
     lines_read = sum(by_reason.values())
     run_day_lines = sum(n for (_, is_run_day), n in by_reason.items() if is_run_day)
     if run_day_lines == 0:
         parsed_df.unpersist()
-        raise JobError(f"the run date's logs are empty: {storage.join(args.input, f'dt={run_date}')}")
+        raise JobError(f"the run date's logs are empty: {storage.partition_uri(args.input, '', run_date)}")
     rejected = {reason: 0 for reason in S.REJECT_REASONS}
     for (reason, _), n in by_reason.items():
         if reason is not None:
@@ -204,8 +244,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     valid_lines = lines_read - sum(rejected.values())
     clock.lap("parse")
 
-    run_id = storage.new_run_id()
-    staging_root = storage.staging_uri(args.output, STAGE, run_id)
+    _, staging_root = storage.start_staging(args.output, STAGE)
     staged = {
         name: storage.join(staging_root, name)
         for name in (REJECTS_DIR, USERS_INDEX_DIR, ITEMS_INDEX_DIR, TRAIN_DIR, TEST_DIR)
@@ -328,20 +367,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         )
 
         clock.lap("quality")
-        # Index maps first: if a later swap fails, a rerun reuses the ids already published.
-        finals = {
-            USERS_INDEX_DIR: storage.join(args.output, USERS_INDEX_DIR),
-            ITEMS_INDEX_DIR: storage.join(args.output, ITEMS_INDEX_DIR),
-            REJECTS_DIR: storage.join(args.output, REJECTS_DIR, f"dt={run_date}"),
-            TRAIN_DIR: storage.join(args.output, TRAIN_DIR, f"dt={run_date}"),
-            TEST_DIR: storage.join(args.output, TEST_DIR, f"dt={run_date}"),
-        }
+        outputs.mark_root(STAGE, args.output)
         for name, final in finals.items():
             storage.publish(staged[name], final)
     finally:
         for frame in cached:
             frame.unpersist()
-        storage.remove(staging_root)
+        storage.finish_staging(staging_root)
     clock.lap("publish")
 
     details = {
@@ -368,6 +400,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "test_fraction": args.test_fraction,
         },
         "input_files": len(files),
+        "unread_files": len(unread_files),
+        "unread_file_names": unread_files[:MAX_NAMED_FILES],
         "outputs": {name: final for name, final in finals.items()},
         "phase_seconds": clock.seconds,
     }

@@ -26,6 +26,7 @@ import html
 import io
 import logging
 import math
+import os
 import posixpath
 import re
 import time
@@ -36,7 +37,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int, run
 from jobs.common.quality import quality_uri
 from jobs.common.report import report_uri
@@ -68,6 +69,7 @@ V_IMAGE, V_STATUS = G.VERTEX_PROPERTIES["image"], G.VERTEX_EMBEDDING_STATUS
 # Placeholder reasons (the tile says why there is no picture).
 NO_IMAGE_PATH = "no image path"
 IMAGE_NOT_FOUND = "image not found"
+IMAGE_OUTSIDE_ROOT = "image path outside the images root"
 IMAGE_UNREADABLE = "image unreadable"
 EMBED_FAILED = "image failed to embed"
 
@@ -149,13 +151,13 @@ def read_quality(reports_root: str, run_date: str) -> dict[str, dict[str, Any] |
 
 
 def _parquet(spark: SparkSession, uri: str) -> DataFrame | None:
-    return spark.read.parquet(storage.spark_path(uri)) if storage.list_files(uri, (".parquet",)) else None
+    return spark.read.parquet(storage.read_path(uri)) if storage.list_files(uri, (".parquet",)) else None
 
 
 def _gremlin_csv(spark: SparkSession, uri: str) -> DataFrame | None:
     if not storage.list_files(uri, tuple(G.FILE_SUFFIX.values())):
         return None
-    return spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true").csv(storage.spark_path(uri))
+    return spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true").csv(storage.read_path(uri))
 
 
 def _rows(df: DataFrame) -> list[tuple]:
@@ -164,8 +166,8 @@ def _rows(df: DataFrame) -> list[tuple]:
 
 def ncf_stats(spark: SparkSession, workdir: str, run_date: str) -> dict[str, Section]:
     """Train/test sizes by label and the user/item degree distributions of the positives."""
-    train = _parquet(spark, storage.join(workdir, "ncf", "train", f"dt={run_date}"))
-    test = _parquet(spark, storage.join(workdir, "ncf", "test", f"dt={run_date}"))
+    train = _parquet(spark, storage.partition_uri(workdir, "ncf/train", run_date))
+    test = _parquet(spark, storage.partition_uri(workdir, "ncf/test", run_date))
     if train is None or test is None:
         missing = Section(
             missing=f"no NCF train/test sets under {storage.join(workdir, 'ncf')} for {run_date}"
@@ -189,9 +191,10 @@ def similarity_stats(
     spark: SparkSession, workdir: str, run_date: str, products: int | None
 ) -> dict[str, Section]:
     """Score histogram and neighbours per product of the similarity edges."""
-    edges = _parquet(spark, storage.join(workdir, "style", "similarity", f"dt={run_date}"))
+    edges_uri = storage.partition_uri(workdir, "style/similarity", run_date)
+    edges = _parquet(spark, edges_uri)
     if edges is None:
-        missing = Section(missing=f"no similarity edges under {workdir}/style/similarity/dt={run_date}")
+        missing = Section(missing=f"no similarity edges under {edges_uri}")
         return {"scores": missing, "neighbours": missing}
     low, high = edges.transform(rs.finite_range, S.SCORE).first()
     if low is None:
@@ -214,7 +217,7 @@ def events_stats(spark: SparkSession, interactions: str | None) -> Section:
         return Section(missing="raw logs not given (--interactions)")
     if not storage.list_files(interactions):
         return Section(missing=f"no log files under {interactions}")
-    lines = spark.read.text(storage.spark_path(interactions), recursiveFileLookup=True).select(
+    lines = spark.read.text(storage.read_path(interactions), recursiveFileLookup=True).select(
         F.input_file_name().alias(FILE_COLUMN)
     )
     return Section(_rows(rs.events_per_day(lines, FILE_COLUMN)))
@@ -245,19 +248,31 @@ def thumbnail_data_uri(uri: str, px: int) -> tuple[str | None, str | None]:
     return "data:image/jpeg;base64," + base64.b64encode(out.getvalue()).decode("ascii"), None
 
 
-def _image_uri(images_root: str | None, value: str | None) -> str | None:
+def _image_uri(images_root: str | None, value: str | None) -> tuple[str | None, str | None]:
+    """The image file of a vertex's image path under the images root, or ``(None, why not)``: a path
+    that is absolute, a URL, leaves the root with ``..`` or (locally) through a symlink is not read."""
     if not value:
-        return None
-    if "://" in value or value.startswith("/") or not images_root:
-        return value
-    return storage.join(images_root, value)
+        return None, NO_IMAGE_PATH
+    if not images_root:
+        return None, f"{IMAGE_OUTSIDE_ROOT}: no images root (--images-root or the embed report's)"
+    text = str(value)
+    rel = posixpath.normpath(text)
+    is_outside = rel == ".." or rel.startswith("../") or text.startswith(("/", "\\"))
+    if is_outside or "://" in text or "\x00" in text:
+        return None, f"{IMAGE_OUTSIDE_ROOT}: {text[:200]!r}"
+    uri = storage.join(storage.resolve(images_root), rel)
+    if not storage.is_remote(uri):
+        root = os.path.realpath(storage.local_path(images_root))
+        if not os.path.realpath(storage.local_path(uri)).startswith(root.rstrip("/") + "/"):
+            return None, f"{IMAGE_OUTSIDE_ROOT}: {text[:200]!r} is a link that leaves it"
+    return uri, None
 
 
 def _tile(row: Mapping[str, Any], images_root: str | None, px: int, thumbs: dict[str, tuple]) -> Tile:
     tile = Tile(product_id=row[V_ID], sku=row.get(V_SKU), name=row.get(V_NAME), brand=row.get(V_BRAND))
-    image = _image_uri(images_root, row.get(V_IMAGE))
+    image, why_not = _image_uri(images_root, row.get(V_IMAGE))
     if image is None:
-        tile.placeholder = NO_IMAGE_PATH
+        tile.placeholder = why_not
     else:
         if image not in thumbs:
             thumbs[image] = thumbnail_data_uri(image, px)
@@ -695,13 +710,24 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     started = time.time()
     args = parse_args(argv)
     run_date = str(args.run_date)
+    outputs.check_output(
+        STAGE,
+        args.output,
+        inputs={
+            "--reports": args.reports,
+            "--interactions": args.interactions,
+            "--images-root": args.images_root,
+            "--workdir ncf": storage.join(args.workdir, "ncf"),
+            "--workdir style": storage.join(args.workdir, "style"),
+        },
+    )
     spark = get_spark(APP_NAME)
     reports = read_stage_reports(args.reports, run_date)
     quality = read_quality(args.reports, run_date)
     embed_report = reports.get("embed") or {}
     similarity_report = reports.get("similarity") or {}
     images_root = args.images_root or embed_report.get("images_root")
-    export_uri = storage.join(args.workdir, "style", "gremlin", f"dt={run_date}")
+    export_uri = storage.partition_uri(args.workdir, "style/gremlin", run_date)
     higher_is_closer = _direction(similarity_report, export_uri)
 
     ncf = ncf_stats(spark, args.workdir, run_date)
@@ -721,7 +747,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     gallery_section = gallery(
         spark,
         export_uri,
-        storage.join(args.workdir, "style", "embeddings", f"dt={run_date}"),
+        storage.partition_uri(args.workdir, "style/embeddings", run_date),
         size=args.gallery_size,
         neighbours=args.neighbours,
         higher_is_closer=higher_is_closer,
@@ -741,12 +767,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         neighbours=args.neighbours,
         px=args.thumb_px,
     )
-    staged = storage.join(storage.staging_uri(args.workdir, STAGE, storage.new_run_id()), "report")
+    _, run_folder = storage.start_staging(posixpath.dirname(args.output.rstrip("/")) or ".", STAGE)
+    staged = storage.join(run_folder, "report")
     try:
         storage.write_text(storage.join(staged, INDEX_HTML), page)
-        storage.publish(staged, args.output)
+        storage.publish(staged, args.output, owner=outputs.folder_marker(STAGE))
     finally:
-        storage.remove(posixpath.dirname(staged))
+        storage.finish_staging(run_folder)
     tiles = [t for row in gallery_section.data or [] for t in (row.product, *row.neighbours)]
     output = storage.join(args.output, INDEX_HTML)
     LOG.info(

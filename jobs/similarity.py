@@ -44,10 +44,11 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from jobs.common import storage
+from jobs.common import outputs, storage
 from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
 from jobs.common.quality import (
     ROWS_IN,
@@ -190,19 +191,62 @@ def check_edge_files(staged_edges: str, written: list[tuple[str | None, int]], s
         storage.write_parquet(schema.empty_table(), storage.join(staged_edges, PART_FILE))
 
 
+def final_folders(args: argparse.Namespace) -> tuple[str, str]:
+    """The partitions a run publishes: (edges, rejects) of the run date."""
+    return (
+        storage.partition_uri(args.output, STAGE, args.run_date),
+        storage.partition_uri(args.output, f"rejects/{STAGE}", args.run_date),
+    )
+
+
+def embedding_type(uri: str) -> pa.DataType:
+    """The Arrow type of a Parquet file's ``embedding`` column, from its footer."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_file(path) as handle:
+        return pq.ParquetFile(handle).schema_arrow.field(E.EMBEDDING).type
+
+
+def check_embedding_types(files: Sequence[str]) -> None:
+    """Every file stores ``embedding`` as a list of floats, the same float type in all of them.
+
+    Raises:
+        JobError: naming the first file that stores it otherwise (a string, a mix of float and double).
+    """
+    first: pa.DataType | None = None
+    for uri in files:
+        found = embedding_type(uri)
+        is_floats = (pa.types.is_list(found) or pa.types.is_large_list(found)) and pa.types.is_floating(
+            found.value_type
+        )
+        if not is_floats:
+            raise JobError(f"{uri}: column {E.EMBEDDING} is {found}, expected a list of float")
+        if first is not None and found != first:
+            raise JobError(
+                f"{uri}: column {E.EMBEDDING} is {found} but {files[0]} stores {first}: "
+                "every input file must use the same float type"
+            )
+        first = found
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the similarity job; returns the run report."""
     started_at = time.time()
     args = parse_args(argv)
     if not storage.exists(args.input):
         raise JobError(f"--input {args.input} does not exist")
+    outputs.check_output(
+        STAGE,
+        args.output,
+        inputs={"--input": args.input},
+        replaces=final_folders(args) if args.sink == SINK_PARQUET else (),
+        report_dir=reports_root(args),
+    )
     spark = get_spark(APP_NAME)
-    run_id = storage.new_run_id()
-    staging = storage.staging_uri(args.output, STAGE, run_id)
+    _, staging = storage.start_staging(args.output, STAGE)
     try:
         return _run(spark, args, staging, started_at)
     finally:
-        storage.remove(staging)
+        storage.finish_staging(staging)
 
 
 def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at: float) -> dict[str, Any]:
@@ -217,6 +261,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
             raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
         if missing:
             raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
+    check_embedding_types(files)
     facts = read_facts(files)
     expected_dim = st.expected_dimension(facts)
     reasons = st.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
@@ -301,9 +346,9 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
                 ROWS_REJECTED: sum(n for reason, n in counts.items() if reason not in S.DROPPED_REASONS),
             },
         )
-    final_edges = storage.join(args.output, STAGE, f"dt={args.run_date}")
-    final_rejects = storage.join(args.output, "rejects", STAGE, f"dt={args.run_date}")
+    final_edges, final_rejects = final_folders(args)
     if args.sink == SINK_PARQUET:
+        outputs.mark_root(STAGE, args.output)
         storage.publish(staged_edges, final_edges)
         storage.publish(staged_rejects, final_rejects)
 

@@ -525,7 +525,7 @@ def validate_prefix(
     allow_non_finite: bool = False,
 ) -> None:
     """Check every file under one loader prefix (vertex or edge)."""
-    files = storage.all_files(uri)
+    files = storage.all_files(storage.resolve(uri))  # on S3: the published folder's current version
     data_files = []
     for file_uri in files:
         if is_non_data_name(posixpath.basename(file_uri)):

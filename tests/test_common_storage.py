@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import boto3
 import pytest
@@ -74,7 +75,7 @@ def test_json_round_trip_is_atomic_file(tmp_path) -> None:
     assert os.listdir(tmp_path / "r") == ["dt=2024-03-31.json"]
 
 
-def test_publish_on_s3_swaps_objects(aws_env: str) -> None:
+def test_publish_on_s3_puts_a_version_behind_the_pointer(aws_env: str) -> None:
     s3 = boto3.client("s3")
     s3.create_bucket(Bucket="stylegraph-test")
     for key, body in {"out/train/dt=1/a": "old", "out/train/dt=1/stale": "old",
@@ -84,14 +85,25 @@ def test_publish_on_s3_swaps_objects(aws_env: str) -> None:
 
     storage.publish("s3://stylegraph-test/out/_staging/p/r1/train/dt=1", "s3://stylegraph-test/out/train/dt=1")
 
-    listed = s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/")["Contents"]
-    keys = {obj["Key"]: s3.get_object(Bucket="stylegraph-test", Key=obj["Key"])["Body"].read().decode()
-            for obj in listed}
-    assert {k: v for k, v in keys.items() if not k.endswith("/")} == {
-        "out/train/dt=0/a": "keep", "out/train/dt=1/a": "new", "out/train/dt=1/sub/b": "new-b"}
+    pointer = storage.read_pointer("s3://stylegraph-test/out/train/dt=1")
+    version = f"s3://stylegraph-test/out/train/dt=1/_v={pointer['version']}"
+    assert pointer["files"] == ["a", "sub/b"]
+    # Readers see the new files only; the older layout's files stay for readers already on them.
     assert storage.list_files("s3://stylegraph-test/out/train") == [
-        "s3://stylegraph-test/out/train/dt=0/a", "s3://stylegraph-test/out/train/dt=1/a",
-        "s3://stylegraph-test/out/train/dt=1/sub/b"]
+        "s3://stylegraph-test/out/train/dt=0/a", f"{version}/a", f"{version}/sub/b"]
+    assert storage.resolve("s3://stylegraph-test/out/train/dt=1/sub") == f"{version}/sub"
+    assert storage.read_text("s3://stylegraph-test/out/train/dt=1/sub/b") == "new-b"
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/")["Contents"]}
+    assert {"out/train/dt=1/a", "out/train/dt=1/stale"} <= keys
+    assert not [k for k in keys if k.startswith("out/_staging/p/r1/train/dt=1/")]
+    # After the grace period a later clean removes the older layout's files, never the current version.
+    assert storage.clean_versions("s3://stylegraph-test/out/train/dt=1", now=time.time() + 7200) == [
+        "s3://stylegraph-test/out/train/dt=1"]
+    listed = s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/train/dt=1/")["Contents"]
+    keys = {o["Key"] for o in listed}
+    assert {k for k in keys if not k.endswith("/")} == {
+        "out/train/dt=1/_CURRENT", f"out/train/dt=1/_v={pointer['version']}/a",
+        f"out/train/dt=1/_v={pointer['version']}/sub/b"}
 
 
 def test_read_parquet_and_parquet_rows(tmp_path) -> None:

@@ -230,6 +230,7 @@ def test_only_compressed_data_files_under_the_loader_prefixes(hostile_export):
         names = [path.name for path in (output / folder).iterdir()]
         assert names and all(name.startswith("part-") and name.endswith(".csv.gz") for name in names), names
     assert sorted(path.name for path in output.iterdir()) == [
+        "_STYLEGRAPH_OWNER",  # the export's own folder: a later run may replace it
         "_rejects",
         "edges",
         "manifest.json",
@@ -412,7 +413,8 @@ def test_a_failed_export_leaves_the_previous_export_untouched(sized_inputs, monk
         )
     after = {str(path.relative_to(output)): path.read_bytes() for path in data_files(output)}
     assert after == before
-    assert sorted(os.listdir(output.parent)) == ["catalog.csv", "edges", "gremlin"]
+    # The earlier run's reports sit beside the export (the default --report-dir), not inside it.
+    assert sorted(os.listdir(output.parent)) == ["_reports", "catalog.csv", "edges", "gremlin"]
 
 
 def test_the_gate_checks_each_edge_file_head_and_stops_bad_output(spark, sized_inputs, tmp_path, monkeypatch):

@@ -101,9 +101,11 @@ def test_same_seed_same_bytes_other_seed_other_bytes(tmp_path):
     second = _tree_bytes(_generate_and_root(tmp_path / "b", 11))
     other = _tree_bytes(_generate_and_root(tmp_path / "c", 12))
     assert first == second
-    # 24 products - 2 missing images, the catalog, 3 gzip day parts + 1 plain part, the manifest.
-    assert len(first) == 22 + 1 + 4 + 1
+    # 24 products - 2 missing images, the catalog, 3 gzip day parts + 1 plain part, the manifest, the
+    # owner marker.
+    assert len(first) == 22 + 1 + 4 + 1 + 1
     assert "sample_manifest.json" in first
+    assert json.loads(first["_STYLEGRAPH_OWNER"]) == {"owner": "sample", "kind": "root"}
     assert not any(name.startswith("_staging") for name in first)
     changed = {name for name in first if first[name] != other.get(name)}
     assert "catalog/catalog.csv" in changed

@@ -104,6 +104,7 @@ class ImageReader:
             self.fs, self.root = storage.filesystem(images_root)
         else:
             self.fs, self.root = None, storage.local_path(images_root)
+            self.real_root = os.path.realpath(self.root)
 
     def read(self, value: Any) -> bytes:
         """The bytes of the image at ``value`` (a relative path); raises ImageError."""
@@ -115,7 +116,10 @@ class ImageReader:
             raise M.ImageError(M.REASON_FILE_TOO_LARGE, f"{size} bytes is over the limit of {self.max_bytes}")
 
     def _read_local(self, rel: str) -> bytes:
-        path = os.path.join(self.root, rel)
+        # The file a symlink names, checked to lie under the root: no link reads outside it.
+        path = os.path.realpath(os.path.join(self.root, rel))
+        if not path.startswith(self.real_root.rstrip("/") + "/"):
+            raise M.ImageError(M.REASON_INVALID_IMAGE_PATH, f"{rel!r} is a link that leaves the images root")
         try:
             with open(path, "rb") as stream:
                 self._check_size(os.fstat(stream.fileno()).st_size)

@@ -27,11 +27,13 @@ def _first_row(uri: str) -> list[str] | None:
 
 
 def check_catalog_header(catalog_uri: str) -> None:
-    """Raise :class:`JobError` unless every catalog file starts with exactly ``CATALOG_COLUMNS``.
+    """Raise :class:`JobError` unless every catalog file starts with exactly ``CATALOG_COLUMNS`` and,
+    when compressed, decompresses to its end.
 
     Args:
         catalog_uri: a catalog CSV file, or a folder of them.
     """
+    catalog_uri = storage.resolve(catalog_uri)
     fs, path = storage.filesystem(catalog_uri)
     info = fs.get_file_info(path)
     files = storage.list_files(catalog_uri) if info.type == pafs.FileType.Directory else [catalog_uri]
@@ -39,6 +41,9 @@ def check_catalog_header(catalog_uri: str) -> None:
         raise JobError(f"--catalog {catalog_uri}: no catalog file found")
     expected = list(CATALOG_COLUMNS)
     for file_uri in files:
+        problem = storage.compression_problem(file_uri)  # a catalog is small: read to its end once
+        if problem:
+            raise JobError(f"--catalog {file_uri}: {problem}")
         found = _first_row(file_uri)
         if found is None:
             raise JobError(f"--catalog {file_uri}: empty file, expected the header {','.join(expected)}")
