@@ -38,12 +38,12 @@ def test_emr_and_glue_name_the_endpoint_they_cannot_reach(dead_endpoint: str, di
     calls = {
         "emr run": (emr_cli.main, [
             "run", "--bucket", "b", "--prefix", "sg", "--input-root", "s3://b/raw", "--work-root", "s3://b/w",
-            "--run-date", "2024-03-31", "--dist", str(dist_dir)]),
+            "--run-date", "2024-03-31", "--weights", "s3://b/models/resnet152.pt", "--dist", str(dist_dir)]),
         "glue deploy": (glue_cli.main, [
             "deploy", "--bucket", "b", "--prefix", "sg", "--role-arn", "arn:aws:iam::123456789012:role/g",
             "--dist", str(dist_dir)]),
         "glue run": (glue_cli.main, [
-            "run", "--stage", "similarity", "--input-root", "s3://b/raw", "--work-root", "s3://b/w",
+            "run", "--stage", "export", "--input-root", "s3://b/raw", "--work-root", "s3://b/w",
             "--run-date", "2024-03-31"]),
     }
     for name, (main, argv) in calls.items():
