@@ -421,7 +421,7 @@ def diff_bases(output: str, loaded_marker: str | None) -> tuple[list[DiffBase], 
     for role, ref in refs:
         if not gm.is_current(ref):
             return [], f"the {role} export {ref.export} is gone or no longer holds the manifest {role}"
-        manifest = storage.read_json(storage.join(ref.export, G.MANIFEST_NAME))
+        manifest = storage.read_json(storage.join(storage.resolve(ref.export), G.MANIFEST_NAME))
         bases.append(DiffBase(role=role, ref=ref, headers=manifest["headers"]))
     return bases, None
 
@@ -432,7 +432,7 @@ def read_export_csv(spark: SparkSession, uri: str, header: Sequence[str]) -> Dat
     return (
         spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
         .schema(schema)
-        .csv(storage.spark_path(uri))
+        .csv(storage.read_path(uri))  # a published export on S3: its current version
     )
 
 

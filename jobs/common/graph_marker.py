@@ -55,7 +55,7 @@ def loading_marker_uri(loaded_uri: str) -> str:
 
 def manifest_sha256(export_uri: str) -> str | None:
     """sha-256 of the export's ``manifest.json`` bytes; None when there is none."""
-    uri = storage.join(export_uri, G.MANIFEST_NAME)
+    uri = storage.join(storage.resolve(export_uri), G.MANIFEST_NAME)  # on S3: the current version's
     if not storage.exists(uri):
         return None
     return hashlib.sha256(storage.read_text(uri).encode("utf-8")).hexdigest()

@@ -76,6 +76,14 @@ def test_one_night_runs_every_stage_for_the_day_that_ended(aws, airflow_db) -> N
     s3.create_bucket(Bucket=BUCKET)
     s3.put_object(Bucket=BUCKET, Key=f"raw/interactions/dt={DAY}/part-0.json", Body=b"{}\n")
     s3.put_object(Bucket=BUCKET, Key=f"raw/interactions/dt={DAY}/_SUCCESS", Body=b"")
+    # The export's manifest, as the export stage (a Glue run here, which moto does not execute) writes it:
+    # the Neptune task plans its loads from it.
+    s3.put_object(Bucket=BUCKET, Key=f"work/style/gremlin/dt={DAY}/manifest.json", Body=json.dumps({
+        "run_date": DAY, "vertex_label": "product", "edge_label": "similar",
+        "files": [{"path": "vertices/part-00000-c000.csv.gz", "rows": 3},
+                  {"path": "edges/part-00000-c000.csv.gz", "rows": 6}],
+        "totals": {"vertices": {"rows": 3}, "edges": {"rows": 6}},
+    }).encode())
     for stage in glue_jobs.GLUE_STAGES:
         glue.create_job(**glue_jobs.job_definition(
             stage, role_arn="arn:aws:iam::123456789012:role/Glue", script_uri=f"s3://{BUCKET}/s.py",

@@ -277,7 +277,38 @@ def test_every_task_passes_the_pipeline_definitions_arguments(dag, context):
     assert seen["neptune_load"][:2] == ["--source", "s3://shop-data/work/style/gremlin/dt=2024-03-31/"]
 
 
-def test_the_neptune_load_task_runs_the_real_job_on_the_days_export(dag, render):
+@pytest.fixture
+def days_export_on_s3(monkeypatch):
+    """The day's export manifest (what the Neptune job plans from) on a local moto S3 server."""
+    import json
+
+    import boto3
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    import urllib.request
+
+    # Moto's backends live in this process: start from an empty account, whatever an earlier test made.
+    urllib.request.urlopen(urllib.request.Request(f"http://{host}:{port}/moto-api/reset", method="POST"))
+    for key, value in {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                       "AWS_SECRET_ACCESS_KEY": "testing", "AWS_REGION": "eu-west-1",
+                       "AWS_DEFAULT_REGION": "eu-west-1"}.items():
+        monkeypatch.setenv(key, value)
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="shop-data", CreateBucketConfiguration={"LocationConstraint": "eu-west-1"})
+    s3.put_object(Bucket="shop-data", Key="work/style/gremlin/dt=2024-03-31/manifest.json", Body=json.dumps({
+        "run_date": "2024-03-31", "vertex_label": "product", "edge_label": "similar",
+        "files": [{"path": "vertices/part-00000-c000.csv.gz", "rows": 3},
+                  {"path": "edges/part-00000-c000.csv.gz", "rows": 6}],
+        "totals": {"vertices": {"rows": 3}, "edges": {"rows": 6}},
+    }).encode())
+    yield
+    server.stop()
+
+
+def test_the_neptune_load_task_runs_the_real_job_on_the_days_export(dag, render, days_export_on_s3):
     task = dag.get_task("neptune_load")
     argv = render(task, task.op_args)[0]
     requests = task.python_callable([*argv, "--dry-run"])  # the job prints its requests, calls nothing
