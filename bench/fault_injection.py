@@ -5,8 +5,8 @@
 One uninterrupted ``python -m jobs.pipeline`` run on the sample data gives the reference rows of every
 published dataset (the NCF sets, index maps and rejects; embeddings, similarity edges and their rejects;
 the Gremlin export's rows). Then, ``--kills`` times, on one work folder: start the pipeline, SIGKILL its
-process group (the Python driver and Spark's JVM, as a lost node would) at a random moment of the
-reference run's length, check that every dataset a reader can see is whole (equal to the reference
+process group (the Python driver and Spark's JVM, as a lost node would) at a random moment within the
+length of the previous full run, check that every dataset a reader can see is whole (equal to the reference
 rows: a rerun of the same date publishes the same rows, so old and new are equal and any mix or
 duplicate shows), then rerun the pipeline to the end and check that every dataset equals the reference
 and that no staging folder is left. The report page (it carries its generation time) is not compared.
@@ -104,8 +104,9 @@ def run(quick: bool = False, *, kills: int | None = None, seed: int = 1, keep: P
     reference = published_rows(base / "reference")
     work = base / "work"
     rows = []
+    run_seconds = reference_seconds  # a rerun is shorter than a first run: kills land within the last
     for n in range(1, kills + 1):
-        at = rng.uniform(0.5, reference_seconds)
+        at = rng.uniform(0.5, run_seconds)
         process = pipeline(work, sample)
         time.sleep(at)
         finished_first = process.poll() is not None
@@ -114,6 +115,7 @@ def run(quick: bool = False, *, kills: int | None = None, seed: int = 1, keep: P
         torn = sorted(folder for folder, got in seen.items() if got != reference.get(folder))
         left_by_kill = staging_left(work)
         rerun_seconds = run_to_end(work, sample)
+        run_seconds = rerun_seconds
         after = published_rows(work)
         differs = sorted(f for f in set(after) | set(reference) if after.get(f) != reference.get(f))
         row = {
