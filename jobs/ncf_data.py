@@ -88,7 +88,7 @@ class NcfParquetDataset(IterableDataset):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.url = petastorm_url(uri)
-        self.remote = storage.filesystem(uri) if storage.is_remote(uri) else None
+        self.remote = storage.filesystem(self.url) if storage.is_remote(uri) else None  # the version
         self.batch_size = batch_size
         self.shuffle = shuffle
         self.workers_count = workers_count

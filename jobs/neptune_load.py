@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import hashlib
 import io
 import itertools
 import json
@@ -497,15 +498,37 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def current_version(source: str) -> str:
-    """The export's current version (``storage.resolve``: its ``_CURRENT`` pointer). Where this machine
-    cannot read the bucket (the loader reads it with its own role), the source as given: its
-    ``vertices/``/``edges/`` prefixes then hold no file of a versioned export, so the load finds nothing
-    rather than a mix of versions."""
+    """The export's current version (``storage.resolve``: on S3, its ``_CURRENT`` pointer).
+
+    Raises:
+        JobError: the pointer cannot be read (no access, no endpoint), named.
+    """
     try:
         return storage.resolve(source)
     except OSError as err:
-        LOG.warning("cannot read the pointer under %s (%s): loading the source as given", source, err)
-        return source
+        raise JobError(f"--source {source}: cannot read its pointer ({err})") from err
+
+
+def read_manifest(version: str) -> tuple[dict[str, Any], str]:
+    """The export manifest of a version and the sha-256 of its bytes (what the markers record).
+
+    Raises:
+        JobError: no manifest, or one that is not an export's (named).
+    """
+    uri = storage.join(version, G.MANIFEST_NAME)
+    try:
+        text = storage.read_text(uri)
+    except FileNotFoundError as err:
+        raise JobError(f"{uri}: no {G.MANIFEST_NAME} (not an export folder)") from err
+    except OSError as err:
+        raise JobError(f"{uri}: cannot be read ({err})") from err
+    try:
+        manifest = json.loads(text)
+        expected_counts(manifest)
+        str(manifest["run_date"])
+    except (ValueError, KeyError, TypeError) as err:
+        raise JobError(f"{uri}: not an export manifest ({type(err).__name__}: {err})") from err
+    return manifest, hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def prefix(source: str, folder: str) -> str:
@@ -528,14 +551,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # The files of the export's current version (on S3, behind its _CURRENT pointer); the markers name
     # the export folder itself.
     version = current_version(source)
-    manifest_uri = storage.join(version, G.MANIFEST_NAME)
-    if not storage.exists(manifest_uri):
-        raise JobError(f"--source {args.source}: no {G.MANIFEST_NAME} (not an export folder)")
-    manifest = storage.read_json(manifest_uri)
-    ref = gm.export_ref(source, manifest["run_date"])
+    manifest, manifest_sha256 = read_manifest(version)
+    # The hash of the manifest read here, not of a second read that a concurrent publish could change.
+    ref = gm.ExportRef(export=source, run_date=str(manifest["run_date"]), manifest_sha256=manifest_sha256)
     loaded_uri = args.loaded_marker or gm.loaded_marker_uri(source)
     loading_uri = gm.loading_marker_uri(loaded_uri)
     loaded = gm.read_marker(loaded_uri)
+    if loaded is not None and ref.run_date < loaded.run_date and not args.full:
+        # A backfill of an older day must not roll the graph back: the night applies removals too.
+        raise JobError(
+            f"--source {source} is the export of {ref.run_date}, older than the one the graph holds "
+            f"({loaded.run_date}, {loaded.export}): refusing to roll the graph back (--full loads it anyway)"
+        )
     plan = plan_night(
         version, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
     )

@@ -86,7 +86,7 @@ def test_publish_on_s3_puts_a_version_behind_the_pointer(aws_env: str) -> None:
     storage.publish("s3://stylegraph-test/out/_staging/p/r1/train/dt=1", "s3://stylegraph-test/out/train/dt=1")
 
     pointer = storage.read_pointer("s3://stylegraph-test/out/train/dt=1")
-    version = f"s3://stylegraph-test/out/train/dt=1/_v={pointer['version']}"
+    version = f"s3://stylegraph-test/out/train/dt=1/_v-{pointer['version']}"
     assert pointer["files"] == ["a", "sub/b"]
     # Readers see the new files only; the older layout's files stay for readers already on them.
     assert storage.list_files("s3://stylegraph-test/out/train") == [
@@ -102,8 +102,8 @@ def test_publish_on_s3_puts_a_version_behind_the_pointer(aws_env: str) -> None:
     listed = s3.list_objects_v2(Bucket="stylegraph-test", Prefix="out/train/dt=1/")["Contents"]
     keys = {o["Key"] for o in listed}
     assert {k for k in keys if not k.endswith("/")} == {
-        "out/train/dt=1/_CURRENT", f"out/train/dt=1/_v={pointer['version']}/a",
-        f"out/train/dt=1/_v={pointer['version']}/sub/b"}
+        "out/train/dt=1/_CURRENT", f"out/train/dt=1/_v-{pointer['version']}/a",
+        f"out/train/dt=1/_v-{pointer['version']}/sub/b"}
 
 
 def test_read_parquet_and_parquet_rows(tmp_path) -> None:

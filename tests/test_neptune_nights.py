@@ -280,6 +280,13 @@ def test_a_diff_against_another_graph_is_refused_and_full_is_checked(spark, tmp_
     night_3 = export_night(spark, tmp_path, 3)  # night 2 is not loaded yet: diffs against night 1
     neptune_load.main(load_argv(neptune.endpoint, night_2))
     assert marker(tmp_path)["export"] == str(night_2)
+    # A backfill of an older night does not roll the graph back.
+    graph_before = state.graph.snapshot()
+    older = r"export of 2024-04-01, older than the one the graph holds \(2024-04-02"
+    with pytest.raises(JobError, match=older):
+        neptune_load.main(load_argv(neptune.endpoint, night_1))
+    assert state.graph.snapshot() == graph_before
+    assert marker(tmp_path)["export"] == str(night_2)
 
     with pytest.raises(
         JobError, match=r"diff is against .*dt=2024-04-01.* but the graph may hold .*dt=2024-04-02"
@@ -377,3 +384,15 @@ def test_pacing_spaces_requests_by_the_rate(neptune):
     api.drop(nd.EDGE, [["a"], ["b"], ["c"]])
     assert sleeps == [0.25, 0.25]
     assert len(neptune.state.queries) == 3
+
+
+def test_an_unreadable_marker_or_a_manifest_that_is_not_an_exports_is_named(spark, tmp_path, neptune):
+    night_1 = export_night(spark, tmp_path, 1)
+    (tmp_path / "gremlin" / "_LOADED.json").mkdir()  # a folder where the marker belongs
+    with pytest.raises(JobError, match=r"_LOADED.json: not a graph marker \(OSError: .* is a directory"):
+        neptune_load.main(load_argv(neptune.endpoint, night_1))
+    (tmp_path / "gremlin" / "_LOADED.json").rmdir()
+    (night_1 / "manifest.json").write_text('{"run_date": "2024-04-01"}')
+    with pytest.raises(JobError, match=r"manifest.json: not an export manifest \(KeyError"):
+        neptune_load.main(load_argv(neptune.endpoint, night_1))
+    assert neptune.state.loads == {}

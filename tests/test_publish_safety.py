@@ -286,8 +286,8 @@ def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
     storage.write_text(f"{staged}/edges/e-00000.csv", "~id,~from,~to\n")
     storage.write_json(f"{staged}/manifest.json", {"higher_is_closer": False})
     storage.publish(staged, export, owner=outputs.folder_marker("export"))
-    train_version = f"{train}/_v={storage.read_pointer(train)['version']}"
-    export_version = f"{export}/_v={storage.read_pointer(export)['version']}"
+    train_version = f"{train}/_v-{storage.read_pointer(train)['version']}"
+    export_version = f"{export}/_v-{storage.read_pointer(export)['version']}"
 
     assert ncf_data.petastorm_url(train) == train_version  # petastorm
     assert storage.read_path(train) == train_version  # every Spark read of a published folder
@@ -305,3 +305,26 @@ def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
     assert storage.list_files(export_version) == [
         f"{export_version}/edges/e-00000.csv", f"{export_version}/manifest.json",
         f"{export_version}/vertices/v-00000.csv"]
+
+
+def test_training_reads_only_the_current_version_on_s3(aws_env: str) -> None:
+    """petastorm's reader would take every ``<version>/`` folder below the partition for its own partitions:
+    it must read the current version's files alone, even while a replaced version is kept for its grace."""
+    from jobs import ncf_data
+
+    boto3.client("s3").create_bucket(Bucket="stylegraph-training")
+    root = "s3://stylegraph-training/w/ncf"
+    train = storage.partition_uri(root, "train", DAY)
+    for run, users in (("old", OLD), ("new", NEW)):
+        staged = storage.join(storage.staging_uri(root, "preprocess", run), "train")
+        storage.write_parquet(pa.table({
+            "user_idx": pa.array(users, pa.int32()),
+            "item_idx": pa.array([u + 100 for u in users], pa.int32()),
+            "label": pa.array([1.0] * len(users), pa.float32()),
+        }), f"{staged}/part-00000.parquet")
+        storage.publish(staged, train)
+    assert len(storage.read_pointer(train)["retired"]) == 1  # the old version is still there
+
+    loader = ncf_data.ncf_dataloader(train, batch_size=8)
+    users = [int(user) for batch_users, _, _ in loader for user in batch_users]
+    assert sorted(users) == NEW

@@ -88,7 +88,7 @@ def read_marker(uri: str) -> ExportRef | None:
             run_date=str(data["run_date"]),
             manifest_sha256=str(data["manifest_sha256"]),
         )
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:  # OSError: a folder, unreadable
         raise JobError(f"{uri}: not a graph marker ({type(err).__name__}: {err})") from err
 
 
@@ -115,7 +115,7 @@ def read_attempts(uri: str) -> list[ExportRef]:
             )
             for item in storage.read_json(uri)["attempts"]
         ]
-    except (ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError, KeyError, TypeError) as err:
         raise JobError(f"{uri}: not an in-progress marker ({type(err).__name__}: {err})") from err
 
 

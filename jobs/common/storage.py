@@ -21,7 +21,7 @@ new one, whole, at every instant, whatever kills the run:
   staging folder with a journal first; the next run of the stage puts it back if the new one never
   arrived (:func:`start_staging`).
 - On S3, where nothing renames, the new files are copied under a hidden version prefix
-  ``<final>/_v=<run id>/`` and the small pointer object ``<final>/_CURRENT`` (JSON: the version and its
+  ``<final>/_v-<run id>/`` and the small pointer object ``<final>/_CURRENT`` (JSON: the version and its
   file list) is replaced in one PUT. Readers resolve a folder through the pointer (:func:`resolve`,
   :func:`read_path`, :func:`list_files`); versions replaced more than :data:`VERSION_GRACE_SECONDS`
   ago are deleted by a later publish of the same folder, never the current one.
@@ -56,7 +56,7 @@ STAGING_DIR = "_staging"
 REPORTS_DIR = "_reports"
 OWNER_MARKER = "_STYLEGRAPH_OWNER"
 POINTER_NAME = "_CURRENT"
-VERSION_PREFIX = "_v="
+VERSION_PREFIX = "_v-"
 RUN_FILE = "_RUN.json"
 PARTITION_KEY = "dt"
 # A staging folder whose run is gone (same host, process ended) is removed by the next run of its stage
@@ -141,7 +141,7 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
     """Every file below a folder URI (recursively), as URIs, sorted; hidden and ``_`` files skipped.
 
     A folder published on S3 counts through its pointer: the current version's files only (as
-    ``<folder>/_v=<id>/<file>`` URIs), never an older or a half-copied one.
+    ``<folder>/_v-<id>/<file>`` URIs), never an older or a half-copied one.
     """
     uri = resolve(uri)
     fs, path = filesystem(uri)
@@ -578,11 +578,16 @@ def read_pointer(folder_uri: str) -> dict[str, Any] | None:
             return json.loads(stream.read().decode("utf-8"))
     except FileNotFoundError:
         return None
+    except OSError as err:  # S3 answers 403 for a missing key to a role without s3:ListBucket
+        raise JobError(
+            f"cannot read {join(folder_uri, POINTER_NAME)}: {err} (readers need s3:GetObject on the "
+            "datasets and s3:ListBucket on the bucket)"
+        ) from err
 
 
 def resolve(uri: str) -> str:
     """What a reader should open for ``uri``: on S3, the current version of the published folder that
-    holds it (``<folder>/_v=<id>/<rest>``, the nearest ``_CURRENT`` at ``uri`` or above); else ``uri``.
+    holds it (``<folder>/_v-<id>/<rest>``, the nearest ``_CURRENT`` at ``uri`` or above); else ``uri``.
     A hidden path (a version, staging, a pointer or marker) is returned as it is."""
     if not is_remote(uri):
         return uri
