@@ -115,17 +115,10 @@ def export_night(spark: Any, root: Path, night: int, products: int) -> Path:
 
 # ------------------------------------------------------------------------------------- child processes
 def process_tree_cpu_seconds() -> float:
-    """User + system CPU seconds of this process and its live descendants (psutil)."""
-    import psutil
+    """User + system CPU seconds of this process and its live descendants, rounded."""
+    from bench.export import cpu_seconds
 
-    total = 0.0
-    for process in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        try:
-            times = process.cpu_times()
-        except psutil.Error:  # a worker that just exited
-            continue
-        total += times.user + times.system + times.children_user + times.children_system
-    return round(total, 1)
+    return round(cpu_seconds(), 1)
 
 
 def spark_diff(base: str, current: str, out: str) -> dict[str, Any]:
