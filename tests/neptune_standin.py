@@ -309,20 +309,25 @@ class Neptune:
         raise ValueError(f"the stand-in does not run {query[:200]!r}")
 
 
-def make_handler(state: Neptune) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:
-            pass
+class JsonHandler(BaseHTTPRequestHandler):
+    """Answers with JSON bodies and AWS's error-type header, as Neptune's endpoints do; logs nothing."""
 
-        def _send(self, code: int, body: dict[str, Any], error_type: str | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            if error_type:
-                self.send_header("x-amzn-ErrorType", error_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    def log_message(self, *args: Any) -> None:  # keep pytest's output clean
+        pass
+
+    def _send(self, code: int, body: dict[str, Any], error_type: str | None = None) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(code)
+        self.send_header("Content-Type", "application/json")
+        if error_type:
+            self.send_header("x-amzn-ErrorType", error_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+def make_handler(state: Neptune) -> type[BaseHTTPRequestHandler]:
+    class Handler(JsonHandler):
 
         def _error(self, code: int, error: str, message: str) -> None:
             body = {"code": error, "requestId": str(uuid.uuid4()), "detailedMessage": message}

@@ -23,6 +23,7 @@ import pytest
 
 from jobs import neptune_load
 from jobs.common.cli import JobError
+from tests.neptune_standin import JsonHandler
 
 ROLE = "arn:aws:iam::123456789012:role/NeptuneLoadFromS3"
 REGION = "eu-west-1"
@@ -67,19 +68,7 @@ class FakeLoader:
 
 
 def make_handler(state: FakeLoader) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args: Any) -> None:  # keep pytest's output clean
-            pass
-
-        def _send(self, code: int, body: dict[str, Any], error_type: str | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            if error_type:
-                self.send_header("x-amzn-ErrorType", error_type)
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
+    class Handler(JsonHandler):
 
         def do_POST(self) -> None:  # noqa: N802 - http.server's naming
             length = int(self.headers.get("Content-Length", 0))
