@@ -32,7 +32,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from jobs.common import cli
+from jobs.common import cli, paths
 from jobs.common.cli import JobError
 
 LOG = logging.getLogger("stylegraph.pipeline")
@@ -228,16 +228,16 @@ def template_values(params: PipelineParams, target: str = LOCAL) -> dict[str, st
     """The names stage templates may use, derived from the run's parameters and the plan's target."""
     input_root = str(params.input_root).rstrip("/")
     work = str(params.work_root).rstrip("/")
-    day = f"dt={params.run_date}"
-    export = f"{work}/style/gremlin/{day}"
+    day = str(params.run_date)
+    export = paths.partition_uri(work, "style/gremlin", day)
     return {
         "input": input_root,
         "work": work,
         "run_date": str(params.run_date),
         "reports": str(params.reports_root or f"{work}/_reports").rstrip("/"),
         "catalog": f"{input_root}/catalog/catalog.csv",
-        "embeddings": f"{work}/style/embeddings/{day}",
-        "similarity": f"{work}/style/similarity/{day}",
+        "embeddings": paths.partition_uri(work, "style/embeddings", day),
+        "similarity": paths.partition_uri(work, "style/similarity", day),
         "export": export,
         "model": params.model,
         "weights": params.weights or f"{RANDOM_WEIGHTS_PREFIX}{params.seed}",
@@ -346,7 +346,7 @@ class StageResult:
 
 
 def _read_report(reports_root: str, stage: str, run_day: str) -> dict[str, Any] | None:
-    path = os.path.join(reports_root, stage, f"dt={run_day}.json")
+    path = paths.report_uri(reports_root, stage, run_day)
     if not os.path.exists(path):
         return None
     with open(path, encoding="utf-8") as handle:
@@ -435,13 +435,13 @@ def run_local(
 def stage_outputs(name: str, params: PipelineParams) -> dict[str, str]:
     """Where a stage's outputs land for this run (what the runner prints at the end)."""
     values = template_values(params)
-    day = f"dt={params.run_date}"
+    ncf = paths.join(values["work"], "ncf")
     outputs = {
         "preprocess": {
-            "train": f"{values['work']}/ncf/train/{day}",
-            "test": f"{values['work']}/ncf/test/{day}",
-            "index": f"{values['work']}/ncf/index",
-            "rejects": f"{values['work']}/ncf/rejects/{day}",
+            "train": paths.partition_uri(ncf, "train", params.run_date),
+            "test": paths.partition_uri(ncf, "test", params.run_date),
+            "index": paths.join(ncf, "index"),
+            "rejects": paths.partition_uri(ncf, "rejects", params.run_date),
         },
         "embed": {"embeddings": values["embeddings"]},
         "similarity": {"similarity": values["similarity"]},
@@ -454,7 +454,7 @@ def stage_outputs(name: str, params: PipelineParams) -> dict[str, str]:
         "report": {"html report": f"{values['work']}/report/index.html"},
     }.get(name, {})
     if STAGES_BY_NAME[name].writes_report:
-        outputs["run report"] = f"{values['reports']}/{name}/{day}.json"
+        outputs["run report"] = paths.report_uri(values["reports"], name, params.run_date)
     return outputs
 
 

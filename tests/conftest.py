@@ -51,3 +51,12 @@ def aws_env(aws_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     return aws_endpoint
+
+
+@pytest.fixture(autouse=True)
+def _fresh_read_pins() -> Iterator[None]:
+    """Each test reads published folders as a new process would (storage pins versions per process)."""
+    yield
+    storage = sys.modules.get("jobs.common.storage")
+    if storage is not None:
+        storage.forget_read_pins()

@@ -407,3 +407,39 @@ def test_weights_head_and_images_from_s3(aws_env: str, tmp_path: Path) -> None:
     with torch.inference_mode():
         expected = backbone.eval()(reference_inputs([good["gray.jpg"]])).numpy()
     assert_close(np.stack([result["embedding"][0]]), expected)
+
+
+def test_weights_inside_a_published_s3_folder_are_read_through_its_pointer(aws_env: str) -> None:
+    """A model folder published by the suite on S3 holds its files under ``_v-<id>/``: the weights and
+    the head are found, hashed and loaded from the pointer's version, and the executors get that version."""
+    import boto3
+
+    from jobs.common import storage
+
+    boto3.client("s3").create_bucket(Bucket="published-models")
+    torch.manual_seed(11)
+    backbone = torchvision.models.resnet18(weights=None)
+    buffer = io.BytesIO()
+    torch.save(backbone.state_dict(), buffer)
+    head = torch.nn.Linear(512, 3)
+    head_buffer = io.BytesIO()
+    torch.save(head.state_dict(), head_buffer)
+    root = "s3://published-models/w"
+    staged = storage.join(storage.staging_uri(root, "models", storage.new_run_id()), "weights")
+    s3 = boto3.client("s3")
+    staged_key = staged.split("/", 3)[3]
+    s3.put_object(Bucket="published-models", Key=f"{staged_key}/resnet18.pth", Body=buffer.getvalue())
+    s3.put_object(Bucket="published-models", Key=f"{staged_key}/head.pth", Body=head_buffer.getvalue())
+    final = storage.join(root, "models")
+    storage.publish(staged, final)
+    version = storage.join(final, f"{storage.VERSION_PREFIX}{storage.read_pointer(final)['version']}")
+
+    assert M.sha256_of_uri(f"{final}/head.pth") == hashlib.sha256(head_buffer.getvalue()).hexdigest()
+    loaded = M.load_head(f"{final}/head.pth", 512)
+    assert torch.equal(loaded.weight, head.weight.detach())
+    spec = M.resolve_weights("resnet18", f"{final}/resnet18.pth")
+    assert spec == M.WeightsSpec(
+        "file", hashlib.sha256(buffer.getvalue()).hexdigest(), uri=f"{version}/resnet18.pth"
+    )
+    state = M.read_state_dict(f"{final}/resnet18.pth")
+    assert torch.equal(state["fc.weight"], backbone.state_dict()["fc.weight"])

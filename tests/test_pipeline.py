@@ -172,3 +172,20 @@ def test_progress_line_reads_the_report_funnel() -> None:
     assert pipeline.progress_line("report", None, 1.25) == (
         "report      done in    1.2 s (no funnel in its report)"
     )
+
+
+def test_the_plan_formats_partition_paths_through_their_one_owner(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The stages' partition arguments and the runner's output list come from jobs.common.paths (which
+    storage re-exports), never from a ``dt=`` written by hand."""
+    from jobs.common import paths, report, storage
+
+    assert storage.partition_uri is paths.partition_uri and report.report_uri is paths.report_uri
+    monkeypatch.setattr(paths, "PARTITION_KEY", "day")
+    params = pipeline.PipelineParams(input_root="in", work_root="s3://b/w", run_date="2024-03-31")
+    values = pipeline.template_values(params)
+    assert values["embeddings"] == "s3://b/w/style/embeddings/day=2024-03-31"
+    assert values["similarity"] == "s3://b/w/style/similarity/day=2024-03-31"
+    assert values["export"] == "s3://b/w/style/gremlin/day=2024-03-31"
+    outputs = pipeline.stage_outputs("preprocess", params)
+    assert outputs["train"] == "s3://b/w/ncf/train/day=2024-03-31"
+    assert outputs["run report"] == "s3://b/w/_reports/preprocess/day=2024-03-31.json"

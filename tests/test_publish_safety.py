@@ -328,3 +328,87 @@ def test_training_reads_only_the_current_version_on_s3(aws_env: str) -> None:
     loader = ncf_data.ncf_dataloader(train, batch_size=8)
     users = [int(user) for batch_users, _, _ in loader for user in batch_users]
     assert sorted(users) == NEW
+
+
+# ------------------------------------------------------------------------------------- read pins
+
+
+_PUBLISH_ELSEWHERE = """
+import sys
+import pyarrow as pa, pyarrow.parquet as pq
+from jobs.common import storage
+root, final, values = sys.argv[1], sys.argv[2], [int(v) for v in sys.argv[3].split(",")]
+staged = storage.join(storage.staging_uri(root, "preprocess", storage.new_run_id()), "train")
+fs, path = storage.filesystem(staged)
+with fs.open_output_stream(path + "/part-00000.parquet") as stream:
+    pq.write_table(pa.table({"user_idx": pa.array(values, pa.int32())}), stream)
+storage.publish(staged, final)
+"""
+
+_RESOLVE_ELSEWHERE = "import sys\nfrom jobs.common import storage\nprint(storage.resolve(sys.argv[1]))\n"
+
+
+def _another_process(script: str, *args: str) -> str:
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    done = subprocess.run([sys.executable, "-c", script, *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.strip()
+
+
+def test_a_process_reads_one_version_of_a_folder_whatever_another_run_publishes(aws_env: str) -> None:
+    boto3.client("s3").create_bucket(Bucket="stylegraph-pins")
+    root = "s3://stylegraph-pins/w"
+    final = storage.partition_uri(root, "train", DAY)
+    _another_process(_PUBLISH_ELSEWHERE, root, final, "1,2,3")
+    first = storage.resolve(final)
+    assert first == f"{final}/{storage.VERSION_PREFIX}{storage.read_pointer(final)['version']}"
+    assert storage.resolve(f"{final}/part-00000.parquet") == f"{first}/part-00000.parquet"
+
+    _another_process(_PUBLISH_ELSEWHERE, root, final, "10,11")  # another run, while this one reads
+    second = f"{final}/{storage.VERSION_PREFIX}{storage.read_pointer(final)['version']}"
+    assert second != first
+    assert storage.resolve(final) == first  # the same version as this process's first read
+    assert storage.read_path(final) == first
+    assert storage.list_files(storage.join(root, "train")) == [f"{first}/part-00000.parquet"]
+    assert sorted(storage.read_parquet(final).column("user_idx").to_pylist()) == OLD
+    assert _another_process(_RESOLVE_ELSEWHERE, final) == second  # a fresh process: the current one
+
+    staged = storage.join(storage.staging_uri(root, "preprocess", storage.new_run_id()), "train")
+    _parquet(staged, KEPT)
+    storage.publish(staged, final)  # this process publishes the folder itself: it reads its own
+    third = f"{final}/{storage.VERSION_PREFIX}{storage.read_pointer(final)['version']}"
+    assert storage.resolve(final) == third
+    assert storage.read_parquet(final).column("user_idx").to_pylist() == KEPT
+
+
+# --------------------------------------------------------------------------------- legacy staging
+
+
+def _legacy_staging(root: str) -> tuple[str, str]:
+    """A staging run folder of an older version (no ``_RUN.json``) and one of a current live run."""
+    legacy = storage.staging_uri(root, "embed", "20240101T000000-0123456789ab")
+    _parquet(storage.join(legacy, "embeddings"), OLD)
+    _, live = storage.start_staging(root, "embed")
+    return legacy, live
+
+
+@pytest.mark.parametrize("where", ["local", "s3"])
+def test_staging_without_a_run_file_is_dead_after_the_grace_period(
+    where: str, tmp_path, aws_env: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    if where == "s3":
+        boto3.client("s3").create_bucket(Bucket="stylegraph-legacy")
+        root = "s3://stylegraph-legacy/w"
+    else:
+        root = str(tmp_path)
+    legacy, live = _legacy_staging(root)
+    assert storage.recover_staging(root, "embed") == []  # written just now: maybe a run still going
+    assert storage.exists(storage.join(legacy, "embeddings"))
+
+    later = time.time() + storage.STAGING_GRACE_SECONDS + 60
+    with caplog.at_level("WARNING", logger="stylegraph.storage"):
+        assert storage.recover_staging(root, "embed", now=later) == [legacy]
+    assert f"{legacy} has no readable {storage.RUN_FILE}" in caplog.text
+    assert not storage.all_files(legacy)
+    assert storage.all_files(live) == [storage.join(live, storage.RUN_FILE)]  # a live run's folder stays
+    storage.finish_staging(live)

@@ -272,9 +272,10 @@ def random_weights_description(name: str, seed: int) -> str:
 
 
 def _open_input(uri: str) -> Any:
+    """A file for reading; inside a folder published on S3, its current version's copy."""
     from jobs.common import storage
 
-    fs, path = storage.filesystem(uri)
+    fs, path = storage.filesystem(storage.resolve(uri))
     return fs.open_input_stream(path)
 
 
@@ -304,7 +305,7 @@ def read_state_dict(uri: str) -> dict[str, Any]:
 
     try:
         if storage.is_remote(uri):
-            fs, path = storage.filesystem(uri)
+            fs, path = storage.filesystem(storage.resolve(uri))  # a published folder: its current version
             with fs.open_input_file(path) as stream:  # one ranged GET for the whole object
                 obj = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
         else:
@@ -389,8 +390,12 @@ def resolve_weights(name: str, spec: str) -> WeightsSpec:
         raise ModelConfigError(f"--weights {spec}: cannot check the file ({err})") from err
     if not found:
         raise ModelConfigError(f"--weights {spec}: file not found")
-    backbone_state_dict(name, read_state_dict(spec))
-    return WeightsSpec(WEIGHTS_KIND_FILE, sha256_of_uri(spec), uri=spec)
+    from jobs.common import storage
+
+    # Inside a folder published on S3: the executors load the very version the driver checked and hashed.
+    resolved = storage.resolve(spec)
+    backbone_state_dict(name, read_state_dict(resolved))
+    return WeightsSpec(WEIGHTS_KIND_FILE, sha256_of_uri(resolved), uri=resolved)
 
 
 def load_backbone(name: str, weights: WeightsSpec) -> Any:

@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from jobs.common import storage
+from jobs.common.paths import report_uri as report_uri  # the one report path, re-exported
 
 LOG = logging.getLogger("stylegraph.report")
 
@@ -60,11 +61,6 @@ def check_funnel(stage: str, funnel: Funnel) -> None:
             f"{stage}: rows in {funnel.rows_in} != out {funnel.rows_out} + rejected "
             f"{funnel.rows_rejected} + dropped {funnel.rows_dropped}"
         )
-
-
-def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: str = "json") -> str:
-    """``<reports root>/<stage>/dt=<run date>.<suffix>`` (quality results use ``quality.json``)."""
-    return storage.join(reports_root, stage, f"dt={run_date}.{suffix}")
 
 
 def write_report(

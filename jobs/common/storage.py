@@ -47,7 +47,10 @@ from urllib.parse import urlparse
 
 from pyarrow import fs as pafs
 
+from jobs.common import glue_catalog
 from jobs.common.cli import JobError
+from jobs.common.paths import PARTITION_KEY, join
+from jobs.common.paths import partition_uri as partition_uri  # the one partition path, re-exported
 
 LOG = logging.getLogger("stylegraph.storage")
 
@@ -58,7 +61,6 @@ OWNER_MARKER = "_STYLEGRAPH_OWNER"
 POINTER_NAME = "_CURRENT"
 VERSION_PREFIX = "_v-"
 RUN_FILE = "_RUN.json"
-PARTITION_KEY = "dt"
 # A staging folder whose run is gone (same host, process ended) is removed by the next run of its stage
 # at once; one from another host (a cluster node) when its run started more than this long ago.
 STAGING_GRACE_SECONDS = 6 * 3600
@@ -74,15 +76,6 @@ def _scheme(uri: str) -> str:
 def is_remote(uri: str) -> bool:
     """True for object-store URIs (s3://, s3a://, s3n://)."""
     return _scheme(uri) in S3_SCHEMES
-
-
-def join(uri: str, *parts: str) -> str:
-    """Join URI segments with ``/`` whatever the scheme (empty segments are left out)."""
-    out = uri.rstrip("/")
-    for part in parts:
-        if part.strip("/"):
-            out = f"{out}/{part.strip('/')}"
-    return out
 
 
 def spark_path(uri: str) -> str:
@@ -160,7 +153,7 @@ def list_files(uri: str, suffixes: Iterable[str] | None = None) -> list[str]:
     ]
     found = [rel for rel in rels if not _is_hidden(rel) and not any(rel.startswith(f"{d}/") for d in pointed)]
     for folder in pointed:  # files beside a pointer belong to an older layout: the pointer wins
-        pointer = read_pointer(join(prefix, folder))
+        pointer = current_pointer(join(prefix, folder))
         if pointer is not None:
             version = f"{folder}/{VERSION_PREFIX}{pointer['version']}"
             found += [f"{version}/{rel}" for rel in pointer["files"] if not _is_hidden(rel)]
@@ -324,12 +317,6 @@ def write_json(uri: str, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------ layout
 
 
-def partition_uri(root: str, dataset: str, run_date: dt.date | str) -> str:
-    """``<root>/<dataset>/dt=<run date>``: one run date's partition of a dataset (``dataset`` may be a
-    path such as ``rejects/embed``)."""
-    return join(root, dataset, f"{PARTITION_KEY}={run_date}")
-
-
 def new_run_id() -> str:
     """A unique, time-ordered id for one run: ``<UTC start, YYYYmmddTHHMMSS>-<12 hex digits>``."""
     return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:12]}"
@@ -400,8 +387,8 @@ def finish_staging(staged_uri: str) -> None:
             fs.delete_dir(path)
 
 
-def _is_dead(owner: dict[str, Any] | None, age_seconds: float) -> bool:
-    if owner is not None and owner.get("host") == socket.gethostname():
+def _is_dead(owner: dict[str, Any], now: float) -> bool:
+    if owner.get("host") == socket.gethostname():
         pid = int(owner.get("pid", 0))
         if pid == os.getpid():
             return owner.get("run_id") not in _LIVE_RUNS
@@ -412,12 +399,24 @@ def _is_dead(owner: dict[str, Any] | None, age_seconds: float) -> bool:
             return True
         except PermissionError:  # alive, someone else's
             pass
-    started = float(owner["started_at"]) if owner and "started_at" in owner else time.time() - age_seconds
-    return time.time() - started > STAGING_GRACE_SECONDS
+    return now - float(owner["started_at"]) > STAGING_GRACE_SECONDS
 
 
-def recover_staging(output_uri: str, stage: str) -> list[str]:
-    """Clean the staging folders of dead runs of ``stage`` (see :func:`start_staging`); returns them."""
+def _newest_write(fs: pafs.FileSystem, path: str, info: pafs.FileInfo) -> float | None:
+    """When anything below a folder was last written (its newest file; the folder's own time when it
+    holds no file and has one), or None when nothing says (an S3 prefix has no time of its own)."""
+    times = [item.mtime.timestamp() for item in _files_under(fs, path) if item.mtime is not None]
+    if not times and info.mtime is not None:
+        times.append(info.mtime.timestamp())
+    return max(times) if times else None
+
+
+def recover_staging(output_uri: str, stage: str, *, now: float | None = None) -> list[str]:
+    """Clean the staging folders of dead runs of ``stage`` (see :func:`start_staging`); returns them.
+
+    A run folder without ``_RUN.json`` (left by an older version of the suite) is dead once nothing in
+    it was written for :data:`STAGING_GRACE_SECONDS`."""
+    now = time.time() if now is None else now
     stage_dir = join(output_uri, STAGING_DIR, stage)
     fs, path = filesystem(stage_dir)
     if fs.get_file_info(path).type != pafs.FileType.Directory:
@@ -431,9 +430,17 @@ def recover_staging(output_uri: str, stage: str) -> list[str]:
             owner = read_json(join(run_uri, RUN_FILE))
         except (OSError, ValueError):
             owner = None
-        age = time.time() - (info.mtime.timestamp() if info.mtime else time.time())
-        if not _is_dead(owner, age):
-            continue
+        if isinstance(owner, dict) and "started_at" in owner:
+            if not _is_dead(owner, now):
+                continue
+        else:
+            written = _newest_write(fs, info.path, info)
+            if written is not None and now - written <= STAGING_GRACE_SECONDS:
+                continue
+            LOG.warning(
+                "%s has no readable %s (an older version's run) and nothing in it was written for %d s: "
+                "its run is dead", run_uri, RUN_FILE, STAGING_GRACE_SECONDS,
+            )
         _restore_set_aside(run_uri)
         LOG.warning("removing the staging folder of a dead run: %s", run_uri)
         remove(run_uri)
@@ -585,10 +592,43 @@ def read_pointer(folder_uri: str) -> dict[str, Any] | None:
         ) from err
 
 
+# The pointer each published folder had when this process first resolved it (keys: ``s3://`` URIs):
+# every later read in the process gets the same version, whatever another run publishes meanwhile. A
+# publish by this process re-pins the folder to its own new version.
+_READ_PINS: dict[str, dict[str, Any]] = {}
+
+
+def _pin_key(folder_uri: str) -> str:
+    parsed = urlparse(folder_uri)
+    return f"s3://{parsed.netloc}/{parsed.path.strip('/')}"
+
+
+def current_pointer(folder_uri: str) -> dict[str, Any] | None:
+    """The pointer a reader in this process uses for a published folder: the one it had when the
+    process first resolved the folder (or last published it itself), else :func:`read_pointer`."""
+    if not is_remote(folder_uri):
+        return None
+    key = _pin_key(folder_uri)
+    if key not in _READ_PINS:
+        pointer = read_pointer(folder_uri)
+        if pointer is None:
+            return None
+        _READ_PINS[key] = pointer
+    return _READ_PINS[key]
+
+
+def forget_read_pins() -> None:
+    """Drop this process's pinned versions: the next resolve of each folder reads its pointer again."""
+    _READ_PINS.clear()
+
+
 def resolve(uri: str) -> str:
     """What a reader should open for ``uri``: on S3, the current version of the published folder that
     holds it (``<folder>/_v-<id>/<rest>``, the nearest ``_CURRENT`` at ``uri`` or above); else ``uri``.
-    A hidden path (a version, staging, a pointer or marker) is returned as it is."""
+    A hidden path (a version, staging, a pointer or marker) is returned as it is.
+
+    The version is pinned per process (:func:`current_pointer`): a folder read twice in one run gives
+    the same version both times, even when another run publishes it in between."""
     if not is_remote(uri):
         return uri
     scheme, rest = uri.split("://", 1)
@@ -597,7 +637,7 @@ def resolve(uri: str) -> str:
         if parts[cut - 1].startswith((".", "_")):
             return uri  # a version already, or what lives beside versions (pointer, marker, staging)
         folder = f"{scheme}://{'/'.join(parts[:cut])}"
-        pointer = read_pointer(folder)
+        pointer = current_pointer(folder)
         if pointer is not None:
             return join(folder, f"{VERSION_PREFIX}{pointer['version']}", *parts[cut:])
     return uri
@@ -642,7 +682,10 @@ def _publish_versioned(fs: pafs.FileSystem, staged: str, final: str, final_uri: 
     _step("s3:before-pointer")
     with fs.open_output_stream(posixpath.join(final, POINTER_NAME)) as stream:  # one PUT: the switch
         stream.write(json.dumps(pointer, indent=1, sort_keys=True).encode("utf-8"))
+    _READ_PINS[_pin_key(final_uri)] = pointer  # this process reads what it published
     _step("s3:after-pointer")
+    # Readers through the Glue Data Catalog: the partition's location follows the pointer.
+    glue_catalog.register_partition(final_uri, join(final_uri, f"{VERSION_PREFIX}{version}"))
     fs.delete_dir(staged)
     _step("s3:before-cleanup")
     clean_versions(final_uri)
@@ -655,10 +698,17 @@ def _version_dir(item: dict[str, Any]) -> str:
 def clean_versions(folder_uri: str, *, now: float | None = None) -> list[str]:
     """Delete what a published S3 folder no longer needs: versions replaced more than
     :data:`VERSION_GRACE_SECONDS` ago, and versions no pointer ever named (a publish killed before its
-    pointer) whose newest file is older than that. Never the current version. Returns what went."""
+    pointer) whose newest file is older than that. Never the current version, nor the version the Glue
+    Data Catalog partition of the folder points at (``jobs.common.glue_catalog``). Returns what went."""
     pointer = read_pointer(folder_uri)
     if pointer is None:
         return []
+    registered = glue_catalog.registered_location(folder_uri)
+    in_catalog = None  # the version (or "", the older layout's files) the catalog partition points at
+    if registered == _pin_key(folder_uri):
+        in_catalog = ""
+    elif registered and posixpath.dirname(registered) == _pin_key(folder_uri):
+        in_catalog = posixpath.basename(registered)
     now = time.time() if now is None else now
     fs, final = filesystem(folder_uri)
     retired_at = {_version_dir(item): float(item["retired_at"]) for item in pointer.get("retired", [])}
@@ -676,7 +726,7 @@ def clean_versions(folder_uri: str, *, now: float | None = None) -> list[str]:
     current = f"{VERSION_PREFIX}{pointer['version']}"
     removed = []
     for top, paths in files.items():
-        if top == current:
+        if top in (current, in_catalog):
             continue
         since = retired_at.get(top, newest[top])
         if now - since <= VERSION_GRACE_SECONDS:

@@ -1,0 +1,31 @@
+"""The partition path: ``<root>/<dataset>/dt=<run date>``, formatted here alone.
+
+Pure string functions, no imports beyond the standard library: the pipeline definition (imported by the
+Airflow environment, without pyarrow or pyspark) and :mod:`jobs.common.storage` both use them.
+"""
+from __future__ import annotations
+
+import datetime as dt
+
+PARTITION_KEY = "dt"
+
+
+def join(uri: str, *parts: str) -> str:
+    """Join URI segments with ``/`` whatever the scheme (empty segments are left out)."""
+    out = uri.rstrip("/")
+    for part in parts:
+        if part.strip("/"):
+            out = f"{out}/{part.strip('/')}"
+    return out
+
+
+def partition_uri(root: str, dataset: str, run_date: dt.date | str) -> str:
+    """``<root>/<dataset>/dt=<run date>``: one run date's partition of a dataset (``dataset`` may be a
+    path such as ``rejects/embed``, or empty for a folder of partitions)."""
+    return join(root, dataset, f"{PARTITION_KEY}={run_date}")
+
+
+def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: str = "json") -> str:
+    """``<reports root>/<stage>/dt=<run date>.<suffix>``: a stage's run report (quality results use
+    ``quality.json``)."""
+    return join(reports_root, stage, f"{PARTITION_KEY}={run_date}.{suffix}")
