@@ -148,3 +148,14 @@ def test_a_missing_database_is_one_line(aws_env: str, monkeypatch: pytest.Monkey
     root = f"s3://{BUCKET}/missingdb/ncf"
     with pytest.raises(JobError, match="Glue database 'no_such_db'"):
         storage.publish(_stage(root, [1]), storage.partition_uri(root, "train", DAY))
+
+
+def test_a_table_of_another_work_root_is_refused(glue) -> None:
+    from jobs.common.cli import JobError
+
+    first = f"s3://{BUCKET}/root-a/ncf"
+    storage.publish(_stage(first, [1]), storage.partition_uri(first, "train", DAY))
+    other = f"s3://{BUCKET}/root-b/ncf"
+    with pytest.raises(JobError, match=f"located at {first}/train/, not {other}/train/"):
+        storage.publish(_stage(other, [2]), storage.partition_uri(other, "train", DAY))
+    assert _partition(glue)["StorageDescriptor"]["Location"].startswith(f"{first}/train/dt={DAY}/_v-")

@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import urlparse
 
 from jobs.common.cli import JobError
-from jobs.common.paths import PARTITION_KEY
+from jobs.common.paths import PARTITION_KEY, canonical_s3
 
 LOG = logging.getLogger("stylegraph.glue_catalog")
 
@@ -55,17 +55,12 @@ def _declared_schemas() -> dict[str, Any]:
     }
 
 
-def _s3(uri: str) -> str:
-    parsed = urlparse(uri)
-    return f"s3://{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
-
-
 def table_of(folder_uri: str) -> tuple[str, str, str, Any] | None:
     """For an S3 ``<root>/<dataset>/dt=D`` folder of a declared dataset: (table name, dataset folder,
     partition value, StructType); None for anything else (a local path, the export, a sample folder)."""
     if urlparse(folder_uri).scheme.lower() not in ("s3", "s3a", "s3n"):
         return None
-    folder = _s3(folder_uri)
+    folder = canonical_s3(folder_uri)
     dataset_uri, _, leaf = folder.rpartition("/")
     key, _, value = leaf.partition("=")
     if key != PARTITION_KEY or not value:
@@ -121,7 +116,7 @@ def _table(glue: Any, db: str, name: str, dataset_uri: str, schema: Any) -> dict
         LOG.info("created the Glue table %s.%s at %s", db, name, dataset_uri)
         return table_input
     location = table.get("StorageDescriptor", {}).get("Location", "")
-    if _s3(location) != dataset_uri:
+    if canonical_s3(location) != dataset_uri:
         raise JobError(
             f"Glue table {db}.{name} is located at {location}, not {dataset_uri}/ "
             f"(one {DATABASE_ENV} database per work root)"
@@ -140,7 +135,7 @@ def register_partition(folder_uri: str, location: str) -> bool:
     name, dataset_uri, value, schema = found
     glue = _client()
     table = _table(glue, db, name, dataset_uri, schema)
-    descriptor = dict(table["StorageDescriptor"], Location=_s3(location) + "/")
+    descriptor = dict(table["StorageDescriptor"], Location=canonical_s3(location) + "/")
     partition = {"Values": [value], "StorageDescriptor": descriptor}
     errors = glue.batch_create_partition(
         DatabaseName=db, TableName=name, PartitionInputList=[partition]
@@ -171,4 +166,4 @@ def registered_location(folder_uri: str) -> str | None:
             return None
         raise
     location = partition["Partition"].get("StorageDescriptor", {}).get("Location")
-    return _s3(location) if location else None
+    return canonical_s3(location) if location else None

@@ -6,6 +6,7 @@ Airflow environment, without pyarrow or pyspark) and :mod:`jobs.common.storage` 
 from __future__ import annotations
 
 import datetime as dt
+from urllib.parse import urlparse
 
 PARTITION_KEY = "dt"
 
@@ -29,3 +30,10 @@ def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: s
     """``<reports root>/<stage>/dt=<run date>.<suffix>``: a stage's run report (quality results use
     ``quality.json``)."""
     return join(reports_root, stage, f"{PARTITION_KEY}={run_date}.{suffix}")
+
+
+def canonical_s3(uri: str) -> str:
+    """One spelling of an S3 URI for comparing and keying: ``s3://bucket/key`` (any of s3, s3a, s3n),
+    without a trailing slash."""
+    parsed = urlparse(uri)
+    return f"s3://{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")

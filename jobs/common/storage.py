@@ -1,7 +1,8 @@
 """Paths are URIs (a local path, ``file://`` or ``s3://``); this module owns the storage layout and
 the publish.
 
-Layout (the only place that formats these paths):
+Layout (formatted here and, for the partition and report paths, in :mod:`jobs.common.paths`, which
+has no heavy imports so that the pipeline definition can use it too):
 
 - a dataset partition: ``<root>/<dataset>/dt=<run date>`` (:func:`partition_uri`);
 - a run's staging area: ``<root>/_staging/<stage>/<run id>/`` (:func:`start_staging`);
@@ -23,8 +24,11 @@ new one, whole, at every instant, whatever kills the run:
 - On S3, where nothing renames, the new files are copied under a hidden version prefix
   ``<final>/_v-<run id>/`` and the small pointer object ``<final>/_CURRENT`` (JSON: the version and its
   file list) is replaced in one PUT. Readers resolve a folder through the pointer (:func:`resolve`,
-  :func:`read_path`, :func:`list_files`); versions replaced more than :data:`VERSION_GRACE_SECONDS`
-  ago are deleted by a later publish of the same folder, never the current one.
+  :func:`read_path`, :func:`list_files`), the version pinned per process (a folder read twice in one
+  run is the same version both times); with a Glue database configured, the catalog partition is then
+  pointed at the new version (:mod:`jobs.common.glue_catalog`). Versions replaced more than
+  :data:`VERSION_GRACE_SECONDS` ago are deleted by a later publish of the same folder, never the
+  current one nor the one the catalog partition names.
 
 The filesystem layer is pyarrow's (``pyarrow.fs``), the same on a laptop and on EMR/Glue nodes.
 ``AWS_ENDPOINT_URL_S3``/``AWS_ENDPOINT_URL`` point S3 at a local endpoint (moto) in tests.
@@ -49,7 +53,7 @@ from pyarrow import fs as pafs
 
 from jobs.common import glue_catalog
 from jobs.common.cli import JobError
-from jobs.common.paths import PARTITION_KEY, join
+from jobs.common.paths import PARTITION_KEY, canonical_s3, join
 from jobs.common.paths import partition_uri as partition_uri  # the one partition path, re-exported
 
 LOG = logging.getLogger("stylegraph.storage")
@@ -598,17 +602,12 @@ def read_pointer(folder_uri: str) -> dict[str, Any] | None:
 _READ_PINS: dict[str, dict[str, Any]] = {}
 
 
-def _pin_key(folder_uri: str) -> str:
-    parsed = urlparse(folder_uri)
-    return f"s3://{parsed.netloc}/{parsed.path.strip('/')}"
-
-
 def current_pointer(folder_uri: str) -> dict[str, Any] | None:
     """The pointer a reader in this process uses for a published folder: the one it had when the
     process first resolved the folder (or last published it itself), else :func:`read_pointer`."""
     if not is_remote(folder_uri):
         return None
-    key = _pin_key(folder_uri)
+    key = canonical_s3(folder_uri)
     if key not in _READ_PINS:
         pointer = read_pointer(folder_uri)
         if pointer is None:
@@ -682,7 +681,7 @@ def _publish_versioned(fs: pafs.FileSystem, staged: str, final: str, final_uri: 
     _step("s3:before-pointer")
     with fs.open_output_stream(posixpath.join(final, POINTER_NAME)) as stream:  # one PUT: the switch
         stream.write(json.dumps(pointer, indent=1, sort_keys=True).encode("utf-8"))
-    _READ_PINS[_pin_key(final_uri)] = pointer  # this process reads what it published
+    _READ_PINS[canonical_s3(final_uri)] = pointer  # this process reads what it published
     _step("s3:after-pointer")
     # Readers through the Glue Data Catalog: the partition's location follows the pointer.
     glue_catalog.register_partition(final_uri, join(final_uri, f"{VERSION_PREFIX}{version}"))
@@ -705,9 +704,9 @@ def clean_versions(folder_uri: str, *, now: float | None = None) -> list[str]:
         return []
     registered = glue_catalog.registered_location(folder_uri)
     in_catalog = None  # the version (or "", the older layout's files) the catalog partition points at
-    if registered == _pin_key(folder_uri):
+    if registered == canonical_s3(folder_uri):
         in_catalog = ""
-    elif registered and posixpath.dirname(registered) == _pin_key(folder_uri):
+    elif registered and posixpath.dirname(registered) == canonical_s3(folder_uri):
         in_catalog = posixpath.basename(registered)
     now = time.time() if now is None else now
     fs, final = filesystem(folder_uri)
