@@ -61,7 +61,8 @@ NATIVE = (
     "from bench.export import native_write\n"
     "from jobs.common.spark import get_spark\n"
     "spark = get_spark('stylegraph-bench-scale-native')\n"
-    "native_write(spark, Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3]), 'gzip', with_vertices=False)\n"
+    "catalog, edges, out = (Path(arg) for arg in sys.argv[1:4])\n"
+    "native_write(spark, catalog, edges, out, 'gzip', with_vertices=False)\n"
 )
 
 
@@ -114,8 +115,9 @@ def run_stage(command: list[str], cores: int) -> dict[str, float]:
         **os.environ,
         "STYLEGRAPH_SPARK_MASTER": f"local[{cores}]",
         "PYSPARK_PYTHON": sys.executable,
-        "PYTHONPATH": os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]),
-                                                  os.environ.get("PYTHONPATH", "")) if p),
+        "PYTHONPATH": os.pathsep.join(
+            p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")) if p
+        ),
     }
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
@@ -127,12 +129,18 @@ def run_stage(command: list[str], cores: int) -> dict[str, float]:
     if process.returncode != 0:
         raise RuntimeError(f"{' '.join(command[:4])} failed ({process.returncode}):\n{output[-3000:]}")
     waited = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return {"wall_s": wall, "cpu_s": max(waited, sum(monitor.cpu_by_pid.values())), "peak_rss": monitor.peak_rss}
+    return {
+        "wall_s": wall,
+        "cpu_s": max(waited, sum(monitor.cpu_by_pid.values())),
+        "peak_rss": monitor.peak_rss,
+    }
 
 
 def disk(path: Path, pattern: str = "*") -> dict[str, Any]:
     """Bytes, file count and the smallest/largest file of the data files under ``path``."""
-    sizes = [p.stat().st_size for p in path.rglob(pattern) if p.is_file() and not p.name.startswith((".", "_"))]
+    sizes = [
+        p.stat().st_size for p in path.rglob(pattern) if p.is_file() and not p.name.startswith((".", "_"))
+    ]
     if not sizes:
         return {"files": 0, "disk_mb": 0.0}
     return {
@@ -152,7 +160,9 @@ def write_catalog(path: Path, products: int) -> None:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(["sku", "name", "brand", "category", "subcategory", "image_path"])
         for i in range(products):
-            writer.writerow([sku(i), f"Shoe {i}", f"Brand {i % 300}", "Shoes", f"Sub {i % 20}", f"Shoes/{i}.jpg"])
+            writer.writerow(
+                [sku(i), f"Shoe {i}", f"Brand {i % 300}", "Shoes", f"Sub {i % 20}", f"Shoes/{i}.jpg"]
+            )
 
 
 def _split_file(path: str) -> int:
@@ -209,16 +219,52 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
         similarity_out, reports = work / "style", work / "reports"
         edges_dir = similarity_out / "similarity" / f"dt={RUN_DATE}"
         export_dir = work / "gremlin" / f"dt={RUN_DATE}"
-        m = run_stage([py, "-m", "jobs.similarity", "--input", str(emb), "--output", str(similarity_out),
-                       "--run-date", RUN_DATE, "--report-dir", str(reports), "--quality", "off", *mode_args], cores)
+        m = run_stage(
+            [
+                py,
+                "-m",
+                "jobs.similarity",
+                "--input",
+                str(emb),
+                "--output",
+                str(similarity_out),
+                "--run-date",
+                RUN_DATE,
+                "--report-dir",
+                str(reports),
+                "--quality",
+                "off",
+                *mode_args,
+            ],
+            cores,
+        )
         report = json.loads((reports / "similarity" / f"dt={RUN_DATE}.json").read_text())
         edges = report["edges"]
         if edges != edges_expected:
             raise RuntimeError(f"similarity wrote {edges} edges, expected {edges_expected}")
         row("similarity", cores, m, edges, **disk(edges_dir))
-        m = run_stage([py, "-m", "jobs.export_gremlin", "--catalog", str(catalog), "--edges", str(edges_dir),
-                       "--output", str(export_dir), "--run-date", RUN_DATE, "--report-dir", str(reports),
-                       "--compression", "gzip", "--quality", "off"], cores)
+        m = run_stage(
+            [
+                py,
+                "-m",
+                "jobs.export_gremlin",
+                "--catalog",
+                str(catalog),
+                "--edges",
+                str(edges_dir),
+                "--output",
+                str(export_dir),
+                "--run-date",
+                RUN_DATE,
+                "--report-dir",
+                str(reports),
+                "--compression",
+                "gzip",
+                "--quality",
+                "off",
+            ],
+            cores,
+        )
         export_row = row("export", cores, m, edges, **disk(export_dir / "edges"))
         native_dir = work / "native"
         m = run_stage([py, "-c", NATIVE, str(catalog), str(edges_dir), str(native_dir)], cores)
@@ -226,11 +272,29 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
         shutil.rmtree(native_dir, ignore_errors=True)
         export_row["rate_vs_peer"] = round(native_row["seconds"] / export_row["seconds"], 3)
         export_row["target"] = f">= {TARGET_RATIO}"
-        m = run_stage([py, "-m", "jobs.validate_gremlin_csv", "--vertices", str(export_dir / "vertices"),
-                       "--edges", str(export_dir / "edges"), "--workers", str(cores)], cores)
+        m = run_stage(
+            [
+                py,
+                "-m",
+                "jobs.validate_gremlin_csv",
+                "--vertices",
+                str(export_dir / "vertices"),
+                "--edges",
+                str(export_dir / "edges"),
+                "--workers",
+                str(cores),
+            ],
+            cores,
+        )
         validate_row = row("validate", cores, m, edges)
-        split = [py, "-c", "import sys; from bench.scale import decompress_split; "
-                 "print(decompress_split(sys.argv[1], int(sys.argv[2])))", str(export_dir / "edges"), str(cores)]
+        split = [
+            py,
+            "-c",
+            "import sys; from bench.scale import decompress_split; "
+            "print(decompress_split(sys.argv[1], int(sys.argv[2])))",
+            str(export_dir / "edges"),
+            str(cores),
+        ]
         m = run_stage(split, cores)
         split_row = row("decompress+split (peer)", cores, m, edges)
         validate_row["rate_vs_peer"] = round(split_row["seconds"] / validate_row["seconds"], 3)
@@ -246,8 +310,15 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
     return rows
 
 
-def run(quick: bool, sizes: list[int] | None = None, dim: int = 256, mode: str = ALL_PAIRS, k: int = 10,
-        cores: list[int] | None = None, work: str | None = None) -> list[dict[str, Any]]:
+def run(
+    quick: bool,
+    sizes: list[int] | None = None,
+    dim: int = 256,
+    mode: str = ALL_PAIRS,
+    k: int = 10,
+    cores: list[int] | None = None,
+    work: str | None = None,
+) -> list[dict[str, Any]]:
     """Every stage at each size (default: 1,000 and 2,000 products quick, 2,500 and 5,000 full)."""
     sizes = sizes or ([1000, 2000] if quick else [2500, 5000])
     root = Path(tempfile.mkdtemp(prefix="bench-scale-", dir=work))
@@ -265,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="1,000 and 2,000 products")
     parser.add_argument("--products", type=int, default=None, help="the larger size (the other is half)")
-    parser.add_argument("--sizes", default=None, help="comma-separated product counts (instead of --products)")
+    parser.add_argument(
+        "--sizes", default=None, help="comma-separated product counts (instead of --products)"
+    )
     parser.add_argument("--dim", type=int, default=256)
     parser.add_argument("--mode", choices=[ALL_PAIRS, TOP_K], default=ALL_PAIRS)
     parser.add_argument("--k", type=int, default=10)
@@ -279,8 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         sizes = [args.products // 2, args.products]
     else:
         sizes = None
-    rows = run(args.quick, sizes, args.dim, args.mode, args.k,
-               [int(c) for c in args.cores.split(",")], args.work)
+    rows = run(
+        args.quick, sizes, args.dim, args.mode, args.k, [int(c) for c in args.cores.split(",")], args.work
+    )
     from bench.run_all import markdown_table
 
     sys.stdout.write(markdown_table(rows) + "\n")

@@ -3,12 +3,15 @@
     python -m jobs.validate_gremlin_csv --vertices <export>/vertices --edges <export>/edges \
         [--allow-non-finite] [--max-problems 1000] [--report-dir R --run-date D]
 
-Works on any export (not only this suite's) and as a library (:func:`validate_export`). Pure Python,
-streaming: each file is read line by line through gzip/bzip2/plain, records are assembled across quoted
-newlines and tokenised by an exact RFC 4180 grammar (a fast path for lines without quotes), so memory is
-bounded by the longest record, except for the id sets that referential integrity and duplicate detection
-need: every vertex ``~id`` and every edge ``~id`` is kept in a Python set (roughly 50 bytes plus the id's
-length per id; 10 M edges with 40-character ids take about 1 GB).
+Works on any export (not only this suite's) and as a library (:func:`validate_export`). Files are checked
+by a process pool over every core (``--workers``); each streams its file through gzip/bzip2/plain in
+blocks of whole records: a plain block (no quote, CR or NUL) is checked by Arrow kernels, any other block,
+or one that fails a kernel check, record by record (records assembled across quoted newlines, an exact
+RFC 4180 grammar), which words every problem with its line. Memory does not grow with the edges: every
+``~id``'s hash is spilled to disk (8 bytes, ``--spill-dir``) and the duplicates are found a partition at a
+time (:mod:`jobs.common.external_duplicates`), then confirmed by rereading the suspects' ids. What stays
+in memory: the vertex ``~id``s (a set and their hashes in each worker, about 100 bytes an id: 50,000 to
+5 M vertices), one block, and the spill buffer.
 
 Rules checked (the ``rule`` of each :class:`Problem`):
     no_files, non_data_file  the prefix holds data files, and nothing else the loader would read
