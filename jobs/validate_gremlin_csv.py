@@ -63,6 +63,7 @@ from typing import IO, Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 
 from jobs.common import external_duplicates as ed
 from jobs.common import storage
@@ -482,24 +483,30 @@ def _lines(block: bytes) -> list[bytes]:
     return lines
 
 
-def _records_of(block: bytes, width: int) -> pa.ListArray | None:
-    """The records (lists of fields) of a block of plain records (no quote, CR or NUL; UTF-8; ``width``
-    fields each), split by Arrow kernels; None when the block is not that simple."""
+def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa.Array] | None:
+    """The ``wanted`` columns of a block of plain records (no quote, CR or NUL; UTF-8; ``width`` fields
+    each) as strings, split by Arrow's CSV reader with quoting off; None when the block is not that
+    simple. An empty block has no column."""
     if b'"' in block or b"\r" in block or b"\x00" in block:
         return None
+    names = [f"c{position}" for position in range(width)]
     try:
-        text = block.decode("utf-8")
-    except UnicodeDecodeError:
+        table = pacsv.read_csv(
+            pa.BufferReader(block),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
+            parse_options=pacsv.ParseOptions(
+                quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                include_columns=[names[position] for position in wanted],
+                strings_can_be_null=False,
+                check_utf8=True,
+            ),
+        )
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a field count or UTF-8 problem
         return None
-    lines = pc.split_pattern(pa.array([text], pa.large_string()), "\n").values
-    if text.endswith("\n"):
-        lines = lines.slice(0, len(lines) - 1)
-    fields = pc.split_pattern(lines, ",")
-    lengths = pc.list_value_length(fields)
-    bounds = pc.min_max(lengths).as_py()
-    if bounds["min"] != width or bounds["max"] != width:
-        return None
-    return fields
+    return {position: table.column(names[position]).combine_chunks() for position in wanted}
 
 
 def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -> bool:
@@ -513,10 +520,7 @@ def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -
         return False
     if type_name == G.TYPE_BOOL:
         return bool(pc.all(pc.is_in(pc.utf8_lower(filled), value_set=_BOOLS)).as_py())
-    pattern = _INTEGER if type_name in _INT_RANGES else _DECIMAL
-    if not pc.all(pc.match_substring_regex(filled, pattern.pattern)).as_py():
-        return False
-    try:
+    try:  # Arrow parses a subset of _INTEGER/_DECIMAL (no "+", no spaces) plus nan/inf, ruled out below
         numbers = pc.cast(filled, pa.int64() if type_name in _INT_RANGES else pa.float64())
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
         return False
@@ -525,6 +529,8 @@ def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -
         low, high = _INT_RANGES[type_name]
         return bool(low <= bounds["min"] and bounds["max"] <= high)
     limit = FLOAT_MAX if type_name == G.TYPE_FLOAT else sys.float_info.max
+    if pc.any(pc.is_nan(numbers)).as_py():
+        return False
     return bool(-limit <= bounds["min"] and bounds["max"] <= limit)
 
 
@@ -604,6 +610,7 @@ class _FileChecker:
             for position, column in enumerate(columns)
             if not column.is_system and (column.type_name != G.TYPE_STRING or column.is_array)
         ]
+        self.wanted = sorted({self.id_index, *self.required, *self.ends, *(p for p, _ in self.typed)})
         self.strings = [
             position
             for position, column in enumerate(columns)
@@ -616,14 +623,11 @@ class _FileChecker:
         pass is needed: anything quoted or odd, or any value that may break a rule."""
         if len(block) > G.MAX_VALUE_BYTES:  # a value of the block could be over the limit
             return False
-        records = _records_of(block, self.width)
-        if records is None:
+        columns = _columns_of(block, self.width, self.wanted)
+        if columns is None:
             return False
-        columns: dict[int, pa.Array] = {}
 
         def column(position: int) -> pa.Array:
-            if position not in columns:
-                columns[position] = pc.list_element(records, position)
             return columns[position]
 
         for position in self.required:
@@ -637,7 +641,7 @@ class _FileChecker:
             for position in self.ends:
                 if not vertices.contains_all(pc.dictionary_encode(column(position)).dictionary):
                     return False
-        self.result.records[self.kind] += len(records)
+        self.result.records[self.kind] += len(columns[self.id_index])
         self.spill(column(self.id_index))
         return True
 

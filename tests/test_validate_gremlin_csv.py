@@ -323,14 +323,14 @@ def test_repeated_keys_split_a_partition_over_the_budget_and_agree_with_a_count(
     keys[100:140] = keys[7]  # one key 41 times
     keys[4000] = keys[4999]
     truth = {key: times for key, times in Counter(keys.tolist()).items() if times > 1}
-    for budget in (64, 2**20):
+    for budget in (160, 2**20):
         folder = tmp_path / str(budget)
         folder.mkdir()
         writer = ed.RunWriter(str(folder), "t", budget)
         writer.add(np.zeros(keys.size, dtype=np.int64), keys)  # every key in partition 0
         writer.flush()
         assert dict(ed.repeated_keys(writer.runs, 0, str(folder), budget)) == truth
-        assert len(writer.runs) == (1250 if budget == 64 else 1)  # 64 bytes buffer 4 pairs at a time
+        assert len(writer.runs) == (1250 if budget == 160 else 1)  # 160 bytes buffer 4 pairs at a time
         assert sorted(path.name for path in folder.iterdir() if path.is_dir()) == []  # scratch removed
 
 

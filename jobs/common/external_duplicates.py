@@ -1,16 +1,17 @@
 """Repeated strings among billions, found on disk in bounded memory: hash, spill by partition, sort each.
 
-Every string gets a 128-bit hash (two independent polynomial hashes over its UTF-8 bytes, each finished
-by splitmix64's mixer, computed with numpy over an Arrow string array's buffers: no Python object per
-string). The first hash's top :data:`PARTITION_BITS` bits choose a partition, the second hash (64 bits) is
-what is stored: 8 bytes per string, 72 bits that tell strings apart. A :class:`RunWriter` buffers
-``(partition, key)`` pairs up to a fixed count and writes each full buffer as one *run*: its keys grouped by
-partition (``<name>.u64``) and the partition offsets (``<name>.idx``). :func:`repeated_keys` then reads one
-partition of every run at a time; a partition larger than the memory budget is split again by the next
-bits of its keys (on disk, in chunks of the budget), so memory is bounded by the budget whatever the
-count. Equal strings always have equal keys, so a key seen once is a string seen once; a key seen more
-than once is a *suspect*: the caller rereads the strings to confirm (two different strings can share 72
-bits: about n^2 / 2^73 such pairs among n strings, 1.6e-4 at 1.25 billion).
+Every string gets a 128-bit hash (two independent multiplicative hashes over its UTF-8 bytes read as
+little-endian 8-byte words, zero-padded, each finished by splitmix64's mixer, computed with numpy over an
+Arrow string array's buffers: no Python object per string). The first hash's top :data:`PARTITION_BITS` bits
+choose a partition, the second hash (64 bits) is what is stored: 8 bytes per string, 72 bits that tell
+strings apart. A :class:`RunWriter` buffers ``(partition, key)`` pairs up to a fixed count and writes each
+full buffer as one *run*: its keys grouped by partition (``<name>.u64``) and the partition offsets
+(``<name>.idx``). :func:`repeated_keys` then reads one partition of every run at a time; a partition larger
+than the memory budget is split again by the next bits of its keys (on disk, in chunks of the budget), so
+memory is bounded by the budget whatever the count. Equal strings always have equal keys, so a key seen once
+is a string seen once; a key seen more than once is a *suspect*: the caller rereads the strings to confirm
+(two different strings can share 72 bits: about n^2 / 2^73 such pairs among n strings, 1.6e-4 at 1.25
+billion).
 """
 
 from __future__ import annotations
@@ -32,7 +33,7 @@ _multipliers: list[np.ndarray] = [np.zeros(0, np.uint64), np.zeros(0, np.uint64)
 
 
 def _position_multipliers(which: int, length: int) -> np.ndarray:
-    """Fixed odd 64-bit multipliers for byte positions 0..length-1 (grown on demand, deterministic)."""
+    """Fixed odd 64-bit multipliers for word positions 0..length-1 (grown on demand, deterministic)."""
     table = _multipliers[which]
     if table.size < length:
         size = max(length, 2 * table.size, 256)
@@ -69,17 +70,21 @@ def string_hashes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     if (lengths == 0).any():
         raise ValueError("string_hashes: empty strings have no hash (filter them out first)")
     start = int(offsets[0])
-    data = np.frombuffer(data_buffer, dtype=np.uint8)[start : int(offsets[-1])].astype(np.uint64)
+    data = np.frombuffer(data_buffer, dtype=np.uint8)[start : int(offsets[-1])]
     starts = offsets[:-1] - start
-    positions = np.arange(data.size, dtype=np.int64) - np.repeat(starts, lengths)
-    longest = int(lengths.max())
-    hashes = []
-    with np.errstate(over="ignore"):
-        for which in (0, 1):
-            terms = data * _position_multipliers(which, longest)[positions]
-            sums = np.add.reduceat(terms, starts)
-            hashes.append(_mix(sums + lengths.astype(np.uint64) * np.uint64(_SEEDS[which])))
-    return hashes[0], hashes[1]
+    first, second = np.empty(count, np.uint64), np.empty(count, np.uint64)
+    # Strings of one length at a time: their bytes gathered into rows of 8-byte words.
+    for length in np.unique(lengths).tolist():
+        rows = np.flatnonzero(lengths == length)
+        words = -(-length // 8)
+        padded = np.zeros((rows.size, words * 8), dtype=np.uint8)
+        padded[:, :length] = data[starts[rows, None] + np.arange(length)]
+        values = padded.view(np.uint64)
+        with np.errstate(over="ignore"):
+            for which, out in ((0, first), (1, second)):
+                sums = (values * _position_multipliers(which, words)).sum(axis=1, dtype=np.uint64)
+                out[rows] = _mix(sums + np.uint64(length) * np.uint64(_SEEDS[which]))
+    return first, second
 
 
 def partition_of(first: np.ndarray) -> np.ndarray:
@@ -103,14 +108,15 @@ class Run:
 class RunWriter:
     """Buffers ``(partition, key)`` pairs and spills each full buffer as a :class:`Run` under ``folder``.
 
-    Holds at most ``budget_bytes`` worth of pairs (16 bytes a pair while buffered).
+    Buffers ``budget_bytes / 40`` pairs: with the copies a spill makes (concatenation, order, sorted
+    keys) that is about ``budget_bytes`` at the peak.
     """
 
     def __init__(self, folder: str, name: str, budget_bytes: int, partitions: int = PARTITIONS) -> None:
         self.folder = folder
         self.name = name
         self.partitions = partitions
-        self.capacity = max(1, budget_bytes // 16)
+        self.capacity = max(1, budget_bytes // 40)
         self.runs: list[Run] = []
         self.count = 0
         self._parts: list[np.ndarray] = []
