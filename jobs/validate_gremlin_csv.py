@@ -3,12 +3,15 @@
     python -m jobs.validate_gremlin_csv --vertices <export>/vertices --edges <export>/edges \
         [--allow-non-finite] [--max-problems 1000] [--report-dir R --run-date D]
 
-Works on any export (not only this suite's) and as a library (:func:`validate_export`). Pure Python,
-streaming: each file is read line by line through gzip/bzip2/plain, records are assembled across quoted
-newlines and tokenised by an exact RFC 4180 grammar (a fast path for lines without quotes), so memory is
-bounded by the longest record, except for the id sets that referential integrity and duplicate detection
-need: every vertex ``~id`` and every edge ``~id`` is kept in a Python set (roughly 50 bytes plus the id's
-length per id; 10 M edges with 40-character ids take about 1 GB).
+Works on any export (not only this suite's) and as a library (:func:`validate_export`). Files are checked
+by a process pool over every core (``--workers``); each streams its file through gzip/bzip2/plain in
+blocks of whole records: a plain block (no quote, CR or NUL) is checked by Arrow kernels, any other block,
+or one that fails a kernel check, record by record (records assembled across quoted newlines, an exact
+RFC 4180 grammar), which words every problem with its line. Memory does not grow with the edges: every
+``~id``'s hash is spilled to disk (8 bytes, ``--spill-dir``) and the duplicates are found a partition at a
+time (:mod:`jobs.common.external_duplicates`), then confirmed by rereading the suspects' ids. What stays
+in memory: the vertex ``~id``s (a set and their hashes in each worker, about 100 bytes an id: 50,000 to
+5 M vertices), one block, and the spill buffer.
 
 Rules checked (the ``rule`` of each :class:`Problem`):
     no_files, non_data_file  the prefix holds data files, and nothing else the loader would read
@@ -38,20 +41,31 @@ from __future__ import annotations
 
 import argparse
 import bz2
+import concurrent.futures
 import datetime as dt
 import gzip
 import io
+import itertools
 import logging
 import math
+import multiprocessing
+import os
 import posixpath
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.csv as pacsv
+
+from jobs.common import external_duplicates as ed
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
@@ -68,6 +82,9 @@ GZIP_MAGIC = b"\x1f\x8b"
 BZIP2_MAGIC = b"BZh"
 UNSUPPORTED_ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".7z", ".xz", ".zst")
 BOM = "\ufeff"
+BLOCK_BYTES = 8 * 2**20  # decompressed bytes checked at once (whole records; a longer record grows it)
+SUSPECT_LIMIT = 100_000  # repeated id hashes reread for their ids (beyond: counted from the hashes)
+_BOOLS = pa.array(["true", "false"])
 
 # One RFC 4180 field: a quoted field (quotes inside doubled) or an unquoted one (no quote, comma, CR, LF).
 _FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
@@ -141,6 +158,14 @@ class ValidationResult:
         self.problem_counts[rule] += 1
         if len(self.problems) < self.max_problems:
             self.problems.append(Problem(file, line, rule, reason))
+
+    def merge(self, other: ValidationResult) -> None:
+        """Add another result's problems (as many as still fit), counts and records."""
+        self.problems.extend(other.problems[: max(0, self.max_problems - len(self.problems))])
+        self.problem_counts.update(other.problem_counts)
+        self.bad_records.update(other.bad_records)
+        for kind, count in other.records.items():
+            self.records[kind] = self.records.get(kind, 0) + count
 
 
 # ------------------------------------------------------------------------------------------------ files
@@ -373,158 +398,455 @@ def split_record(record: str) -> tuple[list[str] | None, str | None]:
 
 
 # ------------------------------------------------------------------------------------------------- files
-def validate_file(
-    uri: str,
-    kind: str,
-    result: ValidationResult,
-    ids: set[str],
-    vertex_ids: set[str] | None,
-    *,
-    allow_non_finite: bool,
-) -> None:
-    """Check one data file of a vertex or edge prefix, adding its problems and ids."""
-    name = posixpath.basename(uri)
-    if name.lower().endswith(UNSUPPORTED_ARCHIVES):
-        result.add(
-            uri,
-            None,
-            "compression",
-            "tar/zip and other archives are not supported: one gzip or bzip2 file each",
+@dataclass(frozen=True)
+class FileTask:
+    """One data file to check in a worker, and where its ids are spilled."""
+
+    uri: str
+    kind: str
+    index: int
+    spill_dir: str
+    allow_non_finite: bool
+    max_problems: int
+    budget_bytes: int
+
+
+@dataclass
+class FileOutcome:
+    """What one file's check found: its problems and counts, its spilled id runs, its ids (vertices)."""
+
+    result: ValidationResult
+    runs: list[ed.Run]
+    ids: list[str]
+
+
+class _VertexIds:
+    """The vertex ``~id``s an edge worker checks ends against: sorted 128-bit hashes for whole blocks
+    (vectorised), and the exact set, built on first use, for records checked one by one."""
+
+    def __init__(self, ids: pa.Array) -> None:
+        self.ids = ids
+        first, second = ed.string_hashes(ids) if len(ids) else (np.zeros(0, np.uint64),) * 2
+        order = np.argsort(first, kind="stable")
+        self.first, self.second = first[order], second[order]
+        self._exact: set[str] | None = None
+
+    def contains_all(self, values: pa.Array) -> bool:
+        """True when every (non-empty) value is a vertex id; False may also mean "not sure" (hash ties)."""
+        if len(values) == 0:
+            return True
+        first, second = ed.string_hashes(values)
+        at = np.searchsorted(self.first, first)
+        inside = at < self.first.size
+        at = np.minimum(at, max(self.first.size - 1, 0))
+        return bool(inside.all() and (self.first[at] == first).all() and (self.second[at] == second).all())
+
+    @property
+    def exact(self) -> set[str]:
+        if self._exact is None:
+            self._exact = set(self.ids.to_pylist())
+        return self._exact
+
+
+_VERTICES: _VertexIds | None = None  # set in each worker by _init_worker
+
+
+def _init_worker(vertex_ids: pa.Array | None) -> None:
+    global _VERTICES
+    _VERTICES = None if vertex_ids is None else _VertexIds(vertex_ids)
+
+
+def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
+    """The decompressed bytes in blocks of whole records (cut after a newline outside quotes)."""
+    carry = b""
+    while True:
+        chunk = stream.read(BLOCK_BYTES)
+        if not chunk:
+            if carry:
+                yield carry
+            return
+        data = carry + chunk if carry else chunk
+        cut = data.rfind(b"\n") + 1
+        if cut == 0 or data.count(b'"', 0, cut) % 2:  # no newline yet, or the cut is inside quotes
+            carry = data
+            continue
+        yield data[:cut]
+        carry = data[cut:]
+
+
+def _lines(block: bytes) -> list[bytes]:
+    """The lines of a block, each with its ``\\n`` (the last one may lack it)."""
+    parts = block.split(b"\n")
+    lines = [part + b"\n" for part in parts[:-1]]
+    if parts[-1]:
+        lines.append(parts[-1])
+    return lines
+
+
+def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa.Array] | None:
+    """The ``wanted`` columns of a block of plain records (no quote, CR or NUL; UTF-8; ``width`` fields
+    each) as strings, split by Arrow's CSV reader with quoting off; None when the block is not that
+    simple. An empty block has no column."""
+    if b'"' in block or b"\r" in block or b"\x00" in block:
+        return None
+    names = [f"c{position}" for position in range(width)]
+    try:
+        table = pacsv.read_csv(
+            pa.BufferReader(block),
+            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
+            parse_options=pacsv.ParseOptions(
+                quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(names, pa.string()),
+                include_columns=[names[position] for position in wanted],
+                strings_can_be_null=False,
+                check_utf8=True,
+            ),
         )
-        return
-    compression = compression_of(name)
-    with open_binary(uri) as raw:
-        magic = raw.peek(3)[:3] if hasattr(raw, "peek") else b""
-        if compression == G.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
-            result.add(uri, None, "compression", "named .gz but not gzip data")
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a field count or UTF-8 problem
+        return None
+    return {position: table.column(names[position]).combine_chunks() for position in wanted}
+
+
+def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -> bool:
+    """True when every non-blank value parses as the column's type (decided by Arrow kernels); False
+    also for types only checked record by record (dates, arrays)."""
+    filled = pc.filter(values, pc.not_equal(values, ""))
+    if len(filled) == 0:
+        return True
+    type_name = column.type_name
+    if column.is_array or type_name not in (G.TYPE_BOOL, G.TYPE_FLOAT, G.TYPE_DOUBLE, *_INT_RANGES):
+        return False
+    if type_name == G.TYPE_BOOL:
+        return bool(pc.all(pc.is_in(pc.utf8_lower(filled), value_set=_BOOLS)).as_py())
+    try:  # Arrow parses a subset of _INTEGER/_DECIMAL (no "+", no spaces) plus nan/inf, ruled out below
+        numbers = pc.cast(filled, pa.int64() if type_name in _INT_RANGES else pa.float64())
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        return False
+    bounds = pc.min_max(numbers).as_py()
+    if type_name in _INT_RANGES:
+        low, high = _INT_RANGES[type_name]
+        return bool(low <= bounds["min"] and bounds["max"] <= high)
+    limit = FLOAT_MAX if type_name == G.TYPE_FLOAT else sys.float_info.max
+    if pc.any(pc.is_nan(numbers)).as_py():
+        return False
+    return bool(-limit <= bounds["min"] and bounds["max"] <= limit)
+
+
+class _FileChecker:
+    """Checks the records of one file: whole blocks by Arrow kernels when they are plain and good, the
+    rest record by record (which finds and words every problem); spills every ``~id``'s hash."""
+
+    def __init__(self, task: FileTask, result: ValidationResult) -> None:
+        self.task = task
+        self.uri = task.uri
+        self.kind = task.kind
+        self.result = result
+        self.writer = ed.RunWriter(task.spill_dir, f"f{task.index:06d}", task.budget_bytes)
+        self.ids: list[str] = []
+        self._problem_line = -1
+
+    def report_line(self, line: int, rule: str, reason: str) -> None:
+        self.result.add(self.uri, line, rule, reason)
+        if self._problem_line != line:
+            self._problem_line = line
+            self.result.bad_records[rule] += 1
+
+    def spill(self, ids: pa.Array) -> None:
+        first, second = ed.string_hashes(ids)
+        self.writer.add(ed.partition_of(first), second)
+        if self.kind == VERTEX:
+            self.ids.extend(ids.to_pylist())
+
+    def run(self, stream: IO[bytes]) -> None:
+        blocks = _blocks(stream)
+        head = next(blocks, b"")
+        if not head:
+            self.result.add(self.uri, None, "header_missing", "empty file: every file needs a header line")
             return
-        if compression == G.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
-            result.add(uri, None, "compression", "named .bz2 but not bzip2 data")
+        lines = _lines(head)
+        quotes, taken = 0, 0
+        for taken, raw in enumerate(lines, 1):  # noqa: B007 - the count is used below
+            quotes += raw.count(b'"')
+            if quotes % 2 == 0:
+                break
+        header_bytes = b"".join(lines[:taken])
+        header_line, header_text = next(iter_records(iter([header_bytes]), self.report_line))
+        if not self.header(header_line, header_text):
             return
-        if compression == G.COMPRESSION_NONE and (
-            magic.startswith(GZIP_MAGIC) or magic.startswith(BZIP2_MAGIC)
-        ):
-            result.add(uri, None, "compression", "compressed data in a file without a .gz/.bz2 suffix")
-            return
-        if compression == G.COMPRESSION_GZIP:
-            stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw)
-        elif compression == G.COMPRESSION_BZIP2:
-            stream = bz2.BZ2File(raw)
-        else:
-            stream = raw
-        try:
-            _validate_stream(uri, kind, stream, result, ids, vertex_ids, allow_non_finite=allow_non_finite)
-        except (OSError, EOFError, ValueError) as err:  # truncated or corrupt archive
-            result.add(uri, None, "compression", f"cannot read the file to its end: {err}")
+        next_line = 1 + header_bytes.count(b"\n")
+        rest = head[len(header_bytes) :]
+        for block in itertools.chain([rest] if rest else [], blocks):
+            if not self.fast_block(block):
+                self.slow_block(block, next_line)
+            next_line += block.count(b"\n")
+        self.writer.flush()
 
+    def header(self, header_line: int, header_text: str) -> bool:
+        """Parse the header; False when the file cannot be checked further."""
+        uri, result = self.uri, self.result
+        if "\x00" in header_text:
+            result.add(uri, header_line, "nul", "a NUL character in the header")
+        cells, reason = split_record(header_text)
+        if cells is None:
+            result.add(uri, header_line, "quoting", f"header: {reason}")
+            return False
+        columns = parse_header(
+            cells, self.kind, lambda rule, why: result.add(uri, header_line, rule, f"header: {why}")
+        )
+        if columns is None:
+            return False
+        self.columns = columns
+        self.width = len(columns)
+        index_of = {column.name: position for position, column in enumerate(columns) if column.is_system}
+        self.id_index = index_of[G.ID]
+        names = G.VERTEX_REQUIRED_COLUMNS if self.kind == VERTEX else G.EDGE_REQUIRED_COLUMNS
+        self.required = [index_of[name] for name in names]
+        ends = (index_of.get(G.FROM), index_of.get(G.TO))
+        self.ends = [end for end in ends if end is not None] if None not in ends else []
+        self.typed = [
+            (position, column)
+            for position, column in enumerate(columns)
+            if not column.is_system and (column.type_name != G.TYPE_STRING or column.is_array)
+        ]
+        self.wanted = sorted({self.id_index, *self.required, *self.ends, *(p for p, _ in self.typed)})
+        self.strings = [
+            position
+            for position, column in enumerate(columns)
+            if not column.is_system and column.type_name == G.TYPE_STRING
+        ]
+        return True
 
-def _validate_stream(
-    uri: str,
-    kind: str,
-    stream: Iterable[bytes],
-    result: ValidationResult,
-    ids: set[str],
-    vertex_ids: set[str] | None,
-    *,
-    allow_non_finite: bool,
-) -> None:
-    record_problem_line = [-1]
+    def fast_block(self, block: bytes) -> bool:
+        """Check a whole block with Arrow kernels; False (nothing recorded) when a record by record
+        pass is needed: anything quoted or odd, or any value that may break a rule."""
+        if len(block) > G.MAX_VALUE_BYTES:  # a value of the block could be over the limit
+            return False
+        columns = _columns_of(block, self.width, self.wanted)
+        if columns is None:
+            return False
 
-    def report_line(line: int, rule: str, reason: str) -> None:
-        result.add(uri, line, rule, reason)
-        if record_problem_line[0] != line:
-            record_problem_line[0] = line
-            result.bad_records[rule] += 1
+        def column(position: int) -> pa.Array:
+            return columns[position]
 
-    records = iter_records(iter(stream), report_line)
-    first = next(records, None)
-    if first is None:
-        result.add(uri, None, "header_missing", "empty file: every file needs a header line")
-        return
-    header_line, header_text = first
-    if "\x00" in header_text:
-        result.add(uri, header_line, "nul", "a NUL character in the header")
-    cells, reason = split_record(header_text)
-    if cells is None:
-        result.add(uri, header_line, "quoting", f"header: {reason}")
-        return
-    columns = parse_header(
-        cells, kind, lambda rule, why: result.add(uri, header_line, rule, f"header: {why}")
-    )
-    if columns is None:
-        return
-    width = len(columns)
-    index_of = {column.name: position for position, column in enumerate(columns) if column.is_system}
-    id_index = index_of[G.ID]
-    required = [
-        index_of[name] for name in (G.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else G.EDGE_REQUIRED_COLUMNS)
-    ]
-    from_index, to_index = index_of.get(G.FROM), index_of.get(G.TO)
-    typed = [
-        (position, column)
-        for position, column in enumerate(columns)
-        if not column.is_system and (column.type_name != G.TYPE_STRING or column.is_array)
-    ]
-    strings = [
-        position
-        for position, column in enumerate(columns)
-        if not column.is_system and column.type_name == G.TYPE_STRING
-    ]
-    big = G.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
+        for position in self.required:
+            if pc.min(pc.utf8_length(column(position))).as_py() == 0:
+                return False
+        allow = self.task.allow_non_finite
+        if not all(_values_parse(column(p), typed, allow_non_finite=allow) for p, typed in self.typed):
+            return False
+        vertices = _VERTICES
+        if self.ends and vertices is not None:
+            for position in self.ends:
+                if not vertices.contains_all(pc.dictionary_encode(column(position)).dictionary):
+                    return False
+        self.result.records[self.kind] += len(columns[self.id_index])
+        self.spill(column(self.id_index))
+        return True
 
-    for line, record in records:
-        result.records[kind] += 1
+    def slow_block(self, block: bytes, first_line: int) -> None:
+        """Check a block record by record, reporting every problem with its line."""
+        offset = first_line - 1
+
+        def report(line: int, rule: str, reason: str) -> None:
+            self.report_line(line + offset, rule, reason)
+
+        ids: list[str] = []
+        vertices = _VERTICES
+        for line, record in iter_records(iter(_lines(block)), report):
+            element_id = self.check_record(line + offset, record, vertices)
+            if element_id:
+                ids.append(element_id)
+        if ids:
+            self.spill(pa.array(ids, pa.large_string()))
+
+    def check_record(self, line: int, record: str, vertices: _VertexIds | None) -> str | None:
+        """Check one record; its ``~id`` when it has one to count."""
+        kind, columns = self.kind, self.columns
+        self.result.records[kind] += 1
         if "\x00" in record:
-            report_line(line, "nul", "a NUL character")
+            self.report_line(line, "nul", "a NUL character")
         fields, reason = split_record(record)
         if fields is None:
-            report_line(line, "quoting", reason or "")
-            continue
-        if len(fields) != width:
-            report_line(line, "field_count", f"{len(fields)} fields, the header has {width}")
-            continue
-        for position in required:
+            self.report_line(line, "quoting", reason or "")
+            return None
+        if len(fields) != self.width:
+            self.report_line(line, "field_count", f"{len(fields)} fields, the header has {self.width}")
+            return None
+        for position in self.required:
             if fields[position] == "":
-                report_line(line, "blank_required", f"{columns[position].name} is blank")
-        for position, column in typed:
+                self.report_line(line, "blank_required", f"{columns[position].name} is blank")
+        for position, column in self.typed:
             value = fields[position]
             if value == "":
                 continue
             values = _ARRAY_SPLIT.split(value) if column.is_array else (value,)
             for item in values:
-                problem = type_error(item, column.type_name, allow_non_finite=allow_non_finite)
+                problem = type_error(item, column.type_name, allow_non_finite=self.task.allow_non_finite)
                 if problem is not None:
-                    report_line(line, problem[0], f"{column.header}: {problem[1]}")
+                    self.report_line(line, problem[0], f"{column.header}: {problem[1]}")
                     break
-        for position in strings:
+        big = G.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
+        for position in self.strings:
             value = fields[position]
             if len(value) > big and len(value.encode("utf-8")) > G.MAX_VALUE_BYTES:
-                report_line(line, "value_too_large", f"{columns[position].header}: over 55 MB")
-        element_id = fields[id_index]
-        if element_id != "":
-            if element_id in ids:
-                report_line(line, "duplicate_id", f"{kind} ~id {element_id!r} appears more than once")
-            else:
-                ids.add(element_id)
-        if vertex_ids is not None and from_index is not None and to_index is not None:
-            for position in (from_index, to_index):
+                self.report_line(line, "value_too_large", f"{columns[position].header}: over 55 MB")
+        if vertices is not None:
+            for position in self.ends:
                 end = fields[position]
-                if end != "" and end not in vertex_ids:
-                    report_line(
+                if end != "" and end not in vertices.exact:
+                    self.report_line(
                         line, "missing_vertex", f"{columns[position].name} {end!r} is not a vertex ~id"
                     )
+        return fields[self.id_index] or None
+
+
+def _open_checked(uri: str, result: ValidationResult) -> tuple[IO[bytes], IO[bytes]] | None:
+    """(raw, decompressed) streams of a data file, or None when its name or content rules it out."""
+    name = posixpath.basename(uri)
+    if name.lower().endswith(UNSUPPORTED_ARCHIVES):
+        why = "tar/zip and other archives are not supported: one gzip or bzip2 file each"
+        result.add(uri, None, "compression", why)
+        return None
+    compression = compression_of(name)
+    raw = open_binary(uri)
+    magic = raw.peek(3)[:3] if hasattr(raw, "peek") else b""
+    problem = None
+    if compression == G.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
+        problem = "named .gz but not gzip data"
+    elif compression == G.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
+        problem = "named .bz2 but not bzip2 data"
+    elif compression == G.COMPRESSION_NONE and magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)):
+        problem = "compressed data in a file without a .gz/.bz2 suffix"
+    if problem is not None:
+        raw.close()
+        result.add(uri, None, "compression", problem)
+        return None
+    if compression == G.COMPRESSION_GZIP:
+        return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
+    if compression == G.COMPRESSION_BZIP2:
+        return raw, bz2.BZ2File(raw)
+    return raw, raw
+
+
+def check_file(task: FileTask) -> FileOutcome:
+    """Check one data file of a vertex or edge prefix (in a worker): every rule but duplicates across the
+    export, whose ids it spills under ``task.spill_dir``."""
+    result = ValidationResult(max_problems=task.max_problems)
+    checker = _FileChecker(task, result)
+    opened = _open_checked(task.uri, result)
+    if opened is not None:
+        raw, stream = opened
+        with raw:
+            try:
+                checker.run(stream)
+            except (OSError, EOFError, ValueError) as err:  # truncated or corrupt archive
+                result.add(task.uri, None, "compression", f"cannot read the file to its end: {err}")
+        checker.writer.flush()
+    return FileOutcome(result, checker.writer.runs, checker.ids)
+
+
+# --------------------------------------------------------------------------------------------- duplicates
+@dataclass(frozen=True)
+class PartitionTask:
+    runs: tuple[ed.Run, ...]
+    partitions: tuple[int, ...]
+    scratch: str
+    budget_bytes: int
+
+
+def repeated_in_partitions(task: PartitionTask) -> tuple[int, list[tuple[int, int, int]]]:
+    """(extra occurrences, up to SUSPECT_LIMIT ``(partition, key, times)``) of some id partitions."""
+    extra, suspects = 0, list[tuple[int, int, int]]()
+    for partition in task.partitions:
+        for key, times in ed.repeated_keys(task.runs, partition, task.scratch, task.budget_bytes):
+            extra += times - 1
+            if len(suspects) < SUSPECT_LIMIT:
+                suspects.append((partition, key, times))
+    return extra, suspects
+
+
+@dataclass(frozen=True)
+class FindTask:
+    uri: str
+    suspects: frozenset[tuple[int, int]]
+    limit: int
+
+
+def find_suspects(task: FindTask) -> list[tuple[int, str, tuple[int, int]]]:
+    """``(line, ~id, (partition, key))`` of the records of one file whose ``~id`` hash is a suspect, in
+    line order (at most ``task.limit``)."""
+    result = ValidationResult()
+    opened = _open_checked(task.uri, result)
+    if opened is None:
+        return []
+    raw, stream = opened
+    found: list[tuple[int, str, tuple[int, int]]] = []
+    with raw:
+        records = iter_records(iter(stream), lambda *_: None)
+        header = next(records, None)
+        cells = split_record(header[1])[0] if header else None
+        if not cells or G.ID not in cells:
+            return []
+        id_index = cells.index(G.ID)
+        while len(found) < task.limit:
+            batch = list(itertools.islice(records, 65_536))
+            if not batch:
+                break
+            located = []
+            for line, record in batch:
+                fields = split_record(record)[0]
+                if fields is not None and len(fields) > id_index and fields[id_index]:
+                    located.append((line, fields[id_index]))
+            if not located:
+                continue
+            first, second = ed.string_hashes(pa.array([value for _, value in located], pa.large_string()))
+            for (line, value), part, key in zip(
+                located, ed.partition_of(first).tolist(), second.tolist(), strict=True
+            ):
+                if (part, key) in task.suspects:
+                    found.append((line, value, (part, key)))
+    return found[: task.limit]
+
+
+# ----------------------------------------------------------------------------------------------- workers
+class _Workers:
+    """Maps a function over tasks in order: in this process for one worker or one task, else in a
+    process pool (forkserver: safe beside the JVM's threads) whose workers get the vertex ids once."""
+
+    def __init__(self, workers: int, vertex_ids: pa.Array | None = None) -> None:
+        self.workers = workers
+        self.vertex_ids = vertex_ids
+
+    def map(self, fn: Callable[[Any], Any], tasks: Sequence[Any]) -> list[Any]:
+        count = min(self.workers, len(tasks))
+        if count <= 1:
+            _init_worker(self.vertex_ids)
+            try:
+                return [fn(task) for task in tasks]
+            finally:
+                _init_worker(None)
+        context = multiprocessing.get_context("forkserver")
+        with concurrent.futures.ProcessPoolExecutor(
+            count, mp_context=context, initializer=_init_worker, initargs=(self.vertex_ids,)
+        ) as pool:
+            return list(pool.map(fn, tasks))
 
 
 def validate_prefix(
     uri: str,
     kind: str,
     result: ValidationResult,
-    ids: set[str],
-    vertex_ids: set[str] | None = None,
+    spill_dir: str,
     *,
+    workers: int = 0,
+    vertex_ids: pa.Array | None = None,
     allow_non_finite: bool = False,
-) -> None:
-    """Check every file under one loader prefix (vertex or edge)."""
+    budget_bytes: int = ed.DEFAULT_BUDGET_BYTES,
+) -> list[str]:
+    """Check every file under one loader prefix (vertex or edge), the files in parallel, then the
+    duplicate ``~id``s across all of them; returns the ids when ``kind`` is vertices (else [])."""
     files = storage.all_files(storage.resolve(uri))  # on S3: the published folder's current version
     data_files = []
     for file_uri in files:
@@ -540,8 +862,69 @@ def validate_prefix(
     if not data_files:
         result.add(uri, None, "no_files", f"no {kind} data files")
     result.files[kind] = data_files
-    for file_uri in data_files:
-        validate_file(file_uri, kind, result, ids, vertex_ids, allow_non_finite=allow_non_finite)
+    folder = os.path.join(spill_dir, kind)
+    os.makedirs(folder, exist_ok=True)
+    pool = _Workers(workers or os.cpu_count() or 1, vertex_ids)
+    tasks = [
+        FileTask(file_uri, kind, index, folder, allow_non_finite, result.max_problems, budget_bytes)
+        for index, file_uri in enumerate(data_files)
+    ]
+    outcomes: list[FileOutcome] = pool.map(check_file, tasks)
+    ids: list[str] = []
+    for outcome in outcomes:
+        result.merge(outcome.result)
+        ids.extend(outcome.ids)
+    runs = tuple(run for outcome in outcomes for run in outcome.runs)
+    _report_duplicates(kind, data_files, runs, result, pool, folder, budget_bytes)
+    return ids
+
+
+def _report_duplicates(
+    kind: str,
+    data_files: Sequence[str],
+    runs: tuple[ed.Run, ...],
+    result: ValidationResult,
+    pool: _Workers,
+    scratch: str,
+    budget_bytes: int,
+) -> None:
+    """Count the repeated ``~id``s from the spilled hashes, then reread the files for the suspects' ids:
+    a repeat is reported (file, line, id) only when the id itself repeats, never on a hash alone."""
+    if not runs:
+        return
+    spilled = sum(os.path.getsize(run.keys_path) for run in runs)
+    ways = 1 if spilled <= budget_bytes else pool.workers  # a few ids: one pass here, no processes
+    tasks = [
+        PartitionTask(runs, tuple(range(way, ed.PARTITIONS, ways)), scratch, budget_bytes)
+        for way in range(ways)
+    ]
+    extra = 0
+    times: dict[tuple[int, int], int] = {}
+    for partition_extra, suspects in pool.map(repeated_in_partitions, tasks):
+        extra += partition_extra
+        for part, key, seen in suspects:
+            if len(times) < SUSPECT_LIMIT:
+                times[(part, key)] = seen
+    if not extra:
+        return
+    limit = result.max_problems + len(times)
+    finds = pool.map(find_suspects, [FindTask(uri, frozenset(times), limit) for uri in data_files])
+    seen_ids: dict[tuple[int, int], set[str]] = {}
+    reported = 0
+    for uri, found in zip(data_files, finds, strict=True):
+        for line, element_id, key in found:
+            distinct = seen_ids.setdefault(key, set())
+            if element_id in distinct:
+                result.add(uri, line, "duplicate_id", f"{kind} ~id {element_id!r} appears more than once")
+                reported += 1
+            else:
+                distinct.add(element_id)
+    collisions = sum(len(distinct) - 1 for distinct in seen_ids.values())
+    repeats = extra - collisions
+    result.problem_counts["duplicate_id"] += repeats - reported
+    result.bad_records["duplicate_id"] += repeats
+    if not result.problem_counts["duplicate_id"]:
+        del result.problem_counts["duplicate_id"]
 
 
 def validate_export(
@@ -550,12 +933,27 @@ def validate_export(
     *,
     allow_non_finite: bool = False,
     max_problems: int = DEFAULT_MAX_PROBLEMS,
+    workers: int | None = None,
+    spill_dir: str | None = None,
+    budget_bytes: int = ed.DEFAULT_BUDGET_BYTES,
 ) -> ValidationResult:
-    """Validate a vertex prefix and an edge prefix; edges are checked against the vertices' ids."""
+    """Validate a vertex prefix and an edge prefix; edges are checked against the vertices' ids.
+
+    ``workers`` processes (default: every core) check files and id partitions; the ids' hashes are
+    spilled under ``spill_dir`` (default: the system's temporary folder), removed when done;
+    ``budget_bytes`` bounds what one worker holds of them.
+    """
     result = ValidationResult(max_problems=max_problems)
-    vertex_ids: set[str] = set()
-    validate_prefix(vertices_uri, VERTEX, result, vertex_ids, allow_non_finite=allow_non_finite)
-    validate_prefix(edges_uri, EDGE, result, set(), vertex_ids, allow_non_finite=allow_non_finite)
+    with tempfile.TemporaryDirectory(prefix="validate-ids-", dir=spill_dir) as spill:
+        vertex_ids = validate_prefix(
+            vertices_uri, VERTEX, result, spill, workers=workers or 0, allow_non_finite=allow_non_finite,
+            budget_bytes=budget_bytes,
+        )
+        validate_prefix(
+            edges_uri, EDGE, result, spill, workers=workers or 0,
+            vertex_ids=pa.array(vertex_ids, pa.large_string()), allow_non_finite=allow_non_finite,
+            budget_bytes=budget_bytes,
+        )
     return result
 
 
@@ -571,6 +969,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_MAX_PROBLEMS,
         help="problems listed in full (all are counted)",
     )
+    parser.add_argument(
+        "--workers", type=positive_int, default=None, help="processes checking files (default: every core)"
+    )
+    parser.add_argument(
+        "--spill-dir",
+        default=None,
+        help="local folder for the ids' hashes, 8 bytes per id, removed when done (default: the system's "
+        "temporary folder)",
+    )
     return parser.parse_args(argv)
 
 
@@ -582,7 +989,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if not storage.exists(uri):
             raise JobError(f"{flag}: nothing at {uri}")
     result = validate_export(
-        args.vertices, args.edges, allow_non_finite=args.allow_non_finite, max_problems=args.max_problems
+        args.vertices,
+        args.edges,
+        allow_non_finite=args.allow_non_finite,
+        max_problems=args.max_problems,
+        workers=args.workers,
+        spill_dir=args.spill_dir,
     )
     for problem in result.problems:
         LOG.error("%s", problem)

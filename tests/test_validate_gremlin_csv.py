@@ -9,11 +9,14 @@ from __future__ import annotations
 import bz2
 import gzip
 import json
+from collections import Counter
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from jobs import validate_gremlin_csv as V
+from jobs.common import external_duplicates as ed
 from jobs.common.cli import EXIT_JOB_ERROR, EXIT_OK, run
 from schemas import gremlin as G
 
@@ -276,3 +279,82 @@ def test_cli_exit_codes_and_report(tmp_path):
         f"{bad / 'edges' / 'part-00000.csv'}:5: [type] weight:Double: 'x' is not a Double",
         f"{bad / 'edges' / 'part-00000.csv'}:5: [missing_vertex] ~to 'ghost' is not a vertex ~id",
     ]
+
+
+# ------------------------------------------------------------------------------------ at scale, in parts
+def plain_edges(first: int, count: int, *, vertices: int = 50) -> str:
+    """``count`` plain (unquoted) edge rows with ids e<first>.., between v0..v<vertices - 1>."""
+    rows = [
+        f"e{i},v{i % vertices},v{(i * 7 + 1) % vertices},knows,{(i % 1000) / 1000},{i}\n"
+        for i in range(first, first + count)
+    ]
+    return GOOD_EDGES.split("\n", 1)[0] + "\n" + "".join(rows)
+
+
+def many_vertices(count: int = 50) -> str:
+    return "~id,name:String\n" + "".join(f"v{i},n{i}\n" for i in range(count))
+
+
+def test_duplicates_within_and_across_files_found_with_a_tiny_memory_budget(tmp_path):
+    root = tmp_path
+    write(root / "vertices" / "part-00000.csv", many_vertices())
+    first = plain_edges(0, 3000).replace("\ne2999,", "\ne17,")  # line 3001 repeats line 19
+    write(root / "edges" / "part-00000.csv", first)
+    write(root / "edges" / "part-00001.csv.gz", plain_edges(3000, 3000), compression="gzip")
+    second = plain_edges(6000, 3000).replace("\ne6500,", "\ne4000,")  # line 502 repeats another file's
+    write(root / "edges" / "part-00002.csv", second)
+    for workers, budget in ((1, 256), (2, 256), (2, V.ed.DEFAULT_BUDGET_BYTES)):
+        result = V.validate_export(
+            str(root / "vertices"), str(root / "edges"), workers=workers, budget_bytes=budget
+        )
+        assert [(Path(p.file).name, p.line, p.rule, p.reason) for p in result.problems] == [
+            ("part-00000.csv", 3001, "duplicate_id", "edge ~id 'e17' appears more than once"),
+            ("part-00002.csv", 502, "duplicate_id", "edge ~id 'e4000' appears more than once"),
+        ], (workers, budget)
+        assert (result.problem_counts, result.records) == (
+            {"duplicate_id": 2},
+            {"vertex": 50, "edge": 9000},
+        )
+
+
+def test_repeated_keys_split_a_partition_over_the_budget_and_agree_with_a_count(tmp_path):
+    rng = np.random.default_rng(5)
+    keys = rng.integers(0, 2**64, size=5000, dtype=np.uint64)
+    keys[100:140] = keys[7]  # one key 41 times
+    keys[4000] = keys[4999]
+    truth = {key: times for key, times in Counter(keys.tolist()).items() if times > 1}
+    for budget in (160, 2**20):
+        folder = tmp_path / str(budget)
+        folder.mkdir()
+        writer = ed.RunWriter(str(folder), "t", budget)
+        writer.add(np.zeros(keys.size, dtype=np.int64), keys)  # every key in partition 0
+        writer.flush()
+        assert dict(ed.repeated_keys(writer.runs, 0, str(folder), budget)) == truth
+        assert len(writer.runs) == (1250 if budget == 160 else 1)  # 160 bytes buffer 4 pairs at a time
+        assert sorted(path.name for path in folder.iterdir() if path.is_dir()) == []  # scratch removed
+
+
+def test_equal_hashes_of_different_ids_are_not_duplicates(tmp_path, monkeypatch):
+    def weak(strings):  # every id gets the same hash: each one is a suspect, only a reread tells them apart
+        size = len(strings)
+        return np.full(size, 7, dtype=np.uint64), np.full(size, 9, dtype=np.uint64)
+
+    monkeypatch.setattr(V.ed, "string_hashes", weak)
+    root = make_export(tmp_path, edges=GOOD_EDGES + "e2,v1,v3,knows,0.1,\n")
+    result = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
+    assert [(p.line, p.rule, p.reason) for p in result.problems] == [
+        (5, "duplicate_id", "edge ~id 'e2' appears more than once")
+    ]
+    assert result.problem_counts == {"duplicate_id": 1}
+
+
+def test_blocks_checked_whole_or_record_by_record_report_the_same_lines(tmp_path, monkeypatch):
+    monkeypatch.setattr(V, "BLOCK_BYTES", 97)  # many blocks; a quoted record spans a block boundary
+    edges = plain_edges(0, 400).split("\n")
+    edges[150] = edges[150].replace(",knows,", ',"kno\nws",')  # good: a quoted newline (one more line)
+    edges[250] = edges[250].replace(",v", ",ghost", 1)  # ~from is not a vertex
+    edges[300] = edges[300].replace(",knows,0.", ",knows,x")  # not a Double
+    root = make_export(tmp_path, vertices=many_vertices(), edges="\n".join(edges))
+    result = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
+    assert [(p.line, p.rule) for p in result.problems] == [(252, "missing_vertex"), (302, "type")]
+    assert result.records == {"vertex": 50, "edge": 400}
