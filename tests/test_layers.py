@@ -189,7 +189,7 @@ def test_the_graph_sees_imports_inside_functions_and_from_package_imports() -> N
     assert "schemas.expectations" in graph["jobs.common.quality"]  # from schemas import expectations
     assert "schemas.quality_terms" in graph["schemas.expectations"]  # from schemas.quality_terms import (...)
     assert "jobs.neptune_load" in graph["dags.stylegraph_nightly"]  # imported inside a task function
-    assert "udfs.similarity_tiles" in graph["jobs.transforms.similarity"]
+    assert "udfs.similarity.tasks" in graph["jobs.transforms.similarity"]
     assert {package_of(module) for module in graph} == {prefix for prefix, _ in LAYERS}
 
 
