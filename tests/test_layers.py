@@ -5,7 +5,8 @@ Every import of every module is read with ``ast``, including imports inside func
 
     0 schemas                     what the data is: StructTypes, column names, the quality suites
     1 jobs/common                 the ground floor every job stands on: CLI, Spark, storage, report, gate
-    2 udfs, jobs/transforms       UDF kernels and their writers; pure DataFrame -> DataFrame transforms
+    2 udfs, jobs/transforms       UDF kernels and their writers; pure DataFrame -> DataFrame transforms;
+      jobs/render                 pure rendering of what a job gathered (HTML, SVG)
     3 jobs                        the jobs you run (one module each, ``main(argv=None)``)
     4 emr, glue, dags, bench      what runs the jobs: EMR steps, Glue scripts, the Airflow DAG, benchmarks
 
@@ -28,6 +29,7 @@ LAYERS = (
     ("jobs.common", 1),
     ("udfs", 2),
     ("jobs.transforms", 2),
+    ("jobs.render", 2),
     ("jobs", 3),
     ("emr", 4),
     ("glue", 4),
@@ -35,7 +37,11 @@ LAYERS = (
     ("bench", 4),
 )
 LAYER_NAMES = {
-    0: "schemas", 1: "jobs/common", 2: "udfs + jobs/transforms", 3: "jobs", 4: "emr/glue/dags/bench"
+    0: "schemas",
+    1: "jobs/common",
+    2: "udfs + jobs/transforms + jobs/render",
+    3: "jobs",
+    4: "emr/glue/dags/bench",
 }
 JOBS_LAYER = 3
 
