@@ -7,6 +7,7 @@ Every import of every module is read with ``ast``, including imports inside func
     1 jobs/common                 the ground floor every job stands on: CLI, Spark, storage, report, gate
     2 udfs, jobs/transforms       UDF kernels and their writers; pure DataFrame -> DataFrame transforms;
       jobs/render                 pure rendering of what a job gathered (HTML, SVG)
+      readers                     the outputs read outside Spark (the NCF sets into PyTorch)
     3 jobs                        the jobs you run (one module each, ``main(argv=None)``)
     4 emr, glue, dags, bench      what runs the jobs: EMR steps, Glue scripts, the Airflow DAG, benchmarks
 
@@ -21,7 +22,7 @@ import pathlib
 from collections.abc import Iterable, Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TOP_PACKAGES = ("schemas", "jobs", "udfs", "emr", "glue", "dags", "bench")
+TOP_PACKAGES = ("schemas", "jobs", "udfs", "readers", "emr", "glue", "dags", "bench")
 
 # (package prefix, layer), most specific first; a module belongs to the first prefix it starts with.
 LAYERS = (
@@ -30,6 +31,7 @@ LAYERS = (
     ("udfs", 2),
     ("jobs.transforms", 2),
     ("jobs.render", 2),
+    ("readers", 2),
     ("jobs", 3),
     ("emr", 4),
     ("glue", 4),
@@ -39,7 +41,7 @@ LAYERS = (
 LAYER_NAMES = {
     0: "schemas",
     1: "jobs/common",
-    2: "udfs + jobs/transforms + jobs/render",
+    2: "udfs + jobs/transforms + jobs/render + readers",
     3: "jobs",
     4: "emr/glue/dags/bench",
 }
