@@ -61,12 +61,12 @@ bench: $(STAMP) ## every benchmark under bench/, current tables in bench/RESULTS
 
 lint: $(STAMP) ## ruff on everything, mypy on the packages (configured in pyproject.toml); fails if either fails
 	status=0; \
-	$(PY) -m ruff check jobs udfs schemas emr glue dags bench tests || status=1; \
+	$(PY) -m ruff check jobs udfs schemas readers emr glue dags bench tests || status=1; \
 	$(PY) -m mypy || status=1; \
 	exit $$status
 
 dist: $(STAMP) ## wheel, --py-files zip, entry scripts and the EMR wheelhouse (GBs) under dist/
-	$(PY) -m jobs.build_dist --output dist --wheelhouse
+	$(PY) -m emr.dist --output dist --wheelhouse
 
 clean: ## remove generated data, builds and caches (keeps .venv)
 	rm -rf $(DATA) build dist *.egg-info .pytest_cache .ruff_cache .mypy_cache spark-warehouse

@@ -15,7 +15,7 @@ setup(
     description=__doc__,
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["jobs", "jobs.*", "udfs", "udfs.*", "schemas", "schemas.*",
-                                    "emr", "emr.*", "glue", "glue.*"]),
+                                    "readers", "readers.*", "emr", "emr.*", "glue", "glue.*"]),
     package_data={"emr": ["*.json", "*.sh"], "glue": ["*.json"]},
     install_requires=_requirements("base.txt"),
     extras_require={"dev": _requirements("dev.txt")},

@@ -33,7 +33,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from jobs.common import quality
+from jobs.common import quality, quality_metrics
 from jobs.common.spark import get_spark
 from schemas import expectations as suites
 from schemas import interactions as ia
@@ -118,8 +118,8 @@ def _case(
 
     def gx_engine() -> None:
         expectations = suites.SUITES[dataset](quality.QualityThresholds(), context)
-        checks = quality._validate_with_gx_engine(
-            quality._ephemeral_context(), dataset, staged, expectations, cache=cache
+        checks = quality_metrics.validate_with_gx_engine(
+            quality_metrics.ephemeral_context(), dataset, staged, expectations, cache=cache
         )
         assert all(c["success"] for c in checks if c["severity"] == quality.CRITICAL), checks
 

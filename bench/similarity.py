@@ -161,32 +161,30 @@ def kernel_cpu(vectors: np.ndarray, pair_block: int = 8192, tile: int = 2048) ->
     import math
 
     import faiss
-    import torch
     from threadpoolctl import threadpool_limits
 
-    from udfs import similarity_tiles as st
+    from udfs.similarity import matrix, pairs, tiles
 
     n = len(vectors)
-    torch.set_num_threads(1)
     faiss.omp_set_num_threads(1)
     with threadpool_limits(limits=1, user_api="blas"):
-        prep = st.prepare(pa.array([sku(i) for i in range(n)]), vectors, "cosine")
+        prep = matrix.prepare(pa.array([sku(i) for i in range(n)]), vectors, "cosine")
         start = time.process_time()
         index = faiss.IndexFlatIP(vectors.shape[1])
-        index.add(prep.work.numpy())
-        index.search(prep.work.numpy(), K + 1)
+        index.add(prep.work)
+        index.search(prep.work, K + 1)
         faiss_cpu = time.process_time() - start
-        width = st.candidate_width(n, K)
+        width = tiles.candidate_width(n, K)
         blocks = math.ceil(n / pair_block)
         floors = np.full(n, -np.inf, dtype=np.float32)  # as one worker's shared floors
         start = time.process_time()
         found: dict[int, list[tuple[np.ndarray, np.ndarray]]] = {}
-        for a, b in st.block_pairs(blocks):
-            for block, keys, cols in st.pair_candidates(prep, a, b, pair_block, tile, width, floors):
+        for a, b in pairs.block_pairs(blocks):
+            for block, keys, cols in pairs.pair_candidates(prep, a, b, pair_block, tile, width, floors):
                 found.setdefault(block, []).append((keys, cols))
         pairs_cpu = time.process_time() - start
         for block in range(blocks):
-            for _ in st.merge_block(prep, block, found.pop(block), K, pair_block, tile):
+            for _ in pairs.merge_block(prep, block, found.pop(block), K, pair_block, tile):
                 pass
         kernel_cpu_s = time.process_time() - start
     return {"faiss_cpu_s": round(faiss_cpu, 2), "kernel_cpu_s": round(kernel_cpu_s, 2),

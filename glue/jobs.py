@@ -19,12 +19,13 @@ WORKERS: dict[str, tuple[str, int]] = {
     "export": ("G.1X", 5),
     "validate": ("G.1X", 2),
 }
-# Stages that never run on Glue, and why. The similarity kernels compute with torch on CPU as on GPU;
-# Glue would have to pip-install torch (a multi-GB CUDA build from PyPI) on every worker at every start,
-# so similarity runs on the EMR cluster, which has torch installed from the wheelhouse.
+# Stages that never run on Glue, and why. The similarity tasks pin BLAS threads with threadpoolctl and
+# compute with torch on a GPU; Glue would have to pip-install them (torch: a multi-GB CUDA build from
+# PyPI) on every worker at every start, so similarity runs on the EMR cluster, which has them installed
+# from the wheelhouse.
 NOT_ON_GLUE: dict[str, str] = {
     "embed": "it needs GPUs, and Glue has no GPU workers",
-    "similarity": "its kernels compute with torch, which the Glue jobs do not ship",
+    "similarity": "its tasks need threadpoolctl (and torch on a GPU), which the Glue jobs do not ship",
 }
 # What Glue 5.0 itself provides that the stages import: Spark 3.5 (pyspark, py4j) and boto3.
 GLUE_PROVIDED_MODULES: tuple[str, ...] = ("pyspark", "boto3")

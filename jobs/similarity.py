@@ -8,7 +8,7 @@ Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
 ``<output>/similarity/dt=<D>/`` (Parquet, ``schemas.similarity``), the rejected rows to
 ``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
 
-How (see ``udfs/similarity_tiles.py`` for the kernels):
+How (see ``udfs/similarity/`` for the kernels):
 1. The driver reads each input Parquet file with pyarrow (the embeddings never travel through Spark's
    row format) into per-row facts: length, non-finite, zero norm (a few percent of the matrix every
    tile task holds). Every row is checked (status, sku, duplicates, null, length, NaN/inf, zero norm
@@ -64,7 +64,7 @@ from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.similarity import all_pairs_edge_files, topk_edge_files
 from schemas import embeddings as E
 from schemas import similarity as S
-from udfs import similarity_tiles as st
+from udfs.similarity import checks, pairs, tiles
 
 LOG = logging.getLogger("stylegraph.similarity")
 
@@ -134,7 +134,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def read_facts(files: Sequence[str]) -> pa.Table:
-    """The facts of every input row (``udfs.similarity_tiles.file_facts``), read on the driver, a few
+    """The facts of every input row (``udfs.similarity.checks.file_facts``), read on the driver, a few
     files at a time in threads (pyarrow and numpy release the GIL).
 
     On the driver by design: a fact row is the sku, the image path and four small values, and the
@@ -145,7 +145,7 @@ def read_facts(files: Sequence[str]) -> pa.Table:
 
     def facts_of(uri: str) -> pa.Table:
         try:
-            return st.file_facts(uri)
+            return checks.file_facts(uri)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
 
@@ -256,15 +256,15 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         raise JobError(f"--input {args.input} holds no Parquet files")
     for uri in files:
         try:
-            missing = st.missing_fact_columns(uri)
+            missing = checks.missing_fact_columns(uri)
         except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
             raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
         if missing:
             raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
     check_embedding_types(files)
     facts = read_facts(files)
-    expected_dim = st.expected_dimension(facts)
-    reasons = st.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
+    expected_dim = checks.expected_dimension(facts)
+    reasons = checks.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
     valid_uri, staged_rejects = stage_checks(facts, reasons, storage.join(staging, CHECKED))
     counts = reason_counts(reasons)
     LOG.info("checked, expected length %d: %s (%.1fs)", expected_dim, counts, time.time() - started_at)
@@ -281,7 +281,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
         tasks = blocks
     else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
         blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
-        tasks = len(st.block_pairs(blocks))
+        tasks = len(pairs.block_pairs(blocks))
     # Top-k: a few runs of pairs per slot (a Python task took ~0.2 s to start in a logged run; block_pairs
     # orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row block
     # (their work shrinks block by block; many tasks balance it).
@@ -324,7 +324,7 @@ def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at
     edges = sum(rows for _, rows in written)
     if args.sink == SINK_PARQUET:
         check_edge_files(
-            staged_edges, written, st.ALL_PAIRS_ARROW_SCHEMA if args.all_pairs else st.TOPK_ARROW_SCHEMA
+            staged_edges, written, tiles.ALL_PAIRS_ARROW_SCHEMA if args.all_pairs else tiles.TOPK_ARROW_SCHEMA
         )
     LOG.info("edges %s: %d (%.1fs)", args.sink, edges, time.time() - started_at)
 

@@ -7,7 +7,7 @@ expectation's ``severity`` says what a failure does: ``critical`` fails the job 
 an empty frame or a missing column fails with a message saying so.
 
 The gate computes a suite's metrics together (one Spark query per dataset, see
-:func:`jobs.common.quality.validate_frame`) and great-expectations evaluates the expectations on them.
+:func:`jobs.common.quality_metrics.validate_frame`) and great-expectations evaluates the expectations on them.
 Checks that span rows (one positive per test user, src != dst) are ``UnexpectedRowsExpectation``
 Spark-SQL queries that must return no rows; the NCF ones share one per-user aggregation.
 """

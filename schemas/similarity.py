@@ -90,7 +90,7 @@ EMBEDDING_LENGTH = "embedding_length"
 NON_FINITE = "non_finite"
 ZERO_NORM = "zero_norm"
 
-# What the checks learn of each input row (udfs.similarity_tiles.file_facts; not an output).
+# What the checks learn of each input row (udfs.similarity.checks.file_facts; not an output).
 FACTS_SCHEMA = T.StructType(
     [
         T.StructField("sku", T.StringType(), True),

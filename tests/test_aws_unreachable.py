@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from emr import cli as emr_cli
+from emr.dist import build
 from glue import cli as glue_cli
-from jobs.build_dist import build
 from jobs.common.cli import JobError
 
 

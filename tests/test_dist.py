@@ -14,7 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from jobs.build_dist import build, download_command, job_modules
+from emr.dist import build, download_command, job_modules
 
 ROOT = Path(__file__).resolve().parent.parent
 SPARK_SUBMIT = Path(sys.executable).parent / "spark-submit"
@@ -66,7 +66,7 @@ def test_build_writes_every_artifact(tmp_path: Path) -> None:
     dist = tmp_path / "dist"
     jobs = job_modules()
     assert {"preprocess_interactions", "embed_images", "similarity", "export_gremlin"} <= set(jobs)
-    assert "pipeline" not in jobs and "build_dist" not in jobs
+    assert "pipeline" not in jobs
     expected = {
         "stylegraph.zip", "stylegraph-0.1.0-py3-none-any.whl", "requirements.txt", "emr/bootstrap.sh",
         *(f"entry/{job}.py" for job in jobs),
@@ -79,7 +79,7 @@ def test_build_writes_every_artifact(tmp_path: Path) -> None:
         names = set(archive.namelist())
     tracked = {
         path.relative_to(ROOT).as_posix()
-        for package in ("jobs", "udfs", "schemas", "emr", "glue")
+        for package in ("jobs", "udfs", "schemas", "readers", "emr", "glue")
         for path in (ROOT / package).rglob("*.py")
         if "__pycache__" not in path.parts
     }

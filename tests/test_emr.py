@@ -11,7 +11,7 @@ import boto3
 import pytest
 
 from emr import cli as emr_cli
-from jobs.build_dist import build
+from emr.dist import build
 from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
 from tests import moto_emr
 from tests.moto_emr import accept_instance_group_configurations

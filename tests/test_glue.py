@@ -11,9 +11,9 @@ from pathlib import Path
 import boto3
 import pytest
 
+from emr.dist import build
 from glue import cli as glue_cli
 from glue import entry
-from jobs.build_dist import build
 from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -132,7 +132,7 @@ def test_every_glue_stage_imports_with_only_what_glue_ships(glue_env: dict[str, 
 
 
 def test_the_similarity_stage_would_not_import_there(glue_env: dict[str, str]) -> None:
-    """Why similarity runs on EMR: its kernels need torch (this is what Glue would have said)."""
+    """Why similarity runs on EMR: its tasks need what Glue does not ship (what Glue would have said)."""
     completed = run_python("import jobs.similarity", glue_env)
     assert completed.returncode == 1
     assert "(not shipped to Glue)" in completed.stderr.splitlines()[-1]

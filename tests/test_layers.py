@@ -5,7 +5,9 @@ Every import of every module is read with ``ast``, including imports inside func
 
     0 schemas                     what the data is: StructTypes, column names, the quality suites
     1 jobs/common                 the ground floor every job stands on: CLI, Spark, storage, report, gate
-    2 udfs, jobs/transforms       UDF kernels and their writers; pure DataFrame -> DataFrame transforms
+    2 udfs, jobs/transforms       UDF kernels and their writers; pure DataFrame -> DataFrame transforms;
+      jobs/render                 pure rendering of what a job gathered (HTML, SVG)
+      readers                     the outputs read outside Spark (the NCF sets into PyTorch)
     3 jobs                        the jobs you run (one module each, ``main(argv=None)``)
     4 emr, glue, dags, bench      what runs the jobs: EMR steps, Glue scripts, the Airflow DAG, benchmarks
 
@@ -20,7 +22,7 @@ import pathlib
 from collections.abc import Iterable, Mapping
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-TOP_PACKAGES = ("schemas", "jobs", "udfs", "emr", "glue", "dags", "bench")
+TOP_PACKAGES = ("schemas", "jobs", "udfs", "readers", "emr", "glue", "dags", "bench")
 
 # (package prefix, layer), most specific first; a module belongs to the first prefix it starts with.
 LAYERS = (
@@ -28,6 +30,8 @@ LAYERS = (
     ("jobs.common", 1),
     ("udfs", 2),
     ("jobs.transforms", 2),
+    ("jobs.render", 2),
+    ("readers", 2),
     ("jobs", 3),
     ("emr", 4),
     ("glue", 4),
@@ -35,7 +39,11 @@ LAYERS = (
     ("bench", 4),
 )
 LAYER_NAMES = {
-    0: "schemas", 1: "jobs/common", 2: "udfs + jobs/transforms", 3: "jobs", 4: "emr/glue/dags/bench"
+    0: "schemas",
+    1: "jobs/common",
+    2: "udfs + jobs/transforms + jobs/render + readers",
+    3: "jobs",
+    4: "emr/glue/dags/bench",
 }
 JOBS_LAYER = 3
 
@@ -189,7 +197,7 @@ def test_the_graph_sees_imports_inside_functions_and_from_package_imports() -> N
     assert "schemas.expectations" in graph["jobs.common.quality"]  # from schemas import expectations
     assert "schemas.quality_terms" in graph["schemas.expectations"]  # from schemas.quality_terms import (...)
     assert "jobs.neptune_load" in graph["dags.stylegraph_nightly"]  # imported inside a task function
-    assert "udfs.similarity_tiles" in graph["jobs.transforms.similarity"]
+    assert "udfs.similarity.tasks" in graph["jobs.transforms.similarity"]
     assert {package_of(module) for module in graph} == {prefix for prefix, _ in LAYERS}
 
 

@@ -1,4 +1,4 @@
-"""jobs/ncf_data.py: a whole epoch of a Parquet train set through petastorm into a torch DataLoader."""
+"""readers/ncf_torch.py: a whole epoch of a Parquet train set through petastorm into a torch DataLoader."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import boto3
 import pytest
 import torch
 
-from jobs.ncf_data import ncf_dataloader, petastorm_url
+from readers.ncf_torch import ncf_dataloader, petastorm_url
 from schemas import interactions as S
 
 

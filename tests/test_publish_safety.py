@@ -271,8 +271,9 @@ def test_staging_of_dead_runs_is_cleaned_by_the_next_run(tmp_path) -> None:
 
 
 def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
-    from jobs import ncf_data, neptune_load, run_report, validate_gremlin_csv
+    from jobs import neptune_load, run_report, validate_gremlin_csv
     from jobs.common import outputs
+    from readers import ncf_torch
 
     boto3.client("s3").create_bucket(Bucket="stylegraph-readers")
     work = "s3://stylegraph-readers/w"
@@ -289,7 +290,7 @@ def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
     train_version = f"{train}/_v-{storage.read_pointer(train)['version']}"
     export_version = f"{export}/_v-{storage.read_pointer(export)['version']}"
 
-    assert ncf_data.petastorm_url(train) == train_version  # petastorm
+    assert ncf_torch.petastorm_url(train) == train_version  # petastorm
     assert storage.read_path(train) == train_version  # every Spark read of a published folder
     assert storage.parquet_rows(train) == len(NEW)
     checked = validate_gremlin_csv.validate_export(f"{export}/vertices", f"{export}/edges").files
@@ -310,7 +311,7 @@ def test_the_suites_readers_resolve_the_pointer(aws_env: str) -> None:
 def test_training_reads_only_the_current_version_on_s3(aws_env: str) -> None:
     """petastorm's reader would take every ``<version>/`` folder below the partition for its own partitions:
     it must read the current version's files alone, even while a replaced version is kept for its grace."""
-    from jobs import ncf_data
+    from readers import ncf_torch
 
     boto3.client("s3").create_bucket(Bucket="stylegraph-training")
     root = "s3://stylegraph-training/w/ncf"
@@ -325,7 +326,7 @@ def test_training_reads_only_the_current_version_on_s3(aws_env: str) -> None:
         storage.publish(staged, train)
     assert len(storage.read_pointer(train)["retired"]) == 1  # the old version is still there
 
-    loader = ncf_data.ncf_dataloader(train, batch_size=8)
+    loader = ncf_torch.ncf_dataloader(train, batch_size=8)
     users = [int(user) for batch_users, _, _ in loader for user in batch_users]
     assert sorted(users) == NEW
 

@@ -8,7 +8,7 @@ import great_expectations.expectations as gxe
 import pytest
 from pyspark.sql import types as T
 
-from jobs.common import quality
+from jobs.common import quality, quality_metrics
 from jobs.common.cli import JobError, job_parser
 from schemas import expectations as ex
 
@@ -154,14 +154,14 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def gx_context():
-    return quality._ephemeral_context()
+    return quality_metrics.ephemeral_context()
 
 
 def _validate(spark, gx_context, dataset: str, rows: list[tuple], context: dict) -> dict:
     schema = CASES[dataset][0]
     frame = spark.createDataFrame(rows, schema)
     suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    return quality.validate_frame(gx_context, dataset, frame, suite)
+    return quality_metrics.validate_frame(gx_context, dataset, frame, suite)
 
 
 @pytest.mark.parametrize("dataset", sorted(CASES))
@@ -336,9 +336,9 @@ def test_gate_metrics_give_the_results_of_great_expectations_own_spark_engine(sp
     schema, _, bad, context, _ = CASES[dataset]
     frame = spark.createDataFrame(bad, schema)
     suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    planned = quality.validate_frame(gx_context, dataset, frame, suite)["expectations"]
+    planned = quality_metrics.validate_frame(gx_context, dataset, frame, suite)["expectations"]
     suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    native = quality._validate_with_gx_engine(gx_context, dataset, frame, suite)
+    native = quality_metrics.validate_with_gx_engine(gx_context, dataset, frame, suite)
     for check in native:
         check.pop("_key")
     assert len(planned) == len(suite)
@@ -356,16 +356,16 @@ def test_every_suite_expectation_is_computed_by_the_gate_not_left_to_the_slow_en
         unplanned = [
             e.description
             for e in ex.SUITES[dataset](quality.QualityThresholds(), context)
-            if quality._plan_expectation(e, set(schema.names)) is None
+            if quality_metrics.plan_expectation(e, set(schema.names)) is None
         ]
         assert unplanned == [], dataset
     funnel = ex.SUITES[quality.FUNNEL_DATASET](quality.QualityThresholds(), context)
-    assert all(quality._plan_expectation(e, {quality.REJECT_FRACTION}) for e in funnel)
+    assert all(quality_metrics.plan_expectation(e, {quality.REJECT_FRACTION}) for e in funnel)
     # A missing column is left to great-expectations, which names it (see the empty/missing test).
     not_null = ex.SUITES[quality.TRAIN](quality.QualityThresholds(), context)[4]
     assert not_null.description == "user_idx is never blank"
-    assert quality._plan_expectation(not_null, {"item_idx", "label"}) is None
-    assert quality._plan_expectation(not_null, {"user_idx"}) is not None
+    assert quality_metrics.plan_expectation(not_null, {"item_idx", "label"}) is None
+    assert quality_metrics.plan_expectation(not_null, {"user_idx"}) is not None
 
 
 def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(spark, gx_context):
@@ -387,7 +387,7 @@ def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(
             column="label", value_set=[0.0], mostly=0.5, severity="critical", description="mostly zero"
         ),
     ]
-    result = quality.validate_frame(gx_context, "train", frame, suite)
+    result = quality_metrics.validate_frame(gx_context, "train", frame, suite)
     checks = {c["description"]: c for c in result["expectations"]}
     assert list(checks) == ["item set", "bad sql", "raises", "mostly zero"]
     assert (checks["item set"]["success"], checks["item set"]["unexpected_count"]) == (False, 2)
@@ -417,8 +417,9 @@ def test_an_expectation_the_gate_does_not_compute_runs_on_gx_engine_in_suite_ord
         ),
         gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=2, severity="critical", description="rows"),
     ]
-    assert [quality._plan_expectation(e, frame.columns) is None for e in suite] == [False, True, True, False]
-    checks = quality.validate_frame(gx_context, "train", frame, suite)["expectations"]
+    planned = [quality_metrics.plan_expectation(e, frame.columns) is None for e in suite]
+    assert planned == [False, True, True, False]
+    checks = quality_metrics.validate_frame(gx_context, "train", frame, suite)["expectations"]
     assert [(c["description"], c["success"], c["severity"], c["observed_value"]) for c in checks] == [
         ("item set", False, "critical", None),
         ("mean", False, "warning", 2 / 3),

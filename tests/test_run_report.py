@@ -18,6 +18,7 @@ from pyspark.sql import types as T
 
 from jobs import run_report
 from jobs.common import quality
+from jobs.render import report_page
 from jobs.transforms import report_stats as rs
 from schemas import gremlin as G
 
@@ -399,11 +400,11 @@ def test_report_in_a_headless_browser_has_no_errors_and_no_broken_images(run_dir
 
 
 def test_a_run_embedded_with_random_weights_says_so_at_the_top() -> None:
-    notice = run_report.render_weights_notice({"weights": "random:7"})
+    notice = report_page.render_weights_notice({"weights": "random:7"})
     assert notice == (
         '<p class="missing" id="random-weights">embeddings use random weights (random:7): the graph shows '
         "that the pipeline works, not which products look alike; production runs refuse them</p>"
     )
-    assert run_report.render_weights_notice({"weights": "file:s3://b/resnet152.pt"}) == ""
-    assert run_report.render_weights_notice({"weights": "imagenet"}) == ""
-    assert run_report.render_weights_notice(None) == ""
+    assert report_page.render_weights_notice({"weights": "file:s3://b/resnet152.pt"}) == ""
+    assert report_page.render_weights_notice({"weights": "imagenet"}) == ""
+    assert report_page.render_weights_notice(None) == ""

@@ -6,7 +6,14 @@ from pyspark.sql import functions as F
 
 from jobs.common.spark import partition_keys
 from schemas import similarity
-from udfs import similarity_tiles
+from udfs.similarity.tasks import (
+    AllPairsSpec,
+    MatrixSpec,
+    TopkSpec,
+    all_pairs_edges_fn,
+    topk_candidates_fn,
+    topk_merge_fn,
+)
 
 BLOCK = "id"  # spark.range's column: one row per row block (all-pairs) or block pair (top-k)
 ROUTE = "route"  # top-k candidates: the shuffle key that sends a block to its merge task
@@ -28,7 +35,7 @@ def topk_edge_files(
     device: str = "auto",
     threads: int | None = None,
 ) -> DataFrame:
-    """One row per block pair in (``id``, ``similarity_tiles.block_pairs`` order); when the frame is
+    """One row per block pair in (``id``, ``udfs.similarity.pairs.block_pairs`` order); when the frame is
     evaluated, the top-k edges of every product (``TOPK_EDGE_SCHEMA``) are written as Parquet files
     under ``output`` (None: only counted) by the tasks; out: one row per file written
     (``WRITTEN_SCHEMA``: file, rows).
@@ -40,19 +47,20 @@ def topk_edge_files(
     The blocks are dealt round-robin to ``merge_tasks`` tasks (``partition_keys``: hashing the block
     number itself left some tasks with two blocks and others with none).
     """
-    options = (input_uri, valid_uri, metric, k, pair_block, block_size, device, threads)
+    matrix = MatrixSpec(input_uri, valid_uri, metric, device, threads)
+    spec = TopkSpec(matrix, k=k, pair_block=pair_block, tile=block_size)
     keys = partition_keys(merge_tasks)
     route = F.element_at(
         F.array(*(F.lit(keys[b % merge_tasks]) for b in range(blocks))), F.col(similarity.BLOCK) + 1
     )
     return (
         pairs_df.select(F.col(BLOCK))
-        .mapInArrow(similarity_tiles.topk_candidates_fn(*options), similarity.CANDIDATES_SCHEMA)
+        .mapInArrow(topk_candidates_fn(spec), similarity.CANDIDATES_SCHEMA)
         .withColumn(ROUTE, route)
         .repartition(merge_tasks, F.col(ROUTE))
         .drop(ROUTE)
         .mapInArrow(
-            similarity_tiles.topk_merge_fn(*options, output=output, max_rows_per_file=max_rows_per_file),
+            topk_merge_fn(spec, output=output, max_rows_per_file=max_rows_per_file),
             similarity.WRITTEN_SCHEMA,
         )
     )
@@ -77,20 +85,15 @@ def all_pairs_edge_files(
     """One row per row block in (``id``); when evaluated, the block's pairs (``ALL_PAIRS_EDGE_SCHEMA``)
     are streamed into Parquet files under ``output`` (None: only counted) by the tasks; out: one row
     per file written (``WRITTEN_SCHEMA``)."""
+    spec = AllPairsSpec(
+        MatrixSpec(input_uri, valid_uri, metric, device, threads),
+        block_size=block_size,
+        column_block=column_block,
+        min_score=min_score,
+        max_distance=max_distance,
+        directed=directed,
+    )
     return blocks_df.select(F.col(BLOCK)).mapInArrow(
-        similarity_tiles.all_pairs_edges_fn(
-            input_uri,
-            valid_uri,
-            metric,
-            block_size,
-            column_block,
-            device,
-            threads,
-            min_score=min_score,
-            max_distance=max_distance,
-            directed=directed,
-            output=output,
-            max_rows_per_file=max_rows_per_file,
-        ),
+        all_pairs_edges_fn(spec, output=output, max_rows_per_file=max_rows_per_file),
         similarity.WRITTEN_SCHEMA,
     )

@@ -43,12 +43,12 @@ from jobs.common import cli
 LOG = logging.getLogger("stylegraph.dist")
 
 ROOT = Path(__file__).resolve().parent.parent
-PACKAGES = ("jobs", "udfs", "schemas", "emr", "glue")
+PACKAGES = ("jobs", "udfs", "schemas", "readers", "emr", "glue")
 PACKAGE_DATA_SUFFIXES = (".py", ".json", ".sh")
 ZIP_NAME = "stylegraph.zip"
 ENTRY_DIR = "entry"
 GLUE_DIR = "glue"
-NOT_JOBS = {"__init__", "pipeline", "build_dist"}
+NOT_JOBS = {"__init__", "pipeline"}
 # A fixed timestamp makes the zip byte-identical from one build to the next (1980-01-01 is zip's epoch).
 ZIP_DATE = (1980, 1, 1, 0, 0, 0)
 WHEELHOUSE_DIR = "wheelhouse"
@@ -293,7 +293,7 @@ def build(
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    parser = argparse.ArgumentParser(prog="build_dist", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="emr.dist", description=__doc__.splitlines()[0])
     parser.add_argument("--output", default="dist", help="folder to (re)create")
     parser.add_argument("--no-wheel", action="store_true", help="skip the wheel (zip and scripts only)")
     parser.add_argument(

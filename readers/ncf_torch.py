@@ -2,7 +2,7 @@
 
 The training code does::
 
-    from jobs.ncf_data import ncf_dataloader
+    from readers.ncf_torch import ncf_dataloader
     loader = ncf_dataloader("W/ncf/train/dt=2024-03-31", batch_size=1024, shuffle=True, seed=7)
     for epoch in range(epochs):
         for users, items, labels in loader:   # int64, int64, float32 tensors of up to batch_size rows

@@ -1,0 +1,133 @@
+"""The prepared matrix: the valid embeddings in sku order, on the task's device, read once per worker."""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from jobs.common import storage
+from schemas import embeddings as E
+from schemas import similarity as S
+from udfs.similarity.checks import as_numpy
+from udfs.similarity.device import CPU, DeviceArray, to_device
+
+EPS32 = 2.0**-24  # unit roundoff of float32
+# Float32 selection tolerance: TOL_ULPS * sqrt(d) * EPS32 * (the row's scale), doubled (both sides).
+TOL_ULPS = 16.0
+REFINE_ELEMENTS = 1 << 22  # float64 elements per re-scoring chunk (32 MB)
+
+
+@dataclass
+class Prepared:
+    """The valid embeddings in sku order, ready for tiles on one device."""
+
+    metric: str
+    skus: pa.Array  # (N,) string, ascending
+    raw: np.ndarray  # (N, d) float32, as read
+    norms: np.ndarray  # (N,) float64 L2 norms
+    tol: np.ndarray  # (N,) float64 float32-selection tolerance per row, in key units
+    work: DeviceArray  # (N, d) float32 on device (L2-normalised for cosine)
+    sq_norms: DeviceArray | None  # (N,) float32 on device (l2 only)
+    device: str  # cpu, cuda or cuda:<index>: numpy arrays on cpu, torch tensors on a GPU
+
+    @property
+    def n(self) -> int:
+        return int(self.raw.shape[0])
+
+    @property
+    def dim(self) -> int:
+        return int(self.raw.shape[1])
+
+
+def _row_norms(raw: np.ndarray, order: int) -> np.ndarray:
+    out = np.empty(raw.shape[0], dtype=np.float64)
+    step = max(1, REFINE_ELEMENTS // max(1, raw.shape[1]))
+    for start in range(0, raw.shape[0], step):
+        chunk = raw[start : start + step].astype(np.float64)
+        out[start : start + step] = (
+            np.sqrt(np.einsum("ij,ij->i", chunk, chunk)) if order == 2 else np.abs(chunk).sum(axis=1)
+        )
+    return out
+
+
+def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: str = CPU) -> Prepared:
+    """Prepare the matrix for ``metric``; ``skus`` must be ascending and unique, ``raw`` (N, d) float32."""
+    if metric not in S.METRICS:
+        raise ValueError(f"unknown metric {metric!r}")
+    raw = np.require(raw, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
+    norms = _row_norms(raw, 2)
+    base = math.sqrt(max(1, raw.shape[1])) * EPS32 * TOL_ULPS * 2.0
+    sq_norms = None
+    if metric == S.COSINE:
+        tol = np.full(raw.shape[0], base)
+        work = raw / norms[:, None].astype(np.float32)
+    elif metric == S.DOT:
+        tol = base * norms * norms.max()
+        work = raw
+    elif metric == S.L2:
+        tol = base * (norms + norms.max()) ** 2
+        work = raw
+        sq_norms = to_device((norms**2).astype(np.float32), device)
+    else:
+        l1 = _row_norms(raw, 1)
+        tol = base * (l1 + l1.max())
+        work = raw
+    return Prepared(metric, skus, raw, norms, tol, to_device(work, device), sq_norms, device)
+
+
+_CACHE: dict[tuple[str, ...], Prepared] = {}
+
+
+def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
+    """The valid embeddings, sorted by sku: (skus, float32 matrix).
+
+    ``input_uri`` is the embed job's Parquet; ``valid_uri`` the check step's valid rows (a ``sku``
+    column). Valid skus are unique among the "ok" rows, so "ok" and a valid sku picks one row each.
+    """
+    valid = storage.read_parquet(valid_uri, [E.SKU]).column(E.SKU)
+    table = storage.read_parquet(input_uri, [E.SKU, E.STATUS, E.EMBEDDING])
+    keep = pc.and_(
+        pc.fill_null(pc.equal(table.column(E.STATUS), E.STATUS_OK), False),
+        pc.is_in(table.column(E.SKU), value_set=valid.combine_chunks()),
+    )
+    rows = as_numpy(pc.indices_nonzero(keep))
+    if rows.size != len(valid):
+        raise RuntimeError(f"{input_uri} changed under the job: {rows.size} rows for {len(valid)} skus")
+    if rows.size == 0:
+        raise RuntimeError(f"embedding matrix of {input_uri} is empty")
+    skus = table.column(E.SKU).take(pa.array(rows)).combine_chunks().cast(pa.string())
+    order = as_numpy(pc.sort_indices(skus))
+    # Sort the row numbers by sku, then gather the vectors once (sorting the whole table would copy
+    # the list column and flattening it would copy it again).
+    embeddings = table.column(E.EMBEDDING).take(pa.array(rows[order]))
+    values = as_numpy(pc.list_flatten(embeddings)).astype(np.float32, copy=False)
+    dim = values.size // rows.size
+    if values.size % rows.size or (as_numpy(pc.list_value_length(embeddings)) != dim).any():
+        raise RuntimeError(f"embedding matrix of {input_uri} is ragged")
+    return skus.take(pa.array(order)), values.reshape(rows.size, dim)
+
+
+def load_prepared(input_uri: str, valid_uri: str, metric: str, device: str) -> Prepared:
+    """The prepared matrix, read once per Python worker (workers are reused across tasks)."""
+    key = (input_uri, valid_uri, metric, device)
+    if key not in _CACHE:
+        _CACHE.clear()  # one matrix per worker at a time: memory stays bounded
+        _FLOORS.clear()
+        skus, raw = read_matrix(input_uri, valid_uri)
+        _CACHE[key] = prepare(skus, raw, metric, device)
+    return _CACHE[key]
+
+
+_FLOORS: dict[int, np.ndarray] = {}
+
+
+def worker_floors(prep: Prepared, width: int) -> np.ndarray:
+    """This worker's per-row floors for ``width`` candidates over the cached matrix (see
+    ``pair_candidates``): shared by the pairs the worker computes, forgotten with the matrix."""
+    if width not in _FLOORS:
+        _FLOORS[width] = np.full(prep.n, -np.inf, dtype=np.float32)
+    return _FLOORS[width]
+
