@@ -220,7 +220,8 @@ def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, 
     assert clusters.configured_glue_database(cluster["Configurations"]) == "shop_catalog"
 
     # A running cluster's configuration is what its drivers get: reusing it with the same database works,
-    # with another one (or one created without it) is refused before any step is added.
+    # with another one (or one created without it) is refused before any step is added (the short timeout
+    # ends a run that would wrongly go on to wait for its step).
     with emr_runs_steps():
         emr_cli.main([*args, "--cluster-id", cluster_id])
     assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == 2
@@ -229,7 +230,7 @@ def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, 
         rf"^EMR cluster {cluster_id} does not pass STYLEGRAPH_GLUE_DATABASE=other_catalog to its drivers "
         r"\(it has shop_catalog\): run without --cluster-id"
     )):
-        emr_cli.main([*other, "--cluster-id", cluster_id])
+        emr_cli.main([*other, "--cluster-id", cluster_id, "--timeout-minutes", "0.01"])
     plain = emr.run_job_flow(
         Name="plain", ReleaseLabel="emr-7.5.0",
         JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole",
@@ -238,7 +239,7 @@ def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, 
         },
     )["JobFlowId"]
     with pytest.raises(JobError, match=r"not pass STYLEGRAPH_GLUE_DATABASE=shop_catalog .*\(it has none\)"):
-        emr_cli.main([*args, "--cluster-id", plain])
+        emr_cli.main([*args, "--cluster-id", plain, "--timeout-minutes", "0.01"])
     assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == 2
     assert emr.list_steps(ClusterId=plain)["Steps"] == []
     emr.terminate_job_flows(JobFlowIds=[cluster_id, plain])
