@@ -20,6 +20,11 @@ cluster (GPU task group when a GPU stage is on it) is created after the logs lan
 happened (``trigger_rule="all_done"``); its idle auto-termination policy ends it even if this DAG cannot.
 Every task has an ``execution_timeout``. Retries are Airflow's alone: the Glue jobs have ``MaxRetries=0``.
 
+The Glue Data Catalog. ``glue_database`` (a literal database name, checked when the DAG is parsed; absent
+or null: off) makes every publish register its partition in that database: the EMR cluster is created
+with ``STYLEGRAPH_GLUE_DATABASE`` in its drivers' environment (:func:`emr.clusters.job_flow`) and each Glue
+run gets the job argument ``--stylegraph-glue-database`` (:func:`glue.jobs.run_arguments`).
+
 The Airflow environment needs the stylegraph wheel installed without dependencies
 (``pip install --no-deps stylegraph-*.whl``) plus ``pyarrow==12.0.1`` (requirements/airflow.txt): the
 DAG imports ``jobs.pipeline``, ``emr.*`` and ``glue.jobs``, none of which imports pyspark, and the
@@ -166,6 +171,7 @@ def build_dag(config: dict[str, Any]) -> DAG:
     built = artifacts(config)
     aws = {"aws_conn_id": config.get("aws_conn_id", "aws_default")}
     emr_calls = [call for call in calls if where.get(call.name) == EMR]
+    glue_database = config.get("glue_database") or None
     default_args = {
         "owner": "stylegraph",
         "retries": int(config.get("retries", 2)),
@@ -212,6 +218,7 @@ def build_dag(config: dict[str, Any]) -> DAG:
                     wheelhouse_uri=built.wheelhouse_uri,
                     subnet_id=config.get("emr_subnet_id"),
                     idle_timeout_minutes=idle_minutes,
+                    glue_database=glue_database,
                 ),
                 region_name=config.get("region") or None,
                 execution_timeout=timeout(config, CREATE_CLUSTER),
@@ -241,7 +248,7 @@ def build_dag(config: dict[str, Any]) -> DAG:
                 task = GlueJobOperator(
                     task_id=call.name,
                     job_name=glue_jobs.job_name(call.stage),
-                    script_args=glue_jobs.run_arguments(call),
+                    script_args=glue_jobs.run_arguments(call, glue_database),
                     wait_for_completion=True,
                     deferrable=deferrable,
                     job_poll_interval=float(config.get("glue_poll_seconds", 30)),

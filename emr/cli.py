@@ -9,7 +9,10 @@ A run that embeds needs real weights (``random:*`` is refused) and runs the embe
 Without ``--cluster-id`` it creates the cluster (GPU task group when the embedding stage is part of the
 run) and terminates it at the end, whatever happened (``--keep-cluster`` to keep it). Each step is
 polled until it ends; a failed step makes the command exit 2 with the step's name, id, state and
-failure details. ``plan`` prints the steps and the cluster definition as JSON without calling AWS.
+failure details. ``--glue-database NAME`` creates the cluster with ``STYLEGRAPH_GLUE_DATABASE=NAME`` in
+every driver's environment (the Glue Data Catalog registration); a cluster given by ``--cluster-id``
+must have been created with it. ``plan`` prints the steps and the cluster definition as JSON without
+calling AWS.
 """
 from __future__ import annotations
 
@@ -26,6 +29,7 @@ from emr import aws, clusters, steps
 from jobs import pipeline
 from jobs.common import cli
 from jobs.common.cli import JobError
+from jobs.common.glue_catalog import DATABASE_ENV, checked_database
 
 LOG = logging.getLogger("stylegraph.emr")
 
@@ -54,6 +58,10 @@ def build_parser() -> argparse.ArgumentParser:
         cmd.add_argument("--top-k", type=int, default=pipeline.DEFAULT_TOP_K)
         cmd.add_argument("--dist", default="dist", help="make dist's output folder")
         cmd.add_argument("--cluster-id", default=None, help="use this running cluster")
+        cmd.add_argument(
+            "--glue-database", type=checked_database, default=None,
+            help=f"register published partitions in this Glue database ({DATABASE_ENV} on the cluster)",
+        )
         cmd.add_argument("--region", default=None)
         cmd.add_argument("--subnet-id", default=None)
         cmd.add_argument("--service-role", default="EMR_DefaultRole")
@@ -100,16 +108,28 @@ def _cluster_definition(args: argparse.Namespace, kind: str, artifacts: steps.Ar
         service_role=args.service_role,
         instance_profile=args.instance_profile,
         keep_alive=True,
+        glue_database=args.glue_database,
     )
 
 
-def _check_cluster(emr: Any, cluster_id: str) -> None:
+def _check_cluster(emr: Any, cluster_id: str, glue_database: str | None) -> None:
+    """The cluster can take steps and, with ``glue_database``, passes that database to its drivers (a
+    running cluster's configuration cannot be changed by a step)."""
     try:
-        state = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]["Status"]["State"]
+        cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
     except ClientError as err:
         raise JobError(f"EMR cluster {cluster_id}: {aws.error_text(err)}") from None
+    state = cluster["Status"]["State"]
     if state not in CLUSTER_USABLE:
         raise JobError(f"EMR cluster {cluster_id} is {state}: it cannot take steps")
+    configured = clusters.configured_glue_database(cluster.get("Configurations", []))
+    if glue_database and configured != glue_database:
+        raise JobError(
+            f"EMR cluster {cluster_id} does not pass {DATABASE_ENV}={glue_database} to its drivers "
+            f"(it has {configured or 'none'}): run without --cluster-id to create a cluster that does"
+        )
+    if configured:
+        LOG.info("EMR cluster %s registers partitions in the Glue database %s", cluster_id, configured)
 
 
 def _failure_text(step: dict[str, Any]) -> str:
@@ -188,7 +208,7 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
     emr = session.client("emr")
     aws.check_bucket(s3, args.bucket)
     if args.cluster_id:
-        _check_cluster(emr, args.cluster_id)
+        _check_cluster(emr, args.cluster_id, args.glue_database)
     wheelhouse_uri = aws.upload_wheelhouse(s3, args.dist, args.bucket, args.prefix, manifest)
     uploaded = aws.upload_tree(
         s3, args.dist, args.bucket, aws.artifacts_prefix(args.prefix, manifest), exclude=(aws.WHEELHOUSE_DIR,)

@@ -16,11 +16,17 @@ Nodes boot in a private subnet without internet egress: the bootstrap action (``
 installs Python packages from the wheelhouse ``make dist`` uploads next to the code (CPU nodes get the
 CPU build of torch, GPU nodes the CUDA build), sized into :data:`ROOT_VOLUME_GB`. An idle cluster ends
 itself after ``idle_timeout_minutes`` (``AutoTerminationPolicy``) even when nobody terminates it.
+
+With ``glue_database``, every Spark driver on the cluster gets ``STYLEGRAPH_GLUE_DATABASE`` (the Glue Data
+Catalog registration of :mod:`jobs.common.glue_catalog`) from the cluster's configuration, in both deploy
+modes (:func:`glue_catalog_configurations`).
 """
 from __future__ import annotations
 
 import copy
 from typing import Any
+
+from jobs.common.glue_catalog import DATABASE_ENV, checked_database
 
 RELEASE_LABEL = "emr-7.5.0"
 APPLICATIONS = [{"Name": "Spark"}, {"Name": "Hadoop"}]
@@ -135,16 +141,52 @@ CLUSTERS: dict[str, dict[str, Any]] = {
 }
 
 
+def glue_catalog_configurations(database: str) -> list[dict[str, Any]]:
+    """The configuration that puts ``STYLEGRAPH_GLUE_DATABASE=<database>`` into every Spark driver's
+    environment on the cluster, whichever the step's deploy mode.
+
+    Client mode: ``spark-submit`` sources ``spark-env.sh`` (the ``spark-env`` classification's ``export``)
+    on the master, and the driver is its child process. Cluster mode: the driver runs in the YARN
+    application master, whose environment ``spark-env.sh`` does not reach; Spark sets it from
+    ``spark.yarn.appMasterEnv.*`` (``spark-defaults``). The same two places as ``PYSPARK_PYTHON``.
+    """
+    name = checked_database(database)
+    return [
+        {
+            "Classification": "spark-env",
+            "Configurations": [{"Classification": "export", "Properties": {DATABASE_ENV: name}}],
+            "Properties": {},
+        },
+        {"Classification": "spark-defaults", "Properties": {f"spark.yarn.appMasterEnv.{DATABASE_ENV}": name}},
+    ]
+
+
+def configured_glue_database(configurations: list[dict[str, Any]]) -> str | None:
+    """The database a cluster's configuration (``describe_cluster``'s ``Configurations``) passes to its
+    drivers in both deploy modes, as :func:`glue_catalog_configurations` writes it; None otherwise."""
+    by_class = {item["Classification"]: item for item in configurations}
+    exports = {
+        item["Classification"]: item for item in by_class.get("spark-env", {}).get("Configurations", [])
+    }
+    client_mode = exports.get("export", {}).get("Properties", {}).get(DATABASE_ENV)
+    cluster_mode = by_class.get("spark-defaults", {}).get("Properties", {}).get(
+        f"spark.yarn.appMasterEnv.{DATABASE_ENV}"
+    )
+    return client_mode if client_mode and client_mode == cluster_mode else None
+
+
 def _merge_configurations(configurations: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One entry per classification (EMR rejects duplicates): later properties win."""
+    """One entry per classification, nested ones too (EMR rejects duplicates): later properties win."""
     merged: dict[str, dict[str, Any]] = {}
     for item in copy.deepcopy(configurations):
         current = merged.get(item["Classification"])
         if current is None:
             merged[item["Classification"]] = item
-        else:
-            current.setdefault("Properties", {}).update(item.get("Properties", {}))
-            current.setdefault("Configurations", []).extend(item.get("Configurations", []))
+            continue
+        current.setdefault("Properties", {}).update(item.get("Properties", {}))
+        nested = current.get("Configurations", []) + item.get("Configurations", [])
+        if nested:
+            current["Configurations"] = _merge_configurations(nested)
     return list(merged.values())
 
 
@@ -163,15 +205,20 @@ def job_flow(
     keep_alive: bool = True,
     idle_timeout_minutes: float = IDLE_TIMEOUT_MINUTES,
     tags: dict[str, str] | None = None,
+    glue_database: str | None = None,
 ) -> dict[str, Any]:
     """``run_job_flow`` keyword arguments for the ``cpu`` or ``gpu`` cluster.
 
     The bootstrap action (``emr/bootstrap.sh``) gets the wheelhouse's and the wheel's URIs and installs
-    the pinned stack and the project on every node from S3 only.
+    the pinned stack and the project on every node from S3 only. ``glue_database`` (None: no catalog
+    registration) goes into every driver's environment (:func:`glue_catalog_configurations`).
     """
     if kind not in CLUSTERS:
         raise ValueError(f"unknown cluster kind {kind!r}: choose from {sorted(CLUSTERS)}")
     spec = CLUSTERS[kind]
+    configurations = spec["configurations"]
+    if glue_database:
+        configurations = configurations + glue_catalog_configurations(glue_database)
     groups = copy.deepcopy(spec["instance_groups"])
     for group in groups:
         if "Configurations" in group:
@@ -190,7 +237,7 @@ def job_flow(
         "ReleaseLabel": RELEASE_LABEL,
         "LogUri": log_uri,
         "Applications": copy.deepcopy(APPLICATIONS),
-        "Configurations": _merge_configurations(spec["configurations"]),
+        "Configurations": _merge_configurations(configurations),
         "Instances": instances,
         "EbsRootVolumeSize": ROOT_VOLUME_GB,
         "AutoTerminationPolicy": {"IdleTimeout": max(60, round(idle_timeout_minutes * 60))},

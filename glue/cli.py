@@ -7,7 +7,8 @@
 ``deploy`` uploads ``make dist``'s artifacts (the project zip and the entry scripts) and creates each
 job, or updates it when it exists. ``run`` starts one run with the stage's arguments from
 :mod:`jobs.pipeline` and polls it; a failed run exits 2 with the job's name, the run id, its state and
-Glue's error message.
+Glue's error message. ``--glue-database NAME`` on ``deploy`` makes every run of the jobs register its
+published partitions in that Glue database (the job's default arguments); on ``run``, that run only.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from glue import jobs as glue_jobs
 from jobs import pipeline
 from jobs.common import cli
 from jobs.common.cli import JobError
+from jobs.common.glue_catalog import checked_database
 
 LOG = logging.getLogger("stylegraph.glue")
 
@@ -42,6 +44,10 @@ def build_parser() -> argparse.ArgumentParser:
     deploy.add_argument("--stages", default=None, help="comma-separated subset (default: every CPU stage)")
     deploy.add_argument("--dist", default="dist")
     deploy.add_argument("--region", default=None)
+    deploy.add_argument(
+        "--glue-database", type=checked_database, default=None,
+        help="every run registers published partitions in this Glue database",
+    )
     run_cmd = sub.add_parser("run", help="start one stage's job run and wait for it")
     run_cmd.add_argument("--stage", required=True)
     run_cmd.add_argument("--input-root", required=True)
@@ -51,6 +57,10 @@ def build_parser() -> argparse.ArgumentParser:
     run_cmd.add_argument("--top-k", type=int, default=pipeline.DEFAULT_TOP_K)
     run_cmd.add_argument("--region", default=None)
     run_cmd.add_argument("--no-wait", action="store_true")
+    run_cmd.add_argument(
+        "--glue-database", type=checked_database, default=None,
+        help="this run registers published partitions in this Glue database",
+    )
     run_cmd.add_argument("--poll-seconds", type=float, default=30.0)
     run_cmd.add_argument("--timeout-minutes", type=float, default=float(glue_jobs.TIMEOUT_MINUTES + 10))
     return parser
@@ -88,6 +98,7 @@ def command_deploy(args: argparse.Namespace) -> dict[str, Any]:
             script_uri=uploaded[script],
             py_files_uri=uploaded["stylegraph.zip"],
             temp_dir_uri=f"s3://{args.bucket}/{args.prefix.strip('/')}/glue-temp/",
+            glue_database=args.glue_database,
         )
         name = definition["Name"]
         try:
@@ -146,7 +157,8 @@ def command_run(args: argparse.Namespace) -> dict[str, Any]:
     glue = session.client("glue")
     name = glue_jobs.job_name(stage)
     try:
-        run_id = glue.start_job_run(JobName=name, Arguments=glue_jobs.run_arguments(call))["JobRunId"]
+        arguments = glue_jobs.run_arguments(call, args.glue_database)
+        run_id = glue.start_job_run(JobName=name, Arguments=arguments)["JobRunId"]
     except ClientError as err:
         raise JobError(f"starting Glue job {name}: {aws.error_text(err)}") from None
     LOG.info("Glue job %s run %s started", name, run_id)

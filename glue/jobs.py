@@ -4,12 +4,18 @@
 (Glue 5.0, Python 3, the stage's entry script, the project's zip on ``--extra-py-files`` and the pinned
 modules Glue lacks on ``--additional-python-modules``); :func:`run_arguments` turns the stage's argv
 from :func:`jobs.pipeline.plan` into the job run's ``Arguments``.
+
+A Glue job run cannot put ``STYLEGRAPH_GLUE_DATABASE`` into the driver's environment (Glue's
+``--customer-driver-env-vars`` sets only ``CUSTOMER_``-prefixed names), so the Glue Data Catalog database
+travels as the job argument :data:`GLUE_DATABASE_ARGUMENT`, in the job's ``DefaultArguments`` or a run's
+``Arguments`` (a run's wins), and ``glue/entry.py`` exports it before the job's ``main`` runs.
 """
 from __future__ import annotations
 
 from typing import Any
 
 from jobs import pipeline
+from jobs.common.glue_catalog import checked_database
 
 GLUE_VERSION = "5.0"
 JOB_PREFIX = "stylegraph-"
@@ -43,6 +49,9 @@ TIMEOUT_MINUTES = 120
 # poll the first run, see it fail and would start yet another): retries belong to the caller.
 MAX_RETRIES = 0
 
+# The optional job argument naming the Glue Data Catalog database (see the module docstring).
+GLUE_DATABASE_ARGUMENT = "--stylegraph-glue-database"
+
 GLUE_STAGES: tuple[pipeline.Stage, ...] = tuple(stage for stage in pipeline.STAGES if stage.name in WORKERS)
 
 
@@ -66,10 +75,12 @@ def job_definition(
     script_uri: str,
     py_files_uri: str,
     temp_dir_uri: str,
+    glue_database: str | None = None,
 ) -> dict[str, Any]:
-    """``glue.create_job`` keyword arguments for one stage (``update_job`` takes the same minus Name)."""
+    """``glue.create_job`` keyword arguments for one stage (``update_job`` takes the same minus Name); every
+    run registers its published partitions in ``glue_database`` unless the run names another."""
     worker_type, workers = WORKERS[stage.name]
-    return {
+    definition: dict[str, Any] = {
         "Name": job_name(stage),
         "Description": f"stylegraph {stage.name}: {stage.module}",
         "Role": role_arn,
@@ -91,8 +102,15 @@ def job_definition(
         },
         "Tags": {"project": "stylegraph", "stage": stage.name},
     }
+    if glue_database:
+        definition["DefaultArguments"][GLUE_DATABASE_ARGUMENT] = checked_database(glue_database)
+    return definition
 
 
-def run_arguments(call: pipeline.StageCall) -> dict[str, str]:
-    """A job run's ``Arguments``: the stage's argv as ``{"--option": "value"}``."""
-    return dict(call.option_pairs())
+def run_arguments(call: pipeline.StageCall, glue_database: str | None = None) -> dict[str, str]:
+    """A job run's ``Arguments``: the stage's argv as ``{"--option": "value"}``, plus the Glue Data Catalog
+    database when given."""
+    arguments = dict(call.option_pairs())
+    if glue_database:
+        arguments[GLUE_DATABASE_ARGUMENT] = checked_database(glue_database)
+    return arguments

@@ -1,6 +1,7 @@
 """The EMR CLI end to end against a local AWS endpoint (moto server): artifacts uploaded, the GPU
 cluster created with YARN GPU scheduling, the pipeline's steps added with the right arguments, a failed
-step reported with its details, and clear refusals (missing bucket, region, credentials, bad input)."""
+step reported with its details, the Glue Data Catalog database put into every driver's environment, and
+clear refusals (missing bucket, region, credentials, bad input)."""
 from __future__ import annotations
 
 import json
@@ -11,6 +12,7 @@ import boto3
 import pytest
 
 from emr import cli as emr_cli
+from emr import clusters
 from emr.dist import build
 from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
 from tests import moto_emr
@@ -101,6 +103,7 @@ def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
     # The GPU NodeManager settings only on the GPU group: a core node with the GPU plugin would not start.
     assert "yarn.nodemanager.resource-plugins" not in yarn
     assert "container-executor" not in configurations
+    assert "STYLEGRAPH_GLUE_DATABASE" not in json.dumps(cluster["Configurations"])  # no --glue-database
     listed = emr.list_instance_groups(ClusterId=cluster_id)["InstanceGroups"]
     groups = sorted((g["InstanceGroupType"], g["InstanceType"], g["RequestedInstanceCount"]) for g in listed)
     assert groups == [("CORE", "m5.2xlarge", 2), ("MASTER", "m5.xlarge", 1), ("TASK", "g5.xlarge", 2)]
@@ -192,6 +195,56 @@ def test_an_existing_cluster_gets_the_steps_and_is_left_running(bucket: str, dis
     ]
 
 
+def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, dist_dir: Path) -> None:
+    emr = boto3.client("emr")
+    args = run_args(bucket, dist_dir, "--stages", "similarity", "--glue-database", "shop_catalog")
+    with emr_runs_steps():
+        cluster_id = emr_cli.main([*args, "--keep-cluster"])["cluster_id"]
+    cluster = emr.describe_cluster(ClusterId=cluster_id)["Cluster"]
+    configurations = {item["Classification"]: item for item in cluster["Configurations"]}
+    assert len(configurations) == len(cluster["Configurations"])  # one entry per classification
+    # Client mode: spark-submit sources spark-env.sh on the master and the driver inherits its exports
+    # (one export entry, next to PYSPARK_PYTHON's).
+    assert configurations["spark-env"]["Configurations"] == [{
+        "Classification": "export",
+        "Properties": {
+            "PYSPARK_PYTHON": "/usr/bin/python3.11",
+            "PYSPARK_DRIVER_PYTHON": "/usr/bin/python3.11",
+            "STYLEGRAPH_GLUE_DATABASE": "shop_catalog",
+        },
+    }]
+    # Cluster mode: the driver runs in the YARN application master, whose environment comes from here.
+    defaults = configurations["spark-defaults"]["Properties"]
+    assert defaults["spark.yarn.appMasterEnv.STYLEGRAPH_GLUE_DATABASE"] == "shop_catalog"
+    assert defaults["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "/usr/bin/python3.11"
+    assert clusters.configured_glue_database(cluster["Configurations"]) == "shop_catalog"
+
+    # A running cluster's configuration is what its drivers get: reusing it with the same database works,
+    # with another one (or one created without it) is refused before any step is added (the short timeout
+    # ends a run that would wrongly go on to wait for its step).
+    with emr_runs_steps():
+        emr_cli.main([*args, "--cluster-id", cluster_id])
+    assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == 2
+    other = run_args(bucket, dist_dir, "--stages", "similarity", "--glue-database", "other_catalog")
+    with pytest.raises(JobError, match=(
+        rf"^EMR cluster {cluster_id} does not pass STYLEGRAPH_GLUE_DATABASE=other_catalog to its drivers "
+        r"\(it has shop_catalog\): run without --cluster-id"
+    )):
+        emr_cli.main([*other, "--cluster-id", cluster_id, "--timeout-minutes", "0.01"])
+    plain = emr.run_job_flow(
+        Name="plain", ReleaseLabel="emr-7.5.0",
+        JobFlowRole="EMR_EC2_DefaultRole", ServiceRole="EMR_DefaultRole",
+        Instances={
+            "MasterInstanceType": "m5.xlarge", "InstanceCount": 1, "KeepJobFlowAliveWhenNoSteps": True
+        },
+    )["JobFlowId"]
+    with pytest.raises(JobError, match=r"not pass STYLEGRAPH_GLUE_DATABASE=shop_catalog .*\(it has none\)"):
+        emr_cli.main([*args, "--cluster-id", plain, "--timeout-minutes", "0.01"])
+    assert len(emr.list_steps(ClusterId=cluster_id)["Steps"]) == 2
+    assert emr.list_steps(ClusterId=plain)["Steps"] == []
+    emr.terminate_job_flows(JobFlowIds=[cluster_id, plain])
+
+
 def test_a_dist_without_the_wheelhouse_is_refused_before_a_cluster_is_created(
     bucket: str, tmp_path: Path
 ) -> None:
@@ -278,5 +331,9 @@ def test_unknown_stage_and_bad_date_are_refused_before_anything_is_created(
         emr_cli.main(args)
     with pytest.raises(JobError, match=r"no build artifacts at .*nowhere/manifest.json: run `make dist`"):
         emr_cli.main(run_args(bucket, dist_dir.parent / "nowhere"))
+    with pytest.raises(JobError, match=(
+        r"^Glue database name 'Shop-Catalog' \(STYLEGRAPH_GLUE_DATABASE\): use 1 to 255 lowercase letters"
+    )):
+        emr_cli.main(run_args(bucket, dist_dir, "--glue-database", "Shop-Catalog"))
     assert len(emr.list_clusters()["Clusters"]) == before
     assert all_keys(bucket) == []

@@ -1,10 +1,13 @@
 """Glue: the CLI end to end against a local AWS endpoint (moto server): scripts and zip uploaded, one
 job per CPU stage created (then updated) with the right definition, a run started with the pipeline's
-arguments and waited for, a failed run reported with Glue's message; and a Glue entry script running
-its job for real (awsglue's getResolvedOptions, plain pyspark outside Glue)."""
+arguments and waited for, a failed run reported with Glue's message, the Glue Data Catalog database as an
+optional job argument; and a Glue entry script running its job for real (awsglue's getResolvedOptions,
+plain pyspark outside Glue), exporting that database into the driver's environment first."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 import uuid
 from pathlib import Path
 
@@ -15,6 +18,7 @@ from emr.dist import build
 from glue import cli as glue_cli
 from glue import entry
 from jobs.common.cli import EXIT_JOB_ERROR, JobError, run
+from jobs.common.glue_catalog import DATABASE_ENV
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DATE = "2024-03-31"
@@ -141,6 +145,31 @@ def test_run_starts_the_job_with_the_pipeline_arguments_and_waits(
     }
 
 
+def test_the_glue_database_is_a_default_argument_of_the_jobs_or_of_one_run(
+    bucket: str, dist_dir: Path, clean_glue
+) -> None:
+    glue = clean_glue
+    glue_cli.main([*deploy_args(bucket, dist_dir), "--glue-database", "shop_catalog"])
+    for name in EXPECTED_JOBS:
+        defaults = glue.get_job(JobName=name)["Job"]["DefaultArguments"]
+        assert defaults["--stylegraph-glue-database"] == "shop_catalog"
+    # A run gets the job's default; its own argument overrides it (Arguments over DefaultArguments).
+    result = glue_cli.main(run_args("validate"))
+    job_run = glue.get_job_run(JobName="stylegraph-validate", RunId=result["run_id"])["JobRun"]
+    assert job_run["Arguments"]["--stylegraph-glue-database"] == "shop_catalog"
+    result = glue_cli.main([*run_args("export"), "--glue-database", "other_catalog"])
+    job_run = glue.get_job_run(JobName="stylegraph-export", RunId=result["run_id"])["JobRun"]
+    assert job_run["Arguments"]["--stylegraph-glue-database"] == "other_catalog"
+    # Deploying without it takes it off the jobs (update_job replaces the definition).
+    glue_cli.main(deploy_args(bucket, dist_dir))
+    assert not any(
+        "--stylegraph-glue-database" in glue.get_job(JobName=name)["Job"]["DefaultArguments"]
+        for name in EXPECTED_JOBS
+    )
+    with pytest.raises(JobError, match=r"^Glue database name 'shop catalog' \(STYLEGRAPH_GLUE_DATABASE\)"):
+        glue_cli.main([*run_args("export"), "--glue-database", "shop catalog"])
+
+
 def test_a_failed_run_exits_2_with_glues_error_message(
     bucket: str, dist_dir: Path, clean_glue, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -203,6 +232,31 @@ def test_entry_turns_glue_arguments_into_the_jobs_argv() -> None:
         entry._resolve([a for a in argv if a not in ("--edges", "s3://b/x/edges")], entry.option_names(stage))
 
 
+@pytest.fixture(params=["awsglue", "argparse"])
+def resolver(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Resolve with awsglue's getResolvedOptions (as in Glue), or without the awsglue package (its import
+    fails, as on a laptop without it)."""
+    if request.param == "argparse":
+        monkeypatch.setitem(sys.modules, "awsglue.utils", None)
+    return request.param
+
+
+def test_entry_resolves_the_glue_database_only_when_given(resolver: str) -> None:
+    argv = [
+        "script.py", "--JOB_NAME", "stylegraph-validate", "--TempDir", "s3://t/",
+        "--vertices", "s3://b/x/vertices", "--edges", "s3://b/x/edges",
+        "--run-date", RUN_DATE, "--report-dir", "s3://b/r",
+    ]
+    stage = entry.pipeline.STAGES_BY_NAME["validate"]
+    without = entry._resolve(argv, entry.option_names(stage))
+    assert without.get("stylegraph_glue_database") is None
+    flag = "--stylegraph-glue-database"
+    for given in ([flag, "shop_catalog"], [f"{flag}=shop_catalog"]):
+        resolved = entry._resolve([*argv, *given], entry.option_names(stage))
+        assert resolved["stylegraph_glue_database"] == "shop_catalog"
+        assert entry.job_argv(stage, resolved) == entry.job_argv(stage, without)  # not a job option
+
+
 def write_export(root: Path, edges: list[str]) -> None:
     """A tiny Gremlin CSV export: three vertices (one name with a comma and quotes) and the given edges."""
     (root / "vertices").mkdir(parents=True)
@@ -242,6 +296,26 @@ def test_a_glue_entry_script_runs_its_job_outside_glue(
 
     # The script itself, as Glue would call it: a problem is exit code 2 (the run fails), no commit.
     monkeypatch.setattr("sys.argv", glue_argv(bad))
+    assert entry.main_for("validate") == EXIT_JOB_ERROR
+
+
+def test_a_glue_entry_script_exports_the_glue_database_before_its_job_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(DATABASE_ENV, "")  # restored after the test, whatever the entry sets
+    export, reports = tmp_path / "export", tmp_path / "reports"
+    write_export(export, ["a-b,a,b,similar,0.93", "b-a,b,a,similar,0.93"])
+    argv = [
+        "glue/scripts/validate_gremlin_csv.py", "--JOB_NAME", "stylegraph-validate",
+        "--vertices", str(export / "vertices"), "--edges", str(export / "edges"),
+        "--run-date", RUN_DATE, "--report-dir", str(reports), "--stylegraph-glue-database", "shop_catalog",
+    ]
+    report = entry.run_glue_stage("validate", argv)
+    assert report["ok"] is True
+    # The process environment the job ran in, where jobs.common.glue_catalog reads it at each publish.
+    assert os.environ[DATABASE_ENV] == "shop_catalog"
+
+    monkeypatch.setattr("sys.argv", [*argv[:-1], "Shop Catalog"])
     assert entry.main_for("validate") == EXIT_JOB_ERROR
 
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from typing import Any
 from urllib.parse import urlparse
 
@@ -27,6 +28,9 @@ from jobs.common.paths import PARTITION_KEY, canonical_s3
 LOG = logging.getLogger("stylegraph.glue_catalog")
 
 DATABASE_ENV = "STYLEGRAPH_GLUE_DATABASE"
+# The database names the EMR and Glue options and the DAG accept: the ones Athena reads (lowercase letters,
+# digits, underscores), which are also safe in the cluster's spark-env.sh.
+DATABASE_NAME = re.compile(r"[a-z0-9_]{1,255}")
 
 PARQUET_INPUT_FORMAT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
 PARQUET_OUTPUT_FORMAT = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
@@ -36,6 +40,16 @@ PARQUET_SERDE = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
 def database() -> str | None:
     """The Glue database published partitions are registered in (:data:`DATABASE_ENV`), or None."""
     return os.environ.get(DATABASE_ENV, "").strip() or None
+
+
+def checked_database(name: str) -> str:
+    """``name`` if it is a database name the launchers pass on (:data:`DATABASE_NAME`), else JobError."""
+    if not DATABASE_NAME.fullmatch(name):
+        raise JobError(
+            f"Glue database name {name!r} ({DATABASE_ENV}): "
+            "use 1 to 255 lowercase letters, digits or underscores"
+        )
+    return name
 
 
 def _declared_schemas() -> dict[str, Any]:

@@ -1,8 +1,9 @@
 """One whole nightly run, in process (``dag.test()``), against the local AWS endpoint (moto server): the
 run dated by the DAG's timetable for the night of 2024-03-02 03:00 UTC waits for the logs' completion
 marker, runs the Glue jobs and the EMR steps (moto completes them through ``tests.moto_emr``) with
-``--run-date 2024-03-01``, tears the cluster down and hands the Neptune load its requests (``--dry-run``
-through ``neptune_load_options``: there is no local Neptune), every task after the ones it depends on."""
+``--run-date 2024-03-01`` and the configured Glue Data Catalog database, tears the cluster down and hands
+the Neptune load its requests (``--dry-run`` through ``neptune_load_options``: there is no local Neptune),
+every task after the ones it depends on."""
 from __future__ import annotations
 
 import datetime as dt
@@ -14,12 +15,14 @@ import pytest
 from airflow.dag_processing.dagbag import DagBag
 
 from dags import stylegraph_nightly as nightly
+from emr import clusters as emr_clusters
 from glue import jobs as glue_jobs
 from tests import moto_emr
 
 DAGS_FOLDER = Path(__file__).resolve().parents[2] / "dags"
 REGION = "us-east-1"
 BUCKET = "shop-data"
+GLUE_DATABASE = "shop_catalog"
 FIRES_AT = dt.datetime(2024, 3, 2, 3, tzinfo=dt.UTC)
 DAY = "2024-03-01"
 VARIABLES = {
@@ -53,7 +56,8 @@ def aws(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
         monkeypatch.setenv(key, value)
     config = nightly.load_config(nightly.DEFAULT_CONFIG)
     config.update(
-        emr_poll_seconds=1, glue_poll_seconds=0.2, logs_poke_seconds=1, neptune_load_options=["--dry-run"]
+        emr_poll_seconds=1, glue_poll_seconds=0.2, logs_poke_seconds=1, neptune_load_options=["--dry-run"],
+        glue_database=GLUE_DATABASE,
     )
     config_path = tmp_path / "nightly.json"
     config_path.write_text(json.dumps(config))
@@ -112,13 +116,16 @@ def test_one_night_runs_every_stage_for_the_day_that_ended(aws, airflow_db) -> N
         job_runs = glue.get_job_runs(JobName=glue_jobs.job_name(stage))["JobRuns"]
         assert len(job_runs) == 1
         assert job_runs[0]["Arguments"]["--run-date"] == DAY
+        assert job_runs[0]["Arguments"]["--stylegraph-glue-database"] == GLUE_DATABASE
     export_run = glue.get_job_runs(JobName="stylegraph-export")["JobRuns"][0]["Arguments"]
     assert export_run["--edges"] == f"s3://{BUCKET}/work/style/similarity/dt={DAY}"
 
     # EMR: the GPU cluster, its two steps completed for the day, then terminated.
     (cluster,) = emr.list_clusters()["Clusters"]
     assert cluster["Name"] == f"stylegraph {DAY} (gpu)"
-    assert emr.describe_cluster(ClusterId=cluster["Id"])["Cluster"]["Status"]["State"] == "TERMINATED"
+    described = emr.describe_cluster(ClusterId=cluster["Id"])["Cluster"]
+    assert described["Status"]["State"] == "TERMINATED"
+    assert emr_clusters.configured_glue_database(described["Configurations"]) == GLUE_DATABASE
     emr_steps = list(reversed(emr.list_steps(ClusterId=cluster["Id"])["Steps"]))
     assert [(step["Name"], step["Status"]["State"]) for step in emr_steps] == [
         (f"stylegraph embed {DAY}", "COMPLETED"), (f"stylegraph similarity {DAY}", "COMPLETED"),

@@ -371,6 +371,35 @@ def test_engines_are_configuration():
         nightly.build_dag(config)
 
 
+def test_the_glue_database_reaches_the_emr_cluster_and_the_glue_runs(dag, render):
+    config = copy.deepcopy(nightly.load_config())
+    assert config["glue_database"] is None  # off by default: nothing passes it
+    create = dag.get_task("create_cluster")
+    assert "STYLEGRAPH_GLUE_DATABASE" not in str(render(create, create.job_flow_overrides))
+    glue_tasks = [task for task in dag.tasks if type(task).__name__ == "GlueJobOperator"]
+    assert not any("--stylegraph-glue-database" in task.script_args for task in glue_tasks)
+
+    config["glue_database"] = "shop_catalog"
+    with_db = nightly.build_dag(config)
+    create = with_db.get_task("create_cluster")
+    classifications = {
+        item["Classification"]: item for item in render(create, create.job_flow_overrides)["Configurations"]
+    }
+    (export,) = classifications["spark-env"]["Configurations"]
+    assert export["Properties"]["STYLEGRAPH_GLUE_DATABASE"] == "shop_catalog"
+    assert classifications["spark-defaults"]["Properties"][
+        "spark.yarn.appMasterEnv.STYLEGRAPH_GLUE_DATABASE"
+    ] == "shop_catalog"
+    glue_tasks = [task for task in with_db.tasks if type(task).__name__ == "GlueJobOperator"]
+    assert sorted(task.task_id for task in glue_tasks) == ["export", "preprocess", "validate"]
+    for task in glue_tasks:
+        assert render(task, task.script_args)["--stylegraph-glue-database"] == "shop_catalog"
+
+    config["glue_database"] = "{{ var.value.stylegraph_glue_database }}"
+    with pytest.raises(JobError, match=r"^Glue database name '\{\{ var.value"):
+        nightly.build_dag(config)
+
+
 def test_the_dag_refuses_to_embed_without_real_weights():
     config = copy.deepcopy(nightly.load_config())
     config.pop("weights")
