@@ -1,13 +1,16 @@
-"""Data-quality expectations per dataset, declared once (great-expectations 1.x suites).
+"""Data-quality expectations per dataset, declared once (great-expectations 1.x expectations, as data).
 
 Each entry of :data:`SUITES` maps a dataset name to a function ``(thresholds, context) -> list of
-expectations``; :func:`jobs.common.quality.run_gate` runs them on a job's staged output. An
-expectation's ``severity`` says what a failure does: ``critical`` fails the job before it publishes,
+ExpectationSpec``; :func:`jobs.common.quality.run_gate` runs them on a job's staged output. A spec is
+great-expectations' expectation type and kwargs as plain data (this module imports no
+great-expectations: a job's gate compiles the specs to Spark without loading it;
+:func:`jobs.common.quality_metrics.to_gx_expectation` builds the great-expectations object from a spec).
+An expectation's ``severity`` says what a failure does: ``critical`` fails the job before it publishes,
 ``warning`` is recorded only. Every suite starts with its columns and a row count of at least one, so
 an empty frame or a missing column fails with a message saying so.
 
 The gate computes a suite's metrics together (one Spark query per dataset, see
-:func:`jobs.common.quality_metrics.validate_frame`) and great-expectations evaluates the expectations on them.
+:func:`jobs.common.quality_metrics.validate_frame`) and applies great-expectations' rules to them.
 Checks that span rows (one positive per test user, src != dst) are ``UnexpectedRowsExpectation``
 Spark-SQL queries that must return no rows; the NCF ones share one per-user aggregation.
 """
@@ -16,14 +19,18 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import great_expectations.expectations as gxe
-from great_expectations.expectations.metadata_types import FailureSeverity
-
 from schemas import embeddings, gremlin, interactions, similarity
 from schemas.quality_terms import (
     CRITICAL,
     EMBEDDING_DIM,
     EMBEDDINGS,
+    EXPECT_COLUMN_TO_EXIST,
+    EXPECT_COMPOUND_UNIQUE,
+    EXPECT_TABLE_ROW_COUNT_BETWEEN,
+    EXPECT_VALUES_BETWEEN,
+    EXPECT_VALUES_IN_SET,
+    EXPECT_VALUES_NOT_NULL,
+    EXPECT_VALUES_UNIQUE,
     FUNNEL_DATASET,
     GREMLIN_EDGES,
     GREMLIN_VERTICES,
@@ -38,13 +45,11 @@ from schemas.quality_terms import (
     TEST_NEGATIVES,
     TOP_K,
     TRAIN,
+    UNEXPECTED_ROWS,
     WARNING,
+    ExpectationSpec,
     QualityThresholds,
 )
-
-# The gate's severities as great-expectations' own (a str enum: SEVERITY_CRITICAL == CRITICAL).
-SEVERITY_CRITICAL = FailureSeverity(CRITICAL)
-SEVERITY_WARNING = FailureSeverity(WARNING)
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
 GREMLIN_ID = gremlin.ID
@@ -53,7 +58,7 @@ GREMLIN_FROM = gremlin.FROM
 GREMLIN_TO = gremlin.TO
 GREMLIN_SCORE = gremlin.EDGE_SCORE
 
-Suite = Callable[[QualityThresholds, Mapping[str, Any]], list[Any]]
+Suite = Callable[[QualityThresholds, Mapping[str, Any]], list[ExpectationSpec]]
 
 
 def _q(column: str) -> str:
@@ -61,69 +66,104 @@ def _q(column: str) -> str:
     return "`" + column.replace("`", "``") + "`"
 
 
-def _table(columns: Sequence[str]) -> list[Any]:
+def _expect(type_: str, *, severity: str, description: str, **kwargs: Any) -> ExpectationSpec:
+    return ExpectationSpec(type=type_, kwargs=kwargs, severity=severity, description=description)
+
+
+def _rows(query: str, *, severity: str, description: str) -> ExpectationSpec:
+    """A Spark-SQL query over ``{batch}`` that must return no rows (``UnexpectedRowsExpectation``)."""
+    return _expect(UNEXPECTED_ROWS, unexpected_rows_query=query, severity=severity, description=description)
+
+
+def _mostly(mostly: float) -> dict[str, float]:
+    """``mostly`` as great-expectations records it: left out at its default, 1.0."""
+    return {} if mostly == 1.0 else {"mostly": mostly}
+
+
+def _table(columns: Sequence[str]) -> list[ExpectationSpec]:
     """The shape every suite starts with: the columns exist and there is at least one row."""
     return [
         *(
-            gxe.ExpectColumnToExist(
-                column=column, severity=SEVERITY_CRITICAL, description=f"column {column} exists"
+            _expect(
+                EXPECT_COLUMN_TO_EXIST,
+                column=column,
+                severity=CRITICAL,
+                description=f"column {column} exists",
             )
             for column in columns
         ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, severity=SEVERITY_CRITICAL, description="not empty"),
+        _expect(EXPECT_TABLE_ROW_COUNT_BETWEEN, min_value=1, severity=CRITICAL, description="not empty"),
     ]
 
 
-def _not_null(column: str, *, mostly: float = 1.0, severity: FailureSeverity = SEVERITY_CRITICAL) -> Any:
-    return gxe.ExpectColumnValuesToNotBeNull(
-        column=column, mostly=mostly, severity=severity, description=f"{column} is never blank"
+def _not_null(column: str, *, mostly: float = 1.0, severity: str = CRITICAL) -> ExpectationSpec:
+    return _expect(
+        EXPECT_VALUES_NOT_NULL,
+        column=column,
+        **_mostly(mostly),
+        severity=severity,
+        description=f"{column} is never blank",
     )
 
 
-def _index_in_range(column: str, size: int | None) -> list[Any]:
+def _between(
+    column: str, low: float | None, high: float | None, *, severity: str, description: str
+) -> ExpectationSpec:
+    """``low <= column <= high`` on non-null values (great-expectations records the bounds as floats)."""
+    bounds = {
+        key: float(value) for key, value in (("min_value", low), ("max_value", high)) if value is not None
+    }
+    return _expect(EXPECT_VALUES_BETWEEN, column=column, **bounds, severity=severity, description=description)
+
+
+def _index_in_range(column: str, size: int | None) -> list[ExpectationSpec]:
     """``0 <= column < size`` (only ``>= 0`` when the size is not known) and never null."""
     upper = f" < {size}" if size is not None else ""
     return [
         _not_null(column),
-        gxe.ExpectColumnValuesToBeBetween(
-            column=column,
-            min_value=0,
-            max_value=size - 1 if size is not None else None,
-            severity=SEVERITY_CRITICAL,
+        _between(
+            column,
+            0,
+            size - 1 if size is not None else None,
+            severity=CRITICAL,
             description=f"0 <= {column}{upper}",
         ),
     ]
 
 
-def raw_interactions_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def raw_interactions_suite(
+    thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> list[ExpectationSpec]:
     """Raw interaction events as read: mostly complete, known event types (the rest is rejected)."""
     mostly = thresholds.min_accepted_fraction
-    severity = FailureSeverity(thresholds.share_severity(context.get(ROWS_IN)))
+    severity = thresholds.share_severity(context.get(ROWS_IN))
     return [
         *_table(interactions.REQUIRED_FIELDS),
         *(
             _not_null(column, mostly=mostly, severity=severity)
             for column in (interactions.USER_ID, interactions.ITEM_ID, interactions.EVENT_TIME)
         ),
-        gxe.ExpectColumnValuesToBeInSet(
+        _expect(
+            EXPECT_VALUES_IN_SET,
             column=interactions.EVENT_TYPE,
+            **_mostly(mostly),
             value_set=list(interactions.EVENT_TYPES),
-            mostly=mostly,
             severity=severity,
             description=f"event_type is one of {', '.join(interactions.EVENT_TYPES)}",
         ),
     ]
 
 
-def _ncf_rows(context: Mapping[str, Any]) -> list[Any]:
+def _ncf_rows(context: Mapping[str, Any]) -> list[ExpectationSpec]:
     return [
         *_table((interactions.USER_IDX, interactions.ITEM_IDX, interactions.LABEL)),
         *_index_in_range(interactions.USER_IDX, context.get(N_USERS)),
         *_index_in_range(interactions.ITEM_IDX, context.get(N_ITEMS)),
-        gxe.ExpectColumnValuesToBeInSet(
+        _expect(
+            EXPECT_VALUES_IN_SET,
             column=interactions.LABEL,
             value_set=[0.0, 1.0],
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="label is 0 or 1",
         ),
         _not_null(interactions.LABEL),
@@ -158,29 +198,27 @@ def _per_user(where: str) -> str:
     )
 
 
-def _pairs_once(*, severity: FailureSeverity, description: str) -> Any:
+def _pairs_once(*, severity: str, description: str) -> ExpectationSpec:
     """Each (user_idx, item_idx) at most once: the users who repeat an item."""
-    return gxe.UnexpectedRowsExpectation(
-        unexpected_rows_query=_per_user(f"{REPEATED_ITEMS} > 0"), severity=severity, description=description
-    )
+    return _rows(_per_user(f"{REPEATED_ITEMS} > 0"), severity=severity, description=description)
 
 
-def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """NCF training rows: indexes in range, labels 0/1, each (user, item) once."""
     return [
         *_ncf_rows(context),
-        _pairs_once(severity=SEVERITY_WARNING, description="each (user_idx, item_idx) pair appears once"),
+        _pairs_once(severity=WARNING, description="each (user_idx, item_idx) pair appears once"),
     ]
 
 
-def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """NCF test rows: one positive per user (leave-one-out; at least one otherwise) plus negatives."""
     leave_one_out = context.get(LEAVE_ONE_OUT, True)
     expectations = [
         *_ncf_rows(context),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=_per_user(f"{POSITIVES} {'!= 1' if leave_one_out else '< 1'}"),
-            severity=SEVERITY_CRITICAL,
+        _rows(
+            _per_user(f"{POSITIVES} {'!= 1' if leave_one_out else '< 1'}"),
+            severity=CRITICAL,
             description=(
                 "every test user has exactly one positive (leave-one-out)"
                 if leave_one_out
@@ -188,24 +226,24 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
             ),
         ),
         _pairs_once(
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="a user's test items are distinct (negatives never repeat the positive)",
         ),
     ]
     negatives = context.get(TEST_NEGATIVES)
     if negatives is not None and leave_one_out:
         expectations.append(
-            gxe.UnexpectedRowsExpectation(
-                unexpected_rows_query=_per_user(f"{USER_ROWS} != {int(negatives) + 1}"),
+            _rows(
+                _per_user(f"{USER_ROWS} != {int(negatives) + 1}"),
                 # A user who has seen almost every item cannot get all of them: recorded, not fatal.
-                severity=SEVERITY_WARNING,
+                severity=WARNING,
                 description=f"every test user has 1 positive + {int(negatives)} negatives",
             )
         )
     return expectations
 
 
-def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """One row per product; "ok" rows carry a finite vector of one size.
 
     The share of products that failed to embed is the stage's reject share (the funnel check).
@@ -216,58 +254,62 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
     return [
         *_table((embeddings.SKU, embeddings.EMBEDDING, embeddings.STATUS)),
         _not_null(embeddings.SKU),
-        gxe.ExpectColumnValuesToBeUnique(
-            column=embeddings.SKU, severity=SEVERITY_CRITICAL, description="one row per sku"
+        _expect(
+            EXPECT_VALUES_UNIQUE, column=embeddings.SKU, severity=CRITICAL, description="one row per sku"
         ),
         _not_null(embeddings.STATUS),
-        gxe.ExpectColumnValuesToBeInSet(
+        _expect(
+            EXPECT_VALUES_IN_SET,
             column=embeddings.STATUS,
             value_set=[embeddings.STATUS_OK, embeddings.STATUS_ERROR],
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="status is ok or error",
         ),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=(
+        _rows(
+            (
                 f"SELECT {_q(embeddings.SKU)} FROM {{batch}} WHERE {status} = '{embeddings.STATUS_OK}' AND "
                 f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
                 f"OR abs(x) = double('inf')))"
             ),
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="every ok row has a finite embedding" + (f" of {int(dim)} floats" if dim else ""),
         ),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=(
+        _rows(
+            (
                 f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
                 f"WHERE {status} = '{embeddings.STATUS_OK}') WHERE n > 1"
             ),
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="all embeddings have the same size",
         ),
     ]
 
 
-def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def similarity_edges_suite(
+    thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> list[ExpectationSpec]:
     """Similarity edges: no self-loops, each pair once, finite scores; ranks 1..k in top-k mode."""
     src, dst, score = _q(similarity.SRC), _q(similarity.DST), _q(similarity.SCORE)
     expectations = [
         *_table((similarity.SRC, similarity.DST, similarity.SCORE)),
         *(_not_null(column) for column in (similarity.SRC, similarity.DST, similarity.SCORE)),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
-            severity=SEVERITY_CRITICAL,
+        _rows(
+            f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
+            severity=CRITICAL,
             description="no product is its own neighbour (src != dst)",
         ),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=(
+        _rows(
+            (
                 f"SELECT {src}, {dst}, {score} FROM {{batch}} "
                 f"WHERE isnan({score}) OR abs({score}) = double('inf')"
             ),
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="scores are finite (no NaN, no Infinity)",
         ),
-        gxe.ExpectCompoundColumnsToBeUnique(
+        _expect(
+            EXPECT_COMPOUND_UNIQUE,
             column_list=[similarity.SRC, similarity.DST],
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="each (src, dst) pair once",
         ),
     ]
@@ -275,77 +317,74 @@ def similarity_edges_suite(thresholds: QualityThresholds, context: Mapping[str, 
     if top_k is not None:
         expectations += [
             _not_null(similarity.RANK),
-            gxe.ExpectColumnValuesToBeBetween(
-                column=similarity.RANK,
-                min_value=1,
-                max_value=int(top_k),
-                severity=SEVERITY_CRITICAL,
-                description=f"1 <= rank <= {int(top_k)}",
+            _between(
+                similarity.RANK, 1, int(top_k), severity=CRITICAL, description=f"1 <= rank <= {int(top_k)}"
             ),
-            gxe.UnexpectedRowsExpectation(
-                unexpected_rows_query=(
-                    f"SELECT {src}, count(*) AS n FROM {{batch}} "
-                    f"GROUP BY {src} HAVING count(*) > {int(top_k)}"
-                ),
-                severity=SEVERITY_CRITICAL,
+            _rows(
+                (f"SELECT {src}, count(*) AS n FROM {{batch}} GROUP BY {src} HAVING count(*) > {int(top_k)}"),
+                severity=CRITICAL,
                 description=f"at most {int(top_k)} neighbours per product",
             ),
         ]
     return expectations
 
 
-def gremlin_vertices_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def gremlin_vertices_suite(
+    thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> list[ExpectationSpec]:
     """Neptune vertices: every ``~id`` present and unique (duplicates would merge), labelled."""
     return [
         *_table((GREMLIN_ID, GREMLIN_LABEL)),
         _not_null(GREMLIN_ID),
-        gxe.ExpectColumnValuesToBeUnique(
+        _expect(
+            EXPECT_VALUES_UNIQUE,
             column=GREMLIN_ID,
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="~id is unique (duplicates merge in Neptune)",
         ),
         _not_null(GREMLIN_LABEL),
     ]
 
 
-def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """Neptune edges: required system columns present, no self-loops, a finite Double score."""
     source, target, score = _q(GREMLIN_FROM), _q(GREMLIN_TO), _q(GREMLIN_SCORE)
     return [
         *_table((GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL, GREMLIN_SCORE)),
         *(_not_null(column) for column in (GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL)),
-        gxe.ExpectColumnValuesToBeUnique(
-            column=GREMLIN_ID, severity=SEVERITY_CRITICAL, description="~id is unique"
-        ),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
-            severity=SEVERITY_CRITICAL,
+        _expect(EXPECT_VALUES_UNIQUE, column=GREMLIN_ID, severity=CRITICAL, description="~id is unique"),
+        _rows(
+            f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
+            severity=CRITICAL,
             description="no self-loop edges (~from != ~to)",
         ),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=(
+        _rows(
+            (
                 f"SELECT {source}, {target}, {score} FROM {{batch}} "
                 f"WHERE try_cast({score} AS DOUBLE) IS NULL OR isnan(try_cast({score} AS DOUBLE)) "
                 f"OR abs(try_cast({score} AS DOUBLE)) = double('inf')"
             ),
-            severity=SEVERITY_CRITICAL,
+            severity=CRITICAL,
             description="score:Double is a finite number on every edge",
         ),
     ]
 
 
-def funnel_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[Any]:
+def funnel_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """The stage's counts: something came in, and no more than the allowed share was rejected."""
     return [
         *_table((REJECT_FRACTION,)),
-        gxe.ExpectColumnValuesToNotBeNull(
-            column=REJECT_FRACTION, severity=SEVERITY_CRITICAL, description="the stage read at least one row"
-        ),
-        gxe.ExpectColumnValuesToBeBetween(
+        _expect(
+            EXPECT_VALUES_NOT_NULL,
             column=REJECT_FRACTION,
-            min_value=0.0,
-            max_value=thresholds.max_reject_fraction,
-            severity=FailureSeverity(thresholds.share_severity(context.get(ROWS_IN))),
+            severity=CRITICAL,
+            description="the stage read at least one row",
+        ),
+        _between(
+            REJECT_FRACTION,
+            0.0,
+            thresholds.max_reject_fraction,
+            severity=thresholds.share_severity(context.get(ROWS_IN)),
             description=f"at most {thresholds.max_reject_fraction:.0%} of input rows rejected",
         ),
     ]

@@ -5,7 +5,10 @@ suites on a job's staged output. Both read these names from here, so the suites 
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
 
 # What a failed expectation does: critical fails the job before it publishes, warning is recorded only.
 CRITICAL = "critical"
@@ -43,6 +46,43 @@ FUNNEL_DATASET = "funnel"
 ROWS_IN = "rows_in"
 ROWS_REJECTED = "rows_rejected"
 REJECT_FRACTION = "reject_fraction"
+
+
+# great-expectations' names of the expectation types the suites declare (``ExpectationSpec.type``).
+EXPECT_COLUMN_TO_EXIST = "expect_column_to_exist"
+EXPECT_TABLE_ROW_COUNT_BETWEEN = "expect_table_row_count_to_be_between"
+EXPECT_VALUES_NOT_NULL = "expect_column_values_to_not_be_null"
+EXPECT_VALUES_BETWEEN = "expect_column_values_to_be_between"
+EXPECT_VALUES_IN_SET = "expect_column_values_to_be_in_set"
+EXPECT_VALUES_UNIQUE = "expect_column_values_to_be_unique"
+EXPECT_COMPOUND_UNIQUE = "expect_compound_columns_to_be_unique"
+UNEXPECTED_ROWS = "unexpected_rows_expectation"
+
+
+@dataclass(frozen=True)
+class ExpectationSpec:
+    """One expectation as plain data: great-expectations' type name and kwargs, plus what a failure does.
+
+    ``kwargs`` are the ones great-expectations reports for the expectation (its configuration's
+    ``kwargs``: defaults left out, bounds of ``expect_column_values_to_be_between`` as floats), so the
+    results read the same whichever engine evaluated it.
+
+    Attributes:
+        type: the expectation type, e.g. ``expect_column_values_to_not_be_null``.
+        kwargs: its arguments (``column``, ``mostly``, ``unexpected_rows_query``...).
+        severity: ``critical`` (fails the job before it publishes) or ``warning`` (recorded only).
+        description: what it checks, in words; unique within a suite.
+    """
+
+    type: str
+    kwargs: Mapping[str, Any]
+    severity: str = CRITICAL
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
+        if self.severity not in (CRITICAL, WARNING):
+            raise ValueError(f"severity must be {CRITICAL!r} or {WARNING!r}, got {self.severity!r}")
 
 
 @dataclass(frozen=True)

@@ -3,14 +3,22 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
 
-import great_expectations.expectations as gxe
 import pytest
 from pyspark.sql import types as T
 
 from jobs.common import quality, quality_metrics
 from jobs.common.cli import JobError, job_parser
 from schemas import expectations as ex
+from schemas import quality_terms as terms
+from schemas.quality_terms import ExpectationSpec
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
 
 RUN_DATE = "2024-03-31"
 NAN = float("nan")
@@ -152,27 +160,22 @@ CASES = {
 }
 
 
-@pytest.fixture(scope="module")
-def gx_context():
-    return quality_metrics.ephemeral_context()
-
-
-def _validate(spark, gx_context, dataset: str, rows: list[tuple], context: dict) -> dict:
+def _validate(spark, dataset: str, rows: list[tuple], context: dict) -> dict:
     schema = CASES[dataset][0]
     frame = spark.createDataFrame(rows, schema)
     suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    return quality_metrics.validate_frame(gx_context, dataset, frame, suite)
+    return quality_metrics.validate_frame(dataset, frame, suite)
 
 
 @pytest.mark.parametrize("dataset", sorted(CASES))
-def test_suite_passes_good_frame_and_names_what_bad_frame_breaks(spark, gx_context, dataset):
+def test_suite_passes_good_frame_and_names_what_bad_frame_breaks(spark, dataset):
     _, good, bad, context, expected_failures = CASES[dataset]
 
-    good_result = _validate(spark, gx_context, dataset, good, context)
+    good_result = _validate(spark, dataset, good, context)
     assert [c["description"] for c in good_result["expectations"] if not c["success"]] == []
     assert good_result["success"] is True
 
-    bad_result = _validate(spark, gx_context, dataset, bad, context)
+    bad_result = _validate(spark, dataset, bad, context)
     failed = {c["description"] for c in bad_result["expectations"] if not c["success"]}
     assert failed == expected_failures
     assert bad_result["success"] is False
@@ -329,29 +332,63 @@ def _by_description(checks: list[dict]) -> dict[str, dict]:
     }
 
 
+ALL_CONTEXT = {
+    quality.N_USERS: 2, quality.N_ITEMS: 3, quality.TEST_NEGATIVES: 1, quality.TOP_K: 2,
+    quality.EMBEDDING_DIM: 2, quality.ROWS_IN: 50,
+}
+
+
+@pytest.mark.parametrize("dataset", sorted(ex.SUITES))
+def test_every_spec_is_the_great_expectations_expectation_it_names(dataset):
+    # The results list a spec's kwargs as they are; great-expectations would list its own (defaults left
+    # out, bounds as floats): the two must be the same, in the same order.
+    for spec in ex.SUITES[dataset](quality.QualityThresholds(), ALL_CONTEXT):
+        config = quality_metrics.to_gx_expectation(spec).configuration
+        assert (config.type, list(config.kwargs.items())) == (spec.type, list(spec.kwargs.items()))
+        assert (config.severity, config.description) == (spec.severity, spec.description)
+
+
+# A column the bad frame of each dataset lacks (the expectations on it cannot be evaluated).
+DROPPED = {
+    quality.RAW_INTERACTIONS: "user_id",
+    quality.TRAIN: "label",
+    quality.TEST: "label",
+    quality.EMBEDDINGS: "status",
+    quality.SIMILARITY_EDGES: "rank",
+    quality.GREMLIN_VERTICES: "~label",
+    quality.GREMLIN_EDGES: "~to",
+}
+
+
+@pytest.mark.parametrize("variant", ["good", "bad", "missing_column"])
 @pytest.mark.parametrize("dataset", sorted(CASES))
-def test_gate_metrics_give_the_results_of_great_expectations_own_spark_engine(spark, gx_context, dataset):
+def test_gate_gives_the_results_of_great_expectations_own_spark_engine(spark, dataset, variant):
     # The oracle: great-expectations computing every metric itself, one Spark job or more per expectation,
-    # on the frame that breaks the most (counts, shares and examples all differ from zero there).
-    schema, _, bad, context, _ = CASES[dataset]
-    frame = spark.createDataFrame(bad, schema)
+    # on the same frame with the same expectations (counts, shares and examples differ from zero on the
+    # bad frame; the missing column makes some expectations impossible to evaluate).
+    schema, good, bad, context, _ = CASES[dataset]
+    frame = spark.createDataFrame(good if variant == "good" else bad, schema)
+    if variant == "missing_column":
+        frame = frame.drop(DROPPED[dataset])
     suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    planned = quality_metrics.validate_frame(gx_context, dataset, frame, suite)["expectations"]
-    suite = ex.SUITES[dataset](quality.QualityThresholds(), context)
-    native = quality_metrics.validate_with_gx_engine(gx_context, dataset, frame, suite)
-    for check in native:
-        check.pop("_key")
-    assert len(planned) == len(suite)
-    assert _by_description(planned) == _by_description(native)
+    compiled = quality_metrics.validate_frame(dataset, frame, suite)["expectations"]
+    native = quality_metrics.validate_with_gx_engine(dataset, frame, suite)
+    assert [c["description"] for c in compiled] == [e.description for e in suite]
+    assert [c["description"] for c in native] == [e.description for e in suite]
+    if variant == "missing_column":
+        # Spark's error for a query naming a missing column is the engine's to word; both say which.
+        for check in (*compiled, *native):
+            if check["expectation"] == terms.UNEXPECTED_ROWS and check["exception"]:
+                assert DROPPED[dataset] in check["exception"]
+                check["exception"] = "query failed"
+        assert any(c["exception"] for c in native)
+    assert _by_description(compiled) == _by_description(native)
 
 
 def test_every_suite_expectation_is_computed_by_the_gate_not_left_to_the_slow_engine(spark):
-    # An expectation the gate cannot plan still runs (through great-expectations' engine), only slower:
-    # the shipped suites must all be planned, or a job's gate quietly gets expensive again.
-    context = {
-        quality.N_USERS: 2, quality.N_ITEMS: 3, quality.TEST_NEGATIVES: 1, quality.TOP_K: 2,
-        quality.EMBEDDING_DIM: 2, quality.ROWS_IN: 100,
-    }
+    # An expectation the gate cannot plan still runs (through great-expectations' engine), only slower
+    # and after importing great-expectations: the shipped suites must all be planned.
+    context = {**ALL_CONTEXT, quality.ROWS_IN: 100}
     for dataset, (schema, *_rest) in CASES.items():
         unplanned = [
             e.description
@@ -361,33 +398,41 @@ def test_every_suite_expectation_is_computed_by_the_gate_not_left_to_the_slow_en
         assert unplanned == [], dataset
     funnel = ex.SUITES[quality.FUNNEL_DATASET](quality.QualityThresholds(), context)
     assert all(quality_metrics.plan_expectation(e, {quality.REJECT_FRACTION}) for e in funnel)
-    # A missing column is left to great-expectations, which names it (see the empty/missing test).
+    # A missing column is planned as a failure naming it (see the empty/missing test).
     not_null = ex.SUITES[quality.TRAIN](quality.QualityThresholds(), context)[4]
     assert not_null.description == "user_idx is never blank"
-    assert quality_metrics.plan_expectation(not_null, {"item_idx", "label"}) is None
-    assert quality_metrics.plan_expectation(not_null, {"user_idx"}) is not None
+    assert quality_metrics.plan_expectation(not_null, {"item_idx", "label"}).missing == "user_idx"
+    assert quality_metrics.plan_expectation(not_null, {"user_idx"}).missing is None
+    # Types and kwargs the gate does not compile are left to great-expectations' engine.
+    conditioned = ExpectationSpec(
+        terms.EXPECT_VALUES_NOT_NULL, {"column": "user_idx", "row_condition": 'col("label") > 0'}
+    )
+    assert quality_metrics.plan_expectation(conditioned, {"user_idx", "label"}) is None
+    dated = ExpectationSpec(terms.EXPECT_VALUES_BETWEEN, {"column": "user_idx", "min_value": "2024-01-01"})
+    assert quality_metrics.plan_expectation(dated, {"user_idx"}) is None
 
 
-def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(spark, gx_context):
+def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(spark):
     frame = spark.createDataFrame([(0, 0, 1.0), (1, None, 0.0), (1, None, 1.0)], NCF)
     suite = [
-        gxe.ExpectColumnValuesToNotBeNull(column="item_idx", severity="critical", description="item set"),
-        gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query="SELECT no_such_column FROM {batch}",
-            severity="warning",
-            description="bad sql",
+        ExpectationSpec(terms.EXPECT_VALUES_NOT_NULL, {"column": "item_idx"}, "critical", "item set"),
+        ExpectationSpec(
+            terms.UNEXPECTED_ROWS, {"unexpected_rows_query": "SELECT no_such_column FROM {batch}"}, "warning",
+            "bad sql",
         ),
-        gxe.UnexpectedRowsExpectation(
+        ExpectationSpec(
             # Parses, then fails at run time (on the row with label 1).
-            unexpected_rows_query="SELECT * FROM {batch} WHERE assert_true(label < 1) IS NULL",
-            severity="critical",
-            description="raises",
+            terms.UNEXPECTED_ROWS,
+            {"unexpected_rows_query": "SELECT * FROM {batch} WHERE assert_true(label < 1) IS NULL"},
+            "critical",
+            "raises",
         ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="label", value_set=[0.0], mostly=0.5, severity="critical", description="mostly zero"
+        ExpectationSpec(
+            terms.EXPECT_VALUES_IN_SET, {"column": "label", "mostly": 0.5, "value_set": [0.0]}, "critical",
+            "mostly zero",
         ),
     ]
-    result = quality_metrics.validate_frame(gx_context, "train", frame, suite)
+    result = quality_metrics.validate_frame("train", frame, suite)
     checks = {c["description"]: c for c in result["expectations"]}
     assert list(checks) == ["item set", "bad sql", "raises", "mostly zero"]
     assert (checks["item set"]["success"], checks["item set"]["unexpected_count"]) == (False, 2)
@@ -404,22 +449,27 @@ def test_a_check_that_cannot_run_fails_alone_and_the_others_are_still_evaluated(
     assert result["success"] is False
 
 
-def test_an_expectation_the_gate_does_not_compute_runs_on_gx_engine_in_suite_order(spark, gx_context):
+def test_an_expectation_the_gate_does_not_compute_runs_on_gx_engine_in_suite_order(spark):
     frame = spark.createDataFrame([(0, 0, 1.0), (1, 2, 0.0), (1, None, 0.0)], NCF)
     suite = [
-        gxe.ExpectColumnValuesToNotBeNull(column="item_idx", severity="critical", description="item set"),
-        # column.mean is not a metric the gate computes: great-expectations' engine evaluates it.
-        gxe.ExpectColumnMeanToBeBetween(
-            column="user_idx", min_value=0.9, severity="warning", description="mean"
+        ExpectationSpec(terms.EXPECT_VALUES_NOT_NULL, {"column": "item_idx"}, "critical", "item set"),
+        # The gate does not compile a column mean: great-expectations' engine evaluates it.
+        ExpectationSpec(
+            "expect_column_mean_to_be_between", {"column": "user_idx", "min_value": 0.9}, "warning", "mean"
         ),
-        gxe.ExpectColumnValuesToBeInSet(
-            column="row_condition_free", value_set=[1], severity="critical", description="missing column"
+        ExpectationSpec(
+            terms.EXPECT_VALUES_IN_SET,
+            {"column": "row_condition_free", "value_set": [1]},
+            "critical",
+            "missing column",
         ),
-        gxe.ExpectTableRowCountToBeBetween(min_value=1, max_value=2, severity="critical", description="rows"),
+        ExpectationSpec(
+            terms.EXPECT_TABLE_ROW_COUNT_BETWEEN, {"min_value": 1, "max_value": 2}, "critical", "rows"
+        ),
     ]
-    planned = [quality_metrics.plan_expectation(e, frame.columns) is None for e in suite]
-    assert planned == [False, True, True, False]
-    checks = quality_metrics.validate_frame(gx_context, "train", frame, suite)["expectations"]
+    unplanned = [quality_metrics.plan_expectation(e, frame.columns) is None for e in suite]
+    assert unplanned == [False, True, False, False]
+    checks = quality_metrics.validate_frame("train", frame, suite)["expectations"]
     assert [(c["description"], c["success"], c["severity"], c["observed_value"]) for c in checks] == [
         ("item set", False, "critical", None),
         ("mean", False, "warning", 2 / 3),
@@ -428,3 +478,56 @@ def test_an_expectation_the_gate_does_not_compute_runs_on_gx_engine_in_suite_ord
     ]
     assert checks[0]["unexpected_count"] == 1
     assert checks[2]["exception"] == 'Error: The column "row_condition_free" in BatchData does not exist.'
+
+
+GATE_IN_A_FRESH_PROCESS = textwrap.dedent(
+    """
+    import json, sys
+    from jobs.common import quality
+    from jobs.common.spark import get_spark
+
+    spark = get_spark("gate-alone", master="local[1]", conf={"spark.sql.shuffle.partitions": "2"})
+    schema = "src string, dst string, score double, rank int"
+    good = spark.createDataFrame([("a", "b", 0.9, 1), ("b", "a", 0.8, 1), ("b", "c", 0.7, 2)], schema)
+    bad = spark.createDataFrame(
+        [("a", "a", 1.0, 1), ("a", "a", float("nan"), 3), ("b", None, 0.5, 1)], schema
+    )
+    top_k = {quality.TOP_K: 2}
+    passed = quality.run_gate(
+        "similarity", {quality.SIMILARITY_EDGES: good}, reports_root=sys.argv[1], run_date="2024-03-31",
+        context={**top_k, quality.ROWS_IN: 200, quality.ROWS_REJECTED: 1},
+    )
+    warned = quality.run_gate(
+        "similarity", {quality.SIMILARITY_EDGES: bad}, reports_root=sys.argv[1], run_date="2024-04-01",
+        thresholds=quality.QualityThresholds(mode=quality.MODE_WARN), context=top_k,
+    )
+    spark.stop()
+    loaded = sorted(m for m in sys.modules if m.split(".")[0] == "great_expectations")
+    print(json.dumps({"passed": passed["success"], "failed": warned["failed_critical"], "loaded": loaded}))
+    """
+)
+
+
+def test_a_job_gate_runs_without_importing_great_expectations(tmp_path):
+    # A job is a cold process: importing great-expectations would cost it seconds of CPU for nothing.
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PYSPARK_PYTHON": sys.executable}
+    done = subprocess.run(
+        [sys.executable, "-c", GATE_IN_A_FRESH_PROCESS, str(tmp_path)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    outcome = json.loads(done.stdout.strip().splitlines()[-1])
+    assert outcome["loaded"] == []
+    assert outcome["passed"] is True
+    assert [line.split(": ", 1)[1].split(" [")[1].split("]")[0] for line in outcome["failed"]] == [
+        "dst is never blank",
+        "no product is its own neighbour (src != dst)",
+        "scores are finite (no NaN, no Infinity)",
+        "each (src, dst) pair once",
+        "1 <= rank <= 2",
+    ]
+    written = json.loads((tmp_path / "similarity" / "dt=2024-04-01.quality.json").read_text())
+    assert written["failed_critical"] == outcome["failed"]

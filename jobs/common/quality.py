@@ -1,4 +1,4 @@
-"""Data-quality gates: great-expectations 1.x suites run inside each job before it publishes.
+"""Data-quality gates: great-expectations 1.x expectations checked inside each job before it publishes.
 
 A job writes its output to staging, reads the staged output back and calls :func:`run_gate` with the
 frames to check, keyed by dataset name (``train``, ``test``, ``embeddings``, ``similarity_edges``,
@@ -7,7 +7,8 @@ frames to check, keyed by dataset name (``train``, ``test``, ``embeddings``, ``s
 report (``<reports root>/<stage>/dt=<run date>.quality.json``) and raises :class:`QualityGateError`
 when a critical expectation failed, so the job stops before :func:`jobs.common.storage.publish` and
 the previous good output stays where readers look. Warnings are recorded only. How one frame is checked
-(the suite's metrics compiled to Spark) is :mod:`jobs.common.quality_metrics`.
+(the suite compiled to one Spark query, great-expectations loaded only for an expectation the gate does not
+compile) is :mod:`jobs.common.quality_metrics`.
 
 An expectation that cannot be evaluated (a missing column, a query that does not run) counts as
 failed, never as passed; an empty frame fails its row-count expectation. When the context carries
@@ -38,14 +39,16 @@ from pyspark.sql import types as T
 
 from jobs.common import storage
 from jobs.common.cli import JobError, fraction, non_negative_int
-from jobs.common.quality_metrics import ephemeral_context, jsonable, validate_frame
+from jobs.common.quality_metrics import jsonable, validate_frame
 from jobs.common.report import report_uri
+from schemas import expectations as suites
 from schemas.quality_terms import (
     CRITICAL,
     DEFAULT_MAX_REJECT_FRACTION,
     DEFAULT_REJECT_CHECK_MIN_ROWS,
     EMBEDDING_DIM,
     EMBEDDINGS,
+    EXPECT_COLUMN_TO_EXIST,
     FUNNEL_DATASET,
     GREMLIN_EDGES,
     GREMLIN_VERTICES,
@@ -65,6 +68,7 @@ from schemas.quality_terms import (
     TEST_NEGATIVES,
     TOP_K,
     TRAIN,
+    UNEXPECTED_ROWS,
     WARNING,
     QualityThresholds,
 )
@@ -111,9 +115,6 @@ __all__ = [
 LOG = logging.getLogger("stylegraph.quality")
 
 QUALITY_SUFFIX = "quality.json"
-
-UNEXPECTED_ROWS = "unexpected_rows_expectation"
-COLUMN_TO_EXIST = "expect_column_to_exist"
 
 
 class QualityGateError(JobError):
@@ -193,12 +194,6 @@ def run_gate(
         QualityGateError: in ``enforce`` mode, when a critical expectation failed or could not be
             evaluated; the message lists every such expectation.
     """
-    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
-    # Loaded when a gate runs, not with every job module: great_expectations costs about 5 CPU seconds
-    # to import, which a job's --help, the run report and a quality-off run need not pay. (Not a hidden
-    # circle: schemas import nothing from jobs, which tests/test_layers.py checks, late imports included.)
-    from schemas import expectations as suites
-
     thresholds = thresholds or QualityThresholds()
     context = dict(context or {})
     started = time.time()
@@ -222,11 +217,10 @@ def run_gate(
         "datasets": {},
     }
     if thresholds.mode != MODE_OFF:
-        gx_context = ephemeral_context()
         for name, frame in frames.items():
             expectations = suites.SUITES[name](thresholds, context)
             results["datasets"][name] = validate_frame(
-                gx_context, f"{stage}.{name}", frame, expectations, cache=cache_frames
+                f"{stage}.{name}", frame, expectations, cache=cache_frames
             )
 
     critical: list[str] = []
@@ -250,8 +244,13 @@ def run_gate(
         LOG.warning("%s quality warning: %s", stage, line)
     LOG.info(
         "%s quality: %d dataset(s), %d critical failure(s), %d warning(s), %.1fs, mode=%s, results=%s",
-        stage, len(results["datasets"]), len(critical), len(results["failed_warnings"]),
-        results["seconds"], thresholds.mode, uri,
+        stage,
+        len(results["datasets"]),
+        len(critical),
+        len(results["failed_warnings"]),
+        results["seconds"],
+        thresholds.mode,
+        uri,
     )
     if critical and thresholds.mode == MODE_ENFORCE:
         raise QualityGateError(
@@ -295,7 +294,7 @@ def _describe(check: Mapping[str, Any]) -> str:
     observed = check.get("observed_value")
     if check.get("exception"):
         return f"{head} could not be evaluated: {check['exception']}"
-    if check["expectation"] == COLUMN_TO_EXIST:
+    if check["expectation"] == EXPECT_COLUMN_TO_EXIST:
         return f"{head}: column {kwargs.get('column')!r} is missing"
     if check["expectation"] == UNEXPECTED_ROWS:
         return f"{head}: {observed} offending row(s)"

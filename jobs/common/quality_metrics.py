@@ -1,10 +1,14 @@
-"""One frame against one great-expectations suite, its metrics compiled to Spark.
+"""One frame against one suite of expectations, compiled to Spark without great-expectations.
 
-great-expectations names the metrics each expectation needs; the ones this module knows (row count,
-null, out-of-range and not-in-set counts, duplicate counts, the row counts of unexpected-rows queries)
-are compiled into the branches of one Spark query over the frame, and great-expectations evaluates each
-expectation on them (its own ``mostly``, success and result rules). Other expectations run through
-great-expectations' Spark engine. The results are plain JSON dicts, one per expectation.
+A suite is a list of :class:`schemas.quality_terms.ExpectationSpec` (great-expectations 1.x expectation
+types and kwargs, as data). The expectation types the gate knows (columns exist, row count, not null,
+between, in set, unique, compound unique, unexpected-rows queries) are compiled into the branches of one
+Spark query over the frame, and each is decided by great-expectations' own rules (``mostly``, vacuous
+truth on an empty frame, unexpected percentages over non-null values), written out here: a job's gate
+never imports great-expectations, which costs several CPU seconds to import. An expectation the gate
+does not know (another type or kwarg, such as a ``row_condition``) runs through great-expectations'
+Spark engine, loaded then (logged once). Tests hold the compiled results equal to that engine's. The
+results are plain JSON dicts, one per expectation.
 
 The gate (:mod:`jobs.common.quality`) is what jobs call; this module is its engine.
 """
@@ -14,15 +18,26 @@ import functools
 import logging
 import math
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Hashable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Final
 
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from schemas.quality_terms import CRITICAL
+from schemas.quality_terms import (
+    CRITICAL,
+    EXPECT_COLUMN_TO_EXIST,
+    EXPECT_COMPOUND_UNIQUE,
+    EXPECT_TABLE_ROW_COUNT_BETWEEN,
+    EXPECT_VALUES_BETWEEN,
+    EXPECT_VALUES_IN_SET,
+    EXPECT_VALUES_NOT_NULL,
+    EXPECT_VALUES_UNIQUE,
+    UNEXPECTED_ROWS,
+    ExpectationSpec,
+)
 
 LOG = logging.getLogger("stylegraph.quality")
 
@@ -32,21 +47,35 @@ MAX_EXAMPLES = 5
 
 MAX_ERROR_CHARS = 1000  # of a metric's Spark error in the results (its stack trace is in the log)
 
+# The kwargs the gate compiles, per expectation type; any other type or kwarg goes to GE's engine.
+_BOUNDS = {"min_value", "max_value", "strict_min", "strict_max"}
+PLANNED_KWARGS: Final[Mapping[str, frozenset[str]]] = {
+    EXPECT_COLUMN_TO_EXIST: frozenset({"column"}),
+    EXPECT_TABLE_ROW_COUNT_BETWEEN: frozenset(_BOUNDS),
+    EXPECT_VALUES_NOT_NULL: frozenset({"column", "mostly"}),
+    EXPECT_VALUES_BETWEEN: frozenset({"column", "mostly", *_BOUNDS}),
+    EXPECT_VALUES_IN_SET: frozenset({"column", "mostly", "value_set"}),
+    EXPECT_VALUES_UNIQUE: frozenset({"column", "mostly"}),
+    EXPECT_COMPOUND_UNIQUE: frozenset({"column_list", "mostly", "ignore_row_if"}),
+    UNEXPECTED_ROWS: frozenset({"unexpected_rows_query"}),
+}
+_ROW_TYPES = (EXPECT_VALUES_NOT_NULL, EXPECT_VALUES_BETWEEN, EXPECT_VALUES_IN_SET)  # one aggregate each
+_IGNORE_ROW_IF = ("all_values_are_missing", "any_value_is_missing", "never")
+
 
 def validate_frame(
-    gx_context: Any, name: str, frame: DataFrame, expectations: list[Any], *, cache: bool = True
+    name: str, frame: DataFrame, expectations: Sequence[ExpectationSpec], *, cache: bool = True
 ) -> dict[str, Any]:
     """Run one suite on one frame; every expectation's outcome, failures and exceptions included.
 
     The metrics the suite's expectations need (row count, null and out-of-range counts, duplicate
-    counts, the row counts of ``UnexpectedRowsExpectation`` queries) are computed together, as the
-    branches of one Spark query over the frame (:func:`_compute_metrics`); unexpected examples are
-    fetched afterwards, only for expectations that found some. great-expectations then evaluates
-    each expectation on those metrics (``Expectation.metrics_validate``: its own ``mostly``,
-    success and result rules), so the results are the ones its Spark engine gives, at a fraction of
-    the Spark jobs (that engine runs one or more per expectation). An expectation whose metrics this
-    module does not compute (another type, a ``row_condition``, a missing column) runs through
-    great-expectations' Spark engine as before, in one validation for all such expectations.
+    counts, the row counts of unexpected-rows queries) are computed together, as the branches of one
+    Spark query over the frame (:func:`_compute_metrics`); unexpected examples are fetched afterwards,
+    only for expectations that found some. Each expectation is then decided on those metrics by
+    great-expectations' rules (:func:`_decide`), so the results are the ones its Spark engine gives, at
+    a fraction of the Spark jobs (that engine runs one or more per expectation) and without importing
+    it. An expectation the gate does not compile (:func:`plan_expectation` returns None) runs through
+    great-expectations' Spark engine, in one validation for all such expectations.
 
     ``cache=False`` leaves the frame as it is: each branch of the metrics query re-reads it.
     """
@@ -55,100 +84,131 @@ def validate_frame(
         frame = frame.persist(StorageLevel.MEMORY_AND_DISK)
     try:
         columns = list(frame.columns)
-        plans: list[_ExpectationPlan] = []
-        native: list[Any] = []
-        for expectation in expectations:
+        plans: list[_Plan] = []
+        native: list[int] = []
+        for index, spec in enumerate(expectations):
             try:
-                plan = plan_expectation(expectation, columns)
+                plan = plan_expectation(spec, columns, index)
             except Exception:  # an odd configuration: GE's engine reports it the way it always has
-                LOG.warning("%s: %s left to great-expectations' engine", name, type(expectation).__name__)
+                LOG.warning("%s: %s left to great-expectations' engine", name, spec.type)
                 plan = None
             if plan is None:
-                native.append(expectation)
+                native.append(index)
             else:
                 plans.append(plan)
-        checks = _validate_planned(name, frame, plans) if plans else []
+        checks = dict(zip((p.index for p in plans), _validate_planned(name, frame, plans), strict=True))
         if native:
-            checks += validate_with_gx_engine(gx_context, name, frame, native, cache=cache and not owned)
+            engine_checks = validate_with_gx_engine(
+                name, frame, [expectations[i] for i in native], cache=cache and not owned
+            )
+            checks.update(zip(native, engine_checks, strict=True))
     finally:
         if owned:
             frame.unpersist()
-    # Keep the suite's order so the files read the same each run.
-    order = {_key(expectation.configuration): index for index, expectation in enumerate(expectations)}
-    checks.sort(key=lambda check: order.get(check.pop("_key"), len(order)))
-    return {"success": all(c["success"] for c in checks if c["severity"] == CRITICAL), "expectations": checks}
+    ordered = [checks[index] for index in range(len(expectations))]  # the suite's order, every run
+    return {
+        "success": all(c["success"] for c in ordered if c["severity"] == CRITICAL),
+        "expectations": ordered,
+    }
+
+
+def to_gx_expectation(spec: ExpectationSpec) -> Any:
+    """The great-expectations expectation a spec declares (imports great-expectations)."""
+    from great_expectations.expectations.registry import get_expectation_impl
+
+    expectation_class: Any = get_expectation_impl(spec.type)
+    kwargs: dict[str, Any] = {k: list(v) if isinstance(v, tuple) else v for k, v in spec.kwargs.items()}
+    return expectation_class(**kwargs, severity=spec.severity, description=spec.description)
 
 
 def validate_with_gx_engine(
-    gx_context: Any, name: str, frame: DataFrame, expectations: list[Any], *, cache: bool = True
+    name: str, frame: DataFrame, expectations: Sequence[ExpectationSpec], *, cache: bool = True
 ) -> list[dict[str, Any]]:
-    """great-expectations' own Spark engine: one or more Spark jobs per expectation (the fallback)."""
-    import great_expectations as gx
+    """great-expectations' own Spark engine, one or more Spark jobs per expectation (the fallback).
 
-    unique = f"{name}.{uuid.uuid4().hex[:8]}"
-    batch_definition = (
-        # GE persists a batch's frame unless told not to: with cache=False nothing is cached at all.
-        gx_context.data_sources.add_spark(unique, persist=cache)
-        .add_dataframe_asset(name)
-        .add_batch_definition_whole_dataframe("whole")
-    )
-    suite = gx_context.suites.add(gx.ExpectationSuite(name=unique, expectations=expectations))
+    Returns the results in the order of ``expectations``.
+    """
     try:
+        import great_expectations as gx
+
+        gx_expectations = [to_gx_expectation(spec) for spec in expectations]
+        unique = f"{name}.{uuid.uuid4().hex[:8]}"
+        batch_definition = (
+            # GE persists a batch's frame unless told not to: with cache=False nothing is cached at all.
+            ephemeral_context()
+            .data_sources.add_spark(unique, persist=cache)
+            .add_dataframe_asset(name)
+            .add_batch_definition_whole_dataframe("whole")
+        )
+        suite = ephemeral_context().suites.add(gx.ExpectationSuite(name=unique, expectations=gx_expectations))
         validation = gx.ValidationDefinition(name=unique, data=batch_definition, suite=suite).run(
             batch_parameters={"dataframe": frame}, result_format=RESULT_FORMAT
         )
-        return [_check_result(result) for result in validation.results]
+        by_key: dict[str, list[dict[str, Any]]] = {}
+        for result in validation.results:
+            by_key.setdefault(_key(result.expectation_config), []).append(_check_result(result))
+        return [by_key[_key(e.configuration)].pop(0) for e in gx_expectations]
     except Exception as err:  # the whole suite could not run: every expectation counts as failed
         LOG.exception("%s: validation could not run", name)
-        return [_unevaluated(expectation, err) for expectation in expectations]
+        return [_unevaluated(spec, err) for spec in expectations]
+
+
+@functools.cache
+def ephemeral_context() -> Any:
+    """The process's in-memory GX context (no files, no analytics, no progress bars), made on first use."""
+    import great_expectations as gx
+    from great_expectations.data_context.types.base import (
+        DataContextConfig,
+        InMemoryStoreBackendDefaults,
+        ProgressBarsConfig,
+    )
+
+    LOG.info("great-expectations loaded for expectation(s) the gate does not compile")
+    logging.getLogger("great_expectations").setLevel(logging.WARNING)  # its INFO is per-metric chatter
+    config = DataContextConfig(
+        store_backend_defaults=InMemoryStoreBackendDefaults(),
+        analytics_enabled=False,
+        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
+    )
+    return gx.get_context(mode="ephemeral", project_config=config)
 
 
 # --- Metrics computed by the gate ---------------------------------------------------------------
-# great-expectations names the metrics an expectation needs (``get_validation_dependencies``); the
-# ones below are computed here. A metric is an aggregate over the frame (a Spark Column), a count
-# query over it (Spark SQL with ``{batch}``), a constant (the columns), or examples fetched when the
-# count they belong to is above zero.
-_TABLE_COLUMNS = "table.columns"
-_TABLE_ROW_COUNT = "table.row_count"
-_NONNULL = "column_values.nonnull"
-_BETWEEN = "column_values.between"
-_IN_SET = "column_values.in_set"
-_UNIQUE = "column_values.unique"
-_COMPOUND_UNIQUE = "compound_columns.unique"
-_ROWS_QUERY = "unexpected_rows_query"
-_UNEXPECTED_COUNT = ".unexpected_count"
-_UNEXPECTED_VALUES = ".unexpected_values"
-_FILTERED_ROW_COUNT = ".filtered_row_count"
-_ROWS_QUERY_COUNT = f"{_ROWS_QUERY}.row_count"
-_ROWS_QUERY_TABLE = f"{_ROWS_QUERY}.table"
-_ROW_METRICS = (_NONNULL, _BETWEEN, _IN_SET)  # decided row by row: one aggregate each
-_GROUP_METRICS = (_UNIQUE, _COMPOUND_UNIQUE)  # decided by counting equal values: one GROUP BY each
+# A metric is an aggregate over the frame (a Spark Column), a count query over it (Spark SQL with
+# ``{batch}``), or examples fetched when the count they belong to is above zero. Metrics are keyed so
+# that expectations needing the same one (the row count, a column's nulls) share it.
 _BATCH = "batch"
+_ROW_COUNT = ("row_count",)
 # What great-expectations' Spark engine fetches: 20 examples of a map expectation
-# (``partial_unexpected_count``), 200 rows of an unexpected-rows query (``MAX_RESULT_RECORDS``).
+# (``partial_unexpected_count``); the BASIC results report no rows of an unexpected-rows query.
 _PARTIAL_UNEXPECTED = 20
-_MAX_QUERY_ROWS = 200
 
 
 @dataclass
 class _Metric:
-    """How to get one metric: exactly one of aggregate, query, constant or examples is set."""
+    """How to get one metric: exactly one of aggregate, query or examples is set."""
 
     aggregate: Any = None  # Column: an aggregate over the frame
     query: str | None = None  # SQL over {batch} returning one row, one number
-    constant: Any = None
     examples: Any = None  # (frame -> DataFrame of examples) or a SQL query over {batch}
-    count_id: Any = None  # examples: the metric whose count > 0 makes them worth fetching
-    as_dicts: bool = False  # examples as {column: value} dicts (multi-column and query rows)
+    count_id: Hashable = None  # examples: the metric whose count > 0 makes them worth fetching
+    as_dicts: bool = False  # examples as {column: value} dicts (multi-column rows)
     limit: int = _PARTIAL_UNEXPECTED
-    is_constant: bool = False
 
 
 @dataclass
-class _ExpectationPlan:
-    expectation: Any
-    metric_ids: list[Any]  # the MetricConfiguration ids metrics_validate asks for
-    metrics: dict[Any, _Metric]
+class _Plan:
+    """One expectation's metrics; ``missing`` is a column the frame lacks (no metrics then)."""
+
+    index: int
+    spec: ExpectationSpec
+    metrics: dict[Hashable, _Metric] = field(default_factory=dict)
+    total: Hashable = None  # the row count
+    nulls: Hashable = None  # the column's nulls (column map expectations)
+    unexpected: Hashable = None  # the unexpected count (or the query's row count)
+    filtered: Hashable = None  # the rows a compound expectation looks at
+    examples: Hashable = None
+    missing: str | None = None
 
 
 def _q(column: str) -> str:
@@ -168,24 +228,24 @@ def _between(column: Any, kwargs: Mapping[str, Any]) -> Any:
     return condition
 
 
-def _row_unexpected(map_metric: str, column: str, kwargs: Mapping[str, Any]) -> Any:
-    """The rows a column map metric counts as unexpected (a boolean Column, never null)."""
+def _row_unexpected(expectation_type: str, column: str, kwargs: Mapping[str, Any]) -> Any:
+    """The rows a column map expectation counts as unexpected (a boolean Column, never null)."""
     col = F.col(_q(column))
-    if map_metric == _NONNULL:
+    if expectation_type == EXPECT_VALUES_NOT_NULL:
         return col.isNull()
-    if map_metric == _BETWEEN:
+    if expectation_type == EXPECT_VALUES_BETWEEN:
         return col.isNotNull() & ~F.coalesce(_between(col, kwargs), F.lit(False))
-    value_set = list(kwargs.get("value_set") or [])
+    value_set = list(kwargs["value_set"])
     return col.isNotNull() & ~F.coalesce(col.isin(value_set), F.lit(False))
 
 
-def _group_domain(map_metric: str, domain: Mapping[str, Any]) -> tuple[list[str], str]:
-    """The grouped columns of a uniqueness metric and the SQL filter of the rows it looks at."""
-    if map_metric == _UNIQUE:
-        column = domain["column"]
+def _group_domain(kwargs: Mapping[str, Any]) -> tuple[list[str], str]:
+    """The grouped columns of a uniqueness expectation and the SQL filter of the rows it looks at."""
+    if "column" in kwargs:
+        column = kwargs["column"]
         return [column], f"{_q(column)} IS NOT NULL"
-    columns = list(domain["column_list"])
-    ignore = domain.get("ignore_row_if", "all_values_are_missing")
+    columns = list(kwargs["column_list"])
+    ignore = kwargs.get("ignore_row_if", "all_values_are_missing")
     if ignore == "all_values_are_missing":
         return columns, "NOT (" + " AND ".join(f"{_q(c)} IS NULL" for c in columns) + ")"
     if ignore == "any_value_is_missing":
@@ -198,128 +258,174 @@ def _duplicates_sql(columns: list[str], where: str) -> str:
     return f"SELECT {keys}, count(*) AS n FROM {{{_BATCH}}} WHERE {where} GROUP BY {keys} HAVING count(*) > 1"
 
 
-def _examples_limit(value_kwargs: Mapping[str, Any]) -> int:
-    result_format = value_kwargs.get("result_format") or {}
-    return int(result_format.get("partial_unexpected_count", _PARTIAL_UNEXPECTED))
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def plan_expectation(expectation: Any, columns: Sequence[str]) -> _ExpectationPlan | None:
+def _compilable(spec: ExpectationSpec) -> bool:
+    """Whether the gate compiles this type with these kwargs (plain numbers, lists, known options)."""
+    allowed = PLANNED_KWARGS.get(spec.type)
+    if allowed is None or not set(spec.kwargs) <= allowed:
+        return False
+    kwargs = spec.kwargs
+    if any(kwargs.get(b) is not None and not _is_number(kwargs[b]) for b in ("min_value", "max_value")):
+        return False  # dates, strings and $PARAMETER dicts: GE's engine compares those
+    if "mostly" in kwargs and not _is_number(kwargs["mostly"]):
+        return False
+    if "value_set" in kwargs and not isinstance(kwargs["value_set"], (list, tuple)):
+        return False
+    return kwargs.get("ignore_row_if", _IGNORE_ROW_IF[0]) in _IGNORE_ROW_IF
+
+
+def plan_expectation(spec: ExpectationSpec, columns: Sequence[str], index: int = 0) -> _Plan | None:
     """The metrics of one expectation as Spark aggregates and queries; None: leave it to GE's engine.
 
-    ``columns`` are the frame's, in order (``table.columns`` is that list).
+    ``columns`` are the frame's. An expectation on a column the frame lacks is planned as failed (GE's
+    engine reports it the same way: not evaluated, with the column named).
     """
-    dependencies = expectation.get_validation_dependencies(
-        execution_engine=None, runtime_configuration={"result_format": RESULT_FORMAT}
+    if not _compilable(spec):
+        return None
+    kwargs = spec.kwargs
+    plan = _Plan(index, spec)
+    if spec.type == EXPECT_COLUMN_TO_EXIST:
+        return plan  # decided on the frame's columns alone
+    used = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
+    missing = [c for c in used if c not in set(columns)]
+    if missing:
+        if spec.type == EXPECT_COMPOUND_UNIQUE:
+            return None  # GE's engine names what is missing
+        plan.missing = missing[0]
+        return plan
+    plan.total = _ROW_COUNT
+    plan.metrics[_ROW_COUNT] = _Metric(aggregate=F.count(F.lit(1)))
+    if spec.type == EXPECT_TABLE_ROW_COUNT_BETWEEN:
+        return plan
+    if spec.type == UNEXPECTED_ROWS:
+        query = kwargs["unexpected_rows_query"]
+        plan.unexpected = ("rows_query", query)
+        plan.metrics[plan.unexpected] = _Metric(query=f"SELECT count(*) FROM ({query})")
+        return plan
+    frozen = repr(sorted((k, v) for k, v in kwargs.items() if k != "mostly"))
+    plan.unexpected = ("unexpected", spec.type, frozen)
+    plan.examples = ("examples", spec.type, frozen)
+    if spec.type in _ROW_TYPES:
+        column = kwargs["column"]
+        plan.nulls = ("nulls", column)
+        plan.metrics[plan.nulls] = _Metric(aggregate=F.count(F.when(F.col(_q(column)).isNull(), 1)))
+        unexpected = _row_unexpected(spec.type, column, kwargs)
+        plan.metrics[plan.unexpected] = _Metric(aggregate=F.count(F.when(unexpected, 1)))
+        plan.metrics[plan.examples] = _Metric(
+            examples=lambda df, u=unexpected, c=column: df.filter(u).select(_q(c)), count_id=plan.unexpected
+        )
+        return plan
+    keys, where = _group_domain(kwargs)
+    key_list = ", ".join(_q(c) for c in keys)
+    plan.metrics[plan.unexpected] = _Metric(
+        query=f"SELECT coalesce(sum(n), 0) FROM ({_duplicates_sql(keys, where)})"
     )
-    configs = dict(dependencies.metric_configurations)
-    metrics: dict[Any, _Metric] = {}
-    counts = {name: config.id for name, config in configs.items() if name.endswith(_UNEXPECTED_COUNT)}
-    for name, config in configs.items():
-        domain = config.metric_domain_kwargs
-        value_kwargs = config.metric_value_kwargs
-        if domain.get("row_condition") is not None:
-            return None
-        used = [domain["column"]] if domain.get("column") else list(domain.get("column_list") or [])
-        if any(c not in set(columns) for c in used):
-            return None  # GE's engine says which column is missing, without a Spark job
-        base, suffix = (name.rsplit(".", 1) + [""])[:2]
-        suffix = f".{suffix}"
-        if name == _TABLE_COLUMNS:
-            metrics[config.id] = _Metric(constant=list(columns), is_constant=True)
-        elif name == _TABLE_ROW_COUNT:
-            metrics[config.id] = _Metric(aggregate=F.count(F.lit(1)))
-        elif base in _ROW_METRICS and suffix == _UNEXPECTED_COUNT:
-            unexpected = _row_unexpected(base, domain["column"], value_kwargs)
-            metrics[config.id] = _Metric(aggregate=F.count(F.when(unexpected, 1)))
-        elif base in _ROW_METRICS and suffix == _UNEXPECTED_VALUES:
-            unexpected = _row_unexpected(base, domain["column"], value_kwargs)
-            column = domain["column"]
-            metrics[config.id] = _Metric(
-                examples=lambda df, u=unexpected, c=column: df.filter(u).select(_q(c)),
-                count_id=counts.get(f"{base}{_UNEXPECTED_COUNT}"),
-                limit=_examples_limit(value_kwargs),
-            )
-        elif base in _GROUP_METRICS and suffix == _UNEXPECTED_COUNT:
-            keys, where = _group_domain(base, domain)
-            metrics[config.id] = _Metric(
-                query=f"SELECT coalesce(sum(n), 0) FROM ({_duplicates_sql(keys, where)})"
-            )
-        elif base in _GROUP_METRICS and suffix == _UNEXPECTED_VALUES:
-            keys, where = _group_domain(base, domain)
-            key_list = ", ".join(_q(c) for c in keys)
-            # Rows of duplicated values, as GE's window over the values picks them (fetched on failure).
-            metrics[config.id] = _Metric(
-                examples=(
-                    f"SELECT {key_list} FROM (SELECT {key_list}, count(*) OVER (PARTITION BY {key_list}) "
-                    f"AS n FROM {{{_BATCH}}} WHERE {where}) WHERE n > 1"
-                ),
-                count_id=counts.get(f"{base}{_UNEXPECTED_COUNT}"),
-                as_dicts=base == _COMPOUND_UNIQUE,
-                limit=_examples_limit(value_kwargs),
-            )
-        elif base == _COMPOUND_UNIQUE and suffix == _FILTERED_ROW_COUNT:
-            _, where = _group_domain(base, domain)
-            metrics[config.id] = _Metric(aggregate=F.count(F.when(F.expr(where), 1)))
-        elif name == _ROWS_QUERY_COUNT:
-            metrics[config.id] = _Metric(query=f"SELECT count(*) FROM ({value_kwargs[_ROWS_QUERY]})")
-        elif name == _ROWS_QUERY_TABLE and RESULT_FORMAT != "COMPLETE":
-            # Only the COMPLETE format reports the rows: fetching them would be a second pass for nothing.
-            metrics[config.id] = _Metric(constant=[], is_constant=True)
-        elif name == _ROWS_QUERY_TABLE:
-            metrics[config.id] = _Metric(
-                examples=value_kwargs[_ROWS_QUERY],
-                count_id=configs[_ROWS_QUERY_COUNT].id if _ROWS_QUERY_COUNT in configs else None,
-                as_dicts=True,
-                limit=_MAX_QUERY_ROWS,
-            )
-        else:
-            return None
-        if metrics[config.id].examples is not None and metrics[config.id].count_id is None:
-            return None  # examples without a count to tell when they are needed: not planned
-    return _ExpectationPlan(expectation, [config.id for config in configs.values()], metrics)
+    # Rows of duplicated values, as GE's window over the values picks them (fetched on failure).
+    plan.metrics[plan.examples] = _Metric(
+        examples=(
+            f"SELECT {key_list} FROM (SELECT {key_list}, count(*) OVER (PARTITION BY {key_list}) "
+            f"AS n FROM {{{_BATCH}}} WHERE {where}) WHERE n > 1"
+        ),
+        count_id=plan.unexpected,
+        as_dicts=spec.type == EXPECT_COMPOUND_UNIQUE,
+    )
+    if spec.type == EXPECT_VALUES_UNIQUE:
+        plan.nulls = ("nulls", kwargs["column"])
+        plan.metrics[plan.nulls] = _Metric(aggregate=F.count(F.when(F.col(_q(kwargs["column"])).isNull(), 1)))
+    else:
+        plan.filtered = ("filtered", tuple(keys), where)
+        plan.metrics[plan.filtered] = _Metric(aggregate=F.count(F.when(F.expr(where), 1)))
+    return plan
 
 
-def _validate_planned(name: str, frame: DataFrame, plans: list[_ExpectationPlan]) -> list[dict[str, Any]]:
-    """Compute the plans' metrics together, fetch examples where needed, let GE evaluate each."""
-    spark = frame.sparkSession
-    view = f"quality_{uuid.uuid4().hex[:12]}"
-    frame.createOrReplaceTempView(view)
-    try:
-        wanted: dict[Any, _Metric] = {}
-        for plan in plans:
-            wanted.update(plan.metrics)
-        values, errors = _compute_metrics(spark, frame, view, wanted)
-        values.update({metric_id: m.constant for metric_id, m in wanted.items() if m.is_constant})
-        for metric_id, metric in wanted.items():
-            if metric.examples is None or metric.count_id in errors:
-                continue
-            if not values.get(metric.count_id):
-                values[metric_id] = []
-                continue
-            try:
-                values[metric_id] = _fetch_examples(spark, frame, view, metric)
-            except Exception as err:  # examples are a courtesy: the count already decides
-                LOG.warning("%s: could not fetch unexpected examples: %s", name, err)
-                values[metric_id] = []
-    finally:
-        spark.catalog.dropTempView(view)
+def _validate_planned(name: str, frame: DataFrame, plans: list[_Plan]) -> list[dict[str, Any]]:
+    """Compute the plans' metrics together, fetch examples where needed, decide each expectation."""
+    wanted: dict[Hashable, _Metric] = {}
+    for plan in plans:
+        wanted.update(plan.metrics)
+    values: dict[Hashable, Any] = {}
+    errors: dict[Hashable, Exception] = {}
+    if wanted:
+        spark = frame.sparkSession
+        view = f"quality_{uuid.uuid4().hex[:12]}"
+        frame.createOrReplaceTempView(view)
+        try:
+            values, errors = _compute_metrics(spark, frame, view, wanted)
+            for metric_id, metric in wanted.items():
+                if metric.examples is None or metric.count_id in errors:
+                    continue
+                if not values.get(metric.count_id):
+                    values[metric_id] = []
+                    continue
+                try:
+                    values[metric_id] = _fetch_examples(spark, frame, view, metric)
+                except Exception as err:  # examples are a courtesy: the count already decides
+                    LOG.warning("%s: could not fetch unexpected examples: %s", name, err)
+                    values[metric_id] = []
+        finally:
+            spark.catalog.dropTempView(view)
 
     checks = []
     for plan in plans:
-        failed = next((errors[m] for m in plan.metric_ids if m in errors), None)
+        failed = next((errors[m] for m in plan.metrics if m in errors), None)
         if failed is not None:
-            checks.append(_unevaluated(plan.expectation, failed, keep_severity=True))
-            continue
-        try:
-            result = plan.expectation.metrics_validate(
-                metrics={m: values[m] for m in plan.metric_ids},
-                runtime_configuration={"result_format": RESULT_FORMAT},
+            checks.append(_unevaluated(plan.spec, failed, keep_severity=True))
+        elif plan.missing:
+            checks.append(
+                _check(
+                    plan.spec,
+                    False,
+                    exception=f'Error: The column "{plan.missing}" in BatchData does not exist.',
+                )
             )
-            checks.append(_check_result(result))
-        except Exception as err:  # an expectation GE cannot evaluate on its metrics counts as failed
-            LOG.exception("%s: %s could not be evaluated", name, type(plan.expectation).__name__)
-            checks.append(_unevaluated(plan.expectation, err, keep_severity=True))
+        else:
+            checks.append(_decide(plan, values, frame.columns))
     return checks
+
+
+def _mostly_success(considered: int, unexpected: int, mostly: float) -> bool:
+    return (float(considered) - float(unexpected)) / float(considered) >= mostly
+
+
+def _decide(plan: _Plan, values: Mapping[Hashable, Any], columns: Sequence[str]) -> dict[str, Any]:
+    """great-expectations' verdict and BASIC result for one expectation, from its metrics.
+
+    The rules are GE's ``_validate`` of each expectation class: a column map expectation looks at the
+    non-null values (``mostly`` of them must be expected; no rows or no non-null values pass), not-null
+    at every row, a compound one at the rows ``ignore_row_if`` keeps; the unexpected percentage is over
+    the rows looked at.
+    """
+    spec, kwargs = plan.spec, plan.spec.kwargs
+    if spec.type == EXPECT_COLUMN_TO_EXIST:
+        return _check(spec, kwargs["column"] in columns)
+    total = int(values[plan.total])
+    if spec.type == EXPECT_TABLE_ROW_COUNT_BETWEEN:
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        above = low is None or (total > low if kwargs.get("strict_min") else total >= low)
+        below = high is None or (total < high if kwargs.get("strict_max") else total <= high)
+        return _check(spec, above and below, observed_value=total)
+    unexpected = int(values[plan.unexpected])
+    if spec.type == UNEXPECTED_ROWS:
+        return _check(spec, unexpected == 0, observed_value=unexpected)
+    if spec.type == EXPECT_VALUES_NOT_NULL:
+        considered = total
+    elif plan.nulls is not None:
+        considered = total - int(values[plan.nulls])
+    else:
+        considered = int(values[plan.filtered])
+    mostly = kwargs.get("mostly", 1.0)
+    success = total == 0 or considered == 0 or _mostly_success(considered, unexpected, mostly)
+    return _check(
+        spec,
+        success,
+        element_count=total,
+        unexpected_count=unexpected,
+        unexpected_percent=unexpected / considered * 100 if total > 0 and considered > 0 else None,
+        unexpected_examples=values.get(plan.examples) or [],
+    )
 
 
 def _compute_metrics(
@@ -392,24 +498,6 @@ def _fetch_examples(spark: Any, frame: DataFrame, view: str, metric: _Metric) ->
     return [row[0] for row in rows]
 
 
-def ephemeral_context() -> Any:
-    """An in-memory GX context: no files, no analytics calls, no progress bars."""
-    import great_expectations as gx
-    from great_expectations.data_context.types.base import (
-        DataContextConfig,
-        InMemoryStoreBackendDefaults,
-        ProgressBarsConfig,
-    )
-
-    config = DataContextConfig(
-        store_backend_defaults=InMemoryStoreBackendDefaults(),
-        analytics_enabled=False,
-        progress_bars=ProgressBarsConfig(globally=False, metric_calculations=False),
-    )
-    return gx.get_context(mode="ephemeral", project_config=config)
-
-
-
 def _key(config: Any) -> str:
     kwargs = {k: v for k, v in config.kwargs.items() if k != "batch_id"}
     return f"{config.type}|{sorted(kwargs.items(), key=lambda kv: kv[0])!r}"
@@ -429,7 +517,6 @@ def _check_result(result: Any) -> dict[str, Any]:
     raised_exception = bool(info.get("raised_exception"))
     message = (info.get("exception_message") or "could not be evaluated") if raised_exception else None
     return {
-        "_key": _key(config),
         "expectation": config.type,
         "kwargs": jsonable({k: v for k, v in config.kwargs.items() if k != "batch_id"}),
         "description": config.description,
@@ -444,32 +531,45 @@ def _check_result(result: Any) -> dict[str, Any]:
     }
 
 
-def _unevaluated(expectation: Any, err: Exception, *, keep_severity: bool = False) -> dict[str, Any]:
+def _check(
+    spec: ExpectationSpec,
+    success: bool,
+    *,
+    observed_value: Any = None,
+    element_count: int | None = None,
+    unexpected_count: int | None = None,
+    unexpected_percent: float | None = None,
+    unexpected_examples: Sequence[Any] = (),
+    exception: str | None = None,
+) -> dict[str, Any]:
+    """One expectation's result, as the quality JSON lists it (the fields of GE's BASIC result)."""
+    return {
+        "expectation": spec.type,
+        "kwargs": jsonable(dict(spec.kwargs)),
+        "description": spec.description,
+        "severity": spec.severity,
+        "success": success,
+        "observed_value": jsonable(observed_value),
+        "element_count": element_count,
+        "unexpected_count": unexpected_count,
+        "unexpected_percent": jsonable(unexpected_percent),
+        "unexpected_examples": jsonable(list(unexpected_examples)[:MAX_EXAMPLES]),
+        "exception": exception,
+    }
+
+
+def _unevaluated(spec: ExpectationSpec, err: Exception, *, keep_severity: bool = False) -> dict[str, Any]:
     """A failed result for an expectation that could not be evaluated.
 
     A whole suite that could not run is critical whatever it would have checked; one expectation
     whose own metric failed keeps its severity (as great-expectations' engine reports it).
     """
-    config = expectation.configuration
-    severity = _severity(config) if keep_severity else CRITICAL
     # A Spark failure's text carries the JVM stack trace: its first line says what went wrong.
     message = f"{type(err).__name__}: {err}"
     if keep_severity:
         message = " ".join(str(err).split("\n\tat ")[0].split())[:MAX_ERROR_CHARS]
-    return {
-        "_key": _key(config),
-        "expectation": config.type,
-        "kwargs": jsonable({k: v for k, v in config.kwargs.items() if k != "batch_id"}),
-        "description": config.description,
-        "severity": severity,
-        "success": False,
-        "observed_value": None,
-        "element_count": None,
-        "unexpected_count": None,
-        "unexpected_percent": None,
-        "unexpected_examples": [],
-        "exception": message,
-    }
+    check = _check(spec, False, exception=message)
+    return check if keep_severity else {**check, "severity": CRITICAL}
 
 
 def jsonable(value: Any) -> Any:
