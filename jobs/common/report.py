@@ -64,7 +64,7 @@ def check_funnel(stage: str, funnel: Funnel) -> None:
 
 def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: str = "json") -> str:
     """``<reports root>/<stage>/dt=<run date>.<suffix>`` (quality results use ``quality.json``)."""
-    return storage.join(reports_root, stage, f"dt={run_date}.{suffix}")
+    return storage.partition_file_uri(reports_root, stage, run_date, suffix)
 
 
 def write_report(

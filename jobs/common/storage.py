@@ -324,10 +324,20 @@ def write_json(uri: str, obj: Any) -> None:
 # ------------------------------------------------------------------------------------------ layout
 
 
+def partition_name(run_date: dt.date | str) -> str:
+    """``dt=<run date>``: the name of one run date's partition folder."""
+    return f"{PARTITION_KEY}={run_date}"
+
+
 def partition_uri(root: str, dataset: str, run_date: dt.date | str) -> str:
     """``<root>/<dataset>/dt=<run date>``: one run date's partition of a dataset (``dataset`` may be a
     path such as ``rejects/embed``)."""
-    return join(root, dataset, f"{PARTITION_KEY}={run_date}")
+    return join(root, dataset, partition_name(run_date))
+
+
+def partition_file_uri(root: str, dataset: str, run_date: dt.date | str, suffix: str) -> str:
+    """``<root>/<dataset>/dt=<run date>.<suffix>``: one run date's file of a dataset (run reports)."""
+    return join(root, dataset, f"{partition_name(run_date)}.{suffix}")
 
 
 def new_run_id() -> str:
