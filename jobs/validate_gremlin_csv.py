@@ -55,7 +55,7 @@ from typing import IO, Any
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
-from schemas import gremlin as G
+from schemas import gremlin
 
 LOG = logging.getLogger("stylegraph.validate")
 
@@ -83,13 +83,13 @@ _PROPERTY_HEADER = re.compile(
     r"(?::(?P<type>[A-Za-z]+)(?P<card1>\((?:single|set)\))?(?P<array>\[\])?(?P<card2>\((?:single|set)\))?)?$"
 )
 _INT_RANGES = {
-    G.TYPE_BYTE: (-(2**7), 2**7 - 1),
-    G.TYPE_SHORT: (-(2**15), 2**15 - 1),
-    G.TYPE_INT: (-(2**31), 2**31 - 1),
-    G.TYPE_LONG: (-(2**63), 2**63 - 1),
+    gremlin.TYPE_BYTE: (-(2**7), 2**7 - 1),
+    gremlin.TYPE_SHORT: (-(2**15), 2**15 - 1),
+    gremlin.TYPE_INT: (-(2**31), 2**31 - 1),
+    gremlin.TYPE_LONG: (-(2**63), 2**63 - 1),
 }
 FLOAT_MAX = 3.4028234663852886e38
-_TYPES_BY_LOWER = {name.lower(): name for name in G.PROPERTY_TYPES} | G.TYPE_ALIASES
+_TYPES_BY_LOWER = {name.lower(): name for name in gremlin.PROPERTY_TYPES} | gremlin.TYPE_ALIASES
 
 
 @dataclass(frozen=True)
@@ -112,7 +112,7 @@ class Column:
 
     header: str
     name: str
-    type_name: str = G.TYPE_STRING
+    type_name: str = gremlin.TYPE_STRING
     is_array: bool = False
     cardinality: str | None = None
     is_system: bool = False
@@ -178,17 +178,17 @@ def open_binary(uri: str) -> IO[bytes]:
 
 def compression_of(name: str) -> str:
     if name.endswith(".gz"):
-        return G.COMPRESSION_GZIP
+        return gremlin.COMPRESSION_GZIP
     if name.endswith(".bz2"):
-        return G.COMPRESSION_BZIP2
-    return G.COMPRESSION_NONE
+        return gremlin.COMPRESSION_BZIP2
+    return gremlin.COMPRESSION_NONE
 
 
 # ----------------------------------------------------------------------------------------------- header
 def parse_header(cells: list[str], kind: str, report: Callable[[str, str], None]) -> list[Column] | None:
     """Parse and check a header; report each problem; None when the file cannot be checked further."""
-    allowed = G.VERTEX_SYSTEM_COLUMNS if kind == VERTEX else G.EDGE_SYSTEM_COLUMNS
-    required = G.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else G.EDGE_REQUIRED_COLUMNS
+    allowed = gremlin.VERTEX_SYSTEM_COLUMNS if kind == VERTEX else gremlin.EDGE_SYSTEM_COLUMNS
+    required = gremlin.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else gremlin.EDGE_REQUIRED_COLUMNS
     columns: list[Column] = []
     seen: set[str] = set()
     usable = True
@@ -242,17 +242,19 @@ def _parse_property(cell: str, kind: str, report: Callable[[str, str], None]) ->
         return Column(header=cell, name=name)
     type_name = _TYPES_BY_LOWER.get(type_raw.lower())
     if type_name is None:
-        report("header_syntax", f"column {cell!r}: unknown type {type_raw!r} (one of {G.PROPERTY_TYPES})")
+        report(
+            "header_syntax", f"column {cell!r}: unknown type {type_raw!r} (one of {gremlin.PROPERTY_TYPES})"
+        )
         return None
     if match.group("card1") and match.group("card2"):
         report("header_syntax", f"column {cell!r}: cardinality given twice")
         return None
     cardinality = (match.group("card1") or match.group("card2") or "").strip("()") or None
     is_array = match.group("array") is not None
-    if kind == EDGE and (is_array or cardinality == G.CARDINALITY_SET):
+    if kind == EDGE and (is_array or cardinality == gremlin.CARDINALITY_SET):
         report("edge_cardinality", f"column {cell!r}: edge properties hold one value (no array, no set)")
         return None
-    if is_array and cardinality == G.CARDINALITY_SINGLE:
+    if is_array and cardinality == gremlin.CARDINALITY_SINGLE:
         report("header_syntax", f"column {cell!r}: an array type cannot have single cardinality")
         return None
     return Column(header=cell, name=name, type_name=type_name, is_array=is_array, cardinality=cardinality)
@@ -261,9 +263,9 @@ def _parse_property(cell: str, kind: str, report: Callable[[str, str], None]) ->
 # ------------------------------------------------------------------------------------------------ values
 def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[str, str] | None:
     """``(rule, reason)`` when a non-blank value does not parse as ``type_name``, else None."""
-    if type_name == G.TYPE_STRING:
+    if type_name == gremlin.TYPE_STRING:
         return None
-    if type_name == G.TYPE_BOOL:
+    if type_name == gremlin.TYPE_BOOL:
         return (
             None if value.lower() in ("true", "false") else ("type", f"{value!r} is not a Bool (true/false)")
         )
@@ -273,19 +275,19 @@ def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[s
             return ("type", f"{value!r} is not an integer ({type_name})")
         integer = int(value)
         return None if low <= integer <= high else ("type", f"{value} is out of range for {type_name}")
-    if type_name in (G.TYPE_FLOAT, G.TYPE_DOUBLE):
+    if type_name in (gremlin.TYPE_FLOAT, gremlin.TYPE_DOUBLE):
         if _NON_FINITE.match(value):
             return None if allow_non_finite else ("non_finite", f"{value!r} is not a finite {type_name}")
         if not _DECIMAL.match(value):
             return ("type", f"{value!r} is not a {type_name}")
         number = float(value)
-        limit = FLOAT_MAX if type_name == G.TYPE_FLOAT else sys.float_info.max
+        limit = FLOAT_MAX if type_name == gremlin.TYPE_FLOAT else sys.float_info.max
         return (
             None
             if math.isfinite(number) and abs(number) <= limit
             else ("type", f"{value} overflows {type_name}")
         )
-    if type_name in (G.TYPE_DATE, G.TYPE_DATETIME):
+    if type_name in (gremlin.TYPE_DATE, gremlin.TYPE_DATETIME):
         if _DATE.match(value):
             try:
                 dt.datetime.fromisoformat(value)
@@ -395,20 +397,20 @@ def validate_file(
     compression = compression_of(name)
     with open_binary(uri) as raw:
         magic = raw.peek(3)[:3] if hasattr(raw, "peek") else b""
-        if compression == G.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
+        if compression == gremlin.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
             result.add(uri, None, "compression", "named .gz but not gzip data")
             return
-        if compression == G.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
+        if compression == gremlin.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
             result.add(uri, None, "compression", "named .bz2 but not bzip2 data")
             return
-        if compression == G.COMPRESSION_NONE and (
+        if compression == gremlin.COMPRESSION_NONE and (
             magic.startswith(GZIP_MAGIC) or magic.startswith(BZIP2_MAGIC)
         ):
             result.add(uri, None, "compression", "compressed data in a file without a .gz/.bz2 suffix")
             return
-        if compression == G.COMPRESSION_GZIP:
+        if compression == gremlin.COMPRESSION_GZIP:
             stream: Iterable[bytes] = gzip.GzipFile(fileobj=raw)
-        elif compression == G.COMPRESSION_BZIP2:
+        elif compression == gremlin.COMPRESSION_BZIP2:
             stream = bz2.BZ2File(raw)
         else:
             stream = raw
@@ -455,22 +457,23 @@ def _validate_stream(
         return
     width = len(columns)
     index_of = {column.name: position for position, column in enumerate(columns) if column.is_system}
-    id_index = index_of[G.ID]
+    id_index = index_of[gremlin.ID]
     required = [
-        index_of[name] for name in (G.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else G.EDGE_REQUIRED_COLUMNS)
+        index_of[name]
+        for name in (gremlin.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else gremlin.EDGE_REQUIRED_COLUMNS)
     ]
-    from_index, to_index = index_of.get(G.FROM), index_of.get(G.TO)
+    from_index, to_index = index_of.get(gremlin.FROM), index_of.get(gremlin.TO)
     typed = [
         (position, column)
         for position, column in enumerate(columns)
-        if not column.is_system and (column.type_name != G.TYPE_STRING or column.is_array)
+        if not column.is_system and (column.type_name != gremlin.TYPE_STRING or column.is_array)
     ]
     strings = [
         position
         for position, column in enumerate(columns)
-        if not column.is_system and column.type_name == G.TYPE_STRING
+        if not column.is_system and column.type_name == gremlin.TYPE_STRING
     ]
-    big = G.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
+    big = gremlin.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
 
     for line, record in records:
         result.records[kind] += 1
@@ -498,7 +501,7 @@ def _validate_stream(
                     break
         for position in strings:
             value = fields[position]
-            if len(value) > big and len(value.encode("utf-8")) > G.MAX_VALUE_BYTES:
+            if len(value) > big and len(value.encode("utf-8")) > gremlin.MAX_VALUE_BYTES:
                 report_line(line, "value_too_large", f"{columns[position].header}: over 55 MB")
         element_id = fields[id_index]
         if element_id != "":
