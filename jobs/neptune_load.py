@@ -543,6 +543,30 @@ def prefix(source: str, folder: str) -> str:
     return storage.join(source, folder) + "/"
 
 
+def refuse_rollback(source: str, ref: gm.ExportRef, loaded: gm.ExportRef) -> None:
+    """A backfill of an older day must not roll the graph back: the night applies removals too."""
+    if ref.run_date < loaded.run_date:
+        raise JobError(
+            f"--source {source} is the export of {ref.run_date}, older than the one the graph holds "
+            f"({loaded.run_date}, {loaded.export}): refusing to roll the graph back (--full loads it anyway)"
+        )
+
+
+def dry_run_requests(plan: NightPlan, settings: LoadSettings) -> dict[str, Any]:
+    """The plan and the loader requests a night would send (a dry run prints them)."""
+    return {
+        "plan": plan.as_dict(),
+        "vertices": loader_request(plan.vertices_source, settings) if plan.vertices_source else None,
+        "edges": loader_request(
+            plan.edges_source,
+            settings,
+            dependencies=[PLACEHOLDER_VERTEX_LOAD_ID] if plan.vertices_source else [],
+        )
+        if plan.edges_source
+        else None,
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Make the graph equal the export; returns the plan, the loads, the changes and the counts."""
     args = parse_args(argv)
@@ -565,12 +589,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loaded_uri = args.loaded_marker or gm.loaded_marker_uri(source)
     loading_uri = gm.loading_marker_uri(loaded_uri)
     loaded = gm.read_marker(loaded_uri)
-    if loaded is not None and ref.run_date < loaded.run_date and not args.full:
-        # A backfill of an older day must not roll the graph back: the night applies removals too.
-        raise JobError(
-            f"--source {source} is the export of {ref.run_date}, older than the one the graph holds "
-            f"({loaded.run_date}, {loaded.export}): refusing to roll the graph back (--full loads it anyway)"
-        )
+    if loaded is not None and not args.full:
+        refuse_rollback(source, ref, loaded)
     plan = plan_night(
         version, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
     )
@@ -582,18 +602,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail_on_error=args.fail_on_error,
     )
     if args.dry_run:
-        requests = {
-            "endpoint": args.endpoint,
-            "plan": plan.as_dict(),
-            "vertices": loader_request(plan.vertices_source, settings) if plan.vertices_source else None,
-            "edges": loader_request(
-                plan.edges_source,
-                settings,
-                dependencies=[PLACEHOLDER_VERTEX_LOAD_ID] if plan.vertices_source else [],
-            )
-            if plan.edges_source
-            else None,
-        }
+        requests = {"endpoint": args.endpoint, **dry_run_requests(plan, settings)}
         sys.stdout.write(json.dumps(requests, indent=2) + "\n")  # the CLI's output, not a log line
         return {"dry_run": True, **requests}
     LOG.info(
@@ -605,15 +614,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     client = make_client(args.endpoint, args.region, max_attempts=args.max_attempts)
     # The data API's retries are DataApi's own (ThrottlingException is an HTTP 500 there), so botocore
     # makes one attempt per request.
-    api = nd.DataApi(
-        make_client(args.endpoint, args.region, max_attempts=1),
-        nd.Pacing(
-            rate=args.rate,
-            max_retries=args.max_retries,
-            backoff_initial_s=args.backoff_initial,
-            backoff_max_s=args.backoff_max,
-        ),
+    pacing = nd.Pacing(
+        rate=args.rate,
+        max_retries=args.max_retries,
+        backoff_initial_s=args.backoff_initial,
+        backoff_max_s=args.backoff_max,
     )
+    api = nd.DataApi(make_client(args.endpoint, args.region, max_attempts=1), pacing)
     loads: dict[str, Any] = {"vertices": None, "edges": None}
     changes: dict[str, int] = {}
     if not plan.is_loaded:
