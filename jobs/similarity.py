@@ -4,7 +4,8 @@
         (--top-k 10 | --all-pairs [--min-score S | --max-distance D]) [--metric cosine|dot|l2|exp_l1] \
         [--directed] [--block-size 2048] [--device auto|cpu|cuda]
 
-Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
+Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``), or any Parquet with ``sku`` and
+``embedding`` (a list of float or double; without ``status`` every row counts as "ok"). Writes
 ``<output>/similarity/dt=<D>/`` (Parquet, ``schemas.similarity``), the rejected rows to
 ``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
 
