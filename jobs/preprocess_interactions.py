@@ -362,8 +362,11 @@ def stage_train_and_test(
     return _output_counts(run, split_df, ranks_df, spec.test_negatives)
 
 
-def check_staged(counts: dict[str, int]) -> None:
-    """The train and test sets are not both empty (the run's publish checks every folder is staged)."""
+def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
+    """The "staged and checked -> publish" gate: every folder is there and the sets are not both empty."""
+    for name, uri in staged.items():
+        if not storage.exists(uri):
+            raise RuntimeError(f"staged {name} missing at {uri}")
     if counts["train_rows"] + counts["test_rows"] == 0:
         raise RuntimeError("staged train and test sets are both empty")
 
@@ -432,7 +435,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         run.lap("rejects")
         positives = to_positives(run, parsed, spec)
         counts = stage_train_and_test(spark, run, spec, positives)
-        check_staged(counts)
+        check_staged({name: run.staged(name) for name in DATASETS}, counts)
         funnel = to_funnel(parsed, positives)
         check_funnel(STAGE, funnel)
         run.lap("counts")
