@@ -106,7 +106,6 @@ class StagedRun:
         self._run_folder: str | None = None
         self._on_exit: list[Callable[[], Any]] = []
 
-    # ----------------------------------------------------------------------------------- before staging
 
     def check_output(self, inputs: Mapping[str, str | None] = {}) -> None:  # noqa: B006 - read only
         """Refuse an output this run must not write (:func:`outputs.check_output`): before any write."""
@@ -118,7 +117,6 @@ class StagedRun:
             report_dir=self.spec.reports_root,
         )
 
-    # ------------------------------------------------------------------------------------------ staging
 
     def __enter__(self) -> StagedRun:
         """Clean what dead runs of the stage left and create this run's staging folder."""
@@ -167,7 +165,6 @@ class StagedRun:
         """End a phase of the run's clock (logged, and written to the report)."""
         self.clock.lap(phase)
 
-    # ------------------------------------------------------------------------------- gate and publish
 
     def gate(
         self, frames: Mapping[str, DataFrame], context: Mapping[str, Any], *, cache_frames: bool = True
@@ -202,7 +199,6 @@ class StagedRun:
                 storage.publish(staged[name], final)
         self.lap("publish")
 
-    # ------------------------------------------------------------------------------------------- report
 
     def report(self, funnel: Funnel, details: Mapping[str, Any]) -> dict[str, Any]:
         """Check the funnel and write the run report, with the phase clock's seconds."""
