@@ -77,7 +77,6 @@ def test_a_failed_run_releases_what_it_holds_and_removes_its_staging(tmp_path: P
         stage_file(run, "embeddings", "half")
         raise ValueError("boom")
     assert released == ["second", "first"]
-    assert not (tmp_path / "style" / "_staging").exists()
-    assert not (tmp_path / "style" / "embeddings").exists()
+    assert not (tmp_path / "style").exists()  # a run that published nothing leaves no folder
     with pytest.raises(RuntimeError, match="inside `with run:` only"):
         run.staged("embeddings")

@@ -104,6 +104,7 @@ class StagedRun:
                 for name in datasets
             }
         self._run_folder: str | None = None
+        self._is_new_root = False
         self._on_exit: list[Callable[[], Any]] = []
 
 
@@ -120,6 +121,7 @@ class StagedRun:
 
     def __enter__(self) -> StagedRun:
         """Clean what dead runs of the stage left and create this run's staging folder."""
+        self._is_new_root = not storage.exists(self._staging_root)
         _, self._run_folder = storage.start_staging(self._staging_root, self.spec.stage)
         return self
 
@@ -139,6 +141,8 @@ class StagedRun:
         if self._run_folder is not None:
             storage.finish_staging(self._run_folder)
             self._run_folder = None
+            if self._is_new_root and not storage.all_files(self._staging_root):
+                storage.remove(self._staging_root)  # a run that published nothing leaves no folder
 
     @property
     def staging(self) -> str:
