@@ -283,7 +283,7 @@ def run(
                 "duckdb_us_per_event": round(1e6 * duck_s / lines, 2),
                 "spark_counts": {k: report[k] for k in COMPARED_COUNTS},
                 "duckdb_counts": {k: duck[k] for k in COMPARED_COUNTS},
-                "spark_phase_seconds": report.get("phase_seconds", {}),
+                "spark_phase_seconds": report.get("seconds_by_phase", {}),
                 "load_average_1_5_15": [round(x, 1) for x in os.getloadavg()],
                 "machine": f"{os.cpu_count()} cores, {platform.machine()}, shared with other work",
             }

@@ -24,6 +24,7 @@ or a previous partition that is missing, unreadable or differently configured, e
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import importlib.metadata
 import json
 import logging
@@ -35,23 +36,18 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import outputs, storage
+from jobs.common import storage
 from jobs.common.catalog import check_catalog_header
-from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
-from jobs.common.quality import (
-    EMBEDDING_DIM,
-    EMBEDDINGS,
-    ROWS_IN,
-    ROWS_REJECTED,
-    add_quality_args,
-    run_gate,
-    thresholds_from_args,
-)
-from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
+from jobs.common.cli import JobError, job_parser, positive_int
+from jobs.common.cli import run as run_job
+from jobs.common.quality import EMBEDDING_DIM, EMBEDDINGS, ROWS_IN, ROWS_REJECTED, add_quality_args
+from jobs.common.report import Funnel, check_funnel
+from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
@@ -60,9 +56,9 @@ from jobs.transforms.embed_reuse import (
     select_reusable,
     select_reused,
 )
-from schemas import catalog as C
-from schemas import embeddings as E
-from udfs import image_models as M
+from schemas import catalog as catalog_schema
+from schemas import embeddings as embeddings_schema
+from udfs import image_models
 from udfs.embed_images import EmbedConfig, make_embed_udf, make_hash_udf
 
 LOG = logging.getLogger("stylegraph.embed_images")
@@ -70,7 +66,7 @@ LOG = logging.getLogger("stylegraph.embed_images")
 JOB_NAME = "embed_images"
 STAGE = "embed"
 EMBEDDINGS_DIR = "embeddings"
-REJECTS_DIR = ("rejects", "embed")
+REJECTS_DIR = "rejects/embed"
 DEFAULT_BATCH_SIZE = 16
 
 # Files the images-root listing treats as product images (case-insensitive).
@@ -107,7 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--images-root", required=True, help="folder the catalog's image_path is relative to")
     parser.add_argument("--output", required=True, help="output root; writes embeddings/dt=<run date>/")
-    parser.add_argument("--model", default=M.DEFAULT_MODEL, help=f"one of {', '.join(M.MODEL_FEATURE_DIMS)}")
+    parser.add_argument(
+        "--model",
+        default=image_models.DEFAULT_MODEL,
+        help=f"one of {', '.join(image_models.MODEL_FEATURE_DIMS)}",
+    )
     parser.add_argument(
         "--weights", default="random:0", help="state_dict path or s3:// URI, 'imagenet', or random:SEED"
     )
@@ -115,10 +115,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--head", default=None, help="state_dict of a linear projection applied after pooling"
     )
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
-    parser.add_argument("--device", choices=M.DEVICE_CHOICES, default=M.DEVICE_AUTO)
+    parser.add_argument("--device", choices=image_models.DEVICE_CHOICES, default=image_models.DEVICE_AUTO)
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the output vectors")
     parser.add_argument(
-        "--max-image-pixels", type=positive_int, default=M.DEFAULT_MAX_IMAGE_PIXELS,
+        "--max-image-pixels", type=positive_int, default=image_models.DEFAULT_MAX_IMAGE_PIXELS,
         help="larger images are rejected as decompression bombs",
     )
     parser.add_argument(
@@ -131,42 +131,77 @@ def build_parser() -> argparse.ArgumentParser:
 # ------------------------------------------------------------------------------------- driver checks
 
 
-def resolve_model(args: argparse.Namespace) -> tuple[EmbedConfig, dict[str, Any]]:
+@dataclass(frozen=True)
+class EmbedSpec:
+    """What an embedding run reads and how it embeds (the parsed flags)."""
+
+    catalog: str | None
+    images_root: str
+    model: str
+    weights: str
+    head: str | None
+    batch_size: int
+    device: str
+    is_normalized: bool
+    max_image_pixels: int
+    is_full: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> EmbedSpec:
+        return cls(
+            catalog=args.catalog,
+            images_root=args.images_root,
+            model=args.model,
+            weights=args.weights,
+            head=args.head,
+            batch_size=args.batch_size,
+            device=args.device,
+            is_normalized=args.normalize,
+            max_image_pixels=args.max_image_pixels,
+            is_full=args.full,
+        )
+
+    @property
+    def input_kind(self) -> str:
+        return INPUT_CATALOG if self.catalog else INPUT_LISTING
+
+
+def resolve_model(spec: EmbedSpec) -> tuple[EmbedConfig, dict[str, Any]]:
     """Check model, weights and head on the driver; the worker configuration and report details.
 
     Raises:
         JobError: unknown model, weights missing or not fitting the model, head missing or mismatched.
     """
     try:
-        M.check_model_name(args.model)
-        weights = M.resolve_weights(args.model, args.weights)
+        image_models.check_model_name(spec.model)
+        weights = image_models.resolve_weights(spec.model, spec.weights)
         head_out = head_sha = None
-        if args.head:
-            head = M.load_head(args.head, M.feature_dim(args.model))
-            head_out, head_sha = head.out_features, M.sha256_of_uri(args.head)
-    except M.ModelConfigError as err:
+        if spec.head:
+            head = image_models.load_head(spec.head, image_models.feature_dim(spec.model))
+            head_out, head_sha = head.out_features, image_models.sha256_of_uri(spec.head)
+    except image_models.ModelConfigError as err:
         raise JobError(str(err)) from err
     config = EmbedConfig(
-        model=args.model,
+        model=spec.model,
         weights=weights,
-        images_root=storage.resolve(args.images_root),
-        head_uri=args.head,
-        normalize=args.normalize,
-        device=args.device,
-        batch_size=args.batch_size,
-        max_pixels=args.max_image_pixels,
+        images_root=storage.resolve(spec.images_root),
+        head_uri=spec.head,
+        normalize=spec.is_normalized,
+        device=spec.device,
+        batch_size=spec.batch_size,
+        max_pixels=spec.max_image_pixels,
     )
     details = {
-        "model": M.describe_model(args.model, head_out, args.normalize),
-        "backbone": args.model,
-        "dimensions": head_out or M.feature_dim(args.model),
+        "model": image_models.describe_model(spec.model, head_out, spec.is_normalized),
+        "backbone": spec.model,
+        "dimensions": head_out or image_models.feature_dim(spec.model),
         "weights": weights.describe(),
         "weights_sha256": weights.sha256,
-        "head": args.head,
+        "head": spec.head,
         "head_sha256": head_sha,
-        "normalize": args.normalize,
-        "device": args.device,
-        "batch_size": args.batch_size,
+        "normalize": spec.is_normalized,
+        "device": spec.device,
+        "batch_size": spec.batch_size,
     }
     return config, details
 
@@ -184,7 +219,7 @@ def embed_fingerprint(config: EmbedConfig, details: Mapping[str, Any], spark_con
         "model": details["model"],
         "weights_sha256": details["weights_sha256"],
         "head_sha256": details["head_sha256"],
-        "preprocessing": M.PREPROCESSING,
+        "preprocessing": image_models.PREPROCESSING,
         "max_image_pixels": config.max_pixels,
         "max_image_bytes": config.max_bytes,
         "batch_size": config.batch_size,
@@ -237,7 +272,7 @@ def find_previous(
     if partition is None:
         return PreviousRun(None, False, f"no embeddings partition dated {run_date} or earlier in {dataset}")
     uri = storage.resolve(partition)  # on S3: the partition's current version
-    problem = parquet_problem(uri, [field.name for field in E.EMBEDDING_SCHEMA.fields])
+    problem = parquet_problem(uri, [field.name for field in embeddings_schema.EMBEDDING_SCHEMA.fields])
     if problem:
         return PreviousRun(None, False, f"previous embeddings {uri} cannot be read: {problem}")
     if is_full:
@@ -257,20 +292,12 @@ def find_previous(
     return PreviousRun(uri, True, f"reusing unchanged images' vectors from {uri}")
 
 
-def final_folders(args: argparse.Namespace) -> dict[str, str]:
-    """The partitions a run publishes: embeddings and rejects of the run date."""
-    return {
-        "embeddings": storage.partition_uri(args.output, EMBEDDINGS_DIR, args.run_date),
-        "rejects": storage.partition_uri(args.output, "/".join(REJECTS_DIR), args.run_date),
-    }
-
-
-def check_inputs(args: argparse.Namespace) -> None:
+def check_inputs(spec: EmbedSpec) -> None:
     """Raise JobError when the catalog or the images root does not exist."""
-    if args.catalog and not storage.exists(args.catalog):
-        raise JobError(f"--catalog {args.catalog}: not found")
-    if not storage.exists(args.images_root):
-        raise JobError(f"--images-root {args.images_root}: not found")
+    if spec.catalog and not storage.exists(spec.catalog):
+        raise JobError(f"--catalog {spec.catalog}: not found")
+    if not storage.exists(spec.images_root):
+        raise JobError(f"--images-root {spec.images_root}: not found")
 
 
 # ------------------------------------------------------------------------------------------- reading
@@ -280,8 +307,8 @@ def read_catalog(spark: SparkSession, catalog_uri: str) -> DataFrame:
     """The catalog CSV with its declared schema, plus its row order (for picking the first duplicate)."""
     check_catalog_header(catalog_uri)
     return (
-        spark.read.schema(C.CATALOG_SCHEMA)
-        .options(**C.CATALOG_CSV_OPTIONS)
+        spark.read.schema(catalog_schema.CATALOG_SCHEMA)
+        .options(**catalog_schema.CATALOG_CSV_OPTIONS)
         .csv(storage.read_path(catalog_uri))
         .withColumn(ORDER_COL, F.monotonically_increasing_id())
     )
@@ -326,15 +353,18 @@ def with_listing_columns(listed_df: DataFrame, root_marker: str) -> DataFrame:
     images_df = (
         listed_df
         .filter(F.lower(F.col(BINARY_FILE_PATH)).rlike(rf"\.({extensions})$"))
-        .withColumn(C.IMAGE_PATH, relative)
-        .withColumn(C.SKU, F.regexp_extract(F.col(C.IMAGE_PATH), r"([^/]*?)(\.[^./]*)?$", 1))
+        .withColumn(catalog_schema.IMAGE_PATH, relative)
+        .withColumn(
+            catalog_schema.SKU, F.regexp_extract(F.col(catalog_schema.IMAGE_PATH), r"([^/]*?)(\.[^./]*)?$", 1)
+        )
     )
     return images_df.select(
         *[
-            F.col(column) if column in (C.SKU, C.IMAGE_PATH) else F.lit(None).cast("string").alias(column)
-            for column in C.CATALOG_COLUMNS
+            F.col(column) if column in (catalog_schema.SKU, catalog_schema.IMAGE_PATH)
+            else F.lit(None).cast("string").alias(column)
+            for column in catalog_schema.CATALOG_COLUMNS
         ],
-        F.col(C.IMAGE_PATH).alias(ORDER_COL),
+        F.col(catalog_schema.IMAGE_PATH).alias(ORDER_COL),
     )
 
 
@@ -343,46 +373,54 @@ def with_listing_columns(listed_df: DataFrame, root_marker: str) -> DataFrame:
 
 def with_reject_reason(catalog_df: DataFrame) -> DataFrame:
     """Add ``reason``: missing_sku (null/blank), duplicate_sku (not the first row of its sku), else null."""
-    first_of_sku = Window.partitionBy(C.SKU).orderBy(ORDER_COL)
-    is_missing_sku = F.col(C.SKU).isNull() | F.col(C.SKU).rlike(r"^\s*$")
+    first_of_sku = Window.partitionBy(catalog_schema.SKU).orderBy(ORDER_COL)
+    is_missing_sku = F.col(catalog_schema.SKU).isNull() | F.col(catalog_schema.SKU).rlike(r"^\s*$")
     return catalog_df.withColumn(
-        E.REJECT_REASON,
-        F.when(is_missing_sku, F.lit(E.REJECT_MISSING_SKU))
-        .when(F.row_number().over(first_of_sku) > 1, F.lit(E.REJECT_DUPLICATE_SKU)),
+        embeddings_schema.REJECT_REASON,
+        F.when(is_missing_sku, F.lit(embeddings_schema.REJECT_MISSING_SKU))
+        .when(F.row_number().over(first_of_sku) > 1, F.lit(embeddings_schema.REJECT_DUPLICATE_SKU)),
     )
 
 
 def select_rejects(checked_df: DataFrame) -> DataFrame:
     """The quarantined catalog rows, as EMBED_REJECT_SCHEMA."""
-    return checked_df.filter(F.col(E.REJECT_REASON).isNotNull()).select(*E.EMBED_REJECT_COLUMNS)
+    return (
+        checked_df.filter(F.col(embeddings_schema.REJECT_REASON).isNotNull())
+        .select(*embeddings_schema.EMBED_REJECT_COLUMNS)
+    )
 
 
 def select_products(checked_df: DataFrame) -> DataFrame:
     """The products to embed: one row per valid sku."""
-    return checked_df.filter(F.col(E.REJECT_REASON).isNull()).select(C.SKU, C.IMAGE_PATH)
+    return (
+        checked_df.filter(F.col(embeddings_schema.REJECT_REASON).isNull())
+        .select(catalog_schema.SKU, catalog_schema.IMAGE_PATH)
+    )
 
 
 def with_embeddings(products_df: DataFrame, embed_udf: Any, model: str, weights_sha256: str) -> DataFrame:
     """Run the embedding UDF on each product's image; the result has EMBEDDING_SCHEMA's columns."""
     return (
         products_df
-        .withColumn(RESULT_COL, embed_udf(F.col(C.IMAGE_PATH)))
+        .withColumn(RESULT_COL, embed_udf(F.col(catalog_schema.IMAGE_PATH)))
         .select(
-            F.col(C.SKU).alias(E.SKU),
-            F.col(C.IMAGE_PATH).alias(E.IMAGE_PATH),
-            F.col(f"{RESULT_COL}.{E.EMBEDDING}").alias(E.EMBEDDING),
-            F.col(f"{RESULT_COL}.{E.STATUS}").alias(E.STATUS),
-            F.col(f"{RESULT_COL}.{E.ERROR}").alias(E.ERROR),
-            F.lit(model).alias(E.MODEL),
-            F.lit(weights_sha256).alias(E.WEIGHTS_SHA256),
-            F.col(f"{RESULT_COL}.{E.CONTENT_SHA256}").alias(E.CONTENT_SHA256),
+            F.col(catalog_schema.SKU).alias(embeddings_schema.SKU),
+            F.col(catalog_schema.IMAGE_PATH).alias(embeddings_schema.IMAGE_PATH),
+            F.col(f"{RESULT_COL}.{embeddings_schema.EMBEDDING}").alias(embeddings_schema.EMBEDDING),
+            F.col(f"{RESULT_COL}.{embeddings_schema.STATUS}").alias(embeddings_schema.STATUS),
+            F.col(f"{RESULT_COL}.{embeddings_schema.ERROR}").alias(embeddings_schema.ERROR),
+            F.lit(model).alias(embeddings_schema.MODEL),
+            F.lit(weights_sha256).alias(embeddings_schema.WEIGHTS_SHA256),
+            F.col(f"{RESULT_COL}.{embeddings_schema.CONTENT_SHA256}").alias(embeddings_schema.CONTENT_SHA256),
         )
     )
 
 
 def with_content_hash(products_df: DataFrame, hash_udf: Any) -> DataFrame:
     """Add ``content_sha256``: the sha256 of each product's image file (null when it cannot be read)."""
-    return products_df.withColumn(E.CONTENT_SHA256, hash_udf(F.col(C.IMAGE_PATH)))
+    return products_df.withColumn(
+        embeddings_schema.CONTENT_SHA256, hash_udf(F.col(catalog_schema.IMAGE_PATH))
+    )
 
 
 def error_reason(error: Any) -> Any:
@@ -423,7 +461,7 @@ def _counts(df: DataFrame, *columns: Any) -> dict[tuple[Any, ...], int]:
 
 def read_embeddings(spark: SparkSession, uri: str) -> DataFrame:
     """An embeddings partition with its declared schema."""
-    return spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(uri))
+    return spark.read.schema(embeddings_schema.EMBEDDING_SCHEMA).parquet(storage.spark_path(uri))
 
 
 @dataclass
@@ -484,7 +522,7 @@ def plan_embeddings(
         .repartition(partitions)
         # Each batch's images in a fixed order (a reduce task receives the map outputs in any order):
         # the same batches on a rerun. The vectors do not depend on it (batches are padded to one size).
-        .sortWithinPartitions(C.SKU)
+        .sortWithinPartitions(catalog_schema.SKU)
         .transform(with_embeddings, make_embed_udf(config, model_images), model, weights_sha256)
     )
     if reused_df is not None:
@@ -492,180 +530,209 @@ def plan_embeddings(
     return EmbedPlan(embeddings_df, partitions, to_embed, hashed_df, hash_seconds)
 
 
-# ---------------------------------------------------------------------------------------------- main
+@dataclass(frozen=True)
+class EmbedOutcome:
+    """What the staged output holds, counted: the funnel and the products' fate."""
+
+    rows_in: int
+    rows_written: int
+    ok: int
+    errors_by_reason: dict[str, int]
+    rejects_by_reason: dict[str, int]
+    reused: int
+    removed: int | None
+
+    @property
+    def products(self) -> int:
+        return self.rows_in - sum(self.rejects_by_reason.values())
+
+    @property
+    def funnel(self) -> Funnel:
+        rejected = {**self.rejects_by_reason, **self.errors_by_reason}
+        return Funnel(rows_in=self.rows_in, rows_out=self.ok, rejected_by_reason=rejected)
+
+    @property
+    def by_fate(self) -> dict[str, int | None]:
+        """reused + embedded + failed = products; removed: previous products no longer in the catalog."""
+        return {
+            "reused": self.reused,
+            "embedded": self.ok - self.reused,
+            "failed": self.rows_written - self.ok,
+            "removed": self.removed,
+        }
+
+
+def read_input(spark: SparkSession, spec: EmbedSpec) -> DataFrame:
+    """The catalog rows, or the images root's listing as catalog rows, each with its reject reason."""
+    input_df = read_catalog(spark, spec.catalog) if spec.catalog else list_images(spark, spec.images_root)
+    return input_df.transform(with_reject_reason)
+
+
+def count_input(checked_df: DataFrame, spec: EmbedSpec) -> int:
+    """The input rows (JobError when there is none)."""
+    rows_in = checked_df.count()
+    LOG.info("%d input rows (%s) read and checked", rows_in, spec.input_kind)
+    if rows_in == 0:
+        where = f"--catalog {spec.catalog}" if spec.catalog else f"--images-root {spec.images_root}"
+        raise JobError(f"no input images: {where} has no products")
+    return rows_in
+
+
+def check_cuda(spark: SparkSession, device: str) -> None:
+    """With ``--device cuda``, refuse to run when the executors have no usable GPU."""
+    if device != image_models.DEVICE_CUDA:
+        return
+    # Asked of one executor task: where GPU resources are configured, every task runs on a GPU executor.
+    task = spark.sparkContext.parallelize([0], 1)
+    reason = task.map(lambda _: image_models.cuda_unavailable_reason()).first()
+    if reason:
+        raise JobError(f"--device cuda: {reason} (on the executors); refusing to embed on CPU")
+
+
+def log_mode(previous: PreviousRun, is_full: bool) -> None:
+    if previous.is_reusable or is_full:
+        LOG.info("%s run: %s", MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, previous.reason)
+    else:
+        LOG.warning("full run (every product is embedded): %s", previous.reason)
+
+
+def stage_outputs(
+    spark: SparkSession, run: StagedRun, checked_df: DataFrame, plan: EmbedPlan, *,
+    fingerprint: dict[str, Any], batch_size: int,
+) -> float:
+    """Write the rejects and the embeddings (with the fingerprint beside them) to staging; returns the
+    seconds the embeddings write took."""
+    checked_df.transform(select_rejects).write.parquet(storage.spark_path(run.staged(REJECTS_DIR)))
+    run.lap("rejects")
+    staged_embeddings = run.staged(EMBEDDINGS_DIR)
+    embed_started = time.time()
+    # One Arrow batch = one model batch: executor memory stays flat whatever the catalog size.
+    with sql_conf(spark, {ARROW_MAX_RECORDS: str(batch_size)}):
+        plan.embeddings_df.write.parquet(storage.spark_path(staged_embeddings))
+    embed_seconds = time.time() - embed_started
+    LOG.info("embeddings staged in %.1fs on %d partitions", embed_seconds, plan.partitions)
+    storage.write_json(storage.join(staged_embeddings, CONFIG_FILE), fingerprint)
+    run.lap("embed")
+    return embed_seconds
+
+
+def count_outputs(
+    spark: SparkSession, run: StagedRun, checked_df: DataFrame, rows_in: int, plan: EmbedPlan,
+    previous: PreviousRun,
+) -> EmbedOutcome:
+    """Count what was staged; the funnel must balance and every product have exactly one row."""
+    written_df = read_embeddings(spark, run.staged(EMBEDDINGS_DIR))
+    by_status = _counts(written_df, embeddings_schema.STATUS, error_reason(F.col(embeddings_schema.ERROR)))
+    rejects_df = spark.read.schema(embeddings_schema.EMBED_REJECT_SCHEMA).parquet(
+        storage.spark_path(run.staged(REJECTS_DIR))
+    )
+    rejects_by_reason = {key[0]: n for key, n in _counts(rejects_df, embeddings_schema.REJECT_REASON).items()}
+    ok = sum(n for (status, _), n in by_status.items() if status == embeddings_schema.STATUS_OK)
+    errors_by_reason = {
+        str(reason): n for (status, reason), n in sorted(by_status.items())
+        if status == embeddings_schema.STATUS_ERROR
+    }
+    outcome = EmbedOutcome(
+        rows_in=rows_in, rows_written=sum(by_status.values()), ok=ok, errors_by_reason=errors_by_reason,
+        rejects_by_reason=rejects_by_reason, reused=0, removed=None,
+    )
+    check_funnel(STAGE, outcome.funnel)
+    if outcome.rows_written != outcome.products:
+        raise RuntimeError(
+            f"{STAGE}: wrote {outcome.rows_written} embedding rows for {outcome.products} products"
+        )
+    removed = None
+    if previous.uri is not None:
+        removed = read_embeddings(spark, previous.uri).transform(
+            filter_removed, checked_df.transform(select_products)
+        ).count()
+    reused = 0 if plan.to_embed is None else outcome.products - plan.to_embed
+    return dataclasses.replace(outcome, reused=reused, removed=removed)
+
+
+def report_details(
+    spec: EmbedSpec, details: dict[str, Any], outcome: EmbedOutcome, plan: EmbedPlan, previous: PreviousRun,
+    *, fingerprint: dict[str, Any], images_through_model: int, embed_seconds: float, finals: dict[str, str],
+) -> dict[str, Any]:
+    """The report's details beside the funnel."""
+    return {
+        **details,
+        "input": spec.input_kind,
+        "catalog": spec.catalog,
+        "images_root": spec.images_root,
+        # Every product has a row in the output: ok rows have an embedding, error rows say why not.
+        "rows_written": outcome.rows_written,
+        "embeddings_ok": outcome.ok,
+        "embeddings_error_by_reason": outcome.errors_by_reason,
+        "catalog_rejects_by_reason": outcome.rejects_by_reason,
+        "partitions": plan.partitions,
+        "mode": MODE_INCREMENTAL if previous.is_reusable else MODE_FULL,
+        "mode_reason": previous.reason,
+        "previous_embeddings": previous.uri,
+        "products": outcome.by_fate,
+        # Counted by the embedding UDF as it calls the model (a retried task counts again).
+        "images_through_model": images_through_model,
+        "config_fingerprint": fingerprint,
+        "hash_seconds": round(plan.hash_seconds, 3),
+        "embed_seconds": round(embed_seconds, 3),
+        "images_per_second": round(outcome.rows_written / embed_seconds, 2) if embed_seconds > 0 else None,
+        "outputs": {"embeddings": finals[EMBEDDINGS_DIR], "rejects": finals[REJECTS_DIR]},
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the embedding job; returns the run report."""
-    started = time.time()
-    clock = PhaseClock(LOG)
     args = build_parser().parse_args(argv)
-    config, details = resolve_model(args)
-    check_inputs(args)
-    outputs.check_output(
-        STAGE,
-        args.output,
-        inputs={"--catalog": args.catalog, "--images-root": args.images_root},
-        replaces=final_folders(args).values(),
-        report_dir=reports_root(args),
-    )
+    spec = EmbedSpec.from_args(args)
+    run = StagedRun(RunSpec.from_args(STAGE, args), [EMBEDDINGS_DIR, REJECTS_DIR], log=LOG)
+    config, details = resolve_model(spec)
+    check_inputs(spec)
+    run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
     spark = get_spark(JOB_NAME)
-    if args.device == M.DEVICE_CUDA:
-        # Asked of one executor task: where GPU resources are configured, every task runs on a GPU executor.
-        reason = spark.sparkContext.parallelize([0], 1).map(lambda _: M.cuda_unavailable_reason()).first()
-        if reason:
-            raise JobError(f"--device cuda: {reason} (on the executors); refusing to embed on CPU")
-    clock.lap("model_check_and_session")
-
-    input_kind = INPUT_CATALOG if args.catalog else INPUT_LISTING
-    input_df = read_catalog(spark, args.catalog) if args.catalog else list_images(spark, args.images_root)
-    checked_df = input_df.transform(with_reject_reason).persist()
-    try:
-        rows_in = checked_df.count()
-        clock.lap("read_catalog")
-        LOG.info("%d input rows (%s) read and checked in %.1fs", rows_in, input_kind, time.time() - started)
-        if rows_in == 0:
-            where = f"--catalog {args.catalog}" if args.catalog else f"--images-root {args.images_root}"
-            raise JobError(f"no input images: {where} has no products")
+    check_cuda(spark, spec.device)
+    run.lap("model_check_and_session")
+    with run:
+        checked_df = run.persist(read_input(spark, spec), StorageLevel.MEMORY_AND_DISK_DESER)
+        rows_in = count_input(checked_df, spec)
+        run.lap("read_catalog")
         fingerprint = embed_fingerprint(config, details, spark.sparkContext.getConf())
-        previous = find_previous(args.output, args.run_date, fingerprint, is_full=args.full)
-        if previous.is_reusable or args.full:
-            LOG.info("%s run: %s", MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, previous.reason)
-        else:
-            LOG.warning("full run (every product is embedded): %s", previous.reason)
-        return _embed_and_publish(
-            spark, args, config, details, checked_df, rows_in, input_kind, started,
-            fingerprint=fingerprint, previous=previous, clock=clock,
+        previous = find_previous(run.spec.output, run.spec.run_date, fingerprint, is_full=spec.is_full)
+        log_mode(previous, spec.is_full)
+        model_images = spark.sparkContext.accumulator(0)
+        plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
+        run.on_exit(plan.release)
+        run.lap("previous_and_hashes")
+        embed_seconds = stage_outputs(
+            spark, run, checked_df, plan, fingerprint=fingerprint, batch_size=spec.batch_size
         )
-    finally:
-        checked_df.unpersist()
-
-
-def _embed_and_publish(
-    spark: SparkSession,
-    args: argparse.Namespace,
-    config: EmbedConfig,
-    details: dict[str, Any],
-    checked_df: DataFrame,
-    rows_in: int,
-    input_kind: str,
-    started: float,
-    *,
-    fingerprint: dict[str, Any],
-    previous: PreviousRun,
-    clock: PhaseClock,
-) -> dict[str, Any]:
-    model_images = spark.sparkContext.accumulator(0)
-    plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
-    clock.lap("previous_and_hashes")
-    embeddings_df, partitions = plan.embeddings_df, plan.partitions
-    _, staged = storage.start_staging(args.output, STAGE)
-    staged_embeddings = storage.join(staged, EMBEDDINGS_DIR)
-    staged_rejects = storage.join(staged, *REJECTS_DIR)
-    final_embeddings, final_rejects = final_folders(args).values()
-    try:
-        checked_df.transform(select_rejects).write.parquet(storage.spark_path(staged_rejects))
-        clock.lap("rejects")
-        embed_started = time.time()
-        # One Arrow batch = one model batch: executor memory stays flat whatever the catalog size.
-        with sql_conf(spark, {ARROW_MAX_RECORDS: str(args.batch_size)}):
-            embeddings_df.write.parquet(storage.spark_path(staged_embeddings))
-        embed_seconds = time.time() - embed_started
-        LOG.info("embeddings staged in %.1fs on %d partitions", embed_seconds, partitions)
-        storage.write_json(storage.join(staged_embeddings, CONFIG_FILE), fingerprint)
-        clock.lap("embed")
-
-        # Staged and checked -> publish.
-        written_df = spark.read.schema(E.EMBEDDING_SCHEMA).parquet(storage.spark_path(staged_embeddings))
-        by_status = _counts(written_df, E.STATUS, error_reason(F.col(E.ERROR)))
-        rejects_df = spark.read.schema(E.EMBED_REJECT_SCHEMA).parquet(storage.spark_path(staged_rejects))
-        rejects_by_reason = {key[0]: n for key, n in _counts(rejects_df, E.REJECT_REASON).items()}
-        rows_written = sum(by_status.values())
-        ok = sum(n for (status, _), n in by_status.items() if status == E.STATUS_OK)
-        errors_by_reason = {
-            str(reason): n for (status, reason), n in sorted(by_status.items()) if status == E.STATUS_ERROR
-        }
-        funnel = Funnel(
-            rows_in=rows_in, rows_out=ok, rejected_by_reason={**rejects_by_reason, **errors_by_reason}
-        )
-        check_funnel(STAGE, funnel)
-        products = rows_in - sum(rejects_by_reason.values())
-        if rows_written != products:
-            raise RuntimeError(f"{STAGE}: wrote {rows_written} embedding rows for {products} products")
-        reused = 0 if plan.to_embed is None else products - plan.to_embed
-        removed = None
-        if previous.uri is not None:
-            removed = read_embeddings(spark, previous.uri).transform(
-                filter_removed, checked_df.transform(select_products)
-            ).count()
-        clock.lap("counts")
-        if ok == 0:
+        outcome = count_outputs(spark, run, checked_df, rows_in, plan, previous)
+        run.lap("counts")
+        if outcome.ok == 0:
             raise JobError(
-                f"no image could be embedded ({rows_written} products, errors by reason {errors_by_reason}): "
-                f"check --images-root {args.images_root}"
+                f"no image could be embedded ({outcome.rows_written} products, errors by reason "
+                f"{outcome.errors_by_reason}): check --images-root {spec.images_root}"
             )
-        run_gate(
-            STAGE,
-            {EMBEDDINGS: written_df},
-            reports_root=reports_root(args),
-            run_date=args.run_date,
-            thresholds=thresholds_from_args(args),
+        run.gate(
+            {EMBEDDINGS: read_embeddings(spark, run.staged(EMBEDDINGS_DIR))},
             context={
                 EMBEDDING_DIM: details["dimensions"],
-                ROWS_IN: funnel.rows_in,
-                ROWS_REJECTED: funnel.rows_rejected,
+                ROWS_IN: outcome.funnel.rows_in,
+                ROWS_REJECTED: outcome.funnel.rows_rejected,
             },
         )
-        clock.lap("quality")
-        outputs.mark_root(STAGE, args.output)
-        storage.publish(staged_embeddings, final_embeddings)
-        storage.publish(staged_rejects, final_rejects)
-        clock.lap("publish")
-    finally:
-        storage.finish_staging(staged)
-        plan.release()
-
-    counts = {"reused": reused, "embedded": ok - reused, "failed": rows_written - ok, "removed": removed}
+        run.lap("quality")
+        run.publish()
     LOG.info(
-        "%s of %d products: %d reused, %d embedded, %d failed (error rows), %s removed since the previous "
-        "run; %d catalog rows quarantined; %d images through the model; write stage %.1fs",
-        MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, products, counts["reused"],
-        counts["embedded"], counts["failed"], "-" if removed is None else removed, rows_in - products,
-        model_images.value, embed_seconds,
+        "%s of %d products: %s; %d catalog rows quarantined; %d images through the model; write stage %.1fs",
+        MODE_INCREMENTAL if previous.is_reusable else MODE_FULL, outcome.products, outcome.by_fate,
+        rows_in - outcome.products, model_images.value, embed_seconds,
     )
-    return write_report(
-        reports_root(args),
-        STAGE,
-        args.run_date,
-        funnel,
-        started_at=started,
-        details={
-            **details,
-            "input": input_kind,
-            "catalog": args.catalog,
-            "images_root": args.images_root,
-            # Every product has a row in the output: ok rows have an embedding, error rows say why not.
-            "rows_written": rows_written,
-            "embeddings_ok": ok,
-            "embeddings_error_by_reason": errors_by_reason,
-            "catalog_rejects_by_reason": rejects_by_reason,
-            "partitions": partitions,
-            "mode": MODE_INCREMENTAL if previous.is_reusable else MODE_FULL,
-            "mode_reason": previous.reason,
-            "previous_embeddings": previous.uri,
-            # reused + embedded + failed = products; removed: previous products no longer in the catalog.
-            "products": counts,
-            # Counted by the embedding UDF as it calls the model (a retried task counts again).
-            "images_through_model": model_images.value,
-            "config_fingerprint": fingerprint,
-            "hash_seconds": round(plan.hash_seconds, 3),
-            "seconds_by_phase": clock.seconds,
-            "embed_seconds": round(embed_seconds, 3),
-            "images_per_second": round(rows_written / embed_seconds, 2) if embed_seconds > 0 else None,
-            "outputs": {"embeddings": final_embeddings, "rejects": final_rejects},
-        },
+    details = report_details(
+        spec, details, outcome, plan, previous, fingerprint=fingerprint,
+        images_through_model=model_images.value, embed_seconds=embed_seconds, finals=run.finals,
     )
+    return run.report(outcome.funnel, details)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(run_job(main))

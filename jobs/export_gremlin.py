@@ -50,9 +50,10 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import graph_marker as gm
-from jobs.common import outputs, storage
+from jobs.common import storage
 from jobs.common.catalog import check_catalog_header
-from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int, reports_root, run
+from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int
+from jobs.common.cli import run as run_job
 from jobs.common.quality import (
     GREMLIN_EDGES,
     GREMLIN_VERTICES,
@@ -60,18 +61,14 @@ from jobs.common.quality import (
     ROWS_IN,
     ROWS_REJECTED,
     add_quality_args,
-    run_gate,
-    thresholds_from_args,
 )
-from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
+from jobs.common.report import Funnel, check_funnel
+from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import get_spark, task_slots
 from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
 from jobs.transforms import gremlin_diff as gd
-from schemas import catalog as C
-from schemas import embeddings as E
-from schemas import gremlin as G
-from schemas import similarity as S
+from schemas import catalog, embeddings, gremlin, similarity
 from udfs import gremlin_arrow as ga
 from udfs import gremlin_edge_files as ef
 
@@ -89,13 +86,14 @@ READ_CHUNK_BYTES = 4 * 1024 * 1024
 DATA_FILE_PATTERN = re.compile(r"^part-[0-9]{5}-.*\.csv(\.gz|\.bz2)?$")
 VERTEX_PREFIX = "vertex."
 EDGE_PREFIX = "edge."
-DROPPED_REASONS = {G.VERTEX_DUPLICATE_IDENTICAL, G.EDGE_DUPLICATE_IDENTICAL}
+DROPPED_REASONS = {gremlin.VERTEX_DUPLICATE_IDENTICAL, gremlin.EDGE_DUPLICATE_IDENTICAL}
 # Suspect duplicate keys above this many are joined without a broadcast.
 MAX_BROADCAST_KEYS = 1_000_000
 # The exact duplicate check holds at most about this many (from, to) keys (8 bytes each, sorted) in one
 # task: the keys are cut into this many-key ranges of the ~from vertex and each range counted apart.
 KEYS_PER_RANGE = 5_000_000
 EMPTY_PARQUET_NAME = "part-00000-empty.parquet"
+VERTEX_REJECT_COLUMNS = [*catalog.CATALOG_COLUMNS, tg.CORRUPT_RECORD, gremlin.REASON]
 # The quality gate reads back every vertex and this many edge rows in all, taken from the head of every
 # edge file (0: every edge row). The job itself has already read every byte of every file (record count,
 # header, NULs, sha256) and balanced the funnel; the gate parses rows with Spark's CSV reader and runs the
@@ -104,9 +102,10 @@ DEFAULT_GATE_EDGE_ROWS = 100_000
 
 
 def label_arg(value: str) -> str:
-    """argparse type: a vertex or edge label matching :data:`G.LABEL_PATTERN` (no ``:``, ``;`` or spaces)."""
-    if not re.match(G.LABEL_PATTERN, value):
-        raise argparse.ArgumentTypeError(f"label must match {G.LABEL_PATTERN}, got {value!r}")
+    """argparse type: a vertex or edge label matching :data:`gremlin.LABEL_PATTERN` (no ``:``, ``;``
+    or spaces)."""
+    if not re.match(gremlin.LABEL_PATTERN, value):
+        raise argparse.ArgumentTypeError(f"label must match {gremlin.LABEL_PATTERN}, got {value!r}")
     return value
 
 
@@ -120,26 +119,26 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--output", required=True, help="export folder URI (vertices/, edges/, manifest.json)"
     )
     parser.add_argument("--embeddings", default=None, help="embeddings Parquet: adds the embedding status")
-    parser.add_argument("--compression", default=G.COMPRESSION_GZIP, choices=G.COMPRESSIONS)
+    parser.add_argument("--compression", default=gremlin.COMPRESSION_GZIP, choices=gremlin.COMPRESSIONS)
     parser.add_argument(
         "--target-file-mb",
         type=positive_int,
         default=DEFAULT_TARGET_FILE_MB,
         help="aim for data files of about this many MB (compressed)",
     )
-    parser.add_argument("--vertex-label", type=label_arg, default=G.DEFAULT_VERTEX_LABEL)
-    parser.add_argument("--edge-label", type=label_arg, default=G.DEFAULT_EDGE_LABEL)
+    parser.add_argument("--vertex-label", type=label_arg, default=gremlin.DEFAULT_VERTEX_LABEL)
+    parser.add_argument("--edge-label", type=label_arg, default=gremlin.DEFAULT_EDGE_LABEL)
     parser.add_argument(
         "--metric",
-        default=S.COSINE,
-        choices=S.METRICS,
+        default=similarity.COSINE,
+        choices=similarity.METRICS,
         help="the similarity metric of the edges (written on every edge)",
     )
     parser.add_argument(
         "--loaded-marker",
         default=None,
         help="the marker naming the export Neptune holds, to diff against "
-        f"(default <output>/../{G.LOADED_MARKER_NAME}; none there: a full load)",
+        f"(default <output>/../{gremlin.LOADED_MARKER_NAME}; none there: a full load)",
     )
     add_quality_args(parser)
     parser.add_argument(
@@ -155,14 +154,51 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+@dataclass(frozen=True)
+class ExportSpec:
+    """What an export reads and how it writes the CSVs (the parsed flags)."""
+
+    output: str
+    run_date: str
+    catalog: str
+    edges: str
+    embeddings: str | None
+    compression: str
+    target_file_mb: int
+    vertex_label: str
+    edge_label: str
+    metric: str
+    loaded_marker: str | None
+    gate_edge_rows: int
+    is_gated: bool
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> ExportSpec:
+        names = [name for name in cls.__dataclass_fields__ if name not in ("run_date", "is_gated")]
+        return cls(
+            **{name: getattr(args, name) for name in names},
+            run_date=str(args.run_date),
+            is_gated=args.quality != MODE_OFF,
+        )
+
+    @property
+    def target_bytes(self) -> int:
+        return self.target_file_mb * 1024 * 1024
+
+    @property
+    def inputs(self) -> dict[str, str | None]:
+        return {"--catalog": self.catalog, "--edges": self.edges, "--embeddings": self.embeddings}
+
+
 # ----------------------------------------------------------------------------------------------- reading
 def read_catalog(spark: SparkSession, uri: str) -> DataFrame:
     """The catalog CSV under its declared schema, with a column that holds malformed lines."""
     check_catalog_header(uri)
-    schema = T.StructType([*C.CATALOG_SCHEMA.fields, T.StructField(tg.CORRUPT_RECORD, T.StringType(), True)])
+    corrupt = T.StructField(tg.CORRUPT_RECORD, T.StringType(), True)
+    schema = T.StructType([*catalog.CATALOG_SCHEMA.fields, corrupt])
     return (
         spark.read.schema(schema)
-        .options(**C.CATALOG_CSV_OPTIONS)
+        .options(**catalog.CATALOG_CSV_OPTIONS)
         .option("mode", "PERMISSIVE")
         .option("columnNameOfCorruptRecord", tg.CORRUPT_RECORD)
         .csv(storage.read_path(uri))
@@ -172,16 +208,18 @@ def read_catalog(spark: SparkSession, uri: str) -> DataFrame:
 def read_edges(spark: SparkSession, uri: str) -> tuple[DataFrame, bool]:
     """The similarity edges and whether they carry a rank (top-k) or not (all pairs)."""
     edges_df = spark.read.parquet(storage.read_path(uri))
-    missing = [column for column in (S.SRC, S.DST, S.SCORE) if column not in edges_df.columns]
+    required = (similarity.SRC, similarity.DST, similarity.SCORE)
+    missing = [column for column in required if column not in edges_df.columns]
     if missing:
         raise JobError(f"--edges {uri}: missing column(s) {missing}; expected schemas/similarity.py")
-    has_rank = S.RANK in edges_df.columns
+    has_rank = similarity.RANK in edges_df.columns
     return edges_df.transform(tg.select_edge_contract, has_rank=has_rank), has_rank
 
 
 def read_embedding_status(spark: SparkSession, uri: str) -> DataFrame:
     embeddings_df = spark.read.parquet(storage.read_path(uri))
-    missing = [column for column in (E.SKU, E.STATUS) if column not in embeddings_df.columns]
+    required = (embeddings.SKU, embeddings.STATUS)
+    missing = [column for column in required if column not in embeddings_df.columns]
     if missing:
         raise JobError(f"--embeddings {uri}: missing column(s) {missing}; expected schemas/embeddings.py")
     return embeddings_df.transform(tg.embedding_status_by_sku)
@@ -198,9 +236,9 @@ class Sizing:
 
 
 def _compress(data: bytes, compression: str) -> bytes:
-    if compression == G.COMPRESSION_GZIP:
+    if compression == gremlin.COMPRESSION_GZIP:
         return gzip.compress(data, compresslevel=6)
-    if compression == G.COMPRESSION_BZIP2:
+    if compression == gremlin.COMPRESSION_BZIP2:
         return bz2.compress(data)
     return data
 
@@ -247,7 +285,7 @@ def write_csv(rows_df: DataFrame, uri: str, *, compression: str, sizing: Sizing)
         rows_df = rows_df.coalesce(sizing.partitions)
     (
         rows_df.write.mode("overwrite")
-        .options(**G.GREMLIN_CSV_WRITE_OPTIONS)
+        .options(**gremlin.GREMLIN_CSV_WRITE_OPTIONS)
         .option("compression", compression)
         .option("maxRecordsPerFile", sizing.rows_per_file)
         .csv(storage.spark_path(uri))
@@ -268,9 +306,9 @@ def remove_non_data_files(uri: str, *, keep: re.Pattern[str] | None) -> list[str
 
 
 def _decompressor(compression: str) -> Any:
-    if compression == G.COMPRESSION_GZIP:
+    if compression == gremlin.COMPRESSION_GZIP:
         return zlib.decompressobj(wbits=31)
-    if compression == G.COMPRESSION_BZIP2:
+    if compression == gremlin.COMPRESSION_BZIP2:
         return bz2.BZ2Decompressor()
     return None
 
@@ -383,7 +421,7 @@ def totals(files: list[dict]) -> dict[str, int]:
 # -------------------------------------------------------------------------------------------- counting
 def counts_by_reason(tagged_df: DataFrame) -> dict[str | None, int]:
     """Rows per reason (None = good rows) of a small or already-written tagged frame."""
-    return {row[G.REASON]: row["count"] for row in tagged_df.groupBy(G.REASON).count().collect()}
+    return {row[gremlin.REASON]: row["count"] for row in tagged_df.groupBy(gremlin.REASON).count().collect()}
 
 
 def split_reasons(counts: dict[str | None, int], prefix: str) -> tuple[dict[str, int], dict[str, int]]:
@@ -421,7 +459,7 @@ def diff_bases(output: str, loaded_marker: str | None) -> tuple[list[DiffBase], 
     for role, ref in refs:
         if not gm.is_current(ref):
             return [], f"the {role} export {ref.export} is gone or no longer holds the manifest {role}"
-        manifest = storage.read_json(storage.join(storage.resolve(ref.export), G.MANIFEST_NAME))
+        manifest = storage.read_json(storage.join(storage.resolve(ref.export), gremlin.MANIFEST_NAME))
         bases.append(DiffBase(role=role, ref=ref, headers=manifest["headers"]))
     return bases, None
 
@@ -430,7 +468,7 @@ def read_export_csv(spark: SparkSession, uri: str, header: Sequence[str]) -> Dat
     """Gremlin CSV rows of one export folder, every column a string as written (blank: null)."""
     schema = T.StructType([T.StructField(name, T.StringType(), True) for name in header])
     return (
-        spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
+        spark.read.options(**gremlin.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
         .schema(schema)
         .csv(storage.read_path(uri))  # a published export on S3: its current version
     )
@@ -467,78 +505,81 @@ def write_diff(
     ``diff/remove/<kind>/`` the ids to remove, ``diff/clear/<kind>/`` the properties to clear. Counts of
     added, changed and unchanged are against the loaded export (the first base).
     """
-    slots = task_slots(spark)
     counts: dict[str, dict[str, int]] = {}
     files: list[dict[str, Any]] = []
-    for kind in (G.VERTICES_DIR, G.EDGES_DIR):
-        header = list(headers[kind])
-        columns = [*header]
-        for base in bases:
-            columns += [column for column in base.headers[kind] if column not in columns]
-        # Each export's CSVs are parsed and hashed once, and tonight is joined with each base once; the
-        # comparisons are kept for the counts and the three outputs.
-        current_df = read_export_csv(spark, storage.join(export_uri, kind), header).transform(
-            gd.with_property_hash, columns
+    for kind in (gremlin.VERTICES_DIR, gremlin.EDGES_DIR):
+        counts[kind], kind_files = write_diff_kind(
+            spark, export_uri, kind, list(headers[kind]), bases, compression=compression,
+            out_uri=out_uri or export_uri,
         )
-        comparisons = [
-            current_df.transform(
-                gd.compare_with_base,
-                read_export_csv(spark, storage.join(b.ref.export, kind), b.headers[kind]).transform(
-                    gd.with_property_hash, columns
-                ),
-                columns,
-            ).cache()
-            for b in bases
-        ]
-        try:
-            by_kind = {
-                row[gd.KIND]: row["count"] for row in comparisons[0].groupBy(gd.KIND).count().collect()
-            }
-            parts = (
-                (storage.join(G.DIFF_DIR, kind), gd.filter_rows_to_load(comparisons, header), header),
-                (
-                    storage.join(G.DIFF_DIR, G.DIFF_REMOVE_DIR, kind),
-                    gd.ids_to_remove(comparisons),
-                    list(G.REMOVE_HEADER),
-                ),
-                (
-                    storage.join(G.DIFF_DIR, G.DIFF_CLEAR_DIR, kind),
-                    gd.properties_to_clear(comparisons),
-                    list(G.CLEAR_HEADER),
-                ),
-            )
-            described = {
-                folder: write_diff_part(
-                    rows_df, out_uri or export_uri, folder, part_header, compression=compression, slots=slots
-                )
-                for folder, rows_df, part_header in parts
-            }
-        finally:
-            for df in comparisons:
-                df.unpersist()
-        rows = {folder: sum(item["rows"] for item in items) for folder, items in described.items()}
-        load_folder, remove_folder, clear_folder = (folder for folder, _, _ in parts)
-        counts[kind] = {
-            gd.ADDED: by_kind.get(gd.ADDED, 0),
-            gd.CHANGED: by_kind.get(gd.CHANGED, 0),
-            gd.UNCHANGED: by_kind.get(gd.UNCHANGED, 0),
-            "to_load": rows[load_folder],
-            "to_remove": rows[remove_folder],
-            "properties_to_clear": rows[clear_folder],
-        }
-        files += [item for items in described.values() for item in items]
+        files += kind_files
     return {"counts": counts, "files": files}
 
 
+def write_diff_kind(
+    spark: SparkSession, export_uri: str, kind: str, header: list[str], bases: Sequence[DiffBase], *,
+    compression: str, out_uri: str,
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """The diff of one kind (vertices or edges): its counts and the files of its three parts."""
+    columns = [*header]
+    for base in bases:
+        columns += [column for column in base.headers[kind] if column not in columns]
+    # Each export's CSVs are parsed and hashed once, and tonight is joined with each base once; the
+    # comparisons are kept for the counts and the three outputs.
+    current_df = read_export_csv(spark, storage.join(export_uri, kind), header).transform(
+        gd.with_property_hash, columns
+    )
+    comparisons = [
+        current_df.transform(
+            gd.compare_with_base,
+            read_export_csv(spark, storage.join(b.ref.export, kind), b.headers[kind]).transform(
+                gd.with_property_hash, columns
+            ),
+            columns,
+        ).cache()
+        for b in bases
+    ]
+    load_folder = storage.join(gremlin.DIFF_DIR, kind)
+    remove_folder = storage.join(gremlin.DIFF_DIR, gremlin.DIFF_REMOVE_DIR, kind)
+    clear_folder = storage.join(gremlin.DIFF_DIR, gremlin.DIFF_CLEAR_DIR, kind)
+    slots = task_slots(spark)
+    try:
+        by_kind = {row[gd.KIND]: row["count"] for row in comparisons[0].groupBy(gd.KIND).count().collect()}
+        parts = (
+            (load_folder, gd.filter_rows_to_load(comparisons, header), header),
+            (remove_folder, gd.ids_to_remove(comparisons), list(gremlin.REMOVE_HEADER)),
+            (clear_folder, gd.properties_to_clear(comparisons), list(gremlin.CLEAR_HEADER)),
+        )
+        described = {
+            folder: write_diff_part(
+                rows_df, out_uri, folder, part_header, compression=compression, slots=slots
+            )
+            for folder, rows_df, part_header in parts
+        }
+    finally:
+        for df in comparisons:
+            df.unpersist()
+    rows = {folder: sum(item["rows"] for item in items) for folder, items in described.items()}
+    counts = {
+        gd.ADDED: by_kind.get(gd.ADDED, 0),
+        gd.CHANGED: by_kind.get(gd.CHANGED, 0),
+        gd.UNCHANGED: by_kind.get(gd.UNCHANGED, 0),
+        "to_load": rows[load_folder],
+        "to_remove": rows[remove_folder],
+        "properties_to_clear": rows[clear_folder],
+    }
+    return counts, [item for items in described.values() for item in items]
+
+
 def stage_diff(
-    spark: SparkSession, args: argparse.Namespace, staged: str, headers: dict[str, list[str]]
+    spark: SparkSession, spec: ExportSpec, staged: str, headers: dict[str, list[str]]
 ) -> dict[str, Any]:
     """The manifest's ``diff`` section, its files written under ``<staged>/diff/`` unless a full load."""
-    bases, reason = diff_bases(args.output, args.loaded_marker)
+    bases, reason = diff_bases(spec.output, spec.loaded_marker)
     if not bases:
         LOG.warning("full load tonight: %s", reason)
         return {"is_full_load": True, "reason": reason, "bases": [], "counts": None, "files": []}
-    diff = write_diff(spark, staged, headers, bases, compression=args.compression)
+    diff = write_diff(spark, staged, headers, bases, compression=spec.compression)
     LOG.info("diff against %s: %s", [base.ref.export for base in bases], diff["counts"])
     return {
         "is_full_load": False,
@@ -656,13 +697,77 @@ def plan_edge_tasks(
     return tasks
 
 
+def edge_write_spec(
+    spark: SparkSession, spec: ExportSpec, staged: str, row_groups: list[tuple[str, int, int]], *,
+    skus: list[str], contract_df: DataFrame, has_rank: bool,
+) -> tuple[ef.EdgeWriteSpec, ga.VertexPieces, float | None]:
+    """What every edge write task is told, the vertex pieces it formats with, and the sampled
+    compressed bytes per row (None: a small input, one file)."""
+    edges_in = sum(rows for _, _, rows in row_groups)
+    pieces = ga.vertex_pieces(pa.array(skus, pa.string()), label=spec.edge_label)
+    reject_schema = to_arrow_schema(contract_df.schema).append(pa.field(gremlin.REASON, pa.string()))
+    write_spec = ef.EdgeWriteSpec(
+        edges_uri=storage.join(staged, gremlin.EDGES_DIR),
+        rejects_uri=storage.join(staged, gremlin.REJECTS_DIR, gremlin.EDGES_DIR),
+        compression=spec.compression,
+        rows_per_file=max(edges_in, 1),
+        columns=tuple(contract_df.columns),
+        has_rank=has_rank,
+        header=",".join(gremlin.EDGE_HEADER_TOPK if has_rank else gremlin.EDGE_HEADER_ALL_PAIRS),
+        tail=ga.record_tail(spec.metric, similarity.HIGHER_IS_CLOSER[spec.metric]),
+        reject_schema=reject_schema,
+        key_ranges=max(task_slots(spark), math.ceil(edges_in / KEYS_PER_RANGE)),
+        vertices=max(len(skus), 1),
+    )
+    bytes_per_row = (
+        sample_edge_bytes_per_row(row_groups, write_spec, pieces) if edges_in > SIZING_SAMPLE_ROWS else None
+    )
+    if bytes_per_row is not None:
+        rows_per_file = max(1, int(spec.target_bytes / bytes_per_row))
+        write_spec = dataclasses.replace(write_spec, rows_per_file=rows_per_file)
+    return write_spec, pieces, bytes_per_row
+
+
+def run_edge_tasks(
+    spark: SparkSession, tasks: list[ef.EdgeTask], write_spec: ef.EdgeWriteSpec, pieces: ga.VertexPieces
+) -> list[tuple[str, Any]]:
+    """Run the edge write tasks and the repeated-key count (one Spark job); their ``(kind, payload)``."""
+    if not tasks:
+        return []
+    context = spark.sparkContext
+    pieces_broadcast = context.broadcast(pieces)
+    try:
+        return (
+            context.parallelize(tasks, len(tasks))
+            .mapPartitions(
+                functools.partial(ef.write_edge_partition, spec=write_spec, pieces=pieces_broadcast)
+            )
+            .partitionBy(write_spec.key_ranges, lambda key_range: key_range)
+            .mapPartitions(ef.count_repeats)
+            .collect()
+        )
+    finally:
+        pieces_broadcast.destroy()
+
+
+def edge_files_written(stats: list[dict[str, Any]], write_spec: ef.EdgeWriteSpec) -> list[dict[str, Any]]:
+    """The manifest entries of the files the tasks wrote; none at all: one file with the header, so
+    every export has edge files."""
+    items = [item for task_stats in stats for item in task_stats["files"]]
+    if not items:
+        name = ef.file_name(0, 0, write_spec.compression)
+        uri = storage.join(write_spec.edges_uri, name)
+        writer = ef.CsvFileWriter(uri, write_spec.compression, write_spec.header)
+        items = [{**writer.close(), "rows": 0}]
+    return [
+        {"path": f"{gremlin.EDGES_DIR}/{item['name']}", "rows": item["rows"], "bytes": item["bytes"],
+         "sha256": item["sha256"]}
+        for item in items
+    ]
+
+
 def write_edges_arrow(
-    spark: SparkSession,
-    args: argparse.Namespace,
-    staged: str,
-    *,
-    skus: list[str],
-    contract_df: DataFrame,
+    spark: SparkSession, spec: ExportSpec, staged: str, *, skus: list[str], contract_df: DataFrame,
     has_rank: bool,
 ) -> EdgeOutcome:
     """Check and write every edge from Python tasks (:mod:`udfs.gremlin_edge_files`); one Spark job.
@@ -674,70 +779,17 @@ def write_edges_arrow(
     seen more than once. ``repeated_keys`` > 0 means some pair repeats: the caller then redoes the edges
     on the Spark path, which picks the edge to keep.
     """
-    row_groups = edge_row_groups(args.edges)
+    row_groups = edge_row_groups(spec.edges)
     edges_in = sum(rows for _, _, rows in row_groups)
-    pieces = ga.vertex_pieces(pa.array(skus, pa.string()), label=args.edge_label)
-    reject_schema = to_arrow_schema(contract_df.schema).append(pa.field(G.REASON, pa.string()))
-    slots = task_slots(spark)
-    spec = ef.EdgeWriteSpec(
-        edges_uri=storage.join(staged, G.EDGES_DIR),
-        rejects_uri=storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR),
-        compression=args.compression,
-        rows_per_file=max(edges_in, 1),
-        columns=tuple(contract_df.columns),
-        has_rank=has_rank,
-        header=",".join(G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS),
-        tail=ga.record_tail(args.metric, S.HIGHER_IS_CLOSER[args.metric]),
-        reject_schema=reject_schema,
-        key_ranges=max(slots, math.ceil(edges_in / KEYS_PER_RANGE)),
-        vertices=max(len(skus), 1),
+    write_spec, pieces, bytes_per_row = edge_write_spec(
+        spark, spec, staged, row_groups, skus=skus, contract_df=contract_df, has_rank=has_rank
     )
-    target_bytes = args.target_file_mb * 1024 * 1024
-    bytes_per_row = (
-        sample_edge_bytes_per_row(row_groups, spec, pieces) if edges_in > SIZING_SAMPLE_ROWS else None
+    tasks = plan_edge_tasks(row_groups, bytes_per_row=bytes_per_row, slots=task_slots(spark))
+    LOG.info(
+        "edges: %d rows in, %d write tasks, %d rows per file", edges_in, len(tasks), write_spec.rows_per_file
     )
-    if bytes_per_row is not None:
-        spec = dataclasses.replace(spec, rows_per_file=max(1, int(target_bytes / bytes_per_row)))
-    tasks = plan_edge_tasks(row_groups, bytes_per_row=bytes_per_row, slots=slots)
-    LOG.info("edges: %d rows in, %d write tasks, %d rows per file", edges_in, len(tasks), spec.rows_per_file)
-    results: list[tuple[str, Any]] = []
-    if tasks:
-        context = spark.sparkContext
-        pieces_broadcast = context.broadcast(pieces)
-        try:
-            results = (
-                context.parallelize(tasks, len(tasks))
-                .mapPartitions(functools.partial(ef.write_edge_partition, spec=spec, pieces=pieces_broadcast))
-                .partitionBy(spec.key_ranges, lambda key_range: key_range)
-                .mapPartitions(ef.count_repeats)
-                .collect()
-            )
-        finally:
-            pieces_broadcast.destroy()
+    results = run_edge_tasks(spark, tasks, write_spec, pieces)
     stats = sorted((payload for kind, payload in results if kind == ef.STATS), key=lambda item: item["task"])
-    files = [
-        {
-            "path": f"{G.EDGES_DIR}/{item['name']}",
-            "rows": item["rows"],
-            "bytes": item["bytes"],
-            "sha256": item["sha256"],
-        }
-        for task_stats in stats
-        for item in task_stats["files"]
-    ]
-    if not files:  # no good edge at all: one file with the header, so every export has edge files
-        writer = ef.CsvFileWriter(
-            storage.join(spec.edges_uri, ef.file_name(0, 0, args.compression)), args.compression, spec.header
-        )
-        item = writer.close()
-        files = [
-            {
-                "path": f"{G.EDGES_DIR}/{item['name']}",
-                "rows": 0,
-                "bytes": item["bytes"],
-                "sha256": item["sha256"],
-            }
-        ]
     rejected: dict[str, int] = {}
     for task_stats in stats:
         for reason, count in task_stats["rejected"].items():
@@ -747,7 +799,6 @@ def write_edges_arrow(
         raise RuntimeError(
             f"edge tasks read {rows_read} rows in {len(stats)} tasks, expected {edges_in} in {len(tasks)}"
         )
-    repeated = sum(payload for kind, payload in results if kind == ef.REPEATS)
     LOG.info(
         "edge tasks: seconds %s, CPU seconds %s",
         [task_stats["seconds"] for task_stats in stats],
@@ -755,11 +806,15 @@ def write_edges_arrow(
     )
     sizing = Sizing(
         bytes_per_row=None if bytes_per_row is None else round(bytes_per_row, 2),
-        rows_per_file=spec.rows_per_file,
+        rows_per_file=write_spec.rows_per_file,
         partitions=len(tasks),
     )
     return EdgeOutcome(
-        edges_in=edges_in, files=files, rejected=rejected, repeated_keys=repeated, sizing=sizing
+        edges_in=edges_in,
+        files=edge_files_written(stats, write_spec),
+        rejected=rejected,
+        repeated_keys=sum(payload for kind, payload in results if kind == ef.REPEATS),
+        sizing=sizing,
     )
 
 
@@ -773,9 +828,61 @@ class VertexOutcome:
     files: list[dict[str, Any]]
     sizing: Sizing
 
+    def left_out(self) -> tuple[dict[str, int], dict[str, int]]:
+        """Catalog rows rejected and dropped, by ``vertex.<reason>``."""
+        return split_reasons({k: v for k, v in self.counts.items() if k is not None}, VERTEX_PREFIX)
+
+
+def tag_catalog(
+    spark: SparkSession, spec: ExportSpec, catalog_df: DataFrame
+) -> tuple[pa.Table, T.StructType]:
+    """Every catalog row with its reject reason (and embedding status), fetched through Arrow (one
+    Spark job), and the reject columns' Spark schema."""
+    tagged_v_df = catalog_df.transform(tg.with_vertex_reject_reason).transform(tg.mark_duplicate_skus)
+    if spec.embeddings is not None:
+        tagged_v_df = tagged_v_df.transform(
+            tg.with_embedding_status, read_embedding_status(spark, spec.embeddings)
+        )
+    tagged_v_df = tagged_v_df.drop(gremlin.ROW_ORDER)
+    schema = to_arrow_schema(tagged_v_df.schema)
+    tagged = pa.Table.from_pandas(tagged_v_df.toPandas(), schema=schema, preserve_index=False)
+    return tagged, tagged_v_df.select(*VERTEX_REJECT_COLUMNS).schema
+
+
+def write_vertex_files(spec: ExportSpec, staged: str, good: pa.Table) -> tuple[list[dict[str, Any]], Sizing]:
+    """Format, compress and hash the vertex rows into CSV files of about ``--target-file-mb``."""
+    with_status = spec.embeddings is not None
+    property_columns = (*catalog.CATALOG_COLUMNS, *((embeddings.STATUS,) if with_status else ()))
+    records = ga.format_vertices(
+        good, label=spec.vertex_label, property_columns=property_columns, sku=catalog.SKU
+    )
+    vertex_header = ",".join(gremlin.VERTEX_HEADER_WITH_STATUS if with_status else gremlin.VERTEX_HEADER)
+    bytes_per_row = None
+    rows_per_file = max(len(records), 1)
+    if len(records) > SIZING_SAMPLE_ROWS:
+        sample = bytes(ga.record_bytes(records.slice(0, SIZING_SAMPLE_ROWS)))
+        bytes_per_row = max(len(_compress(sample, spec.compression)) / SIZING_SAMPLE_ROWS, 1.0)
+        rows_per_file = max(1, int(spec.target_bytes / bytes_per_row))
+    vertices_uri = storage.join(staged, gremlin.VERTICES_DIR)
+    files: list[dict[str, Any]] = []
+    for start in range(0, max(len(records), 1), rows_per_file):
+        chunk = records.slice(start, rows_per_file)
+        name = ef.file_name(0, len(files), spec.compression)
+        writer = ef.CsvFileWriter(storage.join(vertices_uri, name), spec.compression, vertex_header)
+        writer.write(ga.record_bytes(chunk), len(chunk))
+        item = writer.close()
+        described = {k: item[k] for k in ("rows", "bytes", "sha256")}
+        files.append(described | {"path": f"{gremlin.VERTICES_DIR}/{name}"})
+    sizing = Sizing(
+        bytes_per_row=None if bytes_per_row is None else round(bytes_per_row, 2),
+        rows_per_file=rows_per_file,
+        partitions=None,
+    )
+    return files, sizing
+
 
 def stage_vertices(
-    spark: SparkSession, args: argparse.Namespace, staged: str, catalog_df: DataFrame
+    spark: SparkSession, spec: ExportSpec, staged: str, catalog_df: DataFrame
 ) -> VertexOutcome:
     """Tag the catalog rows (one Spark job), then write the vertex CSVs and the catalog quarantine.
 
@@ -787,60 +894,29 @@ def stage_vertices(
     Raises:
         JobError: no catalog row can be a vertex.
     """
-    tagged_v_df = catalog_df.transform(tg.with_vertex_reject_reason).transform(tg.mark_duplicate_skus)
-    with_status = args.embeddings is not None
-    if with_status:
-        tagged_v_df = tagged_v_df.transform(
-            tg.with_embedding_status, read_embedding_status(spark, args.embeddings)
-        )
-    tagged_v_df = tagged_v_df.drop(G.ROW_ORDER)
-    schema = to_arrow_schema(tagged_v_df.schema)
-    tagged = pa.Table.from_pandas(tagged_v_df.toPandas(), schema=schema, preserve_index=False)
-    reasons = tagged.column(G.REASON).to_pylist()
+    tagged, reject_schema = tag_catalog(spark, spec, catalog_df)
+    reasons = tagged.column(gremlin.REASON).to_pylist()
     counts: dict[str | None, int] = {}
     for reason in reasons:
         counts[reason] = counts.get(reason, 0) + 1
     if counts.get(None, 0) == 0:
-        raise JobError(f"--catalog {args.catalog}: no product with a usable sku ({len(reasons)} rows read)")
-    is_good = pc.is_null(tagged.column(G.REASON))
+        raise JobError(f"--catalog {spec.catalog}: no product with a usable sku ({len(reasons)} rows read)")
+    is_good = pc.is_null(tagged.column(gremlin.REASON))
     good = tagged.filter(is_good)
     has_nul = np.zeros(good.num_rows, dtype=bool)
-    for column in C.CATALOG_COLUMNS:
+    for column in catalog.CATALOG_COLUMNS:
         found = pc.fill_null(pc.match_substring(good.column(column), tg.NUL), False)
         has_nul |= np.asarray(found.to_numpy(), dtype=bool)
-    property_columns = (*C.CATALOG_COLUMNS, *((E.STATUS,) if with_status else ()))
-    records = ga.format_vertices(good, label=args.vertex_label, property_columns=property_columns, sku=C.SKU)
-    vertex_header = G.VERTEX_HEADER_WITH_STATUS if with_status else G.VERTEX_HEADER
-    target_bytes = args.target_file_mb * 1024 * 1024
-    bytes_per_row = None
-    rows_per_file = max(len(records), 1)
-    if len(records) > SIZING_SAMPLE_ROWS:
-        sample = bytes(ga.record_bytes(records.slice(0, SIZING_SAMPLE_ROWS)))
-        bytes_per_row = max(len(_compress(sample, args.compression)) / SIZING_SAMPLE_ROWS, 1.0)
-        rows_per_file = max(1, int(target_bytes / bytes_per_row))
-    vertices_uri = storage.join(staged, G.VERTICES_DIR)
-    files: list[dict[str, Any]] = []
-    for start in range(0, max(len(records), 1), rows_per_file):
-        chunk = records.slice(start, rows_per_file)
-        name = ef.file_name(0, len(files), args.compression)
-        writer = ef.CsvFileWriter(storage.join(vertices_uri, name), args.compression, ",".join(vertex_header))
-        writer.write(ga.record_bytes(chunk), len(chunk))
-        item = writer.close()
-        files.append({k: item[k] for k in ("rows", "bytes", "sha256")} | {"path": f"{G.VERTICES_DIR}/{name}"})
-    rejects_uri = storage.join(staged, G.REJECTS_DIR, G.VERTICES_DIR)
-    reject_columns = [*C.CATALOG_COLUMNS, tg.CORRUPT_RECORD, G.REASON]
-    rejects = tagged.filter(pc.invert(is_good)).select(reject_columns)
+    files, sizing = write_vertex_files(spec, staged, good)
+    rejects_uri = storage.join(staged, gremlin.REJECTS_DIR, gremlin.VERTICES_DIR)
+    rejects = tagged.filter(pc.invert(is_good)).select(VERTEX_REJECT_COLUMNS)
     if rejects.num_rows:
         storage.write_parquet(rejects, storage.join(rejects_uri, "part-00000.parquet"))
     else:
-        write_empty_parquet(rejects_uri, tagged_v_df.select(*reject_columns).schema)
-    sizing = Sizing(
-        bytes_per_row=None if bytes_per_row is None else round(bytes_per_row, 2),
-        rows_per_file=rows_per_file,
-        partitions=None,
-    )
+        write_empty_parquet(rejects_uri, reject_schema)
     return VertexOutcome(
-        counts=counts, nul_stripped=int(has_nul.sum()), with_status=with_status, files=files, sizing=sizing
+        counts=counts, nul_stripped=int(has_nul.sum()), with_status=spec.embeddings is not None, files=files,
+        sizing=sizing,
     )
 
 
@@ -851,203 +927,245 @@ def write_empty_parquet(uri: str, schema: T.StructType) -> None:
     storage.write_parquet(to_arrow_schema(schema).empty_table(), storage.join(uri, EMPTY_PARQUET_NAME))
 
 
-def export(spark: SparkSession, args: argparse.Namespace, staged: str) -> dict[str, Any]:
-    """Write the whole export under ``staged`` and check it; returns the manifest and the counts.
+@dataclass
+class EdgeStage:
+    """The staged edges: files, rejects by reason, sizing, header, and what the rewrite path did."""
 
-    The catalog checks and vertex files run in a worker thread (Spark jobs) while the edges are checked
-    and written by Python tasks (:func:`write_edges_arrow`) against the skus that become vertices (the
-    catalog rows without a reason: duplicate skus do not change that set). The tasks take every file's
-    rows, bytes and sha256 as they write it and count repeated (from, to) keys exactly; in the rare run
-    where a pair repeats, the edges are redone on the Spark path, which keeps the best edge of each
-    pair. Nothing is published before every check is done.
-    """
-    clock = PhaseClock(LOG)
-    suffix = G.FILE_SUFFIX[args.compression]
-    higher_is_closer = S.HIGHER_IS_CLOSER[args.metric]
-    edge_format = {"label": args.edge_label, "metric": args.metric, "higher_is_closer": higher_is_closer}
+    edges_in: int
+    files: list[dict[str, Any]]
+    reject_counts: dict[str | None, int]
+    sizing: Sizing
+    has_rank: bool
+    duplicate_keys: int = 0
+    removed: list[str] = dataclasses.field(default_factory=list)
 
-    # Vertices: the catalog is small (tens of thousands of rows), so its tagged frame is cached.
-    catalog_df = read_catalog(spark, args.catalog).transform(tg.with_row_order)
-    # Edges: possibly tens of millions of rows; nothing is cached. Spark reads only the schema here.
-    contract_df, has_rank = read_edges(spark, args.edges)
-    edges_uri = storage.join(staged, G.EDGES_DIR)
-    edge_rejects_uri = storage.join(staged, G.REJECTS_DIR, G.EDGES_DIR)
-    edge_header = G.EDGE_HEADER_TOPK if has_rank else G.EDGE_HEADER_ALL_PAIRS
+    @property
+    def header(self) -> tuple[str, ...]:
+        return tuple(gremlin.EDGE_HEADER_TOPK if self.has_rank else gremlin.EDGE_HEADER_ALL_PAIRS)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """A staged, checked export: its manifest, its funnel and the report's details."""
+
+    manifest: dict[str, Any]
+    funnel: Funnel
+    details: dict[str, Any]
+
+
+def rewrite_duplicate_edges(
+    spark: SparkSession, spec: ExportSpec, staged: str, catalog_df: DataFrame, contract_df: DataFrame,
+    edges: EdgeStage,
+) -> None:
+    """Rare: some (from, to) repeats. The Spark path finds those keys, keeps the best edge of each, and
+    writes every edge again; the files and rejects of the first write are replaced (``edges`` updated)."""
+    edges_uri = storage.join(staged, gremlin.EDGES_DIR)
+    edge_rejects_uri = storage.join(staged, gremlin.REJECTS_DIR, gremlin.EDGES_DIR)
+    storage.remove(edges_uri)
+    storage.remove(edge_rejects_uri)
+    higher_is_closer = similarity.HIGHER_IS_CLOSER[spec.metric]
+    edge_format = {"label": spec.edge_label, "metric": spec.metric, "higher_is_closer": higher_is_closer}
+    tagged_e_df = contract_df.transform(tg.with_edge_key).transform(
+        tg.with_edge_reject_reason, catalog_df.transform(tg.vertex_skus)
+    )
+    duplicate_keys_df = tagged_e_df.transform(tg.duplicate_edge_keys)
+    edges.duplicate_keys = duplicate_keys_df.count()
+    LOG.info("%d (src, dst) keys appear more than once: comparing those edges", edges.duplicate_keys)
+    tagged_e_df = tagged_e_df.transform(
+        tg.mark_duplicate_edges,
+        duplicate_keys_df,
+        higher_is_closer=higher_is_closer,
+        broadcast_keys=edges.duplicate_keys <= MAX_BROADCAST_KEYS,
+    )
+    edge_rows_df = tagged_e_df.transform(tg.to_edge_rows, **edge_format)
+    untagged_rows_df = contract_df.withColumn(gremlin.REASON, F.lit(None).cast("string")).transform(
+        tg.to_edge_rows, **edge_format
+    )
+    edges.sizing = plan_sizing(
+        edge_rows_df, total_rows=edges.edges_in, target_bytes=spec.target_bytes, compression=spec.compression,
+        sample_df=untagged_rows_df, slots=task_slots(spark),
+    )
+    write_csv(edge_rows_df, edges_uri, compression=spec.compression, sizing=edges.sizing)
+    edges.removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
+    edges.files = describe_files(staged, gremlin.EDGES_DIR, spec.compression, edges.header)
+    rejects_df = tagged_e_df.drop(gremlin.EDGE_KEY).filter(F.col(gremlin.REASON).isNotNull())
+    rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
+    edges.reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
+
+
+def check_edge_files(staged: str, contract_df: DataFrame, edges: EdgeStage) -> None:
+    """The files on disk must be exactly those the tasks described (a dead attempt leaves at most a
+    hidden temporary file, removed here); nothing quarantined: an empty file keeps the reject schema."""
+    edges_uri = storage.join(staged, gremlin.EDGES_DIR)
+    edges.removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
+    on_disk = sorted(posixpath.relpath(uri, staged) for uri in all_files(edges_uri))
+    if on_disk != sorted(item["path"] for item in edges.files):
+        raise RuntimeError(f"edge files on disk {on_disk} are not those written {edges.files}")
+    if not edges.reject_counts:
+        write_empty_parquet(
+            storage.join(staged, gremlin.REJECTS_DIR, gremlin.EDGES_DIR),
+            contract_df.withColumn(gremlin.REASON, F.lit(None).cast("string")).schema,
+        )
+
+
+def stage_edges(
+    spark: SparkSession, spec: ExportSpec, run: StagedRun, group: str, catalog_df: DataFrame
+) -> EdgeStage:
+    """Write and check the edge files against the skus that become vertices (the catalog rows without a
+    reason: the same set whichever duplicate row wins, so the edges need not wait for the duplicate-sku
+    comparison; tens of thousands of strings, fetched through Arrow while the vertex job reads the
+    catalog beside). Edges: possibly tens of millions of rows; nothing is cached."""
+    staged = run.staged()
+    contract_df, has_rank = read_edges(spark, spec.edges)  # Spark reads only the schema here
+    skus_df = catalog_df.transform(tg.vertex_skus, is_distinct=False)
+    skus = sorted(set(in_job_group(spark, group, "vertex skus", skus_df.toPandas)[catalog.SKU]))
+    run.lap("vertex_skus")
+    outcome = in_job_group(
+        spark, group, "edge files", write_edges_arrow, spark, spec, staged,
+        skus=skus, contract_df=contract_df, has_rank=has_rank,
+    )
+    edges = EdgeStage(outcome.edges_in, outcome.files, dict(outcome.rejected), outcome.sizing, has_rank)
+    run.lap("edge_write")
+    LOG.info("edges: %d rows in; %d repeated (from, to) keys", edges.edges_in, outcome.repeated_keys)
+    if outcome.repeated_keys:
+        rewrite_duplicate_edges(spark, spec, staged, catalog_df, contract_df, edges)
+        run.lap("edge_rewrite_after_duplicates")
+    else:
+        check_edge_files(staged, contract_df, edges)
+    LOG.info("edges staged: %s written; rejects by reason %s", totals(edges.files), edges.reject_counts)
+    run.lap("edge_rejects")
+    return edges
+
+
+def stage_graph(spark: SparkSession, spec: ExportSpec, run: StagedRun) -> tuple[VertexOutcome, EdgeStage]:
+    """Stage the vertex and the edge files: the catalog checks and vertex files run in a worker thread
+    (Spark jobs, in a job group cancelled if the edges fail) while the edges are written by Python tasks."""
+    staged = run.staged()
+    # Vertices: the catalog is small (tens of thousands of rows).
+    catalog_df = read_catalog(spark, spec.catalog).transform(tg.with_row_order)
     group = f"{APP_NAME}-{posixpath.basename(posixpath.dirname(staged.rstrip('/')))}"
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="export")
     try:
         vertex_phase = pool.submit(
-            in_job_group,
-            spark,
-            group,
-            "catalog checks and vertex files",
-            stage_vertices,
-            spark,
-            args,
-            staged,
-            catalog_df,
+            in_job_group, spark, group, "catalog checks and vertex files", stage_vertices,
+            spark, spec, staged, catalog_df,
         )
-        # The skus that become vertices (the catalog rows without a reason: the same set whichever
-        # duplicate row wins), so the edges need not wait for the duplicate-sku comparison. Tens of
-        # thousands of strings, fetched through Arrow while the vertex job reads the catalog beside.
-        skus_df = catalog_df.transform(tg.vertex_skus, is_distinct=False)
-        skus = sorted(set(in_job_group(spark, group, "vertex skus", skus_df.toPandas)[C.SKU]))
-        clock.lap("vertex_skus")
-        outcome = in_job_group(
-            spark,
-            group,
-            "edge files",
-            write_edges_arrow,
-            spark,
-            args,
-            staged,
-            skus=skus,
-            contract_df=contract_df,
-            has_rank=has_rank,
-        )
-        edges_in, edge_sizing, edge_files = outcome.edges_in, outcome.sizing, outcome.files
-        edge_reject_counts: dict[str | None, int] = dict(outcome.rejected)
-        clock.lap("edge_write")
-        LOG.info("edges: %d rows in; %d repeated (from, to) keys", edges_in, outcome.repeated_keys)
-        duplicate_keys = 0
-        removed: list[str] = []
-        if outcome.repeated_keys:
-            # Rare: some (from, to) repeats. The Spark path finds those keys, keeps the best edge of
-            # each, and writes every edge again; the files and rejects of the first write are replaced.
-            storage.remove(edges_uri)
-            storage.remove(edge_rejects_uri)
-            tagged_e_df = contract_df.transform(tg.with_edge_key).transform(
-                tg.with_edge_reject_reason, catalog_df.transform(tg.vertex_skus)
-            )
-            duplicate_keys_df = tagged_e_df.transform(tg.duplicate_edge_keys)
-            duplicate_keys = duplicate_keys_df.count()
-            LOG.info("%d (src, dst) keys appear more than once: comparing those edges", duplicate_keys)
-            tagged_e_df = tagged_e_df.transform(
-                tg.mark_duplicate_edges,
-                duplicate_keys_df,
-                higher_is_closer=higher_is_closer,
-                broadcast_keys=duplicate_keys <= MAX_BROADCAST_KEYS,
-            )
-            edge_rows_df = tagged_e_df.transform(tg.to_edge_rows, **edge_format)
-            untagged_rows_df = contract_df.withColumn(G.REASON, F.lit(None).cast("string")).transform(
-                tg.to_edge_rows, **edge_format
-            )
-            edge_sizing = plan_sizing(
-                edge_rows_df,
-                total_rows=edges_in,
-                target_bytes=args.target_file_mb * 1024 * 1024,
-                compression=args.compression,
-                sample_df=untagged_rows_df,
-                slots=task_slots(spark),
-            )
-            write_csv(edge_rows_df, edges_uri, compression=args.compression, sizing=edge_sizing)
-            removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
-            edge_files = describe_files(staged, G.EDGES_DIR, args.compression, edge_header)
-            rejects_df = tagged_e_df.drop(G.EDGE_KEY).filter(F.col(G.REASON).isNotNull())
-            rejects_df.write.mode("overwrite").parquet(storage.spark_path(edge_rejects_uri))
-            edge_reject_counts = counts_by_reason(spark.read.parquet(storage.spark_path(edge_rejects_uri)))
-            clock.lap("edge_rewrite_after_duplicates")
-        else:
-            # The files on disk must be exactly those the tasks described (a dead attempt leaves at most
-            # a hidden temporary file, removed here).
-            removed = remove_non_data_files(edges_uri, keep=DATA_FILE_PATTERN)
-            on_disk = sorted(posixpath.relpath(uri, staged) for uri in all_files(edges_uri))
-            if on_disk != sorted(item["path"] for item in edge_files):
-                raise RuntimeError(f"edge files on disk {on_disk} are not those written {edge_files}")
-            if not edge_reject_counts:  # nothing quarantined: an empty file keeps the reject schema
-                write_empty_parquet(
-                    edge_rejects_uri, contract_df.withColumn(G.REASON, F.lit(None).cast("string")).schema
-                )
-        LOG.info("edges staged: %s written; rejects by reason %s", totals(edge_files), edge_reject_counts)
-        clock.lap("edge_rejects")
-        vertex_outcome = vertex_phase.result()
-        vertex_counts, nul_stripped = vertex_outcome.counts, vertex_outcome.nul_stripped
-        vertex_files, vertex_sizing, with_status = (
-            vertex_outcome.files,
-            vertex_outcome.sizing,
-            vertex_outcome.with_status,
-        )
-        vertices_in = sum(vertex_counts.values())
-        vertices_good = vertex_counts[None]
-        removed += remove_non_data_files(storage.join(staged, G.VERTICES_DIR), keep=DATA_FILE_PATTERN)
-        clock.lap("vertex_files_wait")
+        edges = stage_edges(spark, spec, run, group, catalog_df)
+        vertices = vertex_phase.result()
+        vertices_uri = storage.join(staged, gremlin.VERTICES_DIR)
+        edges.removed += remove_non_data_files(vertices_uri, keep=DATA_FILE_PATTERN)
+        run.lap("vertex_files_wait")
     except BaseException:
         spark.sparkContext.cancelJobGroup(group)  # do not wait for background work whose result is moot
         raise
     finally:
         pool.shutdown(wait=True)
+    vertices_good = vertices.counts[None]
     LOG.info(
-        "vertices staged: %d written, %d rejected or dropped", vertices_good, vertices_in - vertices_good
+        "vertices staged: %d written, %d rejected or dropped", vertices_good,
+        sum(vertices.counts.values()) - vertices_good,
     )
+    return vertices, edges
 
-    # Staged: now make it loader-clean.
-    removed += remove_non_data_files(storage.join(staged, G.REJECTS_DIR), keep=None)
-    vertex_header = G.VERTEX_HEADER_WITH_STATUS if with_status else G.VERTEX_HEADER
-    for item in vertex_files + edge_files:
+
+def check_files(spec: ExportSpec, vertices: VertexOutcome, edges: EdgeStage) -> None:
+    """Every data file has the compression's suffix and the vertex files hold every good vertex."""
+    suffix = gremlin.FILE_SUFFIX[spec.compression]
+    for item in vertices.files + edges.files:
         if not item["path"].endswith(suffix):
             raise RuntimeError(f"{item['path']}: expected the suffix {suffix}")
-    vertex_totals, edge_totals = totals(vertex_files), totals(edge_files)
-    if vertex_totals["rows"] != vertices_good:
-        raise RuntimeError(f"vertex files hold {vertex_totals['rows']} rows, expected {vertices_good}")
+    vertex_rows = totals(vertices.files)["rows"]
+    if vertex_rows != vertices.counts[None]:
+        raise RuntimeError(f"vertex files hold {vertex_rows} rows, expected {vertices.counts[None]}")
 
-    v_rejected, v_dropped = split_reasons(
-        {k: v for k, v in vertex_counts.items() if k is not None}, VERTEX_PREFIX
-    )
-    e_rejected, e_dropped = split_reasons(edge_reject_counts, EDGE_PREFIX)
-    funnel = Funnel(
-        rows_in=vertices_in + edges_in,
-        rows_out=vertex_totals["rows"] + edge_totals["rows"],
-        rejected_by_reason={**v_rejected, **e_rejected},
-        dropped_by_reason={**v_dropped, **e_dropped},
-    )
-    check_funnel(STAGE, funnel)  # refuse to publish an export that lost or invented rows
-    manifest = {
+
+def build_manifest(spec: ExportSpec, vertices: VertexOutcome, edges: EdgeStage) -> dict[str, Any]:
+    """The export's manifest (without its diff section): format, headers, files and totals."""
+    vertex_header = gremlin.VERTEX_HEADER_WITH_STATUS if vertices.with_status else gremlin.VERTEX_HEADER
+    vertex_totals, edge_totals = totals(vertices.files), totals(edges.files)
+    return {
         "format": "neptune-gremlin-csv",
-        "run_date": str(args.run_date),
-        "compression": args.compression,
-        "vertex_label": args.vertex_label,
-        "edge_label": args.edge_label,
-        "metric": args.metric,
-        "higher_is_closer": higher_is_closer,
-        "headers": {G.VERTICES_DIR: list(vertex_header), G.EDGES_DIR: list(edge_header)},
-        "files": vertex_files + edge_files,
+        "run_date": spec.run_date,
+        "compression": spec.compression,
+        "vertex_label": spec.vertex_label,
+        "edge_label": spec.edge_label,
+        "metric": spec.metric,
+        "higher_is_closer": similarity.HIGHER_IS_CLOSER[spec.metric],
+        "headers": {gremlin.VERTICES_DIR: list(vertex_header), gremlin.EDGES_DIR: list(edges.header)},
+        "files": vertices.files + edges.files,
         "totals": {
-            G.VERTICES_DIR: vertex_totals,
-            G.EDGES_DIR: edge_totals,
+            gremlin.VERTICES_DIR: vertex_totals,
+            gremlin.EDGES_DIR: edge_totals,
             "files": vertex_totals["files"] + edge_totals["files"],
             "rows": vertex_totals["rows"] + edge_totals["rows"],
             "bytes": vertex_totals["bytes"] + edge_totals["bytes"],
         },
     }
-    manifest["diff"] = stage_diff(spark, args, staged, manifest["headers"])
-    clock.lap("diff")
-    storage.write_json(storage.join(staged, G.MANIFEST_NAME), manifest)
-    clock.lap("manifest")
-    details = {
+
+
+def export_details(
+    vertices: VertexOutcome, edges: EdgeStage, manifest: dict[str, Any], removed: int
+) -> dict[str, Any]:
+    """The report's details of the vertex and edge sides and the diff."""
+    v_rejected, v_dropped = vertices.left_out()
+    e_rejected, e_dropped = split_reasons(edges.reject_counts, EDGE_PREFIX)
+    return {
         "vertices": {
-            "rows_in": vertices_in,
-            "rows_out": vertex_totals["rows"],
+            "rows_in": sum(vertices.counts.values()),
+            "rows_out": manifest["totals"][gremlin.VERTICES_DIR]["rows"],
             "rejected": v_rejected,
             "dropped": v_dropped,
-            "vertices_with_nul_stripped": nul_stripped,
-            "bytes_per_row": vertex_sizing.bytes_per_row,
-            "rows_per_file": vertex_sizing.rows_per_file,
+            "vertices_with_nul_stripped": vertices.nul_stripped,
+            "bytes_per_row": vertices.sizing.bytes_per_row,
+            "rows_per_file": vertices.sizing.rows_per_file,
         },
         "edges": {
-            "rows_in": edges_in,
-            "rows_out": edge_totals["rows"],
+            "rows_in": edges.edges_in,
+            "rows_out": manifest["totals"][gremlin.EDGES_DIR]["rows"],
             "rejected": e_rejected,
             "dropped": e_dropped,
-            "duplicate_keys": duplicate_keys,
-            "has_rank": has_rank,
-            "bytes_per_row": edge_sizing.bytes_per_row,
-            "rows_per_file": edge_sizing.rows_per_file,
+            "duplicate_keys": edges.duplicate_keys,
+            "has_rank": edges.has_rank,
+            "bytes_per_row": edges.sizing.bytes_per_row,
+            "rows_per_file": edges.sizing.rows_per_file,
         },
         "diff": {key: manifest["diff"][key] for key in ("is_full_load", "reason", "bases", "counts")},
-        "non_data_files_removed": len(removed),
-        "seconds_by_phase": clock.seconds,
+        "non_data_files_removed": removed,
     }
-    return {"manifest": manifest, "funnel": funnel, "details": details, "clock": clock}
+
+
+def export_funnel(vertices: VertexOutcome, edges: EdgeStage) -> Funnel:
+    """Catalog rows and edges in; vertex and edge rows out; the rest by reason (``vertex.``/``edge.``)."""
+    v_rejected, v_dropped = vertices.left_out()
+    e_rejected, e_dropped = split_reasons(edges.reject_counts, EDGE_PREFIX)
+    return Funnel(
+        rows_in=sum(vertices.counts.values()) + edges.edges_in,
+        rows_out=totals(vertices.files)["rows"] + totals(edges.files)["rows"],
+        rejected_by_reason={**v_rejected, **e_rejected},
+        dropped_by_reason={**v_dropped, **e_dropped},
+    )
+
+
+def export(spark: SparkSession, spec: ExportSpec, run: StagedRun) -> ExportResult:
+    """Write the whole export to the run's staged folder and check it; nothing is published here.
+
+    The tasks take every file's rows, bytes and sha256 as they write it and count repeated (from, to)
+    keys exactly; in the rare run where a pair repeats, the edges are redone on the Spark path, which
+    keeps the best edge of each pair.
+    """
+    staged = run.staged()
+    vertices, edges = stage_graph(spark, spec, run)
+    # Staged: now make it loader-clean.
+    removed = edges.removed + remove_non_data_files(storage.join(staged, gremlin.REJECTS_DIR), keep=None)
+    check_files(spec, vertices, edges)
+    funnel = export_funnel(vertices, edges)
+    check_funnel(STAGE, funnel)  # refuse to publish an export that lost or invented rows
+    manifest = build_manifest(spec, vertices, edges)
+    manifest["diff"] = stage_diff(spark, spec, staged, manifest["headers"])
+    run.lap("diff")
+    storage.write_json(storage.join(staged, gremlin.MANIFEST_NAME), manifest)
+    run.lap("manifest")
+    return ExportResult(manifest, funnel, export_details(vertices, edges, manifest, len(removed)))
 
 
 def gate_frames(
@@ -1060,93 +1178,69 @@ def gate_frames(
     The columns are the header the job has checked in every file; every value is read as a string.
     """
     headers = manifest["headers"]
-    reader = spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
+    reader = spark.read.options(**gremlin.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
 
     def read(uri: str, kind: str) -> DataFrame:
         schema = T.StructType([T.StructField(name, T.StringType(), True) for name in headers[kind]])
         return reader.schema(schema).csv(storage.spark_path(uri))
 
-    vertices_df = read(storage.join(staged, G.VERTICES_DIR), G.VERTICES_DIR)
-    edge_files = [item for item in manifest["files"] if item["path"].startswith(f"{G.EDGES_DIR}/")]
-    total = manifest["totals"][G.EDGES_DIR]["rows"]
+    vertices_df = read(storage.join(staged, gremlin.VERTICES_DIR), gremlin.VERTICES_DIR)
+    edge_files = [item for item in manifest["files"] if item["path"].startswith(f"{gremlin.EDGES_DIR}/")]
+    total = manifest["totals"][gremlin.EDGES_DIR]["rows"]
     if edge_rows == 0 or edge_rows >= total:
-        edges_df = read(storage.join(staged, G.EDGES_DIR), G.EDGES_DIR)
+        edges_df = read(storage.join(staged, gremlin.EDGES_DIR), gremlin.EDGES_DIR)
         note = {"edge_rows_checked": total, "edge_sample": "every row"}
     else:
         per_file = math.ceil(edge_rows / len(edge_files))
-        heads = [read(storage.join(staged, item["path"]), G.EDGES_DIR).limit(per_file) for item in edge_files]
+        heads = [
+            read(storage.join(staged, item["path"]), gremlin.EDGES_DIR).limit(per_file) for item in edge_files
+        ]
         edges_df = functools.reduce(DataFrame.unionByName, heads)
         rows_checked = sum(min(per_file, item["rows"]) for item in edge_files)
         note = {"edge_rows_checked": rows_checked, "edge_sample": f"first {per_file} rows of each edge file"}
     return {GREMLIN_VERTICES: vertices_df, GREMLIN_EDGES: edges_df}, note
 
 
-def start_staging(output: str) -> str:
-    """Begin this run's staging beside ``output`` (same filesystem), so one swap publishes it: the
-    folder ``<parent>/_staging/export/<run id>/<name>`` (``<parent>/<name>`` being ``output``)."""
-    parent, name = posixpath.split(output.rstrip("/"))
-    _, run_folder = storage.start_staging(parent or ".", STAGE)
-    return storage.join(run_folder, name)
+def check_inputs(spec: ExportSpec) -> None:
+    """Raise JobError naming the first input that does not exist."""
+    for flag, uri in spec.inputs.items():
+        if uri is not None and not storage.exists(uri):
+            raise JobError(f"{flag}: nothing at {uri}")
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """Run the export; returns the run report (``stage`` "export")."""
-    started_at = time.time()
     args = parse_args(argv)
-    for flag, uri in (
-        ("--catalog", args.catalog),
-        ("--edges", args.edges),
-        ("--embeddings", args.embeddings),
-    ):
-        if uri is not None and not storage.exists(uri):
-            raise JobError(f"{flag}: nothing at {uri}")
-    outputs.check_output(
-        STAGE,
-        args.output,
-        inputs={"--catalog": args.catalog, "--edges": args.edges, "--embeddings": args.embeddings},
-        report_dir=reports_root(args),
-    )
+    spec = ExportSpec.from_args(args)
+    run = StagedRun(RunSpec.from_args(STAGE, args), whole_output=True, log=LOG)
+    check_inputs(spec)
+    run.check_output(inputs=spec.inputs)
     spark = get_spark(APP_NAME)
-    staged = start_staging(args.output)
-    try:
-        result = export(spark, args, staged)
+    with run:
+        result = export(spark, spec, run)
         # Staged and checked: the quality gate parses the staged CSVs (every vertex, a bounded share of
         # the edges), then publish.
         frames: dict[str, DataFrame] = {}
         gate_note: dict[str, Any] = {}
-        if args.quality != MODE_OFF:
-            frames, gate_note = gate_frames(spark, staged, result["manifest"], edge_rows=args.gate_edge_rows)
-        run_gate(
-            STAGE,
-            frames,
-            reports_root=reports_root(args),
-            run_date=args.run_date,
-            thresholds=thresholds_from_args(args),
-            context={
-                ROWS_IN: result["funnel"].rows_in,
-                ROWS_REJECTED: result["funnel"].rows_rejected,
-                **gate_note,
-            },
-        )
-        result["details"]["quality_gate"] = gate_note
-        result["clock"].lap("quality_gate")
-        storage.publish(staged, args.output, owner=outputs.folder_marker(STAGE))
-        result["clock"].lap("publish")
-    finally:
-        storage.finish_staging(posixpath.dirname(staged))
-    manifest = result["manifest"]
+        if spec.is_gated:
+            frames, gate_note = gate_frames(
+                spark, run.staged(), result.manifest, edge_rows=spec.gate_edge_rows
+            )
+        context = {ROWS_IN: result.funnel.rows_in, ROWS_REJECTED: result.funnel.rows_rejected, **gate_note}
+        run.gate(frames, context=context)
+        run.lap("quality_gate")
+        run.publish()
     details = {
-        "output": args.output,
-        "manifest": storage.join(args.output, G.MANIFEST_NAME),
-        "compression": args.compression,
-        "metric": args.metric,
-        "totals": manifest["totals"],
-        **result["details"],
+        "output": spec.output,
+        "manifest": storage.join(spec.output, gremlin.MANIFEST_NAME),
+        "compression": spec.compression,
+        "metric": spec.metric,
+        "totals": result.manifest["totals"],
+        **result.details,
+        "quality_gate": gate_note,
     }
-    return write_report(
-        reports_root(args), STAGE, args.run_date, result["funnel"], started_at=started_at, details=details
-    )
+    return run.report(result.funnel, details)
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(run_job(main))

@@ -51,7 +51,7 @@ from jobs.common import graph_marker as gm
 from jobs.common import neptune_data as nd
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
-from schemas import gremlin as G
+from schemas import gremlin
 
 LOG = logging.getLogger("stylegraph.neptune_load")
 
@@ -298,8 +298,8 @@ def expected_counts(manifest: Mapping[str, Any]) -> dict[str, dict[str, int]]:
     """Elements per label the graph must hold after loading this export (labels with none left out)."""
     totals = manifest["totals"]
     expected = {
-        G.VERTICES_DIR: {manifest["vertex_label"]: int(totals[G.VERTICES_DIR]["rows"])},
-        G.EDGES_DIR: {manifest["edge_label"]: int(totals[G.EDGES_DIR]["rows"])},
+        gremlin.VERTICES_DIR: {manifest["vertex_label"]: int(totals[gremlin.VERTICES_DIR]["rows"])},
+        gremlin.EDGES_DIR: {manifest["edge_label"]: int(totals[gremlin.EDGES_DIR]["rows"])},
     }
     return {kind: {label: n for label, n in counts.items() if n} for kind, counts in expected.items()}
 
@@ -336,8 +336,8 @@ def plan_night(
             ref,
             True,
             False,
-            prefix_with_rows(G.VERTICES_DIR),
-            prefix_with_rows(G.EDGES_DIR),
+            prefix_with_rows(gremlin.VERTICES_DIR),
+            prefix_with_rows(gremlin.EDGES_DIR),
             expected=expected,
         )
     bases = [gm.ExportRef(b["export"], b["run_date"], b["manifest_sha256"]) for b in diff["bases"]]
@@ -346,7 +346,7 @@ def plan_night(
     if uncovered:
         names = ", ".join("nothing loaded" if item is None else item.export for item in uncovered)
         raise JobError(
-            f"{storage.join(source, G.MANIFEST_NAME)}: its diff is against "
+            f"{storage.join(source, gremlin.MANIFEST_NAME)}: its diff is against "
             f"{[base.export for base in bases]} but the graph may hold {names}: run the export for "
             f"{ref.run_date} again (it diffs against the markers), or load it with --full"
         )
@@ -354,15 +354,19 @@ def plan_night(
     def files_under(folder: str) -> list[str]:
         return sorted(storage.join(source, path) for path in rows if path.startswith(folder + "/"))
 
-    kinds = (G.VERTICES_DIR, G.EDGES_DIR)
+    kinds = (gremlin.VERTICES_DIR, gremlin.EDGES_DIR)
     return NightPlan(
         ref,
         False,
         False,
-        prefix_with_rows(storage.join(G.DIFF_DIR, G.VERTICES_DIR)),
-        prefix_with_rows(storage.join(G.DIFF_DIR, G.EDGES_DIR)),
-        remove_files={k: files_under(storage.join(G.DIFF_DIR, G.DIFF_REMOVE_DIR, k)) for k in kinds},
-        clear_files={k: files_under(storage.join(G.DIFF_DIR, G.DIFF_CLEAR_DIR, k)) for k in kinds},
+        prefix_with_rows(storage.join(gremlin.DIFF_DIR, gremlin.VERTICES_DIR)),
+        prefix_with_rows(storage.join(gremlin.DIFF_DIR, gremlin.EDGES_DIR)),
+        remove_files={
+            k: files_under(storage.join(gremlin.DIFF_DIR, gremlin.DIFF_REMOVE_DIR, k)) for k in kinds
+        },
+        clear_files={
+            k: files_under(storage.join(gremlin.DIFF_DIR, gremlin.DIFF_CLEAR_DIR, k)) for k in kinds
+        },
         expected=expected,
         counts=diff.get("counts"),
     )
@@ -402,9 +406,9 @@ def clear_batches(files: Sequence[str], size: int) -> Iterator[tuple[str, list[s
 def apply_changes(api: nd.DataApi, plan: NightPlan, batch_size: int) -> dict[str, int]:
     """Clear properties, then remove edges, then vertices; returns the ids sent per step."""
     done = {}
-    for kind, letter in ((G.VERTICES_DIR, nd.VERTEX), (G.EDGES_DIR, nd.EDGE)):
+    for kind, letter in ((gremlin.VERTICES_DIR, nd.VERTEX), (gremlin.EDGES_DIR, nd.EDGE)):
         done[f"{kind}_cleared"] = api.clear(letter, clear_batches(plan.clear_files.get(kind, []), batch_size))
-    for kind, letter in ((G.EDGES_DIR, nd.EDGE), (G.VERTICES_DIR, nd.VERTEX)):
+    for kind, letter in ((gremlin.EDGES_DIR, nd.EDGE), (gremlin.VERTICES_DIR, nd.VERTEX)):
         done[f"{kind}_removed"] = api.drop(letter, id_batches(plan.remove_files.get(kind, []), batch_size))
     LOG.info("changes applied: %s in %d requests (%d retried)", done, api.requests, api.retries)
     return done
@@ -416,10 +420,13 @@ def check_counts(api: nd.DataApi, expected: Mapping[str, Mapping[str, int]]) -> 
     Raises:
         GraphMismatchError: any label's count differs (all of them named, with both numbers).
     """
-    found = {G.VERTICES_DIR: api.count_by_label(nd.VERTEX), G.EDGES_DIR: api.count_by_label(nd.EDGE)}
+    found = {
+        gremlin.VERTICES_DIR: api.count_by_label(nd.VERTEX),
+        gremlin.EDGES_DIR: api.count_by_label(nd.EDGE),
+    }
     problems = [
         f"{kind} {label!r}: graph {found[kind].get(label, 0)}, export {expected[kind].get(label, 0)}"
-        for kind in (G.VERTICES_DIR, G.EDGES_DIR)
+        for kind in (gremlin.VERTICES_DIR, gremlin.EDGES_DIR)
         for label in sorted(set(found[kind]) | set(expected[kind]))
         if found[kind].get(label, 0) != expected[kind].get(label, 0)
     ]
@@ -435,7 +442,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--loaded-marker",
         default=None,
-        help=f"the marker naming the export the graph holds (default <source>/../{G.LOADED_MARKER_NAME})",
+        help="the marker naming the export the graph holds "
+        f"(default <source>/../{gremlin.LOADED_MARKER_NAME})",
     )
     parser.add_argument(
         "--endpoint",
@@ -515,11 +523,11 @@ def read_manifest(version: str) -> tuple[dict[str, Any], str]:
     Raises:
         JobError: no manifest, or one that is not an export's (named).
     """
-    uri = storage.join(version, G.MANIFEST_NAME)
+    uri = storage.join(version, gremlin.MANIFEST_NAME)
     try:
         text = storage.read_text(uri)
     except FileNotFoundError as err:
-        raise JobError(f"{uri}: no {G.MANIFEST_NAME} (not an export folder)") from err
+        raise JobError(f"{uri}: no {gremlin.MANIFEST_NAME} (not an export folder)") from err
     except OSError as err:
         raise JobError(f"{uri}: cannot be read ({err})") from err
     try:
@@ -533,6 +541,30 @@ def read_manifest(version: str) -> tuple[dict[str, Any], str]:
 
 def prefix(source: str, folder: str) -> str:
     return storage.join(source, folder) + "/"
+
+
+def refuse_rollback(source: str, ref: gm.ExportRef, loaded: gm.ExportRef) -> None:
+    """A backfill of an older day must not roll the graph back: the night applies removals too."""
+    if ref.run_date < loaded.run_date:
+        raise JobError(
+            f"--source {source} is the export of {ref.run_date}, older than the one the graph holds "
+            f"({loaded.run_date}, {loaded.export}): refusing to roll the graph back (--full loads it anyway)"
+        )
+
+
+def dry_run_requests(plan: NightPlan, settings: LoadSettings) -> dict[str, Any]:
+    """The plan and the loader requests a night would send (a dry run prints them)."""
+    return {
+        "plan": plan.as_dict(),
+        "vertices": loader_request(plan.vertices_source, settings) if plan.vertices_source else None,
+        "edges": loader_request(
+            plan.edges_source,
+            settings,
+            dependencies=[PLACEHOLDER_VERTEX_LOAD_ID] if plan.vertices_source else [],
+        )
+        if plan.edges_source
+        else None,
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -557,12 +589,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     loaded_uri = args.loaded_marker or gm.loaded_marker_uri(source)
     loading_uri = gm.loading_marker_uri(loaded_uri)
     loaded = gm.read_marker(loaded_uri)
-    if loaded is not None and ref.run_date < loaded.run_date and not args.full:
-        # A backfill of an older day must not roll the graph back: the night applies removals too.
-        raise JobError(
-            f"--source {source} is the export of {ref.run_date}, older than the one the graph holds "
-            f"({loaded.run_date}, {loaded.export}): refusing to roll the graph back (--full loads it anyway)"
-        )
+    if loaded is not None and not args.full:
+        refuse_rollback(source, ref, loaded)
     plan = plan_night(
         version, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
     )
@@ -574,18 +602,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         fail_on_error=args.fail_on_error,
     )
     if args.dry_run:
-        requests = {
-            "endpoint": args.endpoint,
-            "plan": plan.as_dict(),
-            "vertices": loader_request(plan.vertices_source, settings) if plan.vertices_source else None,
-            "edges": loader_request(
-                plan.edges_source,
-                settings,
-                dependencies=[PLACEHOLDER_VERTEX_LOAD_ID] if plan.vertices_source else [],
-            )
-            if plan.edges_source
-            else None,
-        }
+        requests = {"endpoint": args.endpoint, **dry_run_requests(plan, settings)}
         sys.stdout.write(json.dumps(requests, indent=2) + "\n")  # the CLI's output, not a log line
         return {"dry_run": True, **requests}
     LOG.info(
@@ -597,15 +614,13 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     client = make_client(args.endpoint, args.region, max_attempts=args.max_attempts)
     # The data API's retries are DataApi's own (ThrottlingException is an HTTP 500 there), so botocore
     # makes one attempt per request.
-    api = nd.DataApi(
-        make_client(args.endpoint, args.region, max_attempts=1),
-        nd.Pacing(
-            rate=args.rate,
-            max_retries=args.max_retries,
-            backoff_initial_s=args.backoff_initial,
-            backoff_max_s=args.backoff_max,
-        ),
+    pacing = nd.Pacing(
+        rate=args.rate,
+        max_retries=args.max_retries,
+        backoff_initial_s=args.backoff_initial,
+        backoff_max_s=args.backoff_max,
     )
+    api = nd.DataApi(make_client(args.endpoint, args.region, max_attempts=1), pacing)
     loads: dict[str, Any] = {"vertices": None, "edges": None}
     changes: dict[str, int] = {}
     if not plan.is_loaded:

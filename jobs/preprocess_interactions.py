@@ -14,18 +14,18 @@ published only when the run has succeeded; the report goes to ``<report root>/pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import logging
-import time
 from collections.abc import Sequence
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
-from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import cli, outputs, storage
+from jobs.common import cli, storage
 from jobs.common.cli import JobError
 from jobs.common.quality import (
     LEAVE_ONE_OUT,
@@ -37,13 +37,12 @@ from jobs.common.quality import (
     TEST_NEGATIVES,
     TRAIN,
     add_quality_args,
-    run_gate,
-    thresholds_from_args,
 )
-from jobs.common.report import Funnel, PhaseClock, check_funnel, write_report
+from jobs.common.report import Funnel, check_funnel
+from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import get_spark
 from jobs.transforms import interactions as tx
-from schemas import interactions as S
+from schemas import interactions as interactions_schema
 
 LOG = logging.getLogger("stylegraph.preprocess")
 
@@ -57,11 +56,23 @@ TEST_DIR = "test"
 REJECTS_DIR = "rejects"
 USERS_INDEX_DIR = "index/users"
 ITEMS_INDEX_DIR = "index/items"
+# Published in this order: the index maps first, so that if a later swap fails, a rerun reuses the ids
+# already published.
+INDEX_DATASETS = (USERS_INDEX_DIR, ITEMS_INDEX_DIR)
+DATASETS = (*INDEX_DATASETS, REJECTS_DIR, TRAIN_DIR, TEST_DIR)
 SPARK_CONF = {
     # Hostile timestamps must parse to null, not raise Spark 3's "upgrade" exception.
     "spark.sql.legacy.timeParserPolicy": "CORRECTED",
 }
 _IS_RUN_DAY = "_is_run_day"
+PARSED_COLUMNS = (
+    interactions_schema.INPUT_FILE,
+    interactions_schema.EVENT_ID,
+    interactions_schema.USER_ID,
+    interactions_schema.ITEM_ID,
+    interactions_schema.EVENT_TS,
+    interactions_schema.REASON,
+)
 # The report names at most this many files the job did not read (it counts them all).
 MAX_NAMED_FILES = 20
 
@@ -83,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--train-negatives", type=cli.non_negative_int, default=4)
     parser.add_argument("--test-negatives", type=cli.non_negative_int, default=99)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", choices=S.SPLITS, default=S.SPLIT_LOO)
+    parser.add_argument("--split", choices=interactions_schema.SPLITS, default=interactions_schema.SPLIT_LOO)
     parser.add_argument(
         "--test-fraction",
         type=cli.fraction,
@@ -95,18 +106,25 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = build_parser().parse_args(argv)
-    if args.split == S.SPLIT_CHRONO and (args.test_fraction is None or not 0.0 < args.test_fraction < 1.0):
+    is_fraction = args.test_fraction is not None and 0.0 < args.test_fraction < 1.0
+    if args.split == interactions_schema.SPLIT_CHRONO and not is_fraction:
         raise JobError(
             "preprocess_interactions: --split chrono needs --test-fraction between 0 and 1 (exclusive)"
         )
-    if args.split == S.SPLIT_LOO and args.test_fraction is not None:
+    if args.split == interactions_schema.SPLIT_LOO and args.test_fraction is not None:
         raise JobError("preprocess_interactions: --test-fraction only applies to --split chrono")
     return args
 
 
-def input_files(
-    input_uri: str, run_date: dt.date, lookback_days: int
-) -> tuple[list[str], list[str], list[str]]:
+class InputFiles(NamedTuple):
+    """The log files of a run's window."""
+
+    files: list[str]  # every log file of the window, sorted
+    run_day: list[str]  # those of the run date itself
+    unread: list[str]  # the window's other files (counted, not read), sorted
+
+
+def input_files(input_uri: str, run_date: dt.date, lookback_days: int) -> InputFiles:
     """The log files of the window, those of the run date itself, and the window's other files (a
     suffix or case the job does not read: ``PART.JSONL.GZ``, ``.bz2``), which are counted, not read.
 
@@ -137,13 +155,14 @@ def input_files(
     for uri in unread:
         LOG.warning("not a log file this job reads (suffix must be one of %s), not read: %s",
                     ", ".join(INPUT_SUFFIXES), uri)
-    return sorted(files), run_day_files, sorted(unread)
+    return InputFiles(sorted(files), run_day_files, sorted(unread))
 
 
 def read_lines(spark: SparkSession, files: Sequence[str]) -> DataFrame:
     """``line, input_file`` for every line of the files (gzip by extension)."""
     return spark.read.text([storage.spark_path(f) for f in files]).select(
-        F.col("value").alias(S.LINE), F.col("_metadata.file_path").alias(S.INPUT_FILE)
+        F.col("value").alias(interactions_schema.LINE),
+        F.col("_metadata.file_path").alias(interactions_schema.INPUT_FILE),
     )
 
 
@@ -168,15 +187,183 @@ def read_index(spark: SparkSession, uri: str, schema: Any) -> DataFrame:
     return spark.createDataFrame([], nullable)
 
 
+@dataclass(frozen=True)
+class PreprocessSpec:
+    """What a preprocess run reads and how it builds the NCF sets (the parsed flags, checked)."""
+
+    input: str
+    lookback_days: int
+    min_user_interactions: int
+    min_item_interactions: int
+    train_negatives: int
+    test_negatives: int
+    seed: int
+    split: str
+    test_fraction: float | None
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> PreprocessSpec:
+        return cls(**{name: getattr(args, name) for name in cls.__dataclass_fields__})
+
+    def parameters(self) -> dict[str, Any]:
+        """The run's parameters, as the report records them."""
+        return {name: value for name, value in dataclasses.asdict(self).items() if name != "input"}
+
+
+@dataclass(frozen=True)
+class ParsedLines:
+    """Every line read, parsed (persisted), with the counts of the read."""
+
+    parsed_df: DataFrame
+    lines_read: int
+    run_day_lines: int
+    rejected: dict[str, int]  # every reject reason, 0 included
+
+    @property
+    def valid_lines(self) -> int:
+        return self.lines_read - sum(self.rejected.values())
+
+
+@dataclass(frozen=True)
+class Positives:
+    """The run's implicit positives before and after the k-core, with their counts."""
+
+    positives_df: DataFrame
+    core_df: DataFrame
+    n_positives: int
+    unique_events: int
+    n_core: int
+    k_core_rounds: int
+
+
 def _write(df: DataFrame, uri: str) -> None:
     df.write.mode("overwrite").parquet(storage.spark_path(uri))
 
 
-def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
-    """The "staged and checked -> publish" gate: every folder is there and the sets are not empty.
+def parse_lines(spark: SparkSession, run: StagedRun, inputs: InputFiles, input_root: str) -> ParsedLines:
+    """Read and parse every line of the window (persisted: only rejected lines keep their text) and
+    count them by reason and day.
 
-    The quality gate (great-expectations suites) is called here too, once it exists.
+    Raises:
+        JobError: a compressed file that cannot be read (named), or a run date whose logs are empty.
     """
+    run_date = run.spec.run_date
+    parsed_df = run.persist(
+        read_lines(spark, inputs.files)
+        .transform(tx.with_parsed_events, run_date=run_date)
+        .select(
+            F.when(F.col(interactions_schema.REASON).isNotNull(), F.col(interactions_schema.LINE))
+            .alias(interactions_schema.LINE),
+            *PARSED_COLUMNS,
+            F.col(interactions_schema.INPUT_FILE)
+            .contains(f"/{storage.partition_name(run_date)}/")
+            .alias(_IS_RUN_DAY),
+        )
+    )
+    try:
+        by_reason = {
+            (row[interactions_schema.REASON], row[_IS_RUN_DAY]): row["count"]
+            for row in parsed_df.groupBy(interactions_schema.REASON, _IS_RUN_DAY).count().collect()
+        }
+    except Exception:
+        raise_unreadable(inputs.files)
+        raise
+    run_day_lines = sum(n for (_, is_run_day), n in by_reason.items() if is_run_day)
+    if run_day_lines == 0:
+        raise JobError(f"the run date's logs are empty: {storage.partition_uri(input_root, '', run_date)}")
+    rejected = {reason: 0 for reason in interactions_schema.REJECT_REASONS}
+    for (reason, _), n in by_reason.items():
+        if reason is not None:
+            rejected[reason] += n
+    return ParsedLines(parsed_df, sum(by_reason.values()), run_day_lines, rejected)
+
+
+def to_positives(run: StagedRun, parsed: ParsedLines, spec: PreprocessSpec) -> Positives:
+    """Valid, unique events collapsed to one positive per (user, item), and their k-core.
+
+    Raises:
+        JobError: nothing is left after the k-core.
+    """
+    events_df = parsed.parsed_df.transform(tx.filter_valid).transform(tx.drop_duplicate_events)
+    positives_df = run.persist(events_df.transform(tx.to_positives))
+    totals = positives_df.agg(
+        F.count(F.lit(1)).alias("n"), F.sum(interactions_schema.EVENT_COUNT).alias("events")
+    ).first()
+    parsed.parsed_df.unpersist()
+    run.lap("positives")
+    core_df, rounds = tx.filter_k_core(
+        positives_df, min_user=spec.min_user_interactions, min_item=spec.min_item_interactions
+    )
+    run.on_exit(core_df.unpersist)
+    n_core = core_df.count()
+    if n_core == 0:
+        raise JobError(
+            f"no positives left after the k-core (min users {spec.min_user_interactions}, "
+            f"min items {spec.min_item_interactions}) for {run.spec.run_date}"
+        )
+    run.lap("k_core")
+    return Positives(positives_df, core_df, int(totals["n"]), int(totals["events"] or 0), n_core, rounds)
+
+
+def stage_indices(
+    spark: SparkSession, run: StagedRun, positives: Positives
+) -> tuple[DataFrame, DataFrame, DataFrame]:
+    """Extend the published id maps with tonight's users and items and stage them; returns the maps
+    (persisted, one sorted partition each: the joins after read them from memory) and tonight's items."""
+    kept_items_df = run.persist(positives.core_df.select(interactions_schema.ITEM_ID).distinct())
+    maps = []
+    for dataset, schema, id_col, idx_col, kept_df in (
+        (USERS_INDEX_DIR, interactions_schema.USER_INDEX_SCHEMA, interactions_schema.USER_ID,
+         interactions_schema.USER_IDX, positives.core_df),
+        (ITEMS_INDEX_DIR, interactions_schema.ITEM_INDEX_SCHEMA, interactions_schema.ITEM_ID,
+         interactions_schema.ITEM_IDX, kept_items_df),
+    ):
+        index_df = tx.extend_index(
+            read_index(spark, run.finals[dataset], schema),
+            tx.first_seen(positives.positives_df, kept_df, id_col),
+            id_col=id_col,
+            idx_col=idx_col,
+            run_date=run.spec.run_date,
+        )
+        # One sorted file per map: they are small next to the events, and a later run reads them whole.
+        maps.append(run.persist(index_df.repartition(1).sortWithinPartitions(idx_col)))
+    for dataset, index_df in zip((USERS_INDEX_DIR, ITEMS_INDEX_DIR), maps, strict=True):
+        _write(index_df, run.staged(dataset))
+    run.lap("index")
+    return maps[0], maps[1], kept_items_df
+
+
+def stage_train_and_test(
+    spark: SparkSession, run: StagedRun, spec: PreprocessSpec, positives: Positives
+) -> dict[str, int]:
+    """Map ids, split each user's history and stage the train and test sets; returns the counts."""
+    users_index_df, items_index_df, kept_items_df = stage_indices(spark, run, positives)
+    # Tonight's items straight from their map (no pass over the positives), cached: small, used by
+    # the split and both negative samplers.
+    ranks_df = run.persist(
+        tx.item_ranks(items_index_df.join(kept_items_df, on=interactions_schema.ITEM_ID, how="left_semi"))
+    )
+    split_df = run.persist(
+        positives.core_df.transform(tx.with_indices, users_index_df, items_index_df)
+        .transform(tx.to_user_histories, ranks_df)
+        .transform(tx.with_split, split=spec.split, test_fraction=spec.test_fraction)
+        # Same rows in the same order on every run: output files are byte-for-byte repeatable.
+        # Filled by the train write, read again by the test write and the counts.
+        .sortWithinPartitions(interactions_schema.USER_IDX)
+    )
+    train_df = tx.explode_train_rows(split_df, ranks_df, negatives=spec.train_negatives, seed=spec.seed)
+    _write(train_df, run.staged(TRAIN_DIR))
+    for frame in (positives.positives_df, positives.core_df, kept_items_df, users_index_df, items_index_df):
+        frame.unpersist()
+    run.lap("split_and_train")
+    test_df = tx.explode_test_rows(split_df, ranks_df, negatives=spec.test_negatives, seed=spec.seed)
+    _write(test_df, run.staged(TEST_DIR))
+    run.lap("test")
+    return _output_counts(run, split_df, ranks_df, spec.test_negatives)
+
+
+def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
+    """The "staged and checked -> publish" gate: every folder is there and the sets are not both empty."""
     for name, uri in staged.items():
         if not storage.exists(uri):
             raise RuntimeError(f"staged {name} missing at {uri}")
@@ -184,234 +371,88 @@ def check_staged(staged: dict[str, str], counts: dict[str, int]) -> None:
         raise RuntimeError("staged train and test sets are both empty")
 
 
+def gate_context(counts: dict[str, int], spec: PreprocessSpec, funnel: Funnel) -> dict[str, Any]:
+    """What the train and test suites need to know of the run."""
+    return {
+        N_USERS: counts["users_index_size"],
+        N_ITEMS: counts["items_index_size"],
+        LEAVE_ONE_OUT: spec.split == interactions_schema.SPLIT_LOO,
+        TEST_NEGATIVES: spec.test_negatives,
+        ROWS_IN: funnel.rows_in,
+        ROWS_REJECTED: funnel.rows_rejected,
+    }
+
+
+def to_funnel(parsed: ParsedLines, positives: Positives) -> Funnel:
+    duplicates = parsed.valid_lines - positives.unique_events
+    return Funnel(
+        rows_in=parsed.lines_read,
+        rows_out=positives.unique_events,
+        rejected_by_reason={k: v for k, v in parsed.rejected.items() if v},
+        dropped_by_reason={DUPLICATE_REASON: duplicates} if duplicates else {},
+    )
+
+
+def report_details(
+    spec: PreprocessSpec, inputs: InputFiles, parsed: ParsedLines, positives: Positives,
+    counts: dict[str, int], finals: dict[str, str],
+) -> dict[str, Any]:
+    """The report's details beside the funnel."""
+    return {
+        "lines_read": parsed.lines_read,
+        "lines_read_run_date": parsed.run_day_lines,
+        "rejected": sum(parsed.rejected.values()),
+        "rejected_by_reason": parsed.rejected,
+        "duplicates_dropped": parsed.valid_lines - positives.unique_events,
+        "valid_events": positives.unique_events,
+        "positives": positives.n_positives,
+        "events_collapsed_into_positives": positives.unique_events - positives.n_positives,
+        "removed_by_k_core": positives.n_positives - positives.n_core,
+        "k_core_rounds": positives.k_core_rounds,
+        "positives_after_k_core": positives.n_core,
+        **counts,
+        "parameters": spec.parameters(),
+        "input_files": len(inputs.files),
+        "unread_files": len(inputs.unread),
+        "unread_file_names": inputs.unread[:MAX_NAMED_FILES],
+        "outputs": dict(finals),
+    }
+
+
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    started_at = time.time()
     args = parse_args(argv)
     cli.configure_logging(args.log_level)
-    run_date: dt.date = args.run_date
-    files, run_day_files, unread_files = input_files(args.input, run_date, args.lookback_days)
-    # Index maps first: if a later swap fails, a rerun reuses the ids already published.
-    finals = {
-        USERS_INDEX_DIR: storage.join(args.output, USERS_INDEX_DIR),
-        ITEMS_INDEX_DIR: storage.join(args.output, ITEMS_INDEX_DIR),
-        REJECTS_DIR: storage.partition_uri(args.output, REJECTS_DIR, run_date),
-        TRAIN_DIR: storage.partition_uri(args.output, TRAIN_DIR, run_date),
-        TEST_DIR: storage.partition_uri(args.output, TEST_DIR, run_date),
-    }
-    outputs.check_output(
-        STAGE, args.output, inputs={"--input": args.input}, replaces=finals.values(),
-        report_dir=cli.reports_root(args),
-    )
-    LOG.info("reading %d files (%d of the run date)", len(files), len(run_day_files))
-
+    spec = PreprocessSpec.from_args(args)
+    run = StagedRun(RunSpec.from_args(STAGE, args), DATASETS, unpartitioned=INDEX_DATASETS, log=LOG)
+    inputs = input_files(spec.input, run.spec.run_date, spec.lookback_days)
+    run.check_output(inputs={"--input": spec.input})
+    LOG.info("reading %d files (%d of the run date)", len(inputs.files), len(inputs.run_day))
     spark = get_spark(APP_NAME, conf=SPARK_CONF)
-    clock = PhaseClock(LOG)
-    run_day_marker = f"/dt={run_date.isoformat()}/"
-    parsed_df = (
-        read_lines(spark, files)
-        .transform(tx.with_parsed_events, run_date=run_date)
-        # Only rejected lines keep their text: the cache stays narrow.
-        .select(
-            F.when(F.col(S.REASON).isNotNull(), F.col(S.LINE)).alias(S.LINE),
-            S.INPUT_FILE,
-            S.EVENT_ID,
-            S.USER_ID,
-            S.ITEM_ID,
-            S.EVENT_TS,
-            S.REASON,
-            F.col(S.INPUT_FILE).contains(run_day_marker).alias(_IS_RUN_DAY),
-        )
-        .persist(StorageLevel.MEMORY_AND_DISK)
-    )
-    try:
-        by_reason = {
-            (row[S.REASON], row[_IS_RUN_DAY]): row["count"]
-            for row in parsed_df.groupBy(S.REASON, _IS_RUN_DAY).count().collect()
-        }
-    except Exception:
-        parsed_df.unpersist()
-        raise_unreadable(files)
-        raise
-    lines_read = sum(by_reason.values())
-    run_day_lines = sum(n for (_, is_run_day), n in by_reason.items() if is_run_day)
-    if run_day_lines == 0:
-        parsed_df.unpersist()
-        raise JobError(f"the run date's logs are empty: {storage.partition_uri(args.input, '', run_date)}")
-    rejected = {reason: 0 for reason in S.REJECT_REASONS}
-    for (reason, _), n in by_reason.items():
-        if reason is not None:
-            rejected[reason] += n
-    valid_lines = lines_read - sum(rejected.values())
-    clock.lap("parse")
-
-    _, staging_root = storage.start_staging(args.output, STAGE)
-    staged = {
-        name: storage.join(staging_root, name)
-        for name in (REJECTS_DIR, USERS_INDEX_DIR, ITEMS_INDEX_DIR, TRAIN_DIR, TEST_DIR)
-    }
-    # Frames this run caches, released however it ends: the session may outlive the job (tests, Glue).
-    cached: list[DataFrame] = [parsed_df]
-    try:
-        _write(parsed_df.transform(tx.filter_rejected).coalesce(1), staged[REJECTS_DIR])
-        clock.lap("rejects")
-
-        events_df = parsed_df.transform(tx.filter_valid).transform(tx.drop_duplicate_events)
-        positives_df = events_df.transform(tx.to_positives).persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(positives_df)
-        totals = positives_df.agg(F.count(F.lit(1)).alias("n"), F.sum(S.EVENT_COUNT).alias("events")).first()
-        parsed_df.unpersist()
-        n_positives = int(totals["n"])
-        unique_events = int(totals["events"] or 0)
-        duplicates = valid_lines - unique_events
-        clock.lap("positives")
-
-        core_df, rounds = tx.filter_k_core(
-            positives_df, min_user=args.min_user_interactions, min_item=args.min_item_interactions
-        )
-        cached.append(core_df)
-        n_core = core_df.count()
-        if n_core == 0:
-            raise JobError(
-                f"no positives left after the k-core (min users {args.min_user_interactions}, "
-                f"min items {args.min_item_interactions}) for {run_date}"
-            )
-        clock.lap("k_core")
-
-        kept_items_df = core_df.select(S.ITEM_ID).distinct().persist(StorageLevel.MEMORY_AND_DISK)
-        cached.append(kept_items_df)
-        users_index_df = tx.extend_index(
-            read_index(spark, storage.join(args.output, USERS_INDEX_DIR), S.USER_INDEX_SCHEMA),
-            tx.first_seen(positives_df, core_df, S.USER_ID),
-            id_col=S.USER_ID,
-            idx_col=S.USER_IDX,
-            run_date=run_date,
-        )
-        items_index_df = tx.extend_index(
-            read_index(spark, storage.join(args.output, ITEMS_INDEX_DIR), S.ITEM_INDEX_SCHEMA),
-            tx.first_seen(positives_df, kept_items_df, S.ITEM_ID),
-            id_col=S.ITEM_ID,
-            idx_col=S.ITEM_IDX,
-            run_date=run_date,
-        )
-        # One sorted file per map: they are small next to the events, and a later run reads them whole.
-        # Cached as they are written; the joins below read them from memory.
-        users_index_df = (
-            users_index_df.repartition(1).sortWithinPartitions(S.USER_IDX).persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        items_index_df = (
-            items_index_df.repartition(1).sortWithinPartitions(S.ITEM_IDX).persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        cached += [users_index_df, items_index_df]
-        _write(users_index_df, staged[USERS_INDEX_DIR])
-        _write(items_index_df, staged[ITEMS_INDEX_DIR])
-        clock.lap("index")
-
-        # Tonight's items straight from their map (no pass over the positives), cached: small, used by
-        # the split and both negative samplers.
-        ranks_df = tx.item_ranks(
-            items_index_df.join(kept_items_df, on=S.ITEM_ID, how="left_semi")
-        ).persist(StorageLevel.MEMORY_AND_DISK)
-        split_df = (
-            core_df.transform(tx.with_indices, users_index_df, items_index_df)
-            .transform(tx.to_user_histories, ranks_df)
-            .transform(tx.with_split, split=args.split, test_fraction=args.test_fraction)
-            # Same rows in the same order on every run: output files are byte-for-byte repeatable.
-            .sortWithinPartitions(S.USER_IDX)
-            # Filled by the train write, read again by the test write and the counts.
-            .persist(StorageLevel.MEMORY_AND_DISK)
-        )
-        cached += [ranks_df, split_df]
-        _write(
-            tx.explode_train_rows(split_df, ranks_df, negatives=args.train_negatives, seed=args.seed),
-            staged[TRAIN_DIR],
-        )
-        for frame in (positives_df, core_df, kept_items_df, users_index_df, items_index_df):
-            frame.unpersist()
-        clock.lap("split_and_train")
-        _write(
-            tx.explode_test_rows(split_df, ranks_df, negatives=args.test_negatives, seed=args.seed),
-            staged[TEST_DIR],
-        )
-        clock.lap("test")
-
-        counts = _output_counts(staged, split_df, ranks_df, args.test_negatives)
-        check_staged(staged, counts)
-        funnel = Funnel(
-            rows_in=lines_read,
-            rows_out=unique_events,
-            rejected_by_reason={k: v for k, v in rejected.items() if v},
-            dropped_by_reason={DUPLICATE_REASON: duplicates} if duplicates else {},
-        )
+    with run:
+        parsed = parse_lines(spark, run, inputs, spec.input)
+        run.lap("parse")
+        _write(parsed.parsed_df.transform(tx.filter_rejected).coalesce(1), run.staged(REJECTS_DIR))
+        run.lap("rejects")
+        positives = to_positives(run, parsed, spec)
+        counts = stage_train_and_test(spark, run, spec, positives)
+        check_staged({name: run.staged(name) for name in DATASETS}, counts)
+        funnel = to_funnel(parsed, positives)
         check_funnel(STAGE, funnel)
-        clock.lap("counts")
+        run.lap("counts")
         # The gate checks what was written. Three narrow columns: re-reading the Parquet for each metric
         # is cheaper than caching tens of millions of rows (at 1 M events, 12 s instead of 19 s).
-        run_gate(
-            STAGE,
-            {
-                TRAIN: spark.read.parquet(storage.spark_path(staged[TRAIN_DIR])),
-                TEST: spark.read.parquet(storage.spark_path(staged[TEST_DIR])),
-            },
-            cache_frames=False,
-            reports_root=cli.reports_root(args),
-            run_date=run_date,
-            thresholds=thresholds_from_args(args),
-            context={
-                N_USERS: counts["users_index_size"],
-                N_ITEMS: counts["items_index_size"],
-                LEAVE_ONE_OUT: args.split == S.SPLIT_LOO,
-                TEST_NEGATIVES: args.test_negatives,
-                ROWS_IN: funnel.rows_in,
-                ROWS_REJECTED: funnel.rows_rejected,
-            },
-        )
-
-        clock.lap("quality")
-        outputs.mark_root(STAGE, args.output)
-        for name, final in finals.items():
-            storage.publish(staged[name], final)
-    finally:
-        for frame in cached:
-            frame.unpersist()
-        storage.finish_staging(staging_root)
-    clock.lap("publish")
-
-    details = {
-        "lines_read": lines_read,
-        "lines_read_run_date": run_day_lines,
-        "rejected": sum(rejected.values()),
-        "rejected_by_reason": rejected,
-        "duplicates_dropped": duplicates,
-        "valid_events": unique_events,
-        "positives": n_positives,
-        "events_collapsed_into_positives": unique_events - n_positives,
-        "removed_by_k_core": n_positives - n_core,
-        "k_core_rounds": rounds,
-        "positives_after_k_core": n_core,
-        **counts,
-        "parameters": {
-            "lookback_days": args.lookback_days,
-            "min_user_interactions": args.min_user_interactions,
-            "min_item_interactions": args.min_item_interactions,
-            "train_negatives": args.train_negatives,
-            "test_negatives": args.test_negatives,
-            "seed": args.seed,
-            "split": args.split,
-            "test_fraction": args.test_fraction,
-        },
-        "input_files": len(files),
-        "unread_files": len(unread_files),
-        "unread_file_names": unread_files[:MAX_NAMED_FILES],
-        "outputs": {name: final for name, final in finals.items()},
-        "phase_seconds": clock.seconds,
-    }
-    return write_report(
-        cli.reports_root(args), STAGE, run_date, funnel, started_at=started_at, details=details
-    )
+        staged_sets = {
+            TRAIN: spark.read.parquet(storage.spark_path(run.staged(TRAIN_DIR))),
+            TEST: spark.read.parquet(storage.spark_path(run.staged(TEST_DIR))),
+        }
+        run.gate(staged_sets, context=gate_context(counts, spec, funnel), cache_frames=False)
+        run.lap("quality")
+        run.publish()
+    return run.report(funnel, report_details(spec, inputs, parsed, positives, counts, run.finals))
 
 
 def _output_counts(
-    staged: dict[str, str], split_df: DataFrame, ranks_df: DataFrame, test_negatives: int
+    run: StagedRun, split_df: DataFrame, ranks_df: DataFrame, test_negatives: int
 ) -> dict[str, int]:
     users = split_df.agg(
         F.count(F.lit(1)).alias("users"),
@@ -423,10 +464,10 @@ def _output_counts(
         "users": int(users["users"]),
         "items": ranks_df.count(),
         "users_short_of_test_negatives": int(users["short"] or 0),
-        "train_rows": storage.parquet_rows(staged[TRAIN_DIR]),
-        "test_rows": storage.parquet_rows(staged[TEST_DIR]),
-        "users_index_size": storage.parquet_rows(staged[USERS_INDEX_DIR]),
-        "items_index_size": storage.parquet_rows(staged[ITEMS_INDEX_DIR]),
+        "train_rows": storage.parquet_rows(run.staged(TRAIN_DIR)),
+        "test_rows": storage.parquet_rows(run.staged(TEST_DIR)),
+        "users_index_size": storage.parquet_rows(run.staged(USERS_INDEX_DIR)),
+        "items_index_size": storage.parquet_rows(run.staged(ITEMS_INDEX_DIR)),
     }
 
 

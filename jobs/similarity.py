@@ -4,7 +4,8 @@
         (--top-k 10 | --all-pairs [--min-score S | --max-distance D]) [--metric cosine|dot|l2|exp_l1] \
         [--directed] [--block-size 2048] [--device auto|cpu|cuda]
 
-Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``). Writes
+Reads the embed job's Parquet (``schemas.embeddings.EMBEDDING_SCHEMA``), or any Parquet with ``sku`` and
+``embedding`` (a list of float or double; without ``status`` every row counts as "ok"). Writes
 ``<output>/similarity/dt=<D>/`` (Parquet, ``schemas.similarity``), the rejected rows to
 ``<output>/rejects/similarity/dt=<D>/`` and the report ``<reports>/similarity/dt=<D>.json``.
 
@@ -38,8 +39,8 @@ import argparse
 import concurrent.futures
 import logging
 import math
-import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import pyarrow as pa
@@ -48,22 +49,16 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from jobs.common import outputs, storage
-from jobs.common.cli import JobError, job_parser, positive_int, reports_root, run
-from jobs.common.quality import (
-    ROWS_IN,
-    ROWS_REJECTED,
-    SIMILARITY_EDGES,
-    TOP_K,
-    add_quality_args,
-    run_gate,
-    thresholds_from_args,
-)
-from jobs.common.report import Funnel, write_report
+from jobs.common import storage
+from jobs.common.cli import JobError, job_parser, positive_int
+from jobs.common.cli import run as run_job
+from jobs.common.quality import ROWS_IN, ROWS_REJECTED, SIMILARITY_EDGES, TOP_K, add_quality_args
+from jobs.common.report import Funnel
+from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.similarity import all_pairs_edge_files, topk_edge_files
-from schemas import embeddings as E
-from schemas import similarity as S
+from schemas import embeddings as embeddings_schema
+from schemas import similarity as similarity_schema
 from udfs.similarity import checks, pairs, tiles
 
 LOG = logging.getLogger("stylegraph.similarity")
@@ -77,7 +72,10 @@ DEVICES = ("auto", "cpu", "cuda")
 SINK_PARQUET = "parquet"
 SINK_COUNT = "count"  # compute every edge, write none (benchmarks, sizing runs)
 SINKS = (SINK_PARQUET, SINK_COUNT)
-CHECKED = "checked"
+CHECKED = "checked"  # scratch folder of the check's verdicts in the run's staging
+FACT_INPUT = "input"  # scratch folder of an input copied with the embed job's columns
+REJECTS = f"rejects/{STAGE}"
+REQUIRED_COLUMNS = (embeddings_schema.SKU, embeddings_schema.EMBEDDING)
 MIN_VALID_PRODUCTS = 2
 FACT_THREADS = 4
 # A tile is block_size rows x (block_size * COLUMN_BLOCKS_PER_TILE) columns: wide tiles keep the
@@ -85,7 +83,8 @@ FACT_THREADS = 4
 COLUMN_BLOCKS_PER_TILE = 4
 TOPK_TASKS_PER_SLOT = 2
 PART_FILE = "part-00000.parquet"  # the check's small outputs: one file each, written on the driver
-REJECT_ARROW_SCHEMA = to_arrow_schema(S.REJECT_SCHEMA)  # declared once, in schemas/similarity.py
+# Declared once, in schemas/similarity.py.
+REJECT_ARROW_SCHEMA = to_arrow_schema(similarity_schema.REJECT_SCHEMA)
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -104,7 +103,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--max-distance", type=float, default=None,
         help="all-pairs, l2/exp_l1: keep pairs with score (a distance) <= D",
     )
-    parser.add_argument("--metric", choices=S.METRICS, default=S.COSINE)
+    parser.add_argument("--metric", choices=similarity_schema.METRICS, default=similarity_schema.COSINE)
     parser.add_argument(
         "--directed", action="store_true",
         help="all-pairs: write each pair in both directions (default: once, src < dst)",
@@ -123,7 +122,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="count: compute and count the edges, publish nothing")
     add_quality_args(parser)
     args = parser.parse_args(argv)
-    higher = S.HIGHER_IS_CLOSER[args.metric]
+    higher = similarity_schema.HIGHER_IS_CLOSER[args.metric]
     if not args.all_pairs and (args.min_score is not None or args.max_distance is not None or args.directed):
         raise JobError("--min-score, --max-distance and --directed apply to --all-pairs only")
     if args.min_score is not None and not higher:
@@ -153,18 +152,20 @@ def read_facts(files: Sequence[str]) -> pa.Table:
         return pa.concat_tables(list(pool.map(facts_of, files)))
 
 
-def stage_checks(facts: pa.Table, reasons: pa.Array, checked_uri: str) -> tuple[str, str]:
-    """Stage the check's verdicts: the valid skus (what the tile tasks read) and the rejected rows
-    (``REJECT_SCHEMA``, the rejects dataset; empty when none). Returns (valid uri, rejects uri)."""
-    valid_uri = storage.join(checked_uri, S.CHECKED_VALID)
-    rejects_uri = storage.join(checked_uri, S.CHECKED_REJECTED)
-    valid = pa.table({E.SKU: pc.filter(facts.column(E.SKU), pc.is_null(reasons))})
+def stage_checks(facts: pa.Table, reasons: pa.Array, checked_uri: str, rejects_uri: str) -> str:
+    """Stage the check's verdicts: the valid skus (what the tile tasks read) under ``checked_uri`` and
+    the rejected rows (``REJECT_SCHEMA``, the rejects dataset; empty when none) at ``rejects_uri``.
+    Returns the valid skus' folder."""
+    sku, reason = embeddings_schema.SKU, similarity_schema.REASON
+    valid_uri = storage.join(checked_uri, similarity_schema.CHECKED_VALID)
+    valid = pa.table({sku: pc.filter(facts.column(sku), pc.is_null(reasons))})
     storage.write_parquet(valid, storage.join(valid_uri, PART_FILE))
-    rejected = pc.and_(pc.is_valid(reasons), pc.invert(pc.is_in(reasons, pa.array(S.DROPPED_REASONS))))
-    with_reason = facts.append_column(S.REASON, reasons).filter(rejected)
+    is_dropped = pc.is_in(reasons, pa.array(similarity_schema.DROPPED_REASONS))
+    rejected = pc.and_(pc.is_valid(reasons), pc.invert(is_dropped))
+    with_reason = facts.append_column(reason, reasons).filter(rejected)
     rejects = with_reason.select(REJECT_ARROW_SCHEMA.names).cast(REJECT_ARROW_SCHEMA)
     storage.write_parquet(rejects, storage.join(rejects_uri, PART_FILE))
-    return valid_uri, rejects_uri
+    return valid_uri
 
 
 def reason_counts(reasons: pa.Array) -> dict[str | None, int]:
@@ -191,19 +192,11 @@ def check_edge_files(staged_edges: str, written: list[tuple[str | None, int]], s
         storage.write_parquet(schema.empty_table(), storage.join(staged_edges, PART_FILE))
 
 
-def final_folders(args: argparse.Namespace) -> tuple[str, str]:
-    """The partitions a run publishes: (edges, rejects) of the run date."""
-    return (
-        storage.partition_uri(args.output, STAGE, args.run_date),
-        storage.partition_uri(args.output, f"rejects/{STAGE}", args.run_date),
-    )
-
-
 def embedding_type(uri: str) -> pa.DataType:
     """The Arrow type of a Parquet file's ``embedding`` column, from its footer."""
     fs, path = storage.filesystem(uri)
     with fs.open_input_file(path) as handle:
-        return pq.ParquetFile(handle).schema_arrow.field(E.EMBEDDING).type
+        return pq.ParquetFile(handle).schema_arrow.field(embeddings_schema.EMBEDDING).type
 
 
 def check_embedding_types(files: Sequence[str]) -> None:
@@ -219,170 +212,294 @@ def check_embedding_types(files: Sequence[str]) -> None:
             found.value_type
         )
         if not is_floats:
-            raise JobError(f"{uri}: column {E.EMBEDDING} is {found}, expected a list of float")
+            raise JobError(
+                f"{uri}: column {embeddings_schema.EMBEDDING} is {found}, expected a list of float"
+            )
         if first is not None and found != first:
             raise JobError(
-                f"{uri}: column {E.EMBEDDING} is {found} but {files[0]} stores {first}: "
+                f"{uri}: column {embeddings_schema.EMBEDDING} is {found} but {files[0]} stores {first}: "
                 "every input file must use the same float type"
             )
         first = found
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Run the similarity job; returns the run report."""
-    started_at = time.time()
-    args = parse_args(argv)
-    if not storage.exists(args.input):
-        raise JobError(f"--input {args.input} does not exist")
-    outputs.check_output(
-        STAGE,
-        args.output,
-        inputs={"--input": args.input},
-        replaces=final_folders(args) if args.sink == SINK_PARQUET else (),
-        report_dir=reports_root(args),
-    )
-    spark = get_spark(APP_NAME)
-    _, staging = storage.start_staging(args.output, STAGE)
-    try:
-        return _run(spark, args, staging, started_at)
-    finally:
-        storage.finish_staging(staging)
+@dataclass(frozen=True)
+class SimilaritySpec:
+    """What a similarity run computes and how it spreads the work (the parsed flags, checked)."""
 
+    input: str
+    metric: str
+    top_k: int | None
+    min_score: float | None
+    max_distance: float | None
+    is_directed: bool
+    block_size: int
+    device: str
+    threads_per_task: int | None
+    parallelism: int | None
+    max_records_per_file: int
+    sink: str
 
-def _run(spark: SparkSession, args: argparse.Namespace, staging: str, started_at: float) -> dict[str, Any]:
-    metric = args.metric
-    files = storage.list_files(args.input, suffixes=(".parquet",))
-    if not files:
-        raise JobError(f"--input {args.input} holds no Parquet files")
-    for uri in files:
-        try:
-            missing = checks.missing_fact_columns(uri)
-        except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
-            raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
-        if missing:
-            raise JobError(f"{uri} has no column(s) {missing}: not the embed job's output")
-    check_embedding_types(files)
-    facts = read_facts(files)
-    expected_dim = checks.expected_dimension(facts)
-    reasons = checks.rejection_reasons(facts, expected_dim=expected_dim, metric=metric)
-    valid_uri, staged_rejects = stage_checks(facts, reasons, storage.join(staging, CHECKED))
-    counts = reason_counts(reasons)
-    LOG.info("checked, expected length %d: %s (%.1fs)", expected_dim, counts, time.time() - started_at)
-    products = counts.pop(None, 0)
-    rows_in = products + sum(counts.values())
-    if products < MIN_VALID_PRODUCTS:
-        raise JobError(
-            f"{args.input}: {products} valid embedding(s) of {rows_in} rows; similarity needs at least "
-            f"{MIN_VALID_PRODUCTS} (left out: {counts})"
-        )
-    block_size = args.block_size
-    if args.all_pairs:
-        blocks = math.ceil(products / block_size)
-        tasks = blocks
-    else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
-        blocks = math.ceil(products / (block_size * COLUMN_BLOCKS_PER_TILE))
-        tasks = len(pairs.block_pairs(blocks))
-    # Top-k: a few runs of pairs per slot (a Python task took ~0.2 s to start in a logged run; block_pairs
-    # orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row block
-    # (their work shrinks block by block; many tasks balance it).
-    default_tasks = tasks if args.all_pairs else TOPK_TASKS_PER_SLOT * task_slots(spark)
-    partitions = min(tasks, args.parallelism or default_tasks)
-    blocks_df = spark.range(0, tasks, 1, numPartitions=partitions)
-    merge_tasks = None if args.all_pairs else min(blocks, task_slots(spark))
-    staged_edges = storage.join(staging, STAGE)
-    tile_options = {
-        "input_uri": args.input,
-        "valid_uri": valid_uri,
-        "metric": metric,
-        "block_size": block_size,
-        "column_block": block_size * COLUMN_BLOCKS_PER_TILE,
-        "device": args.device,
-        "threads": args.threads_per_task,
-        "output": staged_edges if args.sink == SINK_PARQUET else None,
-        "max_rows_per_file": args.max_records_per_file,
-    }
-    if args.all_pairs:
-        written_df = blocks_df.transform(
-            all_pairs_edge_files,
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> SimilaritySpec:
+        return cls(
+            input=args.input,
+            metric=args.metric,
+            top_k=None if args.all_pairs else args.top_k,
             min_score=args.min_score,
             max_distance=args.max_distance,
-            directed=args.directed,
+            is_directed=args.directed,
+            block_size=args.block_size,
+            device=args.device,
+            threads_per_task=args.threads_per_task,
+            parallelism=args.parallelism,
+            max_records_per_file=args.max_records_per_file,
+            sink=args.sink,
+        )
+
+    @property
+    def is_all_pairs(self) -> bool:
+        return self.top_k is None
+
+    @property
+    def is_publishing(self) -> bool:
+        return self.sink == SINK_PARQUET
+
+
+@dataclass(frozen=True)
+class CheckedInput:
+    """The checked input: the Parquet the tile tasks read, the valid skus, and rows per reason."""
+
+    input_uri: str
+    valid_uri: str
+    expected_dim: int
+    left_out: dict[str, int]  # rows per reason, rejected and dropped
+    products: int
+
+    @property
+    def rows_in(self) -> int:
+        return self.products + sum(self.left_out.values())
+
+    def funnel(self) -> Funnel:
+        dropped_reasons = similarity_schema.DROPPED_REASONS
+        dropped = {reason: n for reason, n in self.left_out.items() if reason in dropped_reasons}
+        rejected = {reason: n for reason, n in self.left_out.items() if reason not in dropped_reasons}
+        return Funnel(self.rows_in, self.products, rejected_by_reason=rejected, dropped_by_reason=dropped)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How the tiles are cut: row blocks, units of work, Spark tasks, and merge tasks (top-k)."""
+
+    blocks: int
+    units: int
+    tasks: int
+    merge_tasks: int | None
+
+
+def input_files(input_uri: str) -> list[str]:
+    """The input's Parquet files, each with the columns the job needs (footers only).
+
+    Raises:
+        JobError: no Parquet file, one that is not readable Parquet, or one without ``sku`` or
+            ``embedding`` (naming the file).
+    """
+    files = storage.list_files(input_uri, suffixes=(".parquet",))
+    if not files:
+        raise JobError(f"--input {input_uri} holds no Parquet files")
+    for uri in files:
+        missing = [column for column in REQUIRED_COLUMNS if column not in parquet_columns(uri)]
+        if missing:
+            raise JobError(f"{uri} has no column(s) {missing}: similarity needs {list(REQUIRED_COLUMNS)}")
+    check_embedding_types(files)
+    return files
+
+
+def parquet_columns(uri: str) -> list[str]:
+    """The column names of a Parquet file, from its footer (JobError when it is not readable Parquet)."""
+    fs, path = storage.filesystem(uri)
+    try:
+        with fs.open_input_file(path) as handle:
+            return list(pq.ParquetFile(handle).schema_arrow.names)
+    except (OSError, ValueError) as error:  # pyarrow's ArrowInvalid is a ValueError
+        raise JobError(f"{uri} is not a readable Parquet file: {error}") from error
+
+
+def with_fact_columns(files: Sequence[str], input_uri: str, staged_uri: str) -> str:
+    """The Parquet the checks and the tile tasks read: the input itself when every file has the embed
+    job's columns; else a staged copy where a missing ``status`` is "ok" and a missing ``image_path``
+    null (files from elsewhere: only ``sku`` and ``embedding`` are required)."""
+    if all(not checks.missing_fact_columns(uri) for uri in files):
+        return input_uri
+    for number, uri in enumerate(files):
+        fs, path = storage.filesystem(uri)
+        table = pq.read_table(path, filesystem=fs)
+        rows = table.num_rows
+        if embeddings_schema.STATUS not in table.column_names:
+            table = table.append_column(
+                embeddings_schema.STATUS, pa.array([embeddings_schema.STATUS_OK] * rows, pa.string())
+            )
+        if embeddings_schema.IMAGE_PATH not in table.column_names:
+            table = table.append_column(embeddings_schema.IMAGE_PATH, pa.nulls(rows, pa.string()))
+        storage.write_parquet(table, storage.join(staged_uri, f"part-{number:05d}.parquet"))
+    LOG.info("input without status or image_path: %d file(s) copied with them to %s", len(files), staged_uri)
+    return staged_uri
+
+
+def check_input(spec: SimilaritySpec, run: StagedRun) -> CheckedInput:
+    """Check every input row on the driver and stage the verdicts (valid skus, rejects dataset).
+
+    Raises:
+        JobError: a bad input file, or fewer than :data:`MIN_VALID_PRODUCTS` valid embeddings.
+    """
+    files = input_files(spec.input)
+    input_uri = with_fact_columns(files, spec.input, run.staged(FACT_INPUT))
+    facts = read_facts(storage.list_files(input_uri, suffixes=(".parquet",)))
+    expected_dim = checks.expected_dimension(facts)
+    reasons = checks.rejection_reasons(facts, expected_dim=expected_dim, metric=spec.metric)
+    valid_uri = stage_checks(facts, reasons, run.staged(CHECKED), run.staged(REJECTS))
+    counts = reason_counts(reasons)
+    LOG.info("checked, expected length %d: %s", expected_dim, counts)
+    products = counts.pop(None, 0)
+    left_out = {str(reason): n for reason, n in counts.items()}
+    if products < MIN_VALID_PRODUCTS:
+        raise JobError(
+            f"{spec.input}: {products} valid embedding(s) of {products + sum(left_out.values())} rows; "
+            f"similarity needs at least {MIN_VALID_PRODUCTS} (left out: {counts})"
+        )
+    return CheckedInput(input_uri, valid_uri, expected_dim, left_out, products)
+
+
+def plan_tiles(spark: SparkSession, spec: SimilaritySpec, products: int) -> TilePlan:
+    """Blocks and tasks for ``products`` valid rows.
+
+    Top-k: a few runs of block pairs per slot (a Python task took ~0.2 s to start in a logged run;
+    block_pairs orders the pairs so that contiguous runs carry equal work); all-pairs: one task per row
+    block (their work shrinks block by block; many tasks balance it).
+    """
+    if spec.is_all_pairs:
+        blocks = math.ceil(products / spec.block_size)
+        units = blocks
+        default_tasks = units
+    else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
+        blocks = math.ceil(products / (spec.block_size * COLUMN_BLOCKS_PER_TILE))
+        units = len(pairs.block_pairs(blocks))
+        default_tasks = TOPK_TASKS_PER_SLOT * task_slots(spark)
+    merge_tasks = None if spec.is_all_pairs else min(blocks, task_slots(spark))
+    return TilePlan(blocks, units, min(units, spec.parallelism or default_tasks), merge_tasks)
+
+
+def write_edges(
+    spark: SparkSession, spec: SimilaritySpec, checked: CheckedInput, plan: TilePlan, staged_edges: str
+) -> list[tuple[str | None, int]]:
+    """Run the tile tasks (they write the edge files under ``staged_edges`` unless the sink is count);
+    returns ``(file name or None, rows)`` per file the tasks report."""
+    blocks_df = spark.range(0, plan.units, 1, numPartitions=plan.tasks)
+    tile_options = {
+        "input_uri": checked.input_uri,
+        "valid_uri": checked.valid_uri,
+        "metric": spec.metric,
+        "block_size": spec.block_size,
+        "device": spec.device,
+        "threads": spec.threads_per_task,
+        "output": staged_edges if spec.is_publishing else None,
+        "max_rows_per_file": spec.max_records_per_file,
+    }
+    column_block = spec.block_size * COLUMN_BLOCKS_PER_TILE
+    if spec.is_all_pairs:
+        written_df = blocks_df.transform(
+            all_pairs_edge_files,
+            min_score=spec.min_score,
+            max_distance=spec.max_distance,
+            directed=spec.is_directed,
+            column_block=column_block,
             **tile_options,
         )
     else:
         written_df = blocks_df.transform(
             topk_edge_files,
-            k=args.top_k,
-            pair_block=block_size * COLUMN_BLOCKS_PER_TILE,
-            blocks=blocks,
-            merge_tasks=merge_tasks,
-            **{name: value for name, value in tile_options.items() if name != "column_block"},
+            k=spec.top_k,
+            pair_block=column_block,
+            blocks=plan.blocks,
+            merge_tasks=plan.merge_tasks,
+            **tile_options,
         )
+    LOG.info("tiles: %d products, %d blocks, %d units in %d tasks", checked.products, plan.blocks,
+             plan.units, plan.tasks)
+    edge_file, edge_rows = similarity_schema.EDGE_FILE, similarity_schema.EDGE_ROWS
+    return [(row[edge_file], row[edge_rows]) for row in written_df.collect()]  # a row per file
 
-    LOG.info("tiles: %d products, %d blocks, %d units in %d tasks", products, blocks, tasks, partitions)
-    written = [(row[S.EDGE_FILE], row[S.EDGE_ROWS]) for row in written_df.collect()]  # a row per file
+
+def check_edges(
+    spec: SimilaritySpec, products: int, written: list[tuple[str | None, int]], staged_edges: str
+) -> int:
+    """The staged edges are what the tasks reported and, for top-k, K per product; returns the edges."""
     edges = sum(rows for _, rows in written)
-    if args.sink == SINK_PARQUET:
-        check_edge_files(
-            staged_edges, written, tiles.ALL_PAIRS_ARROW_SCHEMA if args.all_pairs else tiles.TOPK_ARROW_SCHEMA
-        )
-    LOG.info("edges %s: %d (%.1fs)", args.sink, edges, time.time() - started_at)
-
-    # Staged and checked -> publish.
-    if not args.all_pairs:
-        expected_edges = products * min(args.top_k, products - 1)
+    if spec.is_publishing:
+        schema = tiles.ALL_PAIRS_ARROW_SCHEMA if spec.is_all_pairs else tiles.TOPK_ARROW_SCHEMA
+        check_edge_files(staged_edges, written, schema)
+    LOG.info("edges %s: %d", spec.sink, edges)
+    if spec.top_k is not None:
+        expected_edges = products * min(spec.top_k, products - 1)
         if edges != expected_edges:
             raise RuntimeError(f"top-k wrote {edges} edges, expected {expected_edges}")
-    if args.sink == SINK_PARQUET:
-        run_gate(
-            STAGE,
-            {SIMILARITY_EDGES: spark.read.parquet(storage.spark_path(staged_edges))},
-            reports_root=reports_root(args),
-            run_date=args.run_date,
-            thresholds=thresholds_from_args(args),
-            context={
-                TOP_K: None if args.all_pairs else args.top_k,
-                ROWS_IN: rows_in,
-                ROWS_REJECTED: sum(n for reason, n in counts.items() if reason not in S.DROPPED_REASONS),
-            },
-        )
-    final_edges, final_rejects = final_folders(args)
-    if args.sink == SINK_PARQUET:
-        outputs.mark_root(STAGE, args.output)
-        storage.publish(staged_edges, final_edges)
-        storage.publish(staged_rejects, final_rejects)
+    return edges
 
-    dropped = {reason: n for reason, n in counts.items() if reason in S.DROPPED_REASONS}
-    rejected = {reason: n for reason, n in counts.items() if reason and reason not in S.DROPPED_REASONS}
-    details = {
-        "metric": metric,
-        "higher_is_closer": S.HIGHER_IS_CLOSER[metric],
-        "mode": S.MODE_ALL_PAIRS if args.all_pairs else S.MODE_TOPK,
-        "k": None if args.all_pairs else args.top_k,
-        "min_score": args.min_score,
-        "max_distance": args.max_distance,
-        "directed": args.directed or not args.all_pairs,
-        "embedding_dim": expected_dim,
-        "products": products,
+
+def report_details(
+    spec: SimilaritySpec, checked: CheckedInput, plan: TilePlan, edges: int, finals: dict[str, str]
+) -> dict[str, Any]:
+    """The report's details beside the funnel."""
+    return {
+        "metric": spec.metric,
+        "higher_is_closer": similarity_schema.HIGHER_IS_CLOSER[spec.metric],
+        "mode": similarity_schema.MODE_ALL_PAIRS if spec.is_all_pairs else similarity_schema.MODE_TOPK,
+        "k": spec.top_k,
+        "min_score": spec.min_score,
+        "max_distance": spec.max_distance,
+        "directed": spec.is_directed or not spec.is_all_pairs,
+        "embedding_dim": checked.expected_dim,
+        "products": checked.products,
         "edges": int(edges),
-        "block_size": block_size,
-        "row_blocks": blocks,
-        "tile_units": tasks,
-        "tile_tasks": partitions,
-        "merge_tasks": merge_tasks,
-        "device": args.device,
-        "sink": args.sink,
-        "input": args.input,
-        "output": final_edges if args.sink == SINK_PARQUET else None,
-        "rejects": final_rejects if args.sink == SINK_PARQUET else None,
+        "block_size": spec.block_size,
+        "row_blocks": plan.blocks,
+        "tile_units": plan.units,
+        "tile_tasks": plan.tasks,
+        "merge_tasks": plan.merge_tasks,
+        "device": spec.device,
+        "sink": spec.sink,
+        "input": spec.input,
+        "output": finals.get(STAGE),
+        "rejects": finals.get(REJECTS),
     }
-    funnel = Funnel(
-        rows_in=rows_in, rows_out=products, rejected_by_reason=rejected, dropped_by_reason=dropped
-    )
-    return write_report(
-        reports_root(args), STAGE, args.run_date, funnel, started_at=started_at, details=details
-    )
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Run the similarity job; returns the run report."""
+    args = parse_args(argv)
+    spec = SimilaritySpec.from_args(args)
+    run = StagedRun(RunSpec.from_args(STAGE, args), [STAGE, REJECTS] if spec.is_publishing else [], log=LOG)
+    if not storage.exists(spec.input):
+        raise JobError(f"--input {spec.input} does not exist")
+    run.check_output(inputs={"--input": spec.input})
+    spark = get_spark(APP_NAME)
+    with run:
+        checked = check_input(spec, run)
+        run.lap("check")
+        plan = plan_tiles(spark, spec, checked.products)
+        written = write_edges(spark, spec, checked, plan, run.staged(STAGE))
+        edges = check_edges(spec, checked.products, written, run.staged(STAGE))
+        run.lap("edges")
+        if spec.is_publishing:
+            funnel = checked.funnel()
+            run.gate(
+                {SIMILARITY_EDGES: spark.read.parquet(storage.spark_path(run.staged(STAGE)))},
+                context={TOP_K: spec.top_k, ROWS_IN: funnel.rows_in, ROWS_REJECTED: funnel.rows_rejected},
+            )
+            run.lap("quality")
+            run.publish()
+    return run.report(checked.funnel(), report_details(spec, checked, plan, edges, run.finals))
 
 
 if __name__ == "__main__":
-    raise SystemExit(run(main))
+    raise SystemExit(run_job(main))

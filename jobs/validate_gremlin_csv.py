@@ -69,7 +69,7 @@ from jobs.common import external_duplicates as ed
 from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
-from schemas import gremlin as G
+from schemas import gremlin
 
 LOG = logging.getLogger("stylegraph.validate")
 
@@ -100,13 +100,13 @@ _PROPERTY_HEADER = re.compile(
     r"(?::(?P<type>[A-Za-z]+)(?P<card1>\((?:single|set)\))?(?P<array>\[\])?(?P<card2>\((?:single|set)\))?)?$"
 )
 _INT_RANGES = {
-    G.TYPE_BYTE: (-(2**7), 2**7 - 1),
-    G.TYPE_SHORT: (-(2**15), 2**15 - 1),
-    G.TYPE_INT: (-(2**31), 2**31 - 1),
-    G.TYPE_LONG: (-(2**63), 2**63 - 1),
+    gremlin.TYPE_BYTE: (-(2**7), 2**7 - 1),
+    gremlin.TYPE_SHORT: (-(2**15), 2**15 - 1),
+    gremlin.TYPE_INT: (-(2**31), 2**31 - 1),
+    gremlin.TYPE_LONG: (-(2**63), 2**63 - 1),
 }
 FLOAT_MAX = 3.4028234663852886e38
-_TYPES_BY_LOWER = {name.lower(): name for name in G.PROPERTY_TYPES} | G.TYPE_ALIASES
+_TYPES_BY_LOWER = {name.lower(): name for name in gremlin.PROPERTY_TYPES} | gremlin.TYPE_ALIASES
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ class Column:
 
     header: str
     name: str
-    type_name: str = G.TYPE_STRING
+    type_name: str = gremlin.TYPE_STRING
     is_array: bool = False
     cardinality: str | None = None
     is_system: bool = False
@@ -203,17 +203,17 @@ def open_binary(uri: str) -> IO[bytes]:
 
 def compression_of(name: str) -> str:
     if name.endswith(".gz"):
-        return G.COMPRESSION_GZIP
+        return gremlin.COMPRESSION_GZIP
     if name.endswith(".bz2"):
-        return G.COMPRESSION_BZIP2
-    return G.COMPRESSION_NONE
+        return gremlin.COMPRESSION_BZIP2
+    return gremlin.COMPRESSION_NONE
 
 
 # ----------------------------------------------------------------------------------------------- header
 def parse_header(cells: list[str], kind: str, report: Callable[[str, str], None]) -> list[Column] | None:
     """Parse and check a header; report each problem; None when the file cannot be checked further."""
-    allowed = G.VERTEX_SYSTEM_COLUMNS if kind == VERTEX else G.EDGE_SYSTEM_COLUMNS
-    required = G.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else G.EDGE_REQUIRED_COLUMNS
+    allowed = gremlin.VERTEX_SYSTEM_COLUMNS if kind == VERTEX else gremlin.EDGE_SYSTEM_COLUMNS
+    required = gremlin.VERTEX_REQUIRED_COLUMNS if kind == VERTEX else gremlin.EDGE_REQUIRED_COLUMNS
     columns: list[Column] = []
     seen: set[str] = set()
     usable = True
@@ -267,17 +267,19 @@ def _parse_property(cell: str, kind: str, report: Callable[[str, str], None]) ->
         return Column(header=cell, name=name)
     type_name = _TYPES_BY_LOWER.get(type_raw.lower())
     if type_name is None:
-        report("header_syntax", f"column {cell!r}: unknown type {type_raw!r} (one of {G.PROPERTY_TYPES})")
+        report(
+            "header_syntax", f"column {cell!r}: unknown type {type_raw!r} (one of {gremlin.PROPERTY_TYPES})"
+        )
         return None
     if match.group("card1") and match.group("card2"):
         report("header_syntax", f"column {cell!r}: cardinality given twice")
         return None
     cardinality = (match.group("card1") or match.group("card2") or "").strip("()") or None
     is_array = match.group("array") is not None
-    if kind == EDGE and (is_array or cardinality == G.CARDINALITY_SET):
+    if kind == EDGE and (is_array or cardinality == gremlin.CARDINALITY_SET):
         report("edge_cardinality", f"column {cell!r}: edge properties hold one value (no array, no set)")
         return None
-    if is_array and cardinality == G.CARDINALITY_SINGLE:
+    if is_array and cardinality == gremlin.CARDINALITY_SINGLE:
         report("header_syntax", f"column {cell!r}: an array type cannot have single cardinality")
         return None
     return Column(header=cell, name=name, type_name=type_name, is_array=is_array, cardinality=cardinality)
@@ -286,9 +288,9 @@ def _parse_property(cell: str, kind: str, report: Callable[[str, str], None]) ->
 # ------------------------------------------------------------------------------------------------ values
 def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[str, str] | None:
     """``(rule, reason)`` when a non-blank value does not parse as ``type_name``, else None."""
-    if type_name == G.TYPE_STRING:
+    if type_name == gremlin.TYPE_STRING:
         return None
-    if type_name == G.TYPE_BOOL:
+    if type_name == gremlin.TYPE_BOOL:
         return (
             None if value.lower() in ("true", "false") else ("type", f"{value!r} is not a Bool (true/false)")
         )
@@ -298,19 +300,19 @@ def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[s
             return ("type", f"{value!r} is not an integer ({type_name})")
         integer = int(value)
         return None if low <= integer <= high else ("type", f"{value} is out of range for {type_name}")
-    if type_name in (G.TYPE_FLOAT, G.TYPE_DOUBLE):
+    if type_name in (gremlin.TYPE_FLOAT, gremlin.TYPE_DOUBLE):
         if _NON_FINITE.match(value):
             return None if allow_non_finite else ("non_finite", f"{value!r} is not a finite {type_name}")
         if not _DECIMAL.match(value):
             return ("type", f"{value!r} is not a {type_name}")
         number = float(value)
-        limit = FLOAT_MAX if type_name == G.TYPE_FLOAT else sys.float_info.max
+        limit = FLOAT_MAX if type_name == gremlin.TYPE_FLOAT else sys.float_info.max
         return (
             None
             if math.isfinite(number) and abs(number) <= limit
             else ("type", f"{value} overflows {type_name}")
         )
-    if type_name in (G.TYPE_DATE, G.TYPE_DATETIME):
+    if type_name in (gremlin.TYPE_DATE, gremlin.TYPE_DATETIME):
         if _DATE.match(value):
             try:
                 dt.datetime.fromisoformat(value)
@@ -516,9 +518,10 @@ def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -
     if len(filled) == 0:
         return True
     type_name = column.type_name
-    if column.is_array or type_name not in (G.TYPE_BOOL, G.TYPE_FLOAT, G.TYPE_DOUBLE, *_INT_RANGES):
+    vectorised = (gremlin.TYPE_BOOL, gremlin.TYPE_FLOAT, gremlin.TYPE_DOUBLE, *_INT_RANGES)
+    if column.is_array or type_name not in vectorised:
         return False
-    if type_name == G.TYPE_BOOL:
+    if type_name == gremlin.TYPE_BOOL:
         return bool(pc.all(pc.is_in(pc.utf8_lower(filled), value_set=_BOOLS)).as_py())
     try:  # Arrow parses a subset of _INTEGER/_DECIMAL (no "+", no spaces) plus nan/inf, ruled out below
         numbers = pc.cast(filled, pa.int64() if type_name in _INT_RANGES else pa.float64())
@@ -528,7 +531,7 @@ def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -
     if type_name in _INT_RANGES:
         low, high = _INT_RANGES[type_name]
         return bool(low <= bounds["min"] and bounds["max"] <= high)
-    limit = FLOAT_MAX if type_name == G.TYPE_FLOAT else sys.float_info.max
+    limit = FLOAT_MAX if type_name == gremlin.TYPE_FLOAT else sys.float_info.max
     if pc.any(pc.is_nan(numbers)).as_py():
         return False
     return bool(-limit <= bounds["min"] and bounds["max"] <= limit)
@@ -600,28 +603,28 @@ class _FileChecker:
         self.columns = columns
         self.width = len(columns)
         index_of = {column.name: position for position, column in enumerate(columns) if column.is_system}
-        self.id_index = index_of[G.ID]
-        names = G.VERTEX_REQUIRED_COLUMNS if self.kind == VERTEX else G.EDGE_REQUIRED_COLUMNS
+        self.id_index = index_of[gremlin.ID]
+        names = gremlin.VERTEX_REQUIRED_COLUMNS if self.kind == VERTEX else gremlin.EDGE_REQUIRED_COLUMNS
         self.required = [index_of[name] for name in names]
-        ends = (index_of.get(G.FROM), index_of.get(G.TO))
+        ends = (index_of.get(gremlin.FROM), index_of.get(gremlin.TO))
         self.ends = [end for end in ends if end is not None] if None not in ends else []
         self.typed = [
             (position, column)
             for position, column in enumerate(columns)
-            if not column.is_system and (column.type_name != G.TYPE_STRING or column.is_array)
+            if not column.is_system and (column.type_name != gremlin.TYPE_STRING or column.is_array)
         ]
         self.wanted = sorted({self.id_index, *self.required, *self.ends, *(p for p, _ in self.typed)})
         self.strings = [
             position
             for position, column in enumerate(columns)
-            if not column.is_system and column.type_name == G.TYPE_STRING
+            if not column.is_system and column.type_name == gremlin.TYPE_STRING
         ]
         return True
 
     def fast_block(self, block: bytes) -> bool:
         """Check a whole block with Arrow kernels; False (nothing recorded) when a record by record
         pass is needed: anything quoted or odd, or any value that may break a rule."""
-        if len(block) > G.MAX_VALUE_BYTES:  # a value of the block could be over the limit
+        if len(block) > gremlin.MAX_VALUE_BYTES:  # a value of the block could be over the limit
             return False
         columns = _columns_of(block, self.width, self.wanted)
         if columns is None:
@@ -687,10 +690,10 @@ class _FileChecker:
                 if problem is not None:
                     self.report_line(line, problem[0], f"{column.header}: {problem[1]}")
                     break
-        big = G.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
+        big = gremlin.MAX_VALUE_BYTES // 4  # a str shorter than this cannot encode to more than the limit
         for position in self.strings:
             value = fields[position]
-            if len(value) > big and len(value.encode("utf-8")) > G.MAX_VALUE_BYTES:
+            if len(value) > big and len(value.encode("utf-8")) > gremlin.MAX_VALUE_BYTES:
                 self.report_line(line, "value_too_large", f"{columns[position].header}: over 55 MB")
         if vertices is not None:
             for position in self.ends:
@@ -713,19 +716,19 @@ def _open_checked(uri: str, result: ValidationResult) -> tuple[IO[bytes], IO[byt
     raw = open_binary(uri)
     magic = raw.peek(3)[:3] if hasattr(raw, "peek") else b""
     problem = None
-    if compression == G.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
+    if compression == gremlin.COMPRESSION_GZIP and not magic.startswith(GZIP_MAGIC):
         problem = "named .gz but not gzip data"
-    elif compression == G.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
+    elif compression == gremlin.COMPRESSION_BZIP2 and not magic.startswith(BZIP2_MAGIC):
         problem = "named .bz2 but not bzip2 data"
-    elif compression == G.COMPRESSION_NONE and magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)):
+    elif compression == gremlin.COMPRESSION_NONE and magic.startswith((GZIP_MAGIC, BZIP2_MAGIC)):
         problem = "compressed data in a file without a .gz/.bz2 suffix"
     if problem is not None:
         raw.close()
         result.add(uri, None, "compression", problem)
         return None
-    if compression == G.COMPRESSION_GZIP:
+    if compression == gremlin.COMPRESSION_GZIP:
         return raw, gzip.GzipFile(fileobj=raw)  # type: ignore[return-value]
-    if compression == G.COMPRESSION_BZIP2:
+    if compression == gremlin.COMPRESSION_BZIP2:
         return raw, bz2.BZ2File(raw)
     return raw, raw
 
@@ -787,9 +790,9 @@ def find_suspects(task: FindTask) -> list[tuple[int, str, tuple[int, int]]]:
         records = iter_records(iter(stream), lambda *_: None)
         header = next(records, None)
         cells = split_record(header[1])[0] if header else None
-        if not cells or G.ID not in cells:
+        if not cells or gremlin.ID not in cells:
             return []
-        id_index = cells.index(G.ID)
+        id_index = cells.index(gremlin.ID)
         while len(found) < task.limit:
             batch = list(itertools.islice(records, 65_536))
             if not batch:

@@ -34,9 +34,9 @@ from pyarrow.filesystem import DaskFileSystem
 from torch.utils.data import DataLoader, IterableDataset
 
 from jobs.common import storage
-from schemas import interactions as S
+from schemas import interactions
 
-FIELDS = (S.USER_IDX, S.ITEM_IDX, S.LABEL)
+FIELDS = (interactions.USER_IDX, interactions.ITEM_IDX, interactions.LABEL)
 
 
 class _LegacyFileSystem(DaskFileSystem):
@@ -102,9 +102,9 @@ class NcfParquetDataset(IterableDataset):
         with self._reader(epoch_seed if self.shuffle else None) as reader:
             for batch in reader:
                 part = (
-                    np.asarray(getattr(batch, S.USER_IDX), dtype=np.int64),
-                    np.asarray(getattr(batch, S.ITEM_IDX), dtype=np.int64),
-                    np.asarray(getattr(batch, S.LABEL), dtype=np.float32),
+                    np.asarray(getattr(batch, interactions.USER_IDX), dtype=np.int64),
+                    np.asarray(getattr(batch, interactions.ITEM_IDX), dtype=np.int64),
+                    np.asarray(getattr(batch, interactions.LABEL), dtype=np.float32),
                 )
                 buffers.append(part)
                 buffered += len(part[0])

@@ -5,6 +5,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from pyspark.sql import SparkSession
@@ -221,10 +222,37 @@ def test_bad_arguments_are_job_errors(tmp_path: Path, argv: list[str]) -> None:
     assert not (tmp_path / "out").exists()
 
 
-def test_input_without_the_embed_columns_is_a_job_error(spark: SparkSession, tmp_path: Path) -> None:
+@pytest.mark.parametrize("value_type", [pa.float32(), pa.float64()])
+@pytest.mark.parametrize("has_embed_columns", [True, False])
+def test_any_parquet_with_sku_and_embedding_is_read(
+    spark: SparkSession, tmp_path: Path, value_type: pa.DataType, has_embed_columns: bool
+) -> None:
+    """Only sku and embedding (a list of float or double) are required; a file without status counts
+    every row as ok, one without image_path leaves it null in the rejects."""
+    skus = sample_skus(N)
+    x = sample_vectors(N, DIM, seed=5)
+    columns = {
+        E.SKU: pa.array(skus + ["short"], pa.string()),
+        E.EMBEDDING: pa.array([*x.tolist(), [1.0, 2.0]], pa.list_(value_type)),
+    }
+    if has_embed_columns:
+        columns[E.STATUS] = pa.array([E.STATUS_OK] * (N + 1), pa.string())
+        columns[E.IMAGE_PATH] = pa.array([f"{sku}.jpg" for sku in [*skus, "short"]], pa.string())
+    (tmp_path / "in").mkdir()
+    pq.write_table(pa.table(columns), tmp_path / "in" / "part-0.parquet")
+    report = run_job(str(tmp_path / "in"), tmp_path / "out", "--top-k", "3", "--block-size", "4")
+    assert_topk_equal(read_edges(spark, tmp_path / "out"), brute_topk(skus, x, S.COSINE, 3))
+    assert report["funnel"]["rejected_by_reason"] == {S.REASON_WRONG_LENGTH: 1}
+    rejects = spark.read.parquet(str(tmp_path / "out" / "rejects" / "similarity" / f"dt={RUN_DATE}"))
+    assert [(r[E.SKU], r[E.IMAGE_PATH]) for r in rejects.collect()] == [
+        ("short", "short.jpg" if has_embed_columns else None)
+    ]
+
+
+def test_input_without_sku_or_embedding_is_a_job_error(spark: SparkSession, tmp_path: Path) -> None:
     inp = write_input(spark, tmp_path / "in", ok_rows(["a", "b", "c"], np.eye(3, dtype=np.float32)), 1)
-    spark.read.parquet(inp).drop(E.STATUS).write.parquet(str(tmp_path / "in2"))
-    with pytest.raises(JobError, match=r"has no column\(s\) \['status'\]"):
+    spark.read.parquet(inp).drop(E.EMBEDDING).write.parquet(str(tmp_path / "in2"))
+    with pytest.raises(JobError, match=r"\.parquet has no column\(s\) \['embedding'\]"):
         run_job(str(tmp_path / "in2"), tmp_path / "out", "--top-k", "2")
     assert not list((tmp_path / "out").glob("similarity/*"))
     # A file that is not Parquet at all (truncated, or something else named .parquet).

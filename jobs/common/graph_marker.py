@@ -18,7 +18,7 @@ from typing import Any
 
 from jobs.common import storage
 from jobs.common.cli import JobError
-from schemas import gremlin as G
+from schemas import gremlin
 
 
 @dataclass(frozen=True)
@@ -45,17 +45,17 @@ def gremlin_root(export_uri: str) -> str:
 
 
 def loaded_marker_uri(export_uri: str) -> str:
-    return storage.join(gremlin_root(export_uri), G.LOADED_MARKER_NAME)
+    return storage.join(gremlin_root(export_uri), gremlin.LOADED_MARKER_NAME)
 
 
 def loading_marker_uri(loaded_uri: str) -> str:
     """The in-progress marker beside a loaded marker."""
-    return storage.join(posixpath.dirname(loaded_uri.rstrip("/")) or ".", G.LOADING_MARKER_NAME)
+    return storage.join(posixpath.dirname(loaded_uri.rstrip("/")) or ".", gremlin.LOADING_MARKER_NAME)
 
 
 def manifest_sha256(export_uri: str) -> str | None:
     """sha-256 of the export's ``manifest.json`` bytes; None when there is none."""
-    uri = storage.join(storage.resolve(export_uri), G.MANIFEST_NAME)  # on S3: the current version's
+    uri = storage.join(storage.resolve(export_uri), gremlin.MANIFEST_NAME)  # on S3: the current version's
     if not storage.exists(uri):
         return None
     return hashlib.sha256(storage.read_text(uri).encode("utf-8")).hexdigest()
@@ -69,7 +69,7 @@ def export_ref(export_uri: str, run_date: str) -> ExportRef:
     """
     digest = manifest_sha256(export_uri)
     if digest is None:
-        raise JobError(f"{storage.join(export_uri, G.MANIFEST_NAME)}: no manifest")
+        raise JobError(f"{storage.join(export_uri, gremlin.MANIFEST_NAME)}: no manifest")
     return ExportRef(export=export_uri.rstrip("/"), run_date=str(run_date), manifest_sha256=digest)
 
 

@@ -142,11 +142,22 @@ def check_output(
     root = STAGE_ROOTS.get(stage)
     replaced = [*replaces, *([output] if root is None else [])]
     for flag, uri in inputs.items():
-        if not uri:
-            continue
-        for folder in replaced:
-            if overlaps(folder, uri):
-                raise JobError(f"--output {output} overlaps the input {flag} {uri}: refusing to replace it")
+        clashes = [folder for folder in replaced if uri and overlaps(folder, uri)]
+        if clashes:
+            raise JobError(f"--output {output} overlaps the input {flag} {uri}: refusing to replace it")
+    _check_ancestors(output)
+    if info.type == pafs.FileType.Directory:
+        _check_existing_folder(stage, output, root)
+    for folder in replaced:
+        if report_dir and is_within(report_dir, folder):
+            raise JobError(
+                f"--report-dir {report_dir} lies in {folder}, which a publish replaces: "
+                "choose a reports folder outside it"
+            )
+
+
+def _check_ancestors(output: str) -> None:
+    """Refuse an output inside another output's dataset or inside a folder replaced whole."""
     for ancestor in _ancestors(output):
         marker = read_marker(ancestor)
         if marker is None:
@@ -156,36 +167,33 @@ def check_output(
             raise JobError(
                 f"--output {output} lies inside {ancestor}, {_describe(marker)}: refusing to write there"
             )
-    if info.type == pafs.FileType.Directory:
-        marker = read_marker(output)
-        if root is None:
-            if marker is not None and marker.get("owner") != stage:
-                raise JobError(f"--output {output} is {_describe(marker)}: {stage} does not replace it")
-            if marker is None and _entries(output):
-                raise JobError(
-                    f"--output {output} is a folder {stage} did not create (no {storage.OWNER_MARKER} "
-                    f"naming {stage}): refusing to replace it; choose an empty or new folder"
-                )
-        elif marker is not None and marker.get("owner") != root:
-            raise JobError(f"--output {output} is {_describe(marker)}: {stage} writes to a {root} root")
-        elif marker is None:
-            others = sorted(
-                name for name in _entries(output)
-                if any(name in datasets for family, datasets in ROOT_DATASETS.items() if family != root)
-                and name not in ROOT_DATASETS[root]
+
+
+def _check_existing_folder(stage: str, output: str, root: str | None) -> None:
+    """Refuse an existing output folder that is not this stage's (a replaced folder) or its family's
+    (an output root), by its marker or, unmarked, by what it holds."""
+    marker = read_marker(output)
+    if root is None:
+        if marker is not None and marker.get("owner") != stage:
+            raise JobError(f"--output {output} is {_describe(marker)}: {stage} does not replace it")
+        if marker is None and _entries(output):
+            raise JobError(
+                f"--output {output} is a folder {stage} did not create (no {storage.OWNER_MARKER} "
+                f"naming {stage}): refusing to replace it; choose an empty or new folder"
             )
-            if others:
-                raise JobError(
-                    f"--output {output} holds another job's data ({', '.join(others)}): "
-                    f"{stage} writes to a {root} root"
-                )
-    if report_dir:
-        for folder in replaced:
-            if is_within(report_dir, folder):
-                raise JobError(
-                    f"--report-dir {report_dir} lies in {folder}, which a publish replaces: "
-                    "choose a reports folder outside it"
-                )
+    elif marker is not None and marker.get("owner") != root:
+        raise JobError(f"--output {output} is {_describe(marker)}: {stage} writes to a {root} root")
+    elif marker is None:
+        others = sorted(
+            name for name in _entries(output)
+            if any(name in datasets for family, datasets in ROOT_DATASETS.items() if family != root)
+            and name not in ROOT_DATASETS[root]
+        )
+        if others:
+            raise JobError(
+                f"--output {output} holds another job's data ({', '.join(others)}): "
+                f"{stage} writes to a {root} root"
+            )
 
 
 def mark_root(stage: str, output: str) -> None:

@@ -20,16 +20,21 @@ def join(uri: str, *parts: str) -> str:
     return out
 
 
+def partition_name(run_date: dt.date | str) -> str:
+    """``dt=<run date>``: the name of one run date's partition folder."""
+    return f"{PARTITION_KEY}={run_date}"
+
+
 def partition_uri(root: str, dataset: str, run_date: dt.date | str) -> str:
     """``<root>/<dataset>/dt=<run date>``: one run date's partition of a dataset (``dataset`` may be a
     path such as ``rejects/embed``, or empty for a folder of partitions)."""
-    return join(root, dataset, f"{PARTITION_KEY}={run_date}")
+    return join(root, dataset, partition_name(run_date))
 
 
 def report_uri(reports_root: str, stage: str, run_date: dt.date | str, suffix: str = "json") -> str:
     """``<reports root>/<stage>/dt=<run date>.<suffix>``: a stage's run report (quality results use
     ``quality.json``)."""
-    return join(reports_root, stage, f"{PARTITION_KEY}={run_date}.{suffix}")
+    return join(reports_root, stage, f"{partition_name(run_date)}.{suffix}")
 
 
 def canonical_s3(uri: str) -> str:

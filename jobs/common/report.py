@@ -108,7 +108,7 @@ def write_report(
 class PhaseClock:
     """Wall seconds of a job's steps, each measured from the end of the previous one (a step that comes
     back adds up). Logged at INFO as each step ends (with the job's logger) and written to the report
-    (``phase_seconds`` / ``seconds_by_phase``): where a run's time went, on any cluster, without a
+    (``seconds_by_phase``): where a run's time went, on any cluster, without a
     profiler."""
 
     def __init__(self, log: logging.Logger = LOG) -> None:

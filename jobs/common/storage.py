@@ -54,7 +54,8 @@ from pyarrow import fs as pafs
 from jobs.common import glue_catalog
 from jobs.common.cli import JobError
 from jobs.common.paths import PARTITION_KEY, canonical_s3, join
-from jobs.common.paths import partition_uri as partition_uri  # the one partition path, re-exported
+from jobs.common.paths import partition_name as partition_name  # the one partition path, re-exported
+from jobs.common.paths import partition_uri as partition_uri
 
 LOG = logging.getLogger("stylegraph.storage")
 

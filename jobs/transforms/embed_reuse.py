@@ -14,10 +14,9 @@ from typing import Any
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas import catalog as C
-from schemas import embeddings as E
+from schemas import catalog, embeddings
 
-REUSE_KEYS = [E.SKU, E.CONTENT_SHA256]
+REUSE_KEYS = [embeddings.SKU, embeddings.CONTENT_SHA256]
 
 
 def select_reusable(previous_df: DataFrame, model: str, weights_sha256: str) -> DataFrame:
@@ -28,11 +27,11 @@ def select_reusable(previous_df: DataFrame, model: str, weights_sha256: str) -> 
     """
     return (
         previous_df
-        .filter(F.col(E.STATUS) == F.lit(E.STATUS_OK))
-        .filter(F.col(E.MODEL) == F.lit(model))
-        .filter(F.col(E.WEIGHTS_SHA256) == F.lit(weights_sha256))
-        .filter(F.col(E.CONTENT_SHA256).isNotNull() & F.col(E.EMBEDDING).isNotNull())
-        .select(*REUSE_KEYS, with_contract_elements(F.col(E.EMBEDDING)).alias(E.EMBEDDING))
+        .filter(F.col(embeddings.STATUS) == F.lit(embeddings.STATUS_OK))
+        .filter(F.col(embeddings.MODEL) == F.lit(model))
+        .filter(F.col(embeddings.WEIGHTS_SHA256) == F.lit(weights_sha256))
+        .filter(F.col(embeddings.CONTENT_SHA256).isNotNull() & F.col(embeddings.EMBEDDING).isNotNull())
+        .select(*REUSE_KEYS, with_contract_elements(F.col(embeddings.EMBEDDING)).alias(embeddings.EMBEDDING))
     )
 
 
@@ -63,14 +62,14 @@ def select_reused(
         hashed_df
         .join(reusable_df, on=REUSE_KEYS, how="inner")
         .select(
-            F.col(C.SKU).alias(E.SKU),
-            F.col(C.IMAGE_PATH).alias(E.IMAGE_PATH),
-            F.col(E.EMBEDDING),
-            F.lit(E.STATUS_OK).alias(E.STATUS),
-            F.lit(None).cast("string").alias(E.ERROR),
-            F.lit(model).alias(E.MODEL),
-            F.lit(weights_sha256).alias(E.WEIGHTS_SHA256),
-            F.col(E.CONTENT_SHA256),
+            F.col(catalog.SKU).alias(embeddings.SKU),
+            F.col(catalog.IMAGE_PATH).alias(embeddings.IMAGE_PATH),
+            F.col(embeddings.EMBEDDING),
+            F.lit(embeddings.STATUS_OK).alias(embeddings.STATUS),
+            F.lit(None).cast("string").alias(embeddings.ERROR),
+            F.lit(model).alias(embeddings.MODEL),
+            F.lit(weights_sha256).alias(embeddings.WEIGHTS_SHA256),
+            F.col(embeddings.CONTENT_SHA256),
         )
     )
 
@@ -82,16 +81,14 @@ def filter_changed(hashed_df: DataFrame, reusable_df: DataFrame) -> DataFrame:
         ``sku``, ``image_path``: what the embedding UDF takes.
     """
     return hashed_df.join(reusable_df.select(*REUSE_KEYS), on=REUSE_KEYS, how="left_anti").select(
-        C.SKU, C.IMAGE_PATH
+        catalog.SKU, catalog.IMAGE_PATH
     )
 
 
 def filter_removed(previous_df: DataFrame, products_df: DataFrame) -> DataFrame:
     """The previous run's products that are no longer in the catalog (their ``sku``)."""
-    return (
-        previous_df.select(E.SKU)
-        .join(products_df.select(F.col(C.SKU).alias(E.SKU)), on=E.SKU, how="left_anti")
-    )
+    products_by_sku_df = products_df.select(F.col(catalog.SKU).alias(embeddings.SKU))
+    return previous_df.select(embeddings.SKU).join(products_by_sku_df, on=embeddings.SKU, how="left_anti")
 
 
 def config_differences(previous: Mapping[str, Any], current: Mapping[str, Any]) -> list[str]:

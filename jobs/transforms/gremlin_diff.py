@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from schemas import gremlin as G
+from schemas import gremlin
 
 HASH = "_property_hash"
 KIND = "change"
@@ -48,7 +48,7 @@ def property_name(header: str) -> str:
 
 def property_columns(columns: Sequence[str]) -> list[str]:
     """The property columns of a header (every column that is not a system column)."""
-    system = {G.ID, G.LABEL, G.FROM, G.TO}
+    system = {gremlin.ID, gremlin.LABEL, gremlin.FROM, gremlin.TO}
     return [column for column in columns if column not in system]
 
 
@@ -70,7 +70,7 @@ def property_hash(columns: Sequence[str]) -> Column:
     ``columns`` is the union of both exports' headers, so two rows hash alike exactly when they carry the
     same values under the same headers. The export never writes a NUL, so the encoding is unambiguous.
     """
-    hashed = sorted(column for column in columns if column != G.ID)
+    hashed = sorted(column for column in columns if column != gremlin.ID)
     fields = [F.coalesce(F.concat(F.lit("v"), F.col(column)), F.lit("n")) for column in hashed]
     return F.sha2(F.concat_ws("\u0000", *fields), 256)
 
@@ -89,7 +89,7 @@ def compare_with_base(current_df: DataFrame, base_df: DataFrame, columns: Sequen
     """
     props = property_columns(columns)
     base_side_df = base_df.select(
-        G.ID,
+        gremlin.ID,
         F.col(HASH).alias(_BASE_HASH),
         *[F.col(column).alias(_BASE_PREFIX + column) for column in props],
     )
@@ -111,7 +111,7 @@ def compare_with_base(current_df: DataFrame, base_df: DataFrame, columns: Sequen
         F.lit(None).cast("string"),  # never an empty array() of unknown type
     )
     return (
-        current_side_df.join(base_side_df, on=G.ID, how="full_outer")
+        current_side_df.join(base_side_df, on=gremlin.ID, how="full_outer")
         .withColumn(KIND, kind)
         .withColumn(CLEARED, F.filter(flags, lambda name: name.isNotNull()))
         .select(*columns, KIND, CLEARED)
@@ -129,20 +129,22 @@ def filter_rows_to_load(comparisons: Sequence[DataFrame], header: Sequence[str])
     if len(comparisons) == 1:
         return first_df.filter(is_stale).select(*header)
     ids_df = functools.reduce(
-        DataFrame.unionByName, [df.filter(is_stale).select(G.ID) for df in comparisons]
+        DataFrame.unionByName, [df.filter(is_stale).select(gremlin.ID) for df in comparisons]
     ).distinct()
     return (
-        first_df.filter(F.col(KIND) != F.lit(REMOVED)).join(ids_df, on=G.ID, how="left_semi").select(*header)
+        first_df.filter(F.col(KIND) != F.lit(REMOVED))
+        .join(ids_df, on=gremlin.ID, how="left_semi")
+        .select(*header)
     )
 
 
 def ids_to_remove(comparisons: Sequence[DataFrame]) -> DataFrame:
     """``(~id)``: every id some base holds that tonight lacks, once."""
-    removed = [df.filter(F.col(KIND) == F.lit(REMOVED)).select(G.ID) for df in comparisons]
+    removed = [df.filter(F.col(KIND) == F.lit(REMOVED)).select(gremlin.ID) for df in comparisons]
     return functools.reduce(DataFrame.unionByName, removed).distinct()
 
 
 def properties_to_clear(comparisons: Sequence[DataFrame]) -> DataFrame:
     """``(~id, PROPERTY)``: a property key some base holds a value for and tonight leaves blank, once."""
-    cleared = [df.select(G.ID, F.explode(CLEARED).alias(PROPERTY)) for df in comparisons]
+    cleared = [df.select(gremlin.ID, F.explode(CLEARED).alias(PROPERTY)) for df in comparisons]
     return functools.reduce(DataFrame.unionByName, cleared).distinct()

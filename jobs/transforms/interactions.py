@@ -79,6 +79,39 @@ def _is_string_value(line: Column, wrapped: Column, field: str) -> Column:
     return F.when(F.regexp_count(line, F.lit(key)) == 1, fast).otherwise(exact)
 
 
+def _reject_reason(event_ts: Column, end_of_day: dt.datetime) -> Column:
+    """The first reason a flattened line (``line``, its ``[line]`` wrapping, the one-value flag and the
+    event's fields) must be rejected for; null when valid."""
+    line = F.rtrim(F.col(S.LINE))
+    is_invalid_json = (
+        ~F.col(_IS_ONE_VALUE)
+        | ~F.ltrim(line).startswith("{")
+        | ~line.endswith("}")
+    )
+    is_missing = F.lit(False)
+    for name in S.REQUIRED_FIELDS:
+        is_missing = is_missing | F.col(name).isNull()
+    is_non_string = F.lit(False)
+    for name in S.ID_FIELDS:
+        is_non_string = is_non_string | ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
+    for name in S.OPTIONAL_ID_FIELDS:
+        is_non_string = is_non_string | (
+            F.col(name).isNotNull() & ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
+        )
+    is_empty = F.lit(False)
+    for name in S.REQUIRED_FIELDS:
+        is_empty = is_empty | (F.trim(F.col(name)) == F.lit(""))
+    return (
+        F.when(is_invalid_json, F.lit(S.REASON_INVALID_JSON))
+        .when(is_missing, F.lit(S.REASON_MISSING_FIELD))
+        .when(is_non_string, F.lit(S.REASON_NON_STRING_ID))
+        .when(is_empty, F.lit(S.REASON_EMPTY_FIELD))
+        .when(~F.col(S.EVENT_TYPE).isin(*S.EVENT_TYPES), F.lit(S.REASON_UNKNOWN_EVENT_TYPE))
+        .when(event_ts.isNull(), F.lit(S.REASON_BAD_EVENT_TIME))
+        .when(event_ts >= F.lit(end_of_day), F.lit(S.REASON_FUTURE_EVENT_TIME))
+    )
+
+
 def with_parsed_events(lines_df: DataFrame, *, run_date: dt.date) -> DataFrame:
     """Parse JSON lines and give each the first reason it must be rejected for (null when valid).
 
@@ -109,35 +142,8 @@ def with_parsed_events(lines_df: DataFrame, *, run_date: dt.date) -> DataFrame:
         F.coalesce(F.size(_PARSED) == 1, F.lit(False)).alias(_IS_ONE_VALUE),
         *[F.col(_PARSED)[0][name].alias(name) for name in fields],
     )
-    line = F.rtrim(F.col(S.LINE))
-    is_invalid_json = (
-        ~F.col(_IS_ONE_VALUE)
-        | ~F.ltrim(line).startswith("{")
-        | ~line.endswith("}")
-    )
-    is_missing = F.lit(False)
-    for name in S.REQUIRED_FIELDS:
-        is_missing = is_missing | F.col(name).isNull()
-    is_non_string = F.lit(False)
-    for name in S.ID_FIELDS:
-        is_non_string = is_non_string | ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
-    for name in S.OPTIONAL_ID_FIELDS:
-        is_non_string = is_non_string | (
-            F.col(name).isNotNull() & ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
-        )
-    is_empty = F.lit(False)
-    for name in S.REQUIRED_FIELDS:
-        is_empty = is_empty | (F.trim(F.col(name)) == F.lit(""))
     event_ts = F.to_timestamp(F.col(S.EVENT_TIME), S.EVENT_TIME_FORMAT)
-    reason = (
-        F.when(is_invalid_json, F.lit(S.REASON_INVALID_JSON))
-        .when(is_missing, F.lit(S.REASON_MISSING_FIELD))
-        .when(is_non_string, F.lit(S.REASON_NON_STRING_ID))
-        .when(is_empty, F.lit(S.REASON_EMPTY_FIELD))
-        .when(~F.col(S.EVENT_TYPE).isin(*S.EVENT_TYPES), F.lit(S.REASON_UNKNOWN_EVENT_TYPE))
-        .when(event_ts.isNull(), F.lit(S.REASON_BAD_EVENT_TIME))
-        .when(event_ts >= F.lit(end_of_day), F.lit(S.REASON_FUTURE_EVENT_TIME))
-    )
+    reason = _reject_reason(event_ts, end_of_day)
     return flat_df.select(
         S.LINE,
         S.INPUT_FILE,
