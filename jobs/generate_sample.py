@@ -793,6 +793,174 @@ def _bad_lines(kinds: Sequence[str], rng: np.random.Generator, *, day: dt.date, 
     return lines
 
 
+@dataclass(frozen=True)
+class _DrawnEvents:
+    """The good events of every day in UTC time order, one array entry per event.
+
+    ``columns`` are what ``_LineRenderer`` reads (``seq``, ``user``, ``item``, ``type``, ``utc``, ``tz``,
+    ``second``, ``session``, ``extra``); ``day_bounds[d]:day_bounds[d + 1]`` are the events of day ``d``.
+    """
+
+    columns: dict[str, np.ndarray]
+    day_bounds: np.ndarray
+    is_duplicated: np.ndarray
+    stats: dict[str, int]
+
+    @property
+    def count(self) -> int:
+        return len(self.columns["seq"])
+
+
+def _draw_events(rng: np.random.Generator, *, users: int, items: int, events: int, days: int,
+                 epoch0: int) -> _DrawnEvents:
+    """Who did what, when, from which time zone and session; which events get a duplicate line."""
+    user_of, item_of, stats = _allocate_events(rng, users, items, events)
+    n = len(user_of)
+    day_of = rng.integers(days, size=n)
+    second_of = rng.integers(SECONDS_PER_DAY, size=n)
+    order = np.argsort(day_of * SECONDS_PER_DAY + second_of, kind="stable")
+    user_of, item_of, day_of, second_of = user_of[order], item_of[order], day_of[order], second_of[order]
+    type_of = rng.choice(len(EVENT_TYPES), size=n, p=EVENT_TYPE_WEIGHTS)
+    tz_of = rng.integers(len(TZ_SUFFIXES), size=n)
+    session_state = rng.choice(3, size=n, p=SESSION_STATE_WEIGHTS)
+    extra_of = np.where(rng.random(n) < EXTRA_FIELD_SHARE, rng.integers(len(EXTRA_FIELDS), size=n), -1)
+    is_duplicated = rng.random(n) < DUPLICATE_SHARE
+    columns = {
+        "seq": np.arange(n, dtype=np.int64),
+        "user": user_of,
+        "item": item_of,
+        "type": type_of,
+        "utc": epoch0 + day_of * SECONDS_PER_DAY + second_of,
+        "tz": tz_of,
+        "second": second_of,
+        "session": session_state,
+        "extra": extra_of,
+    }
+    day_bounds = np.searchsorted(day_of, np.arange(days + 1))
+    return _DrawnEvents(columns=columns, day_bounds=day_bounds, is_duplicated=is_duplicated, stats=stats)
+
+
+@dataclass(frozen=True)
+class _LogSpec:
+    """What every day of the interaction logs shares: where, which days, which ids, how written."""
+
+    root: str
+    start: dt.date
+    days: int
+    users: int
+    items: list[str]
+    user_width: int
+    seq_width: int
+    compression: str
+
+    @property
+    def epoch0(self) -> int:
+        """The first second of ``start`` (UTC), as a Unix time."""
+        return _utc_epoch(self.start)
+
+    @property
+    def end_utc(self) -> int:
+        """The first second after the last day (UTC)."""
+        return self.epoch0 + self.days * SECONDS_PER_DAY
+
+    def day(self, index: int) -> dt.date:
+        return dt.date.fromordinal(self.start.toordinal() + index)
+
+    def parts(self, index: int, ordered_rows: np.ndarray) -> list[tuple[str, np.ndarray]]:
+        """(file name, rows) of each file of a day: gzip, plus a plain second half on one day."""
+        plain_day = self.days - 2 if self.days >= 2 else 0
+        if self.compression == COMPRESSION_GZIP and index == plain_day:
+            half = len(ordered_rows) // 2
+            return [("part-00000.jsonl.gz", ordered_rows[:half]), ("part-00001.jsonl", ordered_rows[half:])]
+        if self.compression == COMPRESSION_GZIP:
+            return [("part-00000.jsonl.gz", ordered_rows)]
+        return [("part-00000.jsonl", ordered_rows)]
+
+
+def _utc_epoch(day: dt.date) -> int:
+    return int(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC).timestamp())
+
+
+def _place_lines(good: int, dup_index: np.ndarray, dup_keys: np.ndarray, bad_keys: np.ndarray) -> np.ndarray:
+    """The rows of a day in file order: 0..good-1 good events, their duplicates, then bad line j at good + j.
+
+    Good lines keep their time order; a duplicate sorts somewhere after its original, a bad line anywhere.
+    """
+    rows = np.concatenate([np.arange(good), dup_index, good + np.arange(len(bad_keys))])
+    placement = np.argsort(np.concatenate([np.arange(good, dtype=np.float64), dup_keys, bad_keys]),
+                           kind="stable")
+    return rows[placement]
+
+
+def _write_day(spec: _LogSpec, renderer: _LineRenderer, drawn: _DrawnEvents, bad_rng: np.random.Generator,
+               index: int, kinds: list[str], first_bad_seq: int) -> dict[str, Any]:
+    """Write the files of day ``index`` (its good events, their duplicates and bad lines of ``kinds``).
+
+    Returns the day's manifest entry.
+    """
+    lo, hi = int(drawn.day_bounds[index]), int(drawn.day_bounds[index + 1])
+    good = hi - lo
+    day = spec.day(index)
+    dup_index = np.flatnonzero(drawn.is_duplicated[lo:hi])
+    dup_keys = dup_index + bad_rng.uniform(0.5, 1.0, size=len(dup_index)) * (good - dup_index)
+    bad_lines = _bad_lines(
+        kinds, bad_rng, day=day, day_index=index, epoch0=spec.epoch0, end_utc=spec.end_utc,
+        first_seq=first_bad_seq, users=spec.users, items=spec.items, user_width=spec.user_width,
+        seq_width=spec.seq_width,
+    )
+    bad_keys = bad_rng.uniform(0, max(good, 1), size=len(kinds))
+    ordered_rows = _place_lines(good, dup_index, dup_keys, bad_keys)
+    day_columns = {name: column[lo:hi] for name, column in drawn.columns.items()}
+    folder = storage.partition_uri(spec.root, "", day.isoformat())
+    files = {}
+    for name, part_rows in spec.parts(index, ordered_rows):
+        chunks = (
+            renderer.render(day_columns, index, part_rows[at: at + RENDER_CHUNK_ROWS], good, bad_lines)
+            for at in range(0, len(part_rows), RENDER_CHUNK_ROWS)
+        )
+        _write_chunks(storage.join(folder, name), chunks, is_gzip=name.endswith(".gz"))
+        files[name] = len(part_rows)
+    LOG.info("interactions dt=%s: %d lines (%d good, %d duplicate, %d bad)", day, len(ordered_rows), good,
+             len(dup_index), len(kinds))
+    return {
+        "dt": day.isoformat(),
+        "files": files,
+        "lines": len(ordered_rows),
+        "good_events": good,
+        "duplicate_lines": len(dup_index),
+        "bad_lines": {kind: kinds.count(kind) for kind in BAD_KINDS},
+    }
+
+
+def _interactions_manifest(spec: _LogSpec, end_date: dt.date, drawn: _DrawnEvents,
+                           per_day: list[dict[str, Any]]) -> dict[str, Any]:
+    """The interactions part of the manifest: the days' entries and what they add up to."""
+    user_of, item_of, type_of = drawn.columns["user"], drawn.columns["item"], drawn.columns["type"]
+    totals = {key: sum(day[key] for day in per_day) for key in ("lines", "good_events", "duplicate_lines")}
+    bad_totals = {kind: sum(day["bad_lines"][kind] for day in per_day) for kind in BAD_KINDS}
+    distinct_pairs = int(np.unique(user_of * len(spec.items) + item_of).size)
+    return {
+        "start_date": spec.start.isoformat(),
+        "end_date": end_date.isoformat(),
+        "days": spec.days,
+        "compression": spec.compression,
+        "dt_rule": "the dt folder is the UTC date of event_time",
+        "users": spec.users,
+        "items": len(spec.items),
+        **totals,
+        "bad_lines": sum(bad_totals.values()),
+        "bad_lines_by_kind": bad_totals,
+        "event_types": {name: int((type_of == i).sum()) for i, name in enumerate(EVENT_TYPES)},
+        "users_with_events": int(np.count_nonzero(np.bincount(user_of, minlength=spec.users))),
+        "items_with_events": int(np.count_nonzero(np.bincount(item_of, minlength=len(spec.items)))),
+        "distinct_user_item_pairs": distinct_pairs,
+        "repeated_user_item_events": drawn.count - distinct_pairs,
+        "light_users": drawn.stats["light_users"],
+        "cold_items": drawn.stats["cold_items"],
+        "per_day": per_day,
+    }
+
+
 def generate_interactions(
     out_dir: str,
     *,
@@ -824,128 +992,26 @@ def generate_interactions(
     """
     items = list(items)
     _check_sizes(users=users, items=len(items), events=events, compression=compression)
-    rng = _rng(seed, _STREAM_INTERACTIONS)
-    user_of, item_of, stats = _allocate_events(rng, users, len(items), events)
-    n = len(user_of)
-    day_of = rng.integers(days, size=n)
-    second_of = rng.integers(SECONDS_PER_DAY, size=n)
-    order = np.argsort(day_of * SECONDS_PER_DAY + second_of, kind="stable")
-    user_of, item_of, day_of, second_of = user_of[order], item_of[order], day_of[order], second_of[order]
-    type_of = rng.choice(len(EVENT_TYPES), size=n, p=EVENT_TYPE_WEIGHTS)
-    tz_of = rng.integers(len(TZ_SUFFIXES), size=n)
-    session_state = rng.choice(3, size=n, p=SESSION_STATE_WEIGHTS)
-    extra_of = np.where(rng.random(n) < EXTRA_FIELD_SHARE, rng.integers(len(EXTRA_FIELDS), size=n), -1)
-    is_duplicated = rng.random(n) < DUPLICATE_SHARE
-
     start = dt.date.fromordinal(end_date.toordinal() - days + 1)
-    epoch0 = int(dt.datetime(start.year, start.month, start.day, tzinfo=dt.UTC).timestamp())
-    end_utc = epoch0 + days * SECONDS_PER_DAY
-    utc_seconds = epoch0 + day_of * SECONDS_PER_DAY + second_of
-    width = max(6, len(str(users - 1)))
-    plain_day = days - 2 if days >= 2 else 0
-
+    drawn = _draw_events(_rng(seed, _STREAM_INTERACTIONS), users=users, items=len(items), events=events,
+                         days=days, epoch0=_utc_epoch(start))
     bad_rng = _rng(seed, _STREAM_BAD)
     bad_plan = _bad_plan(bad_rng, events, bad_fraction, days)
-    next_event_seq = n
-
+    spec = _LogSpec(
+        root=storage.join(out_dir, INTERACTIONS_DIR), start=start, days=days, users=users, items=items,
+        user_width=max(6, len(str(users - 1))), seq_width=max(10, len(str(drawn.count + len(bad_plan)))),
+        compression=compression,
+    )
+    renderer = _LineRenderer(items=items, user_width=spec.user_width, seq_width=spec.seq_width, days=days)
     bad_by_day: dict[int, list[str]] = {d: [] for d in range(days)}
     for kind, bad_day in bad_plan:
         bad_by_day[bad_day].append(kind)
-    event_seq_width = max(10, len(str(n + len(bad_plan))))
-    renderer = _LineRenderer(items=items, user_width=width, seq_width=event_seq_width, days=days)
-
-    day_bounds = np.searchsorted(day_of, np.arange(days + 1))
     per_day = []
-    totals = {"lines": 0, "good_events": 0, "duplicate_lines": 0}
-    bad_totals = dict.fromkeys(BAD_KINDS, 0)
-    root = storage.join(out_dir, INTERACTIONS_DIR)
+    next_bad_seq = drawn.count  # bad lines take the event ids after the good events', day by day
     for d in range(days):
-        lo, hi = int(day_bounds[d]), int(day_bounds[d + 1])
-        good = hi - lo
-        day = dt.date.fromordinal(start.toordinal() + d)
-        # Placement keys: good lines in time order; a duplicate somewhere after its original; bad anywhere.
-        dup_index = np.flatnonzero(is_duplicated[lo:hi])
-        dup_keys = dup_index + bad_rng.uniform(0.5, 1.0, size=len(dup_index)) * (good - dup_index)
-        kinds = bad_by_day[d]
-        bad_lines = _bad_lines(
-            kinds, bad_rng, day=day, day_index=d, epoch0=epoch0, end_utc=end_utc, first_seq=next_event_seq,
-            users=users, items=items, user_width=width, seq_width=event_seq_width,
-        )
-        next_event_seq += len(kinds)
-        bad_keys = bad_rng.uniform(0, max(good, 1), size=len(kinds))
-        # Rows of the day: 0..good-1 are good events (relative to lo), then bad lines at good + j.
-        rows = np.concatenate([np.arange(good), dup_index, good + np.arange(len(kinds))])
-        placement = np.argsort(np.concatenate([np.arange(good, dtype=np.float64), dup_keys, bad_keys]),
-                               kind="stable")
-        ordered_rows = rows[placement]
-        day_columns = {
-            "seq": np.arange(lo, hi, dtype=np.int64),
-            "user": user_of[lo:hi],
-            "item": item_of[lo:hi],
-            "type": type_of[lo:hi],
-            "utc": utc_seconds[lo:hi],
-            "tz": tz_of[lo:hi],
-            "second": second_of[lo:hi],
-            "session": session_state[lo:hi],
-            "extra": extra_of[lo:hi],
-        }
-
-        folder = storage.partition_uri(root, "", day.isoformat())
-        if compression == COMPRESSION_GZIP and d == plain_day:
-            half = len(ordered_rows) // 2
-            parts = [("part-00000.jsonl.gz", ordered_rows[:half]), ("part-00001.jsonl", ordered_rows[half:])]
-        elif compression == COMPRESSION_GZIP:
-            parts = [("part-00000.jsonl.gz", ordered_rows)]
-        else:
-            parts = [("part-00000.jsonl", ordered_rows)]
-        files = {}
-        for name, part_rows in parts:
-            chunks = (
-                renderer.render(day_columns, d, part_rows[at: at + RENDER_CHUNK_ROWS], good, bad_lines)
-                for at in range(0, len(part_rows), RENDER_CHUNK_ROWS)
-            )
-            _write_chunks(storage.join(folder, name), chunks, is_gzip=name.endswith(".gz"))
-            files[name] = len(part_rows)
-        day_bad = {kind: kinds.count(kind) for kind in BAD_KINDS}
-        lines = len(ordered_rows)
-        per_day.append({
-            "dt": day.isoformat(),
-            "files": files,
-            "lines": lines,
-            "good_events": good,
-            "duplicate_lines": len(dup_index),
-            "bad_lines": day_bad,
-        })
-        totals["lines"] += lines
-        totals["good_events"] += good
-        totals["duplicate_lines"] += len(dup_index)
-        for kind, count in day_bad.items():
-            bad_totals[kind] += count
-        LOG.info("interactions dt=%s: %d lines (%d good, %d duplicate, %d bad)", day, lines, good,
-                 len(dup_index), len(kinds))
-
-    pair_keys = user_of * len(items) + item_of
-    distinct_pairs = int(np.unique(pair_keys).size)
-    return {
-        "start_date": start.isoformat(),
-        "end_date": end_date.isoformat(),
-        "days": days,
-        "compression": compression,
-        "dt_rule": "the dt folder is the UTC date of event_time",
-        "users": users,
-        "items": len(items),
-        **totals,
-        "bad_lines": sum(bad_totals.values()),
-        "bad_lines_by_kind": bad_totals,
-        "event_types": {name: int((type_of == i).sum()) for i, name in enumerate(EVENT_TYPES)},
-        "users_with_events": int(np.count_nonzero(np.bincount(user_of, minlength=users))),
-        "items_with_events": int(np.count_nonzero(np.bincount(item_of, minlength=len(items)))),
-        "distinct_user_item_pairs": distinct_pairs,
-        "repeated_user_item_events": n - distinct_pairs,
-        "light_users": stats["light_users"],
-        "cold_items": stats["cold_items"],
-        "per_day": per_day,
-    }
+        per_day.append(_write_day(spec, renderer, drawn, bad_rng, d, bad_by_day[d], next_bad_seq))
+        next_bad_seq += len(bad_by_day[d])
+    return _interactions_manifest(spec, end_date, drawn, per_day)
 
 
 # ----------------------------------------------------------------------------------------------- job
