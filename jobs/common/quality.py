@@ -197,17 +197,7 @@ def run_gate(
     thresholds = thresholds or QualityThresholds()
     context = dict(context or {})
     started = time.time()
-    frames = dict(datasets)
-    unknown = sorted(set(frames) - set(suites.SUITES))
-    if unknown:
-        raise ValueError(f"no expectation suite for dataset(s) {unknown}; known: {sorted(suites.SUITES)}")
-    if ROWS_IN in context and ROWS_REJECTED in context and FUNNEL_DATASET not in frames:
-        frames[FUNNEL_DATASET] = funnel_frame(
-            next(iter(frames.values())).sparkSession if frames else _active_session(),
-            int(context[ROWS_IN]),
-            int(context[ROWS_REJECTED]),
-        )
-
+    frames = _frames_to_check(datasets, context)
     results: dict[str, Any] = {
         "stage": stage,
         "run_date": str(run_date),
@@ -217,19 +207,8 @@ def run_gate(
         "datasets": {},
     }
     if thresholds.mode != MODE_OFF:
-        for name, frame in frames.items():
-            expectations = suites.SUITES[name](thresholds, context)
-            results["datasets"][name] = validate_frame(
-                f"{stage}.{name}", frame, expectations, cache=cache_frames
-            )
-
-    critical: list[str] = []
-    warnings: list[str] = []
-    for name, dataset in results["datasets"].items():
-        for check in dataset["expectations"]:
-            if not check["success"]:
-                failed = critical if check["severity"] == CRITICAL else warnings
-                failed.append(f"{name}: {_describe(check)}")
+        results["datasets"] = _validate_datasets(stage, frames, thresholds, context, cache=cache_frames)
+    critical, warnings = _failed_checks(results["datasets"])
     results["failed_critical"] = critical
     results["failed_warnings"] = warnings
     results["skipped"] = thresholds.mode == MODE_OFF
@@ -240,6 +219,60 @@ def run_gate(
     uri = quality_uri(reports_root, stage, run_date)
     storage.write_json(uri, results)
     results["quality_uri"] = uri
+    _log_and_enforce(stage, results, thresholds.mode)
+    return results
+
+
+def _frames_to_check(datasets: Mapping[str, DataFrame], context: Mapping[str, Any]) -> dict[str, DataFrame]:
+    """The frames a gate validates: ``datasets``, plus the ``funnel`` frame when the context has its counts.
+
+    Raises:
+        ValueError: a dataset name has no suite in :data:`schemas.expectations.SUITES`.
+    """
+    frames = dict(datasets)
+    unknown = sorted(set(frames) - set(suites.SUITES))
+    if unknown:
+        raise ValueError(f"no expectation suite for dataset(s) {unknown}; known: {sorted(suites.SUITES)}")
+    if ROWS_IN in context and ROWS_REJECTED in context and FUNNEL_DATASET not in frames:
+        frames[FUNNEL_DATASET] = funnel_frame(
+            next(iter(frames.values())).sparkSession if frames else _active_session(),
+            int(context[ROWS_IN]),
+            int(context[ROWS_REJECTED]),
+        )
+    return frames
+
+
+def _validate_datasets(
+    stage: str,
+    frames: Mapping[str, DataFrame],
+    thresholds: QualityThresholds,
+    context: Mapping[str, Any],
+    *,
+    cache: bool,
+) -> dict[str, Any]:
+    """Each frame's results against its suite, by dataset name."""
+    return {
+        name: validate_frame(f"{stage}.{name}", frame, suites.SUITES[name](thresholds, context), cache=cache)
+        for name, frame in frames.items()
+    }
+
+
+def _failed_checks(datasets: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """One line per failed expectation of the validated datasets: (critical, warnings)."""
+    critical: list[str] = []
+    warnings: list[str] = []
+    for name, dataset in datasets.items():
+        for check in dataset["expectations"]:
+            if not check["success"]:
+                failed = critical if check["severity"] == CRITICAL else warnings
+                failed.append(f"{name}: {_describe(check)}")
+    return critical, warnings
+
+
+def _log_and_enforce(stage: str, results: Mapping[str, Any], mode: str) -> None:
+    """Log the gate's outcome; in ``enforce`` mode raise :class:`QualityGateError` on a critical failure."""
+    critical = results["failed_critical"]
+    uri = results["quality_uri"]
     for line in results["failed_warnings"]:
         LOG.warning("%s quality warning: %s", stage, line)
     LOG.info(
@@ -249,15 +282,14 @@ def run_gate(
         len(critical),
         len(results["failed_warnings"]),
         results["seconds"],
-        thresholds.mode,
+        mode,
         uri,
     )
-    if critical and thresholds.mode == MODE_ENFORCE:
+    if critical and mode == MODE_ENFORCE:
         raise QualityGateError(
             f"{stage}: data-quality gate failed, output not published ({len(critical)} critical "
             f"expectation(s) failed; results in {uri}):\n  - " + "\n  - ".join(critical)
         )
-    return results
 
 
 def funnel_frame(spark: Any, rows_in: int, rows_rejected: int) -> DataFrame:
