@@ -309,15 +309,28 @@ def plan_expectation(spec: ExpectationSpec, columns: Sequence[str], index: int =
     plan.unexpected = ("unexpected", spec.type, frozen)
     plan.examples = ("examples", spec.type, frozen)
     if spec.type in _ROW_TYPES:
-        column = kwargs["column"]
-        plan.nulls = ("nulls", column)
-        plan.metrics[plan.nulls] = _Metric(aggregate=F.count(F.when(F.col(_q(column)).isNull(), 1)))
-        unexpected = _row_unexpected(spec.type, column, kwargs)
-        plan.metrics[plan.unexpected] = _Metric(aggregate=F.count(F.when(unexpected, 1)))
-        plan.metrics[plan.examples] = _Metric(
-            examples=lambda df, u=unexpected, c=column: df.filter(u).select(_q(c)), count_id=plan.unexpected
-        )
-        return plan
+        return _plan_column_map(plan)
+    return _plan_uniqueness(plan)
+
+
+def _plan_column_map(plan: _Plan) -> _Plan:
+    """Add a column map expectation's metrics: nulls, unexpected rows and their examples."""
+    spec, kwargs = plan.spec, plan.spec.kwargs
+    column = kwargs["column"]
+    plan.nulls = ("nulls", column)
+    plan.metrics[plan.nulls] = _Metric(aggregate=F.count(F.when(F.col(_q(column)).isNull(), 1)))
+    unexpected = _row_unexpected(spec.type, column, kwargs)
+    plan.metrics[plan.unexpected] = _Metric(aggregate=F.count(F.when(unexpected, 1)))
+    plan.metrics[plan.examples] = _Metric(
+        examples=lambda df, u=unexpected, c=column: df.filter(u).select(_q(c)), count_id=plan.unexpected
+    )
+    return plan
+
+
+def _plan_uniqueness(plan: _Plan) -> _Plan:
+    """Add a uniqueness expectation's metrics: duplicated rows (a query), their examples, and the nulls
+    (one column) or the rows looked at (compound)."""
+    spec, kwargs = plan.spec, plan.spec.kwargs
     keys, where = _group_domain(kwargs)
     key_list = ", ".join(_q(c) for c in keys)
     plan.metrics[plan.unexpected] = _Metric(
