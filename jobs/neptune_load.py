@@ -324,52 +324,67 @@ def plan_night(
         return NightPlan(ref, False, True, None, None, expected=expected)
     diff = manifest.get("diff") or {"is_full_load": True, "bases": []}
     rows = {item["path"]: int(item["rows"]) for item in manifest["files"] + diff.get("files", [])}
-
-    def folder_rows(folder: str) -> int:
-        return sum(n for path, n in rows.items() if path.startswith(folder + "/"))
-
-    def prefix_with_rows(folder: str) -> str | None:
-        return prefix(source, folder) if folder_rows(folder) else None
-
     if is_full or diff["is_full_load"]:
         return NightPlan(
             ref,
             True,
             False,
-            prefix_with_rows(gremlin.VERTICES_DIR),
-            prefix_with_rows(gremlin.EDGES_DIR),
+            _prefix_with_rows(source, rows, gremlin.VERTICES_DIR),
+            _prefix_with_rows(source, rows, gremlin.EDGES_DIR),
             expected=expected,
         )
-    bases = [gm.ExportRef(b["export"], b["run_date"], b["manifest_sha256"]) for b in diff["bases"]]
-    holds = [loaded, *(item for item in attempts if not item.is_same(ref) and not item.is_same(loaded))]
-    uncovered = [item for item in holds if not any(base.is_same(item) for base in bases)]
-    if uncovered:
-        names = ", ".join("nothing loaded" if item is None else item.export for item in uncovered)
-        raise JobError(
-            f"{storage.join(source, gremlin.MANIFEST_NAME)}: its diff is against "
-            f"{[base.export for base in bases]} but the graph may hold {names}: run the export for "
-            f"{ref.run_date} again (it diffs against the markers), or load it with --full"
-        )
-
-    def files_under(folder: str) -> list[str]:
-        return sorted(storage.join(source, path) for path in rows if path.startswith(folder + "/"))
-
+    _check_diff_bases(source, ref, diff["bases"], loaded=loaded, attempts=attempts)
     kinds = (gremlin.VERTICES_DIR, gremlin.EDGES_DIR)
     return NightPlan(
         ref,
         False,
         False,
-        prefix_with_rows(storage.join(gremlin.DIFF_DIR, gremlin.VERTICES_DIR)),
-        prefix_with_rows(storage.join(gremlin.DIFF_DIR, gremlin.EDGES_DIR)),
+        _prefix_with_rows(source, rows, storage.join(gremlin.DIFF_DIR, gremlin.VERTICES_DIR)),
+        _prefix_with_rows(source, rows, storage.join(gremlin.DIFF_DIR, gremlin.EDGES_DIR)),
         remove_files={
-            k: files_under(storage.join(gremlin.DIFF_DIR, gremlin.DIFF_REMOVE_DIR, k)) for k in kinds
+            k: _files_under(source, rows, storage.join(gremlin.DIFF_DIR, gremlin.DIFF_REMOVE_DIR, k))
+            for k in kinds
         },
         clear_files={
-            k: files_under(storage.join(gremlin.DIFF_DIR, gremlin.DIFF_CLEAR_DIR, k)) for k in kinds
+            k: _files_under(source, rows, storage.join(gremlin.DIFF_DIR, gremlin.DIFF_CLEAR_DIR, k))
+            for k in kinds
         },
         expected=expected,
         counts=diff.get("counts"),
     )
+
+
+def _prefix_with_rows(source: str, rows: Mapping[str, int], folder: str) -> str | None:
+    """The loader prefix of an export folder, or None when its files (``rows``: path -> rows) hold none."""
+    has_rows = sum(n for path, n in rows.items() if path.startswith(folder + "/"))
+    return prefix(source, folder) if has_rows else None
+
+
+def _files_under(source: str, rows: Mapping[str, int], folder: str) -> list[str]:
+    """The URIs of the export's files under a folder, sorted."""
+    return sorted(storage.join(source, path) for path in rows if path.startswith(folder + "/"))
+
+
+def _check_diff_bases(
+    source: str,
+    ref: gm.ExportRef,
+    bases: Sequence[Mapping[str, Any]],
+    *,
+    loaded: gm.ExportRef | None,
+    attempts: Sequence[gm.ExportRef],
+) -> None:
+    """Refuse a diff that is not against everything the graph may hold: the loaded export and every
+    unfinished load since (other than this export's own)."""
+    base_refs = [gm.ExportRef(b["export"], b["run_date"], b["manifest_sha256"]) for b in bases]
+    holds = [loaded, *(item for item in attempts if not item.is_same(ref) and not item.is_same(loaded))]
+    uncovered = [item for item in holds if not any(base.is_same(item) for base in base_refs)]
+    if uncovered:
+        names = ", ".join("nothing loaded" if item is None else item.export for item in uncovered)
+        raise JobError(
+            f"{storage.join(source, gremlin.MANIFEST_NAME)}: its diff is against "
+            f"{[base.export for base in base_refs]} but the graph may hold {names}: run the export for "
+            f"{ref.run_date} again (it diffs against the markers), or load it with --full"
+        )
 
 
 def read_rows(file_uri: str) -> Iterator[list[str]]:
@@ -438,6 +453,16 @@ def check_counts(api: nd.DataApi, expected: Mapping[str, Mapping[str, int]]) -> 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = job_parser("neptune_load", "Make the Neptune graph equal a Gremlin CSV export, and check it.")
+    _add_target_args(parser)
+    _add_load_args(parser)
+    _add_data_api_args(parser)
+    _add_polling_args(parser)
+    parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON, call nothing")
+    return parser.parse_args(argv)
+
+
+def _add_target_args(parser: argparse.ArgumentParser) -> None:
+    """Which export goes into which cluster: source, markers, endpoint, loader role and region."""
     parser.add_argument("--source", required=True, help="the export folder (s3://...) with its manifest.json")
     parser.add_argument(
         "--loaded-marker",
@@ -457,6 +482,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     region = next((os.environ[name] for name in ENV_REGIONS if os.environ.get(name)), None)
     parser.add_argument("--region", default=region, help="the bucket's region (default $AWS_REGION)")
+
+
+def _add_load_args(parser: argparse.ArgumentParser) -> None:
+    """How the bulk loader loads, and whether the whole export is loaded."""
     parser.add_argument("--parallelism", default=DEFAULT_PARALLELISM, choices=PARALLELISMS)
     parser.add_argument("--mode", default=MODE_NEW, choices=MODES, help="loader mode (default NEW)")
     parser.add_argument(
@@ -470,6 +499,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         action="store_true",
         help="load the whole export and remove nothing, whatever the diff says (recovery)",
     )
+
+
+def _add_data_api_args(parser: argparse.ArgumentParser) -> None:
+    """How clears and removals go through the data API: batch size, rate and retries."""
     parser.add_argument(
         "--batch-size",
         type=positive_int,
@@ -487,6 +520,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--backoff-initial", type=float, default=nd.Pacing.backoff_initial_s)
     parser.add_argument("--backoff-max", type=float, default=nd.Pacing.backoff_max_s)
+
+
+def _add_polling_args(parser: argparse.ArgumentParser) -> None:
+    """How long and how often the loads are polled, and how often a loader call is tried."""
     parser.add_argument(
         "--timeout",
         type=positive_int,
@@ -501,8 +538,6 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=DEFAULT_MAX_ATTEMPTS,
         help="attempts per loader HTTP call (botocore retries throttling and 5xx answers)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="print the plan as JSON, call nothing")
-    return parser.parse_args(argv)
 
 
 def current_version(source: str) -> str:
@@ -567,18 +602,55 @@ def dry_run_requests(plan: NightPlan, settings: LoadSettings) -> dict[str, Any]:
     }
 
 
-def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
-    """Make the graph equal the export; returns the plan, the loads, the changes and the counts."""
-    args = parse_args(argv)
-    missing = [
-        flag
-        for flag, value in (("--iam-role-arn", args.iam_role_arn), ("--region", args.region))
-        if not value
-    ]
-    if not args.dry_run and not args.endpoint:
+def require_targets(*, endpoint: str | None, iam_role_arn: str | None, region: str | None,
+                    is_dry_run: bool) -> None:
+    """Refuse a run without a loader role and region, or (unless a dry run) without an endpoint."""
+    missing = [flag for flag, value in (("--iam-role-arn", iam_role_arn), ("--region", region)) if not value]
+    if not is_dry_run and not endpoint:
         missing.insert(0, "--endpoint")
     if missing:
         raise JobError(f"missing {', '.join(missing)} (or {ENV_ENDPOINT}, {ENV_ROLE_ARN}, AWS_REGION)")
+
+
+def run_night(
+    plan: NightPlan,
+    loader: NeptuneLoader,
+    api: nd.DataApi,
+    settings: LoadSettings,
+    *,
+    batch_size: int,
+    loaded_uri: str,
+) -> dict[str, Any]:
+    """Load, clear and remove what the plan says (nothing when already loaded), check the counts, and
+    only then name the export in the loaded marker; returns the loads, the changes and the counts."""
+    ref = plan.export
+    loading_uri = gm.loading_marker_uri(loaded_uri)
+    loads: dict[str, Any] = {"vertices": None, "edges": None}
+    changes: dict[str, int] = {}
+    if not plan.is_loaded:
+        gm.add_attempt(loading_uri, ref)
+        loads = loader.load_export(plan.vertices_source, plan.edges_source, settings)
+        changes = apply_changes(api, plan, batch_size)
+    counts = check_counts(api, plan.expected)
+    if not plan.is_loaded:
+        gm.write_marker(loaded_uri, ref, counts=counts)
+        storage.remove(loading_uri)
+        LOG.info("%s now names %s", loaded_uri, ref.export)
+    return {
+        **loads,
+        "changes": changes,
+        "data_api_requests": api.requests,
+        "data_api_retries": api.retries,
+        "counts": counts,
+    }
+
+
+def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
+    """Make the graph equal the export; returns the plan, the loads, the changes and the counts."""
+    args = parse_args(argv)
+    require_targets(
+        endpoint=args.endpoint, iam_role_arn=args.iam_role_arn, region=args.region, is_dry_run=args.dry_run
+    )
     source = args.source.rstrip("/")
     # The files of the export's current version (on S3, behind its _CURRENT pointer); the markers name
     # the export folder itself.
@@ -587,13 +659,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     # The hash of the manifest read here, not of a second read that a concurrent publish could change.
     ref = gm.ExportRef(export=source, run_date=str(manifest["run_date"]), manifest_sha256=manifest_sha256)
     loaded_uri = args.loaded_marker or gm.loaded_marker_uri(source)
-    loading_uri = gm.loading_marker_uri(loaded_uri)
     loaded = gm.read_marker(loaded_uri)
     if loaded is not None and not args.full:
         refuse_rollback(source, ref, loaded)
-    plan = plan_night(
-        version, manifest, ref, loaded=loaded, attempts=gm.read_attempts(loading_uri), is_full=args.full
-    )
+    attempts = gm.read_attempts(gm.loading_marker_uri(loaded_uri))
+    plan = plan_night(version, manifest, ref, loaded=loaded, attempts=attempts, is_full=args.full)
     settings = LoadSettings(
         iam_role_arn=args.iam_role_arn,
         region=args.region,
@@ -611,7 +681,12 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         "already loaded: checking only" if plan.is_loaded else "full load" if plan.is_full_load else "diff",
         plan.counts,
     )
-    client = make_client(args.endpoint, args.region, max_attempts=args.max_attempts)
+    loader = NeptuneLoader(
+        make_client(args.endpoint, args.region, max_attempts=args.max_attempts),
+        timeout_s=args.timeout,
+        poll_initial_s=args.poll_initial,
+        poll_max_s=args.poll_max,
+    )
     # The data API's retries are DataApi's own (ThrottlingException is an HTTP 500 there), so botocore
     # makes one attempt per request.
     pacing = nd.Pacing(
@@ -621,31 +696,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         backoff_max_s=args.backoff_max,
     )
     api = nd.DataApi(make_client(args.endpoint, args.region, max_attempts=1), pacing)
-    loads: dict[str, Any] = {"vertices": None, "edges": None}
-    changes: dict[str, int] = {}
-    if not plan.is_loaded:
-        gm.add_attempt(loading_uri, ref)
-        loader = NeptuneLoader(
-            client, timeout_s=args.timeout, poll_initial_s=args.poll_initial, poll_max_s=args.poll_max
-        )
-        loads = loader.load_export(plan.vertices_source, plan.edges_source, settings)
-        changes = apply_changes(api, plan, args.batch_size)
-    counts = check_counts(api, plan.expected)
-    if not plan.is_loaded:
-        gm.write_marker(loaded_uri, ref, counts=counts)
-        storage.remove(loading_uri)
-        LOG.info("%s now names %s", loaded_uri, ref.export)
-    return {
-        "dry_run": False,
-        "endpoint": args.endpoint,
-        "plan": plan.as_dict(),
-        **loads,
-        "changes": changes,
-        "data_api_requests": api.requests,
-        "data_api_retries": api.retries,
-        "counts": counts,
-        "loaded_marker": loaded_uri,
-    }
+    night = run_night(plan, loader, api, settings, batch_size=args.batch_size, loaded_uri=loaded_uri)
+    return {"dry_run": False, "endpoint": args.endpoint, "plan": plan.as_dict(), **night,
+            "loaded_marker": loaded_uri}
 
 
 if __name__ == "__main__":
