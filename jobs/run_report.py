@@ -28,6 +28,7 @@ import posixpath
 import re
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -40,10 +41,10 @@ from jobs.common.report import report_uri
 from jobs.common.spark import get_spark
 from jobs.render.report_page import GalleryRow, Section, Tile, render_page
 from jobs.transforms import report_stats as rs
-from schemas import embeddings as E
-from schemas import gremlin as G
+from schemas import embeddings as embeddings_schema
+from schemas import gremlin
 from schemas import interactions as ia
-from schemas import similarity as S
+from schemas import similarity as similarity_schema
 
 LOG = logging.getLogger("stylegraph.run_report")
 
@@ -59,9 +60,9 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 FILE_COLUMN = "_file"
 
 # Vertex and edge columns of the export, as headers.
-V_ID, V_SKU, V_NAME = G.ID, G.VERTEX_PROPERTIES["sku"], G.VERTEX_PROPERTIES["name"]
-V_BRAND, V_CATEGORY = G.VERTEX_PROPERTIES["brand"], G.VERTEX_PROPERTIES["category"]
-V_IMAGE, V_STATUS = G.VERTEX_PROPERTIES["image"], G.VERTEX_EMBEDDING_STATUS
+V_ID, V_SKU, V_NAME = gremlin.ID, gremlin.VERTEX_PROPERTIES["sku"], gremlin.VERTEX_PROPERTIES["name"]
+V_BRAND, V_CATEGORY = gremlin.VERTEX_PROPERTIES["brand"], gremlin.VERTEX_PROPERTIES["category"]
+V_IMAGE, V_STATUS = gremlin.VERTEX_PROPERTIES["image"], gremlin.VERTEX_EMBEDDING_STATUS
 
 # Placeholder reasons (the tile says why there is no picture).
 NO_IMAGE_PATH = "no image path"
@@ -123,9 +124,10 @@ def _parquet(spark: SparkSession, uri: str) -> DataFrame | None:
 
 
 def _gremlin_csv(spark: SparkSession, uri: str) -> DataFrame | None:
-    if not storage.list_files(uri, tuple(G.FILE_SUFFIX.values())):
+    if not storage.list_files(uri, tuple(gremlin.FILE_SUFFIX.values())):
         return None
-    return spark.read.options(**G.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true").csv(storage.read_path(uri))
+    options = {**gremlin.GREMLIN_CSV_WRITE_OPTIONS, "multiLine": "true"}
+    return spark.read.options(**options).csv(storage.read_path(uri))
 
 
 def _rows(df: DataFrame) -> list[tuple]:
@@ -164,16 +166,17 @@ def similarity_stats(
     if edges is None:
         missing = Section(missing=f"no similarity edges under {edges_uri}")
         return {"scores": missing, "neighbours": missing}
-    low, high = edges.transform(rs.finite_range, S.SCORE).first()
+    low, high = edges.transform(rs.finite_range, similarity_schema.SCORE).first()
     if low is None:
         scores = Section(missing="no finite similarity score")
     else:
-        counts = dict(_rows(rs.value_histogram(edges, S.SCORE, low=low, high=high, bins=SCORE_BINS)))
+        histogram = rs.value_histogram(edges, similarity_schema.SCORE, low=low, high=high, bins=SCORE_BINS)
+        counts = dict(_rows(histogram))
         width = (high - low) / SCORE_BINS if high > low else 1.0
         scores = Section(
             [(low + b * width, low + (b + 1) * width, counts.get(b, 0)) for b in range(SCORE_BINS)]
         )
-    per_product = _rows(rs.neighbour_count_histogram(edges, S.SRC))
+    per_product = _rows(rs.neighbour_count_histogram(edges, similarity_schema.SRC))
     with_edges = sum(n for _, n in per_product)
     if products is not None and products > with_edges:
         per_product = [(0, products - with_edges), *per_product]
@@ -248,78 +251,112 @@ def _tile(row: Mapping[str, Any], images_root: str | None, px: int, thumbs: dict
     return tile
 
 
-def gallery(
-    spark: SparkSession,
-    export_uri: str,
-    embeddings_uri: str,
-    *,
-    size: int,
-    neighbours: int,
-    higher_is_closer: bool,
-    images_root: str | None,
-    px: int,
-    seed: int,
-) -> Section:
+@dataclass(frozen=True)
+class GalleryOptions:
+    """What the gallery shows: how many products, how many neighbours each, which way scores are better,
+    where images are found, the thumbnail size, and the seed that picks the products."""
+
+    size: int
+    neighbours: int
+    higher_is_closer: bool
+    images_root: str | None
+    px: int
+    seed: int
+
+
+def _pick_products(
+    vertices: DataFrame, edges: DataFrame, size: int, seed: int
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """Products with edges to show with their neighbours, and products whose image failed to embed."""
+    with_edges = vertices.join(
+        edges.select(F.col(gremlin.FROM).alias(V_ID)).distinct(), on=V_ID, how="left_semi"
+    )
+    picked = [r.asDict() for r in rs.sample_by_hash(with_edges, V_ID, size, seed).collect()]
+    failed: list[dict[str, Any]] = []
+    if V_STATUS in vertices.columns:
+        failed_df = vertices.filter(F.col(V_STATUS) == embeddings_schema.STATUS_ERROR)
+        failed = [r.asDict() for r in rs.sample_by_hash(failed_df, V_ID, max(1, size // 4), seed).collect()]
+    return picked, failed
+
+
+def _top_neighbours(
+    edges: DataFrame, vertices: DataFrame, ids: list[Any], options: GalleryOptions
+) -> list[dict[str, Any]]:
+    """The closest products of each of ``ids`` with their vertex columns, by source then rank."""
+    top = (
+        edges.filter(F.col(gremlin.FROM).isin(ids))
+        .transform(
+            rs.filter_top_neighbours,
+            src=gremlin.FROM,
+            score=similarity_schema.SCORE,
+            n=options.neighbours,
+            higher_is_closer=options.higher_is_closer,
+        )
+        .join(vertices.withColumnRenamed(V_ID, gremlin.TO), on=gremlin.TO, how="left")
+        .orderBy(gremlin.FROM, rs.NEIGHBOUR_RANK)
+        .collect()
+    )
+    return [edge.asDict() for edge in top]
+
+
+def _gallery_rows(
+    picked: list[dict[str, Any]],
+    top: list[dict[str, Any]],
+    failed: list[dict[str, Any]],
+    errors: Mapping[str, str],
+    options: GalleryOptions,
+) -> list[GalleryRow]:
+    """A row per picked product with its neighbours' tiles, then a placeholder row per failed product."""
+    thumbs: dict[str, tuple] = {}
+    rows = []
+    for product in picked:
+        row = GalleryRow(_tile(product, options.images_root, options.px, thumbs))
+        for edge in (e for e in top if e[gremlin.FROM] == product[V_ID]):
+            tile = _tile({**edge, V_ID: edge[gremlin.TO]}, options.images_root, options.px, thumbs)
+            tile.score, tile.rank = edge[similarity_schema.SCORE], edge[rs.NEIGHBOUR_RANK]
+            row.neighbours.append(tile)
+        rows.append(row)
+    for product in failed:
+        tile = _tile(product, options.images_root, options.px, thumbs)
+        why = errors.get(product.get(V_SKU, "")) or "no error recorded"
+        tile.image_uri, tile.placeholder = None, f"{EMBED_FAILED}: {why}"
+        rows.append(GalleryRow(tile, note="no similar products: the image could not be embedded"))
+    return rows
+
+
+def gallery(spark: SparkSession, export_uri: str, embeddings_uri: str, options: GalleryOptions) -> Section:
     """Sampled products with their closest products, read back from the Gremlin export."""
-    vertices = _gremlin_csv(spark, storage.join(export_uri, G.VERTICES_DIR))
-    edges = _gremlin_csv(spark, storage.join(export_uri, G.EDGES_DIR))
+    vertices = _gremlin_csv(spark, storage.join(export_uri, gremlin.VERTICES_DIR))
+    edges = _gremlin_csv(spark, storage.join(export_uri, gremlin.EDGES_DIR))
     if vertices is None or edges is None:
         return Section(missing=f"no Gremlin export under {export_uri}")
-    if size == 0:
+    if options.size == 0:
         return Section([])
-    edges = edges.select(F.col(G.FROM), F.col(G.TO), F.col(G.EDGE_SCORE).cast("double").alias(S.SCORE))
+    edges = edges.select(
+        F.col(gremlin.FROM),
+        F.col(gremlin.TO),
+        F.col(gremlin.EDGE_SCORE).cast("double").alias(similarity_schema.SCORE),
+    )
     wanted = [
         c for c in (V_ID, V_SKU, V_NAME, V_BRAND, V_CATEGORY, V_IMAGE, V_STATUS) if c in vertices.columns
     ]
     vertices = vertices.select(*wanted)
-    with_edges = vertices.join(edges.select(F.col(G.FROM).alias(V_ID)).distinct(), on=V_ID, how="left_semi")
-    picked = [r.asDict() for r in rs.sample_by_hash(with_edges, V_ID, size, seed).collect()]
-    failed: list[dict[str, Any]] = []
-    if V_STATUS in vertices.columns:
-        failed_df = vertices.filter(F.col(V_STATUS) == E.STATUS_ERROR)
-        failed = [r.asDict() for r in rs.sample_by_hash(failed_df, V_ID, max(1, size // 4), seed).collect()]
-    ids = [r[V_ID] for r in picked]
-    top = (
-        edges.filter(F.col(G.FROM).isin(ids))
-        .transform(
-            rs.filter_top_neighbours,
-            src=G.FROM,
-            score=S.SCORE,
-            n=neighbours,
-            higher_is_closer=higher_is_closer,
-        )
-        .join(vertices.withColumnRenamed(V_ID, G.TO), on=G.TO, how="left")
-        .orderBy(G.FROM, rs.NEIGHBOUR_RANK)
-        .collect()
-    )
+    picked, failed = _pick_products(vertices, edges, options.size, options.seed)
+    top = _top_neighbours(edges, vertices, [r[V_ID] for r in picked], options)
     errors = embed_errors(spark, embeddings_uri, [r[V_SKU] for r in failed if r.get(V_SKU)])
-
-    thumbs: dict[str, tuple] = {}
-    rows = []
-    for product in picked:
-        row = GalleryRow(_tile(product, images_root, px, thumbs))
-        for edge in (e.asDict() for e in top if e[G.FROM] == product[V_ID]):
-            tile = _tile({**edge, V_ID: edge[G.TO]}, images_root, px, thumbs)
-            tile.score, tile.rank = edge[S.SCORE], edge[rs.NEIGHBOUR_RANK]
-            row.neighbours.append(tile)
-        rows.append(row)
-    for product in failed:
-        tile = _tile(product, images_root, px, thumbs)
-        why = errors.get(product.get(V_SKU, "")) or "no error recorded"
-        tile.image_uri, tile.placeholder = None, f"{EMBED_FAILED}: {why}"
-        rows.append(GalleryRow(tile, note="no similar products: the image could not be embedded"))
-    return Section(rows)
+    return Section(_gallery_rows(picked, top, failed, errors, options))
 
 
 def embed_errors(spark: SparkSession, embeddings_uri: str, skus: list[str]) -> dict[str, str]:
     """The embed job's error message per sku (a handful of skus)."""
     if not skus:
         return {}
-    embeddings = _parquet(spark, embeddings_uri)
-    if embeddings is None:
+    embeddings_df = _parquet(spark, embeddings_uri)
+    if embeddings_df is None:
         return {}
-    rows = embeddings.filter(F.col(E.SKU).isin(skus)).select(E.SKU, E.ERROR).collect()
-    return {r[E.SKU]: r[E.ERROR] for r in rows if r[E.ERROR]}
+    sku, error = embeddings_schema.SKU, embeddings_schema.ERROR
+    rows = embeddings_df.filter(F.col(sku).isin(skus)).select(sku, error).collect()
+    return {r[sku]: r[error] for r in rows if r[error]}
 
 
 # ------------------------------------------------------------------------------------------------- main
@@ -327,8 +364,76 @@ def _direction(similarity_report: dict[str, Any] | None, export_uri: str) -> boo
     """Which way scores are better: the similarity report, else the export manifest, else higher."""
     if similarity_report and "higher_is_closer" in similarity_report:
         return bool(similarity_report["higher_is_closer"])
-    manifest = read_json_or_none(storage.join(export_uri, G.MANIFEST_NAME)) or {}
+    manifest = read_json_or_none(storage.join(export_uri, gremlin.MANIFEST_NAME)) or {}
     return bool(manifest.get("higher_is_closer", True))
+
+
+def _plot_sections(
+    spark: SparkSession,
+    workdir: str,
+    run_date: str,
+    interactions: str | None,
+    similarity_report: Mapping[str, Any],
+    higher_is_closer: bool,
+) -> tuple[dict[str, Section], Section]:
+    """The plots by name, as :func:`jobs.render.report_page.render_page` takes them, and the NCF set sizes."""
+    ncf = ncf_stats(spark, workdir, run_date)
+    products = similarity_report.get("products")
+    similarity = similarity_stats(spark, workdir, run_date, products if isinstance(products, int) else None)
+    metric = similarity_report.get("metric", "score")
+    plots = {
+        "events": events_stats(spark, interactions),
+        "user_degree": ncf["user_degree"],
+        "item_degree": ncf["item_degree"],
+        "scores": similarity["scores"],
+        "score_axis": Section(f"{metric} ({'higher' if higher_is_closer else 'lower'} is closer)"),
+        "neighbours": similarity["neighbours"],
+    }
+    return plots, ncf["sizes"]
+
+
+def _publish_page(output: str, page: str) -> str:
+    """Stage ``<output>/index.html`` and swap the folder into place; returns the index.html written."""
+    _, run_folder = storage.start_staging(posixpath.dirname(output.rstrip("/")) or ".", STAGE)
+    staged = storage.join(run_folder, "report")
+    try:
+        storage.write_text(storage.join(staged, INDEX_HTML), page)
+        storage.publish(staged, output, owner=outputs.folder_marker(STAGE))
+    finally:
+        storage.finish_staging(run_folder)
+    return storage.join(output, INDEX_HTML)
+
+
+def _summary(
+    *,
+    run_date: str,
+    output: str,
+    started: float,
+    reports: Mapping[str, Any],
+    quality: Mapping[str, Any],
+    gallery_section: Section,
+    page: str,
+) -> dict[str, Any]:
+    """Log the report written and return the run's summary."""
+    tiles = [t for row in gallery_section.data or [] for t in (row.product, *row.neighbours)]
+    LOG.info(
+        "report: %s (%d gallery tiles, %d placeholders)",
+        output,
+        len(tiles),
+        sum(t.image_uri is None for t in tiles),
+    )
+    return {
+        "stage": STAGE,
+        "run_date": run_date,
+        "output": output,
+        "seconds": round(time.time() - started, 3),
+        "stages_reported": sorted(k for k, v in reports.items() if v),
+        "quality_results": sorted(k for k, v in quality.items() if v),
+        "gallery_products": len(gallery_section.data or []),
+        "gallery_tiles": len(tiles),
+        "placeholders": sum(t.image_uri is None for t in tiles),
+        "bytes": len(page.encode("utf-8")),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -350,76 +455,39 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spark = get_spark(APP_NAME)
     reports = read_stage_reports(args.reports, run_date)
     quality = read_quality(args.reports, run_date)
-    embed_report = reports.get("embed") or {}
     similarity_report = reports.get("similarity") or {}
-    images_root = args.images_root or embed_report.get("images_root")
     export_uri = storage.partition_uri(args.workdir, "style/gremlin", run_date)
     higher_is_closer = _direction(similarity_report, export_uri)
-
-    ncf = ncf_stats(spark, args.workdir, run_date)
-    products = similarity_report.get("products")
-    similarity = similarity_stats(
-        spark, args.workdir, run_date, products if isinstance(products, int) else None
+    plots, sizes = _plot_sections(
+        spark, args.workdir, run_date, args.interactions, similarity_report, higher_is_closer
     )
-    metric = similarity_report.get("metric", "score")
-    plots = {
-        "events": events_stats(spark, args.interactions),
-        "user_degree": ncf["user_degree"],
-        "item_degree": ncf["item_degree"],
-        "scores": similarity["scores"],
-        "score_axis": Section(f"{metric} ({'higher' if higher_is_closer else 'lower'} is closer)"),
-        "neighbours": similarity["neighbours"],
-    }
-    gallery_section = gallery(
-        spark,
-        export_uri,
-        storage.partition_uri(args.workdir, "style/embeddings", run_date),
+    options = GalleryOptions(
         size=args.gallery_size,
         neighbours=args.neighbours,
         higher_is_closer=higher_is_closer,
-        images_root=images_root,
+        images_root=args.images_root or (reports.get("embed") or {}).get("images_root"),
         px=args.thumb_px,
         seed=args.seed,
     )
+    embeddings_uri = storage.partition_uri(args.workdir, "style/embeddings", run_date)
+    gallery_section = gallery(spark, export_uri, embeddings_uri, options)
     page = render_page(
         run_date=run_date,
         workdir=args.workdir,
         reports=reports,
         quality=quality,
         plots=plots,
-        sizes=ncf["sizes"],
+        sizes=sizes,
         gallery_section=gallery_section,
         higher_is_closer=higher_is_closer,
         neighbours=args.neighbours,
         px=args.thumb_px,
     )
-    _, run_folder = storage.start_staging(posixpath.dirname(args.output.rstrip("/")) or ".", STAGE)
-    staged = storage.join(run_folder, "report")
-    try:
-        storage.write_text(storage.join(staged, INDEX_HTML), page)
-        storage.publish(staged, args.output, owner=outputs.folder_marker(STAGE))
-    finally:
-        storage.finish_staging(run_folder)
-    tiles = [t for row in gallery_section.data or [] for t in (row.product, *row.neighbours)]
-    output = storage.join(args.output, INDEX_HTML)
-    LOG.info(
-        "report: %s (%d gallery tiles, %d placeholders)",
-        output,
-        len(tiles),
-        sum(t.image_uri is None for t in tiles),
+    output = _publish_page(args.output, page)
+    return _summary(
+        run_date=run_date, output=output, started=started, reports=reports, quality=quality,
+        gallery_section=gallery_section, page=page,
     )
-    return {
-        "stage": STAGE,
-        "run_date": run_date,
-        "output": output,
-        "seconds": round(time.time() - started, 3),
-        "stages_reported": sorted(k for k, v in reports.items() if v),
-        "quality_results": sorted(k for k, v in quality.items() if v),
-        "gallery_products": len(gallery_section.data or []),
-        "gallery_tiles": len(tiles),
-        "placeholders": sum(t.image_uri is None for t in tiles),
-        "bytes": len(page.encode("utf-8")),
-    }
 
 
 if __name__ == "__main__":
