@@ -20,7 +20,7 @@ from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from schemas import interactions as S
+from schemas import interactions
 
 LOG = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ FALLBACK_SALT = 3
 CANDIDATE_MARGIN = 32
 CANDIDATE_SLACK = 1.5
 
-_PARSE_SCHEMA = T.ArrayType(S.RAW_EVENT_SCHEMA)
+_PARSE_SCHEMA = T.ArrayType(interactions.RAW_EVENT_SCHEMA)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -82,33 +82,36 @@ def _is_string_value(line: Column, wrapped: Column, field: str) -> Column:
 def _reject_reason(event_ts: Column, end_of_day: dt.datetime) -> Column:
     """The first reason a flattened line (``line``, its ``[line]`` wrapping, the one-value flag and the
     event's fields) must be rejected for; null when valid."""
-    line = F.rtrim(F.col(S.LINE))
+    line = F.rtrim(F.col(interactions.LINE))
     is_invalid_json = (
         ~F.col(_IS_ONE_VALUE)
         | ~F.ltrim(line).startswith("{")
         | ~line.endswith("}")
     )
     is_missing = F.lit(False)
-    for name in S.REQUIRED_FIELDS:
+    for name in interactions.REQUIRED_FIELDS:
         is_missing = is_missing | F.col(name).isNull()
     is_non_string = F.lit(False)
-    for name in S.ID_FIELDS:
-        is_non_string = is_non_string | ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
-    for name in S.OPTIONAL_ID_FIELDS:
+    for name in interactions.ID_FIELDS:
+        is_non_string = is_non_string | ~_is_string_value(F.col(interactions.LINE), F.col(_WRAPPED), name)
+    for name in interactions.OPTIONAL_ID_FIELDS:
         is_non_string = is_non_string | (
-            F.col(name).isNotNull() & ~_is_string_value(F.col(S.LINE), F.col(_WRAPPED), name)
+            F.col(name).isNotNull() & ~_is_string_value(F.col(interactions.LINE), F.col(_WRAPPED), name)
         )
     is_empty = F.lit(False)
-    for name in S.REQUIRED_FIELDS:
+    for name in interactions.REQUIRED_FIELDS:
         is_empty = is_empty | (F.trim(F.col(name)) == F.lit(""))
     return (
-        F.when(is_invalid_json, F.lit(S.REASON_INVALID_JSON))
-        .when(is_missing, F.lit(S.REASON_MISSING_FIELD))
-        .when(is_non_string, F.lit(S.REASON_NON_STRING_ID))
-        .when(is_empty, F.lit(S.REASON_EMPTY_FIELD))
-        .when(~F.col(S.EVENT_TYPE).isin(*S.EVENT_TYPES), F.lit(S.REASON_UNKNOWN_EVENT_TYPE))
-        .when(event_ts.isNull(), F.lit(S.REASON_BAD_EVENT_TIME))
-        .when(event_ts >= F.lit(end_of_day), F.lit(S.REASON_FUTURE_EVENT_TIME))
+        F.when(is_invalid_json, F.lit(interactions.REASON_INVALID_JSON))
+        .when(is_missing, F.lit(interactions.REASON_MISSING_FIELD))
+        .when(is_non_string, F.lit(interactions.REASON_NON_STRING_ID))
+        .when(is_empty, F.lit(interactions.REASON_EMPTY_FIELD))
+        .when(
+            ~F.col(interactions.EVENT_TYPE).isin(*interactions.EVENT_TYPES),
+            F.lit(interactions.REASON_UNKNOWN_EVENT_TYPE),
+        )
+        .when(event_ts.isNull(), F.lit(interactions.REASON_BAD_EVENT_TIME))
+        .when(event_ts >= F.lit(end_of_day), F.lit(interactions.REASON_FUTURE_EVENT_TIME))
     )
 
 
@@ -121,46 +124,51 @@ def with_parsed_events(lines_df: DataFrame, *, run_date: dt.date) -> DataFrame:
 
     Returns:
         ``line, input_file, event_id, user_id, item_id, event_type, event_time, session_id, event_ts,
-        reason``; ``event_ts`` is the parsed timestamp (UTC), ``reason`` one of ``S.REJECT_REASONS``.
+        reason``; ``event_ts`` is the parsed timestamp (UTC), ``reason`` one of
+        ``interactions.REJECT_REASONS``.
     """
     end_of_day = dt.datetime.combine(run_date + dt.timedelta(days=1), dt.time(0, 0))
-    wrapped = F.concat(F.lit("["), F.col(S.LINE), F.lit("]"))
+    wrapped = F.concat(F.lit("["), F.col(interactions.LINE), F.lit("]"))
     # One parse per line: "[line]" as an array of events. from_json on the bare line would read the first
     # JSON value and ignore what follows; as an array, trailing text is a syntax error (null) and a second
     # value a second element, so "[line]" must parse to exactly one element.
     parsed_df = lines_df.select(
-        F.col(S.LINE),
-        F.col(S.INPUT_FILE),
+        F.col(interactions.LINE),
+        F.col(interactions.INPUT_FILE),
         F.from_json(wrapped, _PARSE_SCHEMA).alias(_PARSED),
         wrapped.alias(_WRAPPED),
     )
-    fields = [f.name for f in S.RAW_EVENT_SCHEMA.fields]
+    fields = [f.name for f in interactions.RAW_EVENT_SCHEMA.fields]
     flat_df = parsed_df.select(
-        S.LINE,
-        S.INPUT_FILE,
+        interactions.LINE,
+        interactions.INPUT_FILE,
         _WRAPPED,
         F.coalesce(F.size(_PARSED) == 1, F.lit(False)).alias(_IS_ONE_VALUE),
         *[F.col(_PARSED)[0][name].alias(name) for name in fields],
     )
-    event_ts = F.to_timestamp(F.col(S.EVENT_TIME), S.EVENT_TIME_FORMAT)
+    event_ts = F.to_timestamp(F.col(interactions.EVENT_TIME), interactions.EVENT_TIME_FORMAT)
     reason = _reject_reason(event_ts, end_of_day)
     return flat_df.select(
-        S.LINE,
-        S.INPUT_FILE,
+        interactions.LINE,
+        interactions.INPUT_FILE,
         *fields,
-        event_ts.alias(S.EVENT_TS),
-        reason.alias(S.REASON),
+        event_ts.alias(interactions.EVENT_TS),
+        reason.alias(interactions.REASON),
     )
 
 
 def filter_rejected(parsed_df: DataFrame) -> DataFrame:
-    """The rejected lines: ``line, input_file, reason`` (``S.REJECT_SCHEMA``)."""
-    return parsed_df.filter(F.col(S.REASON).isNotNull()).select(S.LINE, S.INPUT_FILE, S.REASON)
+    """The rejected lines: ``line, input_file, reason`` (``interactions.REJECT_SCHEMA``)."""
+    return parsed_df.filter(F.col(interactions.REASON).isNotNull()).select(
+        interactions.LINE, interactions.INPUT_FILE, interactions.REASON
+    )
 
 
 def filter_valid(parsed_df: DataFrame) -> DataFrame:
     """The valid events: ``event_id, user_id, item_id, event_ts``."""
-    return parsed_df.filter(F.col(S.REASON).isNull()).select(S.EVENT_ID, S.USER_ID, S.ITEM_ID, S.EVENT_TS)
+    return parsed_df.filter(F.col(interactions.REASON).isNull()).select(
+        interactions.EVENT_ID, interactions.USER_ID, interactions.ITEM_ID, interactions.EVENT_TS
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -173,25 +181,26 @@ def drop_duplicate_events(events_df: DataFrame) -> DataFrame:
     A re-delivered event is normally the same line twice; the ordering only makes a conflicting repeat
     resolve the same way on every run.
     """
-    first = F.min(F.struct(S.EVENT_TS, S.USER_ID, S.ITEM_ID)).alias("_first")
+    first = F.min(F.struct(interactions.EVENT_TS, interactions.USER_ID, interactions.ITEM_ID)).alias("_first")
     return (
-        events_df.groupBy(S.EVENT_ID)
+        events_df.groupBy(interactions.EVENT_ID)
         .agg(first)
         .select(
-            S.EVENT_ID,
-            F.col(f"_first.{S.USER_ID}").alias(S.USER_ID),
-            F.col(f"_first.{S.ITEM_ID}").alias(S.ITEM_ID),
-            F.col(f"_first.{S.EVENT_TS}").alias(S.EVENT_TS),
+            interactions.EVENT_ID,
+            F.col(f"_first.{interactions.USER_ID}").alias(interactions.USER_ID),
+            F.col(f"_first.{interactions.ITEM_ID}").alias(interactions.ITEM_ID),
+            F.col(f"_first.{interactions.EVENT_TS}").alias(interactions.EVENT_TS),
         )
     )
 
 
 def to_positives(events_df: DataFrame) -> DataFrame:
-    """Implicit feedback: one positive per (user, item), timed by its latest event (``S.POSITIVE_SCHEMA``)."""
-    return events_df.groupBy(S.USER_ID, S.ITEM_ID).agg(
-        F.max(S.EVENT_TS).alias(S.EVENT_TS),
-        F.min(S.EVENT_TS).alias(S.FIRST_TS),
-        F.count(F.lit(1)).alias(S.EVENT_COUNT),
+    """Implicit feedback: one positive per (user, item), timed by its latest event
+    (``interactions.POSITIVE_SCHEMA``)."""
+    return events_df.groupBy(interactions.USER_ID, interactions.ITEM_ID).agg(
+        F.max(interactions.EVENT_TS).alias(interactions.EVENT_TS),
+        F.min(interactions.EVENT_TS).alias(interactions.FIRST_TS),
+        F.count(F.lit(1)).alias(interactions.EVENT_COUNT),
     )
 
 
@@ -205,10 +214,18 @@ def filter_min_degree(positives_df: DataFrame, *, min_user: int, min_item: int) 
     Both degrees are counted on the same input, so one round may leave new low-degree users or items;
     :func:`filter_k_core` repeats it until nothing changes.
     """
-    users_df = positives_df.groupBy(S.USER_ID).count().filter(F.col("count") >= min_user).select(S.USER_ID)
-    items_df = positives_df.groupBy(S.ITEM_ID).count().filter(F.col("count") >= min_item).select(S.ITEM_ID)
-    return positives_df.join(users_df, on=S.USER_ID, how="left_semi").join(
-        items_df, on=S.ITEM_ID, how="left_semi"
+    users_df = (
+        positives_df.groupBy(interactions.USER_ID).count()
+        .filter(F.col("count") >= min_user)
+        .select(interactions.USER_ID)
+    )
+    items_df = (
+        positives_df.groupBy(interactions.ITEM_ID).count()
+        .filter(F.col("count") >= min_item)
+        .select(interactions.ITEM_ID)
+    )
+    return positives_df.join(users_df, on=interactions.USER_ID, how="left_semi").join(
+        items_df, on=interactions.ITEM_ID, how="left_semi"
     )
 
 
@@ -236,8 +253,8 @@ def filter_k_core(
     """
     current_df = positives_df
     for iteration in range(1, max_iterations + 1):
-        users_df, users = _degrees(current_df, S.USER_ID, min_user)
-        items_df, items = _degrees(current_df, S.ITEM_ID, min_item)
+        users_df, users = _degrees(current_df, interactions.USER_ID, min_user)
+        items_df, items = _degrees(current_df, interactions.ITEM_ID, min_item)
         LOG.info(
             "k-core round %d: %d positives, %d of %d users below %d, %d of %d items below %d",
             iteration, users["rows"], users["low"], users["ids"], min_user,
@@ -246,8 +263,16 @@ def filter_k_core(
         if users["low"] == 0 and items["low"] == 0:
             return current_df, iteration
         next_df = (
-            positives_df.join(_keep(users_df, users, S.USER_ID, min_user), on=S.USER_ID, how="left_semi")
-            .join(_keep(items_df, items, S.ITEM_ID, min_item), on=S.ITEM_ID, how="left_semi")
+            positives_df.join(
+                _keep(users_df, users, interactions.USER_ID, min_user),
+                on=interactions.USER_ID,
+                how="left_semi",
+            )
+            .join(
+                _keep(items_df, items, interactions.ITEM_ID, min_item),
+                on=interactions.ITEM_ID,
+                how="left_semi",
+            )
             .persist(StorageLevel.MEMORY_AND_DISK)
         )
         if current_df is not positives_df:
@@ -295,7 +320,7 @@ def first_seen(positives_df: DataFrame, kept_df: DataFrame, id_col: str) -> Data
     """
     return (
         positives_df.groupBy(id_col)
-        .agg(F.min(S.FIRST_TS).alias(S.FIRST_SEEN))
+        .agg(F.min(interactions.FIRST_TS).alias(interactions.FIRST_SEEN))
         .join(kept_df.select(id_col).distinct(), on=id_col, how="left_semi")
     )
 
@@ -319,19 +344,28 @@ def extend_index(
     new_df = ids_df.join(index_df.select(id_col), on=id_col, how="left_anti")
     offset_df = index_df.agg(F.coalesce(F.max(idx_col) + 1, F.lit(0)).alias("_offset"))
     # A single global ordering is needed for contiguous numbers; ids are few compared with events.
-    order = Window.orderBy(F.col(S.FIRST_SEEN).asc_nulls_last(), F.col(id_col).asc())
+    order = Window.orderBy(F.col(interactions.FIRST_SEEN).asc_nulls_last(), F.col(id_col).asc())
     numbered_df = (
         new_df.crossJoin(F.broadcast(offset_df))
         .withColumn(idx_col, (F.row_number().over(order) - 1 + F.col("_offset")).cast(T.IntegerType()))
-        .select(id_col, idx_col, S.FIRST_SEEN, F.lit(run_date.isoformat()).alias(S.ADDED_RUN_DATE))
+        .select(
+            id_col,
+            idx_col,
+            interactions.FIRST_SEEN,
+            F.lit(run_date.isoformat()).alias(interactions.ADDED_RUN_DATE),
+        )
     )
-    return index_df.select(id_col, idx_col, S.FIRST_SEEN, S.ADDED_RUN_DATE).unionByName(numbered_df)
+    return index_df.select(
+        id_col, idx_col, interactions.FIRST_SEEN, interactions.ADDED_RUN_DATE
+    ).unionByName(numbered_df)
 
 
 def with_indices(positives_df: DataFrame, users_index_df: DataFrame, items_index_df: DataFrame) -> DataFrame:
     """Positives with ``user_idx`` and ``item_idx`` (inner joins: every id must be in its index)."""
-    return positives_df.join(users_index_df.select(S.USER_ID, S.USER_IDX), on=S.USER_ID, how="inner").join(
-        items_index_df.select(S.ITEM_ID, S.ITEM_IDX), on=S.ITEM_ID, how="inner"
+    users_df = users_index_df.select(interactions.USER_ID, interactions.USER_IDX)
+    items_df = items_index_df.select(interactions.ITEM_ID, interactions.ITEM_IDX)
+    return positives_df.join(users_df, on=interactions.USER_ID, how="inner").join(
+        items_df, on=interactions.ITEM_ID, how="inner"
     )
 
 
@@ -341,10 +375,10 @@ def item_ranks(positives_df: DataFrame) -> DataFrame:
     Negatives are drawn from tonight's items (those left after the k-core), which need not be contiguous in
     the index once items drop out; the rank makes them so.
     """
-    items_df = positives_df.select(S.ITEM_IDX).distinct()
-    order = Window.orderBy(S.ITEM_IDX)
+    items_df = positives_df.select(interactions.ITEM_IDX).distinct()
+    order = Window.orderBy(interactions.ITEM_IDX)
     return items_df.select(
-        S.ITEM_IDX,
+        interactions.ITEM_IDX,
         (F.row_number().over(order) - 1).cast(T.IntegerType()).alias(ITEM_RANK),
         F.count(F.lit(1)).over(Window.partitionBy()).cast(T.IntegerType()).alias(N_ITEMS),
     )
@@ -358,10 +392,10 @@ def to_user_histories(positives_df: DataFrame, ranks_df: DataFrame) -> DataFrame
     """One row per user: ``user_idx, _hist`` (positives sorted by time, item_id), ``_pos_set`` (item ranks),
     ``n_items``.
     """
-    ranked_df = positives_df.join(F.broadcast(ranks_df), on=S.ITEM_IDX, how="inner")
-    entry = F.struct(S.EVENT_TS, S.ITEM_ID, S.ITEM_IDX, ITEM_RANK)
+    ranked_df = positives_df.join(F.broadcast(ranks_df), on=interactions.ITEM_IDX, how="inner")
+    entry = F.struct(interactions.EVENT_TS, interactions.ITEM_ID, interactions.ITEM_IDX, ITEM_RANK)
     return (
-        ranked_df.groupBy(S.USER_IDX)
+        ranked_df.groupBy(interactions.USER_IDX)
         .agg(F.array_sort(F.collect_list(entry)).alias(_HIST), F.first(N_ITEMS).alias(N_ITEMS))
         .withColumn(POS_SET, F.transform(_HIST, lambda e: e[ITEM_RANK]))
     )
@@ -375,22 +409,23 @@ def with_split(histories_df: DataFrame, *, split: str, test_fraction: float | No
     A user with a single positive has it as test positive and no training positive.
     """
     n = F.size(_HIST)
-    if split == S.SPLIT_LOO:
+    if split == interactions.SPLIT_LOO:
         n_test = F.lit(1)
-    elif split == S.SPLIT_CHRONO:
+    elif split == interactions.SPLIT_CHRONO:
         if test_fraction is None or not 0.0 < test_fraction < 1.0:
             raise ValueError(f"chrono split needs 0 < test_fraction < 1, got {test_fraction!r}")
         n_test = F.when(n <= 1, n).otherwise(
             F.least(n - 1, F.greatest(F.lit(1), F.ceil(F.lit(test_fraction) * n).cast(T.IntegerType())))
         )
     else:
-        raise ValueError(f"unknown split {split!r}; expected one of {S.SPLITS}")
+        raise ValueError(f"unknown split {split!r}; expected one of {interactions.SPLITS}")
     n_train = n - F.col(_N_TEST)
     return (
         histories_df.withColumn(_N_TEST, n_test.cast(T.IntegerType()))
-        .withColumn(_TRAIN_ITEMS, F.transform(F.slice(_HIST, 1, n_train), lambda e: e[S.ITEM_IDX]))
+        .withColumn(_TRAIN_ITEMS, F.transform(F.slice(_HIST, 1, n_train), lambda e: e[interactions.ITEM_IDX]))
         .withColumn(
-            _TEST_ITEMS, F.transform(F.slice(_HIST, n_train + 1, F.col(_N_TEST)), lambda e: e[S.ITEM_IDX])
+            _TEST_ITEMS,
+            F.transform(F.slice(_HIST, n_train + 1, F.col(_N_TEST)), lambda e: e[interactions.ITEM_IDX]),
         )
     )
 
@@ -478,24 +513,31 @@ def with_distinct_negatives(
 def explode_train_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: int, seed: int) -> DataFrame:
     """Training rows: every training positive (label 1) and ``negatives`` per positive (label 0).
 
-    Returns ``user_idx, item_idx, label`` (``S.NCF_ROW_SCHEMA``). A user's training negatives are drawn
-    from the items the user never interacted with (train and test positives), distinct within the user
+    Returns ``user_idx, item_idx, label`` (``interactions.NCF_ROW_SCHEMA``). A user's training negatives are
+    drawn from the items the user never interacted with (train and test positives), distinct within the user
     while enough such items exist; a user with fewer such items than needed gets each of them in turn
     (the list repeated), and a user who interacted with every item gets none (reported by the job).
     """
     count = F.size(_TRAIN_ITEMS) * F.lit(negatives)
-    distinct_df = split_df.select(S.USER_IDX, _TRAIN_ITEMS, POS_SET, N_ITEMS).transform(
-        with_distinct_negatives, parts=[S.USER_IDX], count=count, seed=seed, salt=TRAIN_SALT, out_col=_NEGS
+    distinct_df = split_df.select(interactions.USER_IDX, _TRAIN_ITEMS, POS_SET, N_ITEMS).transform(
+        with_distinct_negatives,
+        parts=[interactions.USER_IDX],
+        count=count,
+        seed=seed,
+        salt=TRAIN_SALT,
+        out_col=_NEGS,
     )
     repeats = F.ceil(count / F.greatest(F.size(_NEGS), F.lit(1))).cast(T.IntegerType())
     tiled = F.slice(F.flatten(F.array_repeat(_NEGS, repeats)), 1, F.greatest(count, F.lit(1)))
     with_negs_df = distinct_df.select(
-        S.USER_IDX,
+        interactions.USER_IDX,
         _TRAIN_ITEMS,
         F.when((count > 0) & (F.size(_NEGS) > 0), tiled).otherwise(_empty_ints()).alias(_NEGS),
     )
     positives_df = with_negs_df.select(
-        S.USER_IDX, F.explode(_TRAIN_ITEMS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
+        interactions.USER_IDX,
+        F.explode(_TRAIN_ITEMS).alias(interactions.ITEM_IDX),
+        F.lit(1.0).cast(T.FloatType()).alias(interactions.LABEL),
     )
     negatives_df = _ranks_to_rows(with_negs_df, ranks_df)
     return _to_ncf_rows(positives_df.unionByName(negatives_df))
@@ -506,17 +548,21 @@ def explode_test_rows(split_df: DataFrame, ranks_df: DataFrame, *, negatives: in
 
     A user with fewer than ``negatives`` such items gets all of them (the job reports how many users did).
     """
-    tests_df = split_df.select(S.USER_IDX, POS_SET, N_ITEMS, F.posexplode(_TEST_ITEMS).alias(_Q, _TEST_POS))
+    tests_df = split_df.select(
+        interactions.USER_IDX, POS_SET, N_ITEMS, F.posexplode(_TEST_ITEMS).alias(_Q, _TEST_POS)
+    )
     with_negs_df = tests_df.transform(
         with_distinct_negatives,
-        parts=[S.USER_IDX, _Q],
+        parts=[interactions.USER_IDX, _Q],
         count=F.lit(negatives),
         seed=seed,
         salt=TEST_SALT,
         out_col=_NEGS,
     )
     positives_df = with_negs_df.select(
-        S.USER_IDX, F.col(_TEST_POS).alias(S.ITEM_IDX), F.lit(1.0).cast(T.FloatType()).alias(S.LABEL)
+        interactions.USER_IDX,
+        F.col(_TEST_POS).alias(interactions.ITEM_IDX),
+        F.lit(1.0).cast(T.FloatType()).alias(interactions.LABEL),
     )
     return _to_ncf_rows(positives_df.unionByName(_ranks_to_rows(with_negs_df, ranks_df)))
 
@@ -525,15 +571,17 @@ def _ranks_to_rows(with_negs_df: DataFrame, ranks_df: DataFrame) -> DataFrame:
     # explode_outer, not explode: for explode Spark infers a "size(array) > 0" filter and pushes it below
     # the projections, inlining the whole sampling expression into it (computed again per user: 8 of 11 s
     # of the train write at 1 M events). The null row of an empty array never matches the inner join.
-    exploded_df = with_negs_df.select(S.USER_IDX, F.explode_outer(_NEGS).alias(ITEM_RANK))
+    exploded_df = with_negs_df.select(interactions.USER_IDX, F.explode_outer(_NEGS).alias(ITEM_RANK))
     return exploded_df.join(
-        F.broadcast(ranks_df.select(ITEM_RANK, S.ITEM_IDX)), on=ITEM_RANK, how="inner"
-    ).select(S.USER_IDX, S.ITEM_IDX, F.lit(0.0).cast(T.FloatType()).alias(S.LABEL))
+        F.broadcast(ranks_df.select(ITEM_RANK, interactions.ITEM_IDX)), on=ITEM_RANK, how="inner"
+    ).select(
+        interactions.USER_IDX, interactions.ITEM_IDX, F.lit(0.0).cast(T.FloatType()).alias(interactions.LABEL)
+    )
 
 
 def _to_ncf_rows(rows_df: DataFrame) -> DataFrame:
     return rows_df.select(
-        F.col(S.USER_IDX).cast(T.IntegerType()).alias(S.USER_IDX),
-        F.col(S.ITEM_IDX).cast(T.IntegerType()).alias(S.ITEM_IDX),
-        F.col(S.LABEL).cast(T.FloatType()).alias(S.LABEL),
+        F.col(interactions.USER_IDX).cast(T.IntegerType()).alias(interactions.USER_IDX),
+        F.col(interactions.ITEM_IDX).cast(T.IntegerType()).alias(interactions.ITEM_IDX),
+        F.col(interactions.LABEL).cast(T.FloatType()).alias(interactions.LABEL),
     )
