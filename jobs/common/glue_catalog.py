@@ -54,18 +54,16 @@ def checked_database(name: str) -> str:
 
 def _declared_schemas() -> dict[str, Any]:
     """The datasets with a catalog table: their path below the output root -> their StructType."""
-    from schemas import embeddings as E
-    from schemas import interactions as I
-    from schemas import similarity as S
+    from schemas import embeddings, interactions, similarity
 
     return {
-        "train": I.NCF_ROW_SCHEMA,
-        "test": I.NCF_ROW_SCHEMA,
-        "rejects": I.REJECT_SCHEMA,
-        "embeddings": E.EMBEDDING_SCHEMA,
-        "rejects/embed": E.EMBED_REJECT_SCHEMA,
-        "similarity": S.TOPK_EDGE_SCHEMA,
-        "rejects/similarity": S.REJECT_SCHEMA,
+        "train": interactions.NCF_ROW_SCHEMA,
+        "test": interactions.NCF_ROW_SCHEMA,
+        "rejects": interactions.REJECT_SCHEMA,
+        "embeddings": embeddings.EMBEDDING_SCHEMA,
+        "rejects/embed": embeddings.EMBED_REJECT_SCHEMA,
+        "similarity": similarity.TOPK_EDGE_SCHEMA,
+        "rejects/similarity": similarity.REJECT_SCHEMA,
     }
 
 
