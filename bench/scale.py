@@ -186,8 +186,18 @@ def decompress_split(folder: str, cores: int) -> int:
         return sum(pool.map(_split_file, files))
 
 
-def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list: list[int]) -> list[dict]:
-    """Every stage at one size, at each core count; one row per (stage, cores)."""
+def run_size(
+    root: Path,
+    products: int,
+    dim: int,
+    mode: str,
+    k: int,
+    cores_list: list[int],
+    out: Path | None = None,
+    keep: bool = False,
+) -> list[dict]:
+    """Every stage at one size, at each core count; one row per (stage, cores), each also appended to
+    ``out`` (JSON lines) as soon as it is measured; ``keep`` leaves the data behind."""
     py = sys.executable
     emb, catalog = root / "embeddings", root / "catalog" / "catalog.csv"
     rows: list[dict[str, Any]] = []
@@ -197,7 +207,7 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
     case = f"{products:,} products, d={dim}, {mode}{'' if mode == ALL_PAIRS else f' k={k}'}"
 
     def row(stage: str, cores: int, m: dict[str, float], edges: int, **extra: Any) -> dict[str, Any]:
-        out = {
+        row_out = {
             "bench": "scale",
             "case": case,
             "stage": stage,
@@ -208,8 +218,12 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
             "peak_rss_mb": round(m["peak_rss"] / 2**20),
             **extra,
         }
-        rows.append(out)
-        return out
+        rows.append(row_out)
+        LOG.info("%s", row_out)
+        if out is not None:
+            with open(out, "a", encoding="utf-8") as handle:
+                handle.write(json.dumps(row_out) + "\n")
+        return row_out
 
     row("generate", 1, measured, 0, **disk(emb))
     mode_args = ["--all-pairs"] if mode == ALL_PAIRS else ["--top-k", str(k)]
@@ -266,12 +280,6 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
             cores,
         )
         export_row = row("export", cores, m, edges, **disk(export_dir / "edges"))
-        native_dir = work / "native"
-        m = run_stage([py, "-c", NATIVE, str(catalog), str(edges_dir), str(native_dir)], cores)
-        native_row = row("native csv (peer)", cores, m, edges, **disk(native_dir / "edges", "*.csv.gz"))
-        shutil.rmtree(native_dir, ignore_errors=True)
-        export_row["rate_vs_peer"] = round(native_row["seconds"] / export_row["seconds"], 3)
-        export_row["target"] = f">= {TARGET_RATIO}"
         m = run_stage(
             [
                 py,
@@ -299,7 +307,14 @@ def run_size(root: Path, products: int, dim: int, mode: str, k: int, cores_list:
         split_row = row("decompress+split (peer)", cores, m, edges)
         validate_row["rate_vs_peer"] = round(split_row["seconds"] / validate_row["seconds"], 3)
         validate_row["target"] = f">= {TARGET_RATIO}"
-        shutil.rmtree(work, ignore_errors=True)
+        native_dir = work / "native"
+        m = run_stage([py, "-c", NATIVE, str(catalog), str(edges_dir), str(native_dir)], cores)
+        native_row = row("native csv (peer)", cores, m, edges, **disk(native_dir / "edges", "*.csv.gz"))
+        shutil.rmtree(native_dir, ignore_errors=True)
+        export_row["rate_vs_peer"] = round(native_row["seconds"] / export_row["seconds"], 3)
+        export_row["target"] = f">= {TARGET_RATIO}"
+        if not keep:
+            shutil.rmtree(work, ignore_errors=True)
     by_stage: dict[str, dict[int, float]] = {}
     for r in rows:
         by_stage.setdefault(r["stage"], {})[r["cores"]] = r["seconds"]
@@ -318,6 +333,8 @@ def run(
     k: int = 10,
     cores: list[int] | None = None,
     work: str | None = None,
+    out: Path | None = None,
+    keep: bool = False,
 ) -> list[dict[str, Any]]:
     """Every stage at each size (default: 1,000 and 2,000 products quick, 2,500 and 5,000 full)."""
     sizes = sizes or ([1000, 2000] if quick else [2500, 5000])
@@ -325,11 +342,11 @@ def run(
     try:
         rows: list[dict[str, Any]] = []
         for products in sizes:
-            rows += run_size(root / str(products), products, dim, mode, k, cores or [1, 2])
-            LOG.info("%s", rows[-1])
+            rows += run_size(root / str(products), products, dim, mode, k, cores or [1, 2], out, keep)
         return rows
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        if not keep:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -344,6 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--cores", default="1,2", help="comma-separated core counts (local[C])")
     parser.add_argument("--work", default=None, help="folder for the data (default: the temporary folder)")
+    parser.add_argument("--out", default=None, help="append each row to this JSON-lines file as measured")
+    parser.add_argument("--keep", action="store_true", help="leave the data under --work (to rerun a stage)")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.sizes:
@@ -353,7 +372,15 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes = None
     rows = run(
-        args.quick, sizes, args.dim, args.mode, args.k, [int(c) for c in args.cores.split(",")], args.work
+        args.quick,
+        sizes,
+        args.dim,
+        args.mode,
+        args.k,
+        [int(c) for c in args.cores.split(",")],
+        args.work,
+        Path(args.out) if args.out else None,
+        args.keep,
     )
     from bench.run_all import markdown_table
 

@@ -469,7 +469,8 @@ def _blocks(stream: IO[bytes]) -> Iterator[bytes]:
             return
         data = carry + chunk if carry else chunk
         cut = data.rfind(b"\n") + 1
-        if cut == 0 or data.count(b'"', 0, cut) % 2:  # no newline yet, or the cut is inside quotes
+        # no newline yet, or the cut is inside quotes (find is a memchr: most blocks have no quote at all)
+        if cut == 0 or (data.find(b'"', 0, cut) != -1 and data.count(b'"', 0, cut) % 2):
             carry = data
             continue
         yield data[:cut]
@@ -491,6 +492,7 @@ def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa
     simple. An empty block has no column."""
     if b'"' in block or b"\r" in block or b"\x00" in block:
         return None
+    ascii_only = block.isascii()  # then it is valid UTF-8, and Arrow need not check it again
     names = [f"c{position}" for position in range(width)]
     try:
         table = pacsv.read_csv(
@@ -503,7 +505,7 @@ def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa
                 column_types=dict.fromkeys(names, pa.string()),
                 include_columns=[names[position] for position in wanted],
                 strings_can_be_null=False,
-                check_utf8=True,
+                check_utf8=not ascii_only,
             ),
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a field count or UTF-8 problem
@@ -581,9 +583,12 @@ class _FileChecker:
         next_line = 1 + header_bytes.count(b"\n")
         rest = head[len(header_bytes) :]
         for block in itertools.chain([rest] if rest else [], blocks):
-            if not self.fast_block(block):
+            records = self.fast_block(block)
+            if records is None:
                 self.slow_block(block, next_line)
-            next_line += block.count(b"\n")
+                next_line += block.count(b"\n")
+            else:  # a plain block: one record per line, the last one ends with a newline unless at the end
+                next_line += records - (0 if block.endswith(b"\n") else 1)
         self.writer.flush()
 
     def header(self, header_line: int, header_text: str) -> bool:
@@ -621,32 +626,33 @@ class _FileChecker:
         ]
         return True
 
-    def fast_block(self, block: bytes) -> bool:
-        """Check a whole block with Arrow kernels; False (nothing recorded) when a record by record
-        pass is needed: anything quoted or odd, or any value that may break a rule."""
+    def fast_block(self, block: bytes) -> int | None:
+        """Check a whole block with Arrow kernels: its record count, or None (nothing recorded) when a
+        record by record pass is needed: anything quoted or odd, or any value that may break a rule."""
         if len(block) > gremlin.MAX_VALUE_BYTES:  # a value of the block could be over the limit
-            return False
+            return None
         columns = _columns_of(block, self.width, self.wanted)
         if columns is None:
-            return False
+            return None
 
         def column(position: int) -> pa.Array:
             return columns[position]
 
         for position in self.required:
             if pc.min(pc.utf8_length(column(position))).as_py() == 0:
-                return False
+                return None
         allow = self.task.allow_non_finite
         if not all(_values_parse(column(p), typed, allow_non_finite=allow) for p, typed in self.typed):
-            return False
+            return None
         vertices = _VERTICES
         if self.ends and vertices is not None:
             for position in self.ends:
                 if not vertices.contains_all(pc.dictionary_encode(column(position)).dictionary):
-                    return False
-        self.result.records[self.kind] += len(columns[self.id_index])
+                    return None
+        records = len(columns[self.id_index])
+        self.result.records[self.kind] += records
         self.spill(column(self.id_index))
-        return True
+        return records
 
     def slow_block(self, block: bytes, first_line: int) -> None:
         """Check a block record by record, reporting every problem with its line."""

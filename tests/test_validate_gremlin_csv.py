@@ -13,6 +13,7 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from jobs import validate_gremlin_csv as V
@@ -358,3 +359,17 @@ def test_blocks_checked_whole_or_record_by_record_report_the_same_lines(tmp_path
     result = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
     assert [(p.line, p.rule) for p in result.problems] == [(252, "missing_vertex"), (302, "type")]
     assert result.records == {"vertex": 50, "edge": 400}
+
+
+def test_an_ids_hash_does_not_depend_on_the_ids_beside_it():
+    same_length = [f"product:sku{i:07d}" for i in range(300)]  # one length: hashed without a gather
+    mixed = ["a", "bb", *same_length[:5], "é" * 9, *same_length[5:]]
+    sliced = pa.array(["x", *mixed], pa.string()).slice(1)  # an offset into the buffers
+    alone = [ed.string_hashes(pa.array([value])) for value in mixed]
+    expected = [(int(first[0]), int(second[0])) for first, second in alone]
+    for strings in (pa.array(mixed, pa.large_string()), sliced):
+        first, second = ed.string_hashes(strings)
+        assert list(zip(first.tolist(), second.tolist(), strict=True)) == expected
+    first, second = ed.string_hashes(pa.array(same_length))
+    assert list(zip(first.tolist(), second.tolist(), strict=True)) == expected[2:7] + expected[8:]
+    assert len(set(expected)) == len(mixed)  # different ids, different hashes

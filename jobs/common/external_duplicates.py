@@ -73,12 +73,17 @@ def string_hashes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
     data = np.frombuffer(data_buffer, dtype=np.uint8)[start : int(offsets[-1])]
     starts = offsets[:-1] - start
     first, second = np.empty(count, np.uint64), np.empty(count, np.uint64)
-    # Strings of one length at a time: their bytes gathered into rows of 8-byte words.
-    for length in np.unique(lengths).tolist():
-        rows = np.flatnonzero(lengths == length)
+    # Strings of one length at a time: their bytes gathered into rows of 8-byte words (all of one length,
+    # as ids built from fixed-width keys are, the bytes already are those rows: no gather).
+    low, high = int(lengths.min()), int(lengths.max())
+    for length in [low] if low == high else np.unique(lengths).tolist():
+        rows = np.arange(count) if low == high else np.flatnonzero(lengths == length)
         words = -(-length // 8)
         padded = np.zeros((rows.size, words * 8), dtype=np.uint8)
-        padded[:, :length] = data[starts[rows, None] + np.arange(length)]
+        if low == high:
+            padded[:, :length] = data.reshape(count, length)
+        else:
+            padded[:, :length] = data[starts[rows, None] + np.arange(length)]
         values = padded.view(np.uint64)
         with np.errstate(over="ignore"):
             for which, out in ((0, first), (1, second)):
