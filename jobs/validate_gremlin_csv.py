@@ -84,7 +84,7 @@ UNSUPPORTED_ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".7z", ".
 BOM = "\ufeff"
 BLOCK_BYTES = 8 * 2**20  # decompressed bytes checked at once (whole records; a longer record grows it)
 SUSPECT_LIMIT = 100_000  # repeated id hashes reread for their ids (beyond: counted from the hashes)
-_BOOLS = pa.array(["true", "false"])
+_BOOLS_OR_BLANK = pa.array(["true", "false", ""])
 
 # One RFC 4180 field: a quoted field (quotes inside doubled) or an unquoted one (no quote, comma, CR, LF).
 _FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
@@ -516,19 +516,23 @@ def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa
 def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -> bool:
     """True when every non-blank value parses as the column's type (decided by Arrow kernels); False
     also for types only checked record by record (dates, arrays)."""
-    filled = pc.filter(values, pc.not_equal(values, ""))
-    if len(filled) == 0:
-        return True
     type_name = column.type_name
     vectorised = (gremlin.TYPE_BOOL, gremlin.TYPE_FLOAT, gremlin.TYPE_DOUBLE, *_INT_RANGES)
     if column.is_array or type_name not in vectorised:
-        return False
+        return pc.max(pc.utf8_length(values)).as_py() in (None, 0)  # only blanks: nothing to check
     if type_name == gremlin.TYPE_BOOL:
-        return bool(pc.all(pc.is_in(pc.utf8_lower(filled), value_set=_BOOLS)).as_py())
+        return bool(pc.all(pc.is_in(pc.utf8_lower(values), value_set=_BOOLS_OR_BLANK)).as_py())
+    target = pa.int64() if type_name in _INT_RANGES else pa.float64()
     try:  # Arrow parses a subset of _INTEGER/_DECIMAL (no "+", no spaces) plus nan/inf, ruled out below
-        numbers = pc.cast(filled, pa.int64() if type_name in _INT_RANGES else pa.float64())
+        numbers = pc.cast(values, target)  # no blank value (the usual block): no copy without them
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        return False
+        filled = pc.filter(values, pc.not_equal(values, ""))
+        if len(filled) == 0:
+            return True
+        try:
+            numbers = pc.cast(filled, target)
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+            return False
     bounds = pc.min_max(numbers).as_py()
     if type_name in _INT_RANGES:
         low, high = _INT_RANGES[type_name]
