@@ -510,7 +510,12 @@ def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa
         )
     except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a field count or UTF-8 problem
         return None
-    return {position: table.column(names[position]).combine_chunks() for position in wanted}
+    return {position: _one_array(table.column(names[position])) for position in wanted}
+
+
+def _one_array(column: pa.ChunkedArray) -> pa.Array:
+    """The column as one array: its only chunk as it is (``combine_chunks`` would copy even that)."""
+    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
 
 
 def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -> bool:
