@@ -3,6 +3,7 @@
     .venv/bin/python -m bench.scale --products 5000 --mode all-pairs        # 12.5 M edges
     .venv/bin/python -m bench.scale --products 50000 --mode top-k --k 10
     .venv/bin/python -m bench.scale --quick                                # 1,000 and 2,000 products
+    .venv/bin/python -m bench.scale --sizes 50000 --cores 2 --out rows.jsonl  # the 1.25 B-edge headline
 
 Stages, in order, each run as its own process (``python -m ...``) with ``STYLEGRAPH_SPARK_MASTER=local[C]``
 for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
@@ -11,16 +12,17 @@ for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
 - ``export``: ``jobs.export_gremlin`` to gzip vertex and edge CSVs (``--quality off``: the gate re-reads
   a fixed 100,000 edge rows, another engineer's step).
 - ``validate``: ``jobs.validate_gremlin_csv`` with ``--workers C``; it must find 0 problems.
-- ``native csv`` (peer of export): Spark's own CSV writer (gzip) on the same edge Parquet with the same
-  columns already formatted (``bench.export.native_write``), unchecked.
 - ``decompress+split`` (peer of validate): C processes that only decompress the same edge files and split
   them into lines and fields.
+- ``native csv`` (peer of export): Spark's own CSV writer (gzip) on the same edge Parquet with the same
+  columns already formatted (``bench.export.native_write``), unchecked.
 Per stage: wall and CPU seconds of the process tree (psutil, sampled every 0.2 s, and the waited
 children's rusage, whichever is larger), edges/s, peak RSS of the process tree (sum; forked workers share
 pages, so it overcounts a little), bytes on disk of what the stage wrote, number of files and their sizes.
 Ratios: export rate / native rate and validate rate / decompress+split rate, at the same core count
 (targets >= 0.9). Two sizes (``--products`` and half of it, or ``--sizes``) show whether peak memory
-grows with the edges.
+grows with the edges. ``--out`` appends each row to a JSON-lines file as soon as it is measured (a
+long run leaves what it measured); ``--keep`` leaves the data under ``--work`` to rerun a stage by hand.
 """
 
 from __future__ import annotations
