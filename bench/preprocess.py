@@ -5,13 +5,15 @@
 For each size, logs are generated with ``jobs.generate_sample.generate_interactions`` (plain JSON Lines,
 1% bad lines, 1% duplicates), then processed twice in the same run:
 
-* ``spark``: ``jobs.preprocess_interactions.main`` on ``local[2]`` (parse + checks, rejects, dedup, k-core,
-  index, leave-one-out split, 4 train / 99 test negatives, Parquet out), report included;
-* ``duckdb``: the same steps in SQL, in one process limited to 2 threads (read lines as text, JSON checks
+* ``spark``: ``python -m jobs.preprocess_interactions`` on ``local[2]`` as users run it, a cold process
+  with default settings, the quality gate on (parse + checks, rejects, dedup, k-core, index,
+  leave-one-out split, 4 train / 99 test negatives, Parquet out, report);
+* ``duckdb``: the same steps in SQL, in one cold process limited to 2 threads (read lines as text, JSON checks
   with ``json_type``, dedup, iterated k-core, ``row_number`` index, LOO split, hashed negatives with an
   anti-join, Parquet out).
 
-Prints events per second, microseconds per event and the Spark / DuckDB time ratio.
+Both are timed wall-clock from process start to exit. Prints events per second, microseconds per event
+and the Spark / DuckDB time ratio.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ import logging
 import os
 import platform
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from typing import Any
@@ -70,16 +74,30 @@ def generate(root: str, events: int) -> dict[str, Any]:
     )
 
 
-def run_spark(logs: str, out: str) -> tuple[float, dict[str, Any]]:
-    os.environ.setdefault("STYLEGRAPH_SPARK_MASTER", f"local[{THREADS}]")
-    from jobs import preprocess_interactions as job
-    from jobs.common.spark import get_spark
-
-    # Start the session outside the timing: a nightly job pays it once, the reference pays nothing.
-    get_spark(job.APP_NAME)
+def _process(args: list[str]) -> tuple[float, str]:
+    """(wall seconds, stdout) of one cold ``python ...`` process on ``local[THREADS]``; fails loudly."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {
+        **os.environ,
+        "STYLEGRAPH_SPARK_MASTER": f"local[{THREADS}]",
+        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
+    }
     started = time.perf_counter()
-    report = job.main(
+    done = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True)
+    seconds = time.perf_counter() - started
+    if done.returncode != 0:
+        raise RuntimeError(f"{args[:2]} exited {done.returncode}:\n{done.stderr[-3000:]}")
+    return seconds, done.stdout
+
+
+def run_spark(logs: str, out: str) -> tuple[float, dict[str, Any]]:
+    """``python -m jobs.preprocess_interactions`` as users run it: a cold process, default settings
+    (quality gate on); wall seconds from start to exit, and its run report."""
+    reports = os.path.join(out, "_bench_reports")
+    seconds, _ = _process(
         [
+            "-m",
+            "jobs.preprocess_interactions",
             "--input",
             logs,
             "--output",
@@ -94,11 +112,25 @@ def run_spark(logs: str, out: str) -> tuple[float, dict[str, Any]]:
             str(TEST_NEGATIVES),
             "--seed",
             "1",
+            "--report-dir",
+            reports,
             "--log-level",
             "WARNING",
         ]
     )
-    return time.perf_counter() - started, report
+    with open(os.path.join(reports, "preprocess", f"dt={END.isoformat()}.json"), encoding="utf-8") as handle:
+        return seconds, json.load(handle)
+
+
+def run_duckdb_process(logs: str, out: str) -> tuple[float, dict[str, Any]]:
+    """The reference as a cold process too (interpreter start and the duckdb import included)."""
+    code = (
+        "import json, sys\n"
+        "from bench.preprocess import run_duckdb\n"
+        "print(json.dumps(run_duckdb(sys.argv[1], sys.argv[2])[1]))\n"
+    )
+    seconds, stdout = _process(["-c", code, logs, out])
+    return seconds, json.loads(stdout.strip().splitlines()[-1])
 
 
 DUCKDB_STEPS = r"""
@@ -268,7 +300,7 @@ def run(
             logs = os.path.join(base, "interactions")
             lines = manifest["lines"]
             spark_s, report = run_spark(logs, os.path.join(base, "spark"))
-            duck_s, duck = run_duckdb(logs, os.path.join(base, "duckdb"))
+            duck_s, duck = run_duckdb_process(logs, os.path.join(base, "duckdb"))
             row = {
                 "bench": "preprocess",
                 "events": events,
