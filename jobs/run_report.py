@@ -40,10 +40,10 @@ from jobs.common.quality import quality_uri
 from jobs.common.report import report_uri
 from jobs.common.spark import get_spark
 from jobs.render.report_page import GalleryRow, Section, Tile, render_page
-from jobs.transforms import report_stats as rs
+from jobs.transforms import report_stats
 from schemas import embeddings as embeddings_schema
 from schemas import gremlin
-from schemas import interactions as ia
+from schemas import interactions as interactions_schema
 from schemas import similarity as similarity_schema
 
 LOG = logging.getLogger("stylegraph.run_report")
@@ -143,17 +143,16 @@ def ncf_stats(spark: SparkSession, workdir: str, run_date: str) -> dict[str, Sec
             missing=f"no NCF train/test sets under {storage.join(workdir, 'ncf')} for {run_date}"
         )
         return {"sizes": missing, "user_degree": missing, "item_degree": missing}
-    both = train.select(ia.USER_IDX, ia.ITEM_IDX, ia.LABEL).unionByName(
-        test.select(ia.USER_IDX, ia.ITEM_IDX, ia.LABEL)
-    )
+    columns = (interactions_schema.USER_IDX, interactions_schema.ITEM_IDX, interactions_schema.LABEL)
+    both = train.select(*columns).unionByName(test.select(*columns))
     sizes = {
-        name: {float(label): int(n) for label, n in _rows(df.transform(rs.label_counts))}
+        name: {float(label): int(n) for label, n in _rows(df.transform(report_stats.label_counts))}
         for name, df in (("train", train), ("test", test))
     }
     return {
         "sizes": Section(sizes),
-        "user_degree": Section(_rows(rs.degree_histogram(both, ia.USER_IDX))),
-        "item_degree": Section(_rows(rs.degree_histogram(both, ia.ITEM_IDX))),
+        "user_degree": Section(_rows(report_stats.degree_histogram(both, interactions_schema.USER_IDX))),
+        "item_degree": Section(_rows(report_stats.degree_histogram(both, interactions_schema.ITEM_IDX))),
     }
 
 
@@ -166,17 +165,19 @@ def similarity_stats(
     if edges is None:
         missing = Section(missing=f"no similarity edges under {edges_uri}")
         return {"scores": missing, "neighbours": missing}
-    low, high = edges.transform(rs.finite_range, similarity_schema.SCORE).first()
+    low, high = edges.transform(report_stats.finite_range, similarity_schema.SCORE).first()
     if low is None:
         scores = Section(missing="no finite similarity score")
     else:
-        histogram = rs.value_histogram(edges, similarity_schema.SCORE, low=low, high=high, bins=SCORE_BINS)
+        histogram = report_stats.value_histogram(
+            edges, similarity_schema.SCORE, low=low, high=high, bins=SCORE_BINS
+        )
         counts = dict(_rows(histogram))
         width = (high - low) / SCORE_BINS if high > low else 1.0
         scores = Section(
             [(low + b * width, low + (b + 1) * width, counts.get(b, 0)) for b in range(SCORE_BINS)]
         )
-    per_product = _rows(rs.neighbour_count_histogram(edges, similarity_schema.SRC))
+    per_product = _rows(report_stats.neighbour_count_histogram(edges, similarity_schema.SRC))
     with_edges = sum(n for _, n in per_product)
     if products is not None and products > with_edges:
         per_product = [(0, products - with_edges), *per_product]
@@ -191,7 +192,7 @@ def events_stats(spark: SparkSession, interactions: str | None) -> Section:
     lines = spark.read.text(storage.read_path(interactions), recursiveFileLookup=True).select(
         F.input_file_name().alias(FILE_COLUMN)
     )
-    return Section(_rows(rs.events_per_day(lines, FILE_COLUMN)))
+    return Section(_rows(report_stats.events_per_day(lines, FILE_COLUMN)))
 
 
 # ----------------------------------------------------------------------------------------------- gallery
@@ -271,11 +272,12 @@ def _pick_products(
     with_edges = vertices.join(
         edges.select(F.col(gremlin.FROM).alias(V_ID)).distinct(), on=V_ID, how="left_semi"
     )
-    picked = [r.asDict() for r in rs.sample_by_hash(with_edges, V_ID, size, seed).collect()]
+    picked = [r.asDict() for r in report_stats.sample_by_hash(with_edges, V_ID, size, seed).collect()]
     failed: list[dict[str, Any]] = []
     if V_STATUS in vertices.columns:
         failed_df = vertices.filter(F.col(V_STATUS) == embeddings_schema.STATUS_ERROR)
-        failed = [r.asDict() for r in rs.sample_by_hash(failed_df, V_ID, max(1, size // 4), seed).collect()]
+        failed_rows = report_stats.sample_by_hash(failed_df, V_ID, max(1, size // 4), seed).collect()
+        failed = [r.asDict() for r in failed_rows]
     return picked, failed
 
 
@@ -286,14 +288,14 @@ def _top_neighbours(
     top = (
         edges.filter(F.col(gremlin.FROM).isin(ids))
         .transform(
-            rs.filter_top_neighbours,
+            report_stats.filter_top_neighbours,
             src=gremlin.FROM,
             score=similarity_schema.SCORE,
             n=options.neighbours,
             higher_is_closer=options.higher_is_closer,
         )
         .join(vertices.withColumnRenamed(V_ID, gremlin.TO), on=gremlin.TO, how="left")
-        .orderBy(gremlin.FROM, rs.NEIGHBOUR_RANK)
+        .orderBy(gremlin.FROM, report_stats.NEIGHBOUR_RANK)
         .collect()
     )
     return [edge.asDict() for edge in top]
@@ -313,7 +315,7 @@ def _gallery_rows(
         row = GalleryRow(_tile(product, options.images_root, options.px, thumbs))
         for edge in (e for e in top if e[gremlin.FROM] == product[V_ID]):
             tile = _tile({**edge, V_ID: edge[gremlin.TO]}, options.images_root, options.px, thumbs)
-            tile.score, tile.rank = edge[similarity_schema.SCORE], edge[rs.NEIGHBOUR_RANK]
+            tile.score, tile.rank = edge[similarity_schema.SCORE], edge[report_stats.NEIGHBOUR_RANK]
             row.neighbours.append(tile)
         rows.append(row)
     for product in failed:

@@ -40,7 +40,7 @@ from typing import Any
 
 import pandas as pd
 
-from schemas import embeddings as E
+from schemas import embeddings as embeddings_schema
 from udfs import image_models as M
 
 LOG = logging.getLogger("stylegraph.embed_udf")
@@ -323,10 +323,14 @@ def embed_prepared(
     failed = [isinstance(item, M.ImageError) for item in items]
     return pd.DataFrame(
         {
-            E.EMBEDDING: embeddings,
-            E.STATUS: [E.STATUS_ERROR if bad else E.STATUS_OK for bad in failed],
-            E.ERROR: [_error_text(item) if bad else None for item, bad in zip(items, failed, strict=True)],
-            E.CONTENT_SHA256: [sha for _, sha in prepared],
+            embeddings_schema.EMBEDDING: embeddings,
+            embeddings_schema.STATUS: [
+                embeddings_schema.STATUS_ERROR if bad else embeddings_schema.STATUS_OK for bad in failed
+            ],
+            embeddings_schema.ERROR: [
+                _error_text(item) if bad else None for item, bad in zip(items, failed, strict=True)
+            ],
+            embeddings_schema.CONTENT_SHA256: [sha for _, sha in prepared],
         }
     )
 
@@ -380,7 +384,7 @@ def make_embed_udf(config: EmbedConfig, model_images: Any = None) -> Any:
 
     count_images = model_images.add if model_images is not None else None
 
-    @F.pandas_udf(E.EMBED_RESULT_TYPE)
+    @F.pandas_udf(embeddings_schema.EMBED_RESULT_TYPE)
     def embed_images(paths: Iterator[pd.Series]) -> Iterator[pd.DataFrame]:
         yield from embed_path_batches(paths, config, count_images=count_images)
 

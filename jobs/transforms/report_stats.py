@@ -9,7 +9,7 @@ from __future__ import annotations
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
-from schemas import interactions as ia
+from schemas import interactions as interactions_schema
 
 BUCKET = "bucket"  # lower edge of a degree bucket: 1, 2, 4, 8...
 BIN = "bin"  # 0-based bin of a histogram
@@ -34,7 +34,7 @@ def degree_histogram(ncf_df: DataFrame, key: str) -> DataFrame:
         ``bucket`` (lower edge), ``count`` (keys whose degree falls in [bucket, 2 * bucket)).
     """
     return (
-        ncf_df.filter(F.col(ia.LABEL) == 1)
+        ncf_df.filter(F.col(interactions_schema.LABEL) == 1)
         .groupBy(key)
         .agg(F.count(F.lit(1)).alias(DEGREE))
         .groupBy(power_of_two_bucket(F.col(DEGREE)).alias(BUCKET))
@@ -45,7 +45,8 @@ def degree_histogram(ncf_df: DataFrame, key: str) -> DataFrame:
 
 def label_counts(ncf_df: DataFrame) -> DataFrame:
     """Rows per label (1 = positive, 0 = sampled negative): ``label``, ``count``."""
-    return ncf_df.groupBy(ia.LABEL).agg(F.count(F.lit(1)).alias(COUNT)).orderBy(ia.LABEL)
+    label = interactions_schema.LABEL
+    return ncf_df.groupBy(label).agg(F.count(F.lit(1)).alias(COUNT)).orderBy(label)
 
 
 def value_histogram(df: DataFrame, column: str, *, low: float, high: float, bins: int) -> DataFrame:

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
-from schemas import embeddings as E
-from schemas import similarity as S
+from schemas import embeddings as embeddings_schema
+from schemas import similarity as similarity_schema
 
 F32_MAX = float(np.finfo(np.float32).max)
 
@@ -48,8 +48,14 @@ def embedding_facts(embeddings: pa.Array) -> tuple[pa.Array, pa.Array, pa.Array]
     )
 
 
-FACT_COLUMNS = (E.SKU, E.IMAGE_PATH, E.STATUS, E.EMBEDDING)
-FACTS_ARROW_SCHEMA = to_arrow_schema(S.FACTS_SCHEMA)  # declared once, in schemas/similarity.py
+FACT_COLUMNS = (
+    embeddings_schema.SKU,
+    embeddings_schema.IMAGE_PATH,
+    embeddings_schema.STATUS,
+    embeddings_schema.EMBEDDING,
+)
+# Arrow schemas of the Spark schemas declared once, in schemas/similarity.py.
+FACTS_ARROW_SCHEMA = to_arrow_schema(similarity_schema.FACTS_SCHEMA)
 FACTS_BATCH_ROWS = 8192
 
 
@@ -76,13 +82,13 @@ def file_facts(uri: str) -> pa.Table:
         if missing:
             raise ValueError(f"{uri}: no column(s) {missing} (not the embed job's output?)")
         for rows in reader.iter_batches(batch_size=FACTS_BATCH_ROWS, columns=list(FACT_COLUMNS)):
-            lengths, non_finite, zero_norm = embedding_facts(rows.column(E.EMBEDDING))
+            lengths, non_finite, zero_norm = embedding_facts(rows.column(embeddings_schema.EMBEDDING))
             batches.append(
                 pa.RecordBatch.from_arrays(
                     [
-                        rows.column(E.SKU).cast(pa.string()),
-                        rows.column(E.IMAGE_PATH).cast(pa.string()),
-                        rows.column(E.STATUS).cast(pa.string()),
+                        rows.column(embeddings_schema.SKU).cast(pa.string()),
+                        rows.column(embeddings_schema.IMAGE_PATH).cast(pa.string()),
+                        rows.column(embeddings_schema.STATUS).cast(pa.string()),
                         lengths,
                         non_finite,
                         zero_norm,
@@ -103,8 +109,8 @@ def as_numpy(values: pa.Array | pa.ChunkedArray) -> np.ndarray:
 def expected_dimension(facts: pa.Table) -> int:
     """The most frequent embedding length among "ok" rows with an embedding (ties: the smaller);
     0 when there is none. ``facts``: ``FACTS_ARROW_SCHEMA`` rows (``file_facts``')."""
-    ok = pc.fill_null(pc.equal(facts.column(E.STATUS), E.STATUS_OK), False)
-    lengths = as_numpy(pc.drop_null(pc.filter(facts.column(S.EMBEDDING_LENGTH), ok)))
+    ok = pc.fill_null(pc.equal(facts.column(embeddings_schema.STATUS), embeddings_schema.STATUS_OK), False)
+    lengths = as_numpy(pc.drop_null(pc.filter(facts.column(similarity_schema.EMBEDDING_LENGTH), ok)))
     if lengths.size == 0:
         return 0
     values, counts = np.unique(lengths, return_counts=True)  # ascending: argmax takes the smaller tie
@@ -119,28 +125,29 @@ def rejection_reasons(facts: pa.Table, *, expected_dim: int, metric: str) -> pa.
     wrong length (``!= expected_dim``), non-finite, zero norm (cosine only).
     """
     count = facts.num_rows
-    ok = as_numpy(pc.fill_null(pc.equal(facts.column(E.STATUS), E.STATUS_OK), False))
-    sku = facts.column(E.SKU)
+    status = facts.column(embeddings_schema.STATUS)
+    ok = as_numpy(pc.fill_null(pc.equal(status, embeddings_schema.STATUS_OK), False))
+    sku = facts.column(embeddings_schema.SKU)
     missing = as_numpy(pc.fill_null(pc.equal(pc.utf8_trim(sku, " "), ""), True))
     ok_skus = pc.filter(sku, pa.array(ok, type=pa.bool_()))
     counted = pc.value_counts(pc.drop_null(ok_skus))
     repeated = pc.filter(counted.field("values"), pc.greater(counted.field("counts"), 1))
     duplicate = as_numpy(pc.fill_null(pc.is_in(sku, value_set=repeated), False))
-    length = facts.column(S.EMBEDDING_LENGTH)
+    length = facts.column(similarity_schema.EMBEDDING_LENGTH)
     null_embedding = as_numpy(length.is_null())
     wrong_length = ~null_embedding & (as_numpy(pc.fill_null(length, 0)) != expected_dim)
-    non_finite = as_numpy(pc.fill_null(facts.column(S.NON_FINITE), False))
-    zero_norm = as_numpy(pc.fill_null(facts.column(S.ZERO_NORM), False))
+    non_finite = as_numpy(pc.fill_null(facts.column(similarity_schema.NON_FINITE), False))
+    zero_norm = as_numpy(pc.fill_null(facts.column(similarity_schema.ZERO_NORM), False))
     checks = [
-        (~ok, S.REASON_STATUS_ERROR),
-        (missing, S.REASON_MISSING_SKU),
-        (duplicate, S.REASON_DUPLICATE_SKU),
-        (null_embedding, S.REASON_NULL_EMBEDDING),
-        (wrong_length, S.REASON_WRONG_LENGTH),
-        (non_finite, S.REASON_NON_FINITE),
+        (~ok, similarity_schema.REASON_STATUS_ERROR),
+        (missing, similarity_schema.REASON_MISSING_SKU),
+        (duplicate, similarity_schema.REASON_DUPLICATE_SKU),
+        (null_embedding, similarity_schema.REASON_NULL_EMBEDDING),
+        (wrong_length, similarity_schema.REASON_WRONG_LENGTH),
+        (non_finite, similarity_schema.REASON_NON_FINITE),
     ]
-    if metric == S.COSINE:
-        checks.append((zero_norm, S.REASON_ZERO_NORM))
+    if metric == similarity_schema.COSINE:
+        checks.append((zero_norm, similarity_schema.REASON_ZERO_NORM))
     reasons = np.full(count, None, dtype=object)
     undecided = np.ones(count, dtype=bool)
     for failed, reason in checks:

@@ -8,9 +8,10 @@ import pyarrow.parquet as pq
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
-from schemas import similarity as S
+from schemas import similarity as similarity_schema
 
-WRITTEN_ARROW_SCHEMA = to_arrow_schema(S.WRITTEN_SCHEMA)  # declared once, in schemas/similarity.py
+# The Arrow schema of the Spark schema declared once, in schemas/similarity.py.
+WRITTEN_ARROW_SCHEMA = to_arrow_schema(similarity_schema.WRITTEN_SCHEMA)
 ROW_GROUP_ROWS = 1 << 20  # edges buffered per Parquet row group
 
 

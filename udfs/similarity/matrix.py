@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from jobs.common import storage
-from schemas import embeddings as E
-from schemas import similarity as S
+from schemas import embeddings as embeddings_schema
+from schemas import similarity as similarity_schema
 from udfs.similarity.checks import as_numpy
 from udfs.similarity.device import CPU, DeviceArray, to_device
 
@@ -55,19 +55,19 @@ def _row_norms(raw: np.ndarray, order: int) -> np.ndarray:
 
 def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: str = CPU) -> Prepared:
     """Prepare the matrix for ``metric``; ``skus`` must be ascending and unique, ``raw`` (N, d) float32."""
-    if metric not in S.METRICS:
+    if metric not in similarity_schema.METRICS:
         raise ValueError(f"unknown metric {metric!r}")
     raw = np.require(raw, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
     norms = _row_norms(raw, 2)
     base = math.sqrt(max(1, raw.shape[1])) * EPS32 * TOL_ULPS * 2.0
     sq_norms = None
-    if metric == S.COSINE:
+    if metric == similarity_schema.COSINE:
         tol = np.full(raw.shape[0], base)
         work = raw / norms[:, None].astype(np.float32)
-    elif metric == S.DOT:
+    elif metric == similarity_schema.DOT:
         tol = base * norms * norms.max()
         work = raw
-    elif metric == S.L2:
+    elif metric == similarity_schema.L2:
         tol = base * (norms + norms.max()) ** 2
         work = raw
         sq_norms = to_device((norms**2).astype(np.float32), device)
@@ -87,22 +87,24 @@ def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
     ``input_uri`` is the embed job's Parquet; ``valid_uri`` the check step's valid rows (a ``sku``
     column). Valid skus are unique among the "ok" rows, so "ok" and a valid sku picks one row each.
     """
-    valid = storage.read_parquet(valid_uri, [E.SKU]).column(E.SKU)
-    table = storage.read_parquet(input_uri, [E.SKU, E.STATUS, E.EMBEDDING])
+    valid = storage.read_parquet(valid_uri, [embeddings_schema.SKU]).column(embeddings_schema.SKU)
+    table = storage.read_parquet(
+        input_uri, [embeddings_schema.SKU, embeddings_schema.STATUS, embeddings_schema.EMBEDDING]
+    )
     keep = pc.and_(
-        pc.fill_null(pc.equal(table.column(E.STATUS), E.STATUS_OK), False),
-        pc.is_in(table.column(E.SKU), value_set=valid.combine_chunks()),
+        pc.fill_null(pc.equal(table.column(embeddings_schema.STATUS), embeddings_schema.STATUS_OK), False),
+        pc.is_in(table.column(embeddings_schema.SKU), value_set=valid.combine_chunks()),
     )
     rows = as_numpy(pc.indices_nonzero(keep))
     if rows.size != len(valid):
         raise RuntimeError(f"{input_uri} changed under the job: {rows.size} rows for {len(valid)} skus")
     if rows.size == 0:
         raise RuntimeError(f"embedding matrix of {input_uri} is empty")
-    skus = table.column(E.SKU).take(pa.array(rows)).combine_chunks().cast(pa.string())
+    skus = table.column(embeddings_schema.SKU).take(pa.array(rows)).combine_chunks().cast(pa.string())
     order = as_numpy(pc.sort_indices(skus))
     # Sort the row numbers by sku, then gather the vectors once (sorting the whole table would copy
     # the list column and flattening it would copy it again).
-    embeddings = table.column(E.EMBEDDING).take(pa.array(rows[order]))
+    embeddings = table.column(embeddings_schema.EMBEDDING).take(pa.array(rows[order]))
     values = as_numpy(pc.list_flatten(embeddings)).astype(np.float32, copy=False)
     dim = values.size // rows.size
     if values.size % rows.size or (as_numpy(pc.list_value_length(embeddings)) != dim).any():

@@ -10,7 +10,7 @@ import numpy as np
 import pyarrow as pa
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from schemas import similarity as S
+from schemas import similarity as similarity_schema
 from udfs.similarity.device import AUTO, task_setup
 from udfs.similarity.edge_files import write_edges
 from udfs.similarity.matrix import Prepared, load_prepared, worker_floors
@@ -22,7 +22,8 @@ from udfs.similarity.tiles import (
     candidate_width,
 )
 
-CANDIDATES_ARROW_SCHEMA = to_arrow_schema(S.CANDIDATES_SCHEMA)  # declared once, in schemas/similarity.py
+# The Arrow schema of the Spark schema declared once, in schemas/similarity.py.
+CANDIDATES_ARROW_SCHEMA = to_arrow_schema(similarity_schema.CANDIDATES_SCHEMA)
 
 ArrowTask = Callable[[Iterator[pa.RecordBatch]], Iterator[pa.RecordBatch]]
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from schemas import similarity as S
+from schemas import similarity as similarity_schema
 from udfs.similarity.device import DeviceArray, arange, array_module, like, nonzero, to_host
 from udfs.similarity.matrix import REFINE_ELEMENTS, Prepared
 
@@ -28,8 +28,9 @@ L2_REFINE_SHARE = 1e-2
 # dimension's step, ``L1_ROWS x columns`` float32, stays in cache).
 L1_ROWS = 16
 
-TOPK_ARROW_SCHEMA = to_arrow_schema(S.TOPK_EDGE_SCHEMA)  # declared once, in schemas/similarity.py
-ALL_PAIRS_ARROW_SCHEMA = to_arrow_schema(S.ALL_PAIRS_EDGE_SCHEMA)  # declared once, in schemas/similarity.py
+# Arrow schemas of the Spark schemas declared once, in schemas/similarity.py.
+TOPK_ARROW_SCHEMA = to_arrow_schema(similarity_schema.TOPK_EDGE_SCHEMA)
+ALL_PAIRS_ARROW_SCHEMA = to_arrow_schema(similarity_schema.ALL_PAIRS_EDGE_SCHEMA)
 
 
 def _product(query: DeviceArray, cols: DeviceArray, out: np.ndarray | None = None) -> DeviceArray:
@@ -69,9 +70,9 @@ def tile_keys(
     query = prep.work[rows]
     row_sq = prep.sq_norms[rows] if prep.sq_norms is not None else None
     cols = prep.work[c0:c1]
-    if prep.metric in (S.COSINE, S.DOT):
+    if prep.metric in (similarity_schema.COSINE, similarity_schema.DOT):
         return _product(query, cols, out)
-    if prep.metric == S.L2:
+    if prep.metric == similarity_schema.L2:
         assert prep.sq_norms is not None and row_sq is not None
         # key = 2ab - |a|^2 - |b|^2 = -|a - b|^2
         keys = _product(query, cols, out)
@@ -185,11 +186,11 @@ def exact_keys(prep: Prepared, rows: np.ndarray, cand: np.ndarray) -> np.ndarray
         for c0 in range(0, cand.shape[1], cand_step):
             sel = cand[r0 : r0 + row_step, c0 : c0 + cand_step]
             cols = prep.raw[sel].astype(np.float64)
-            if prep.metric in (S.COSINE, S.DOT):
+            if prep.metric in (similarity_schema.COSINE, similarity_schema.DOT):
                 key = (query * cols).sum(axis=-1)
-                if prep.metric == S.COSINE:
+                if prep.metric == similarity_schema.COSINE:
                     key /= prep.norms[rows[r0 : r0 + row_step]][:, None] * prep.norms[sel]
-            elif prep.metric == S.L2:
+            elif prep.metric == similarity_schema.L2:
                 diff = query - cols
                 key = -(diff * diff).sum(axis=-1)
             else:
@@ -200,10 +201,10 @@ def exact_keys(prep: Prepared, rows: np.ndarray, cand: np.ndarray) -> np.ndarray
 
 def scores_from_keys(metric: str, keys: np.ndarray) -> np.ndarray:
     """The score each metric reports for its float64 keys."""
-    if metric in (S.COSINE, S.DOT):
+    if metric in (similarity_schema.COSINE, similarity_schema.DOT):
         return keys
     distance = np.sqrt(np.maximum(-keys, 0.0))
-    return distance if metric == S.L2 else 1.0 - np.exp(-distance)
+    return distance if metric == similarity_schema.L2 else 1.0 - np.exp(-distance)
 
 
 def topk_rows(
@@ -290,11 +291,11 @@ def _pair_scores(
     prep: Prepared, keys: DeviceArray, rows: DeviceArray, c0: int, c1: int
 ) -> DeviceArray:
     """float32 scores of a tile from its keys (l2: near pairs re-scored in float64)."""
-    if prep.metric in (S.COSINE, S.DOT):
+    if prep.metric in (similarity_schema.COSINE, similarity_schema.DOT):
         return keys
     xp = array_module(keys)
     squared = np.maximum(-keys, np.float32(0.0)) if xp is np else xp.clamp(-keys, min=0.0)
-    if prep.metric == S.L2:
+    if prep.metric == similarity_schema.L2:
         assert prep.sq_norms is not None
         scale = prep.sq_norms[rows][:, None] + prep.sq_norms[c0:c1][None, :]
         near_r, near_c = nonzero(squared < L2_REFINE_SHARE * scale)
