@@ -10,8 +10,8 @@ the whole process tree sampled every 0.2 s:
   columns, 4 files): ``python -m jobs.similarity`` with its defaults (quality gate on) against
   ``python -m bench.peers.faiss_topk`` (FAISS ``IndexFlatIP`` on all cores, Parquet in and out). The job
   is also run with ``--quality off`` and its report's own seconds are kept, so the time splits into
-  what the process pays before and after ``main()`` (interpreter, imports, JVM stop), inside ``main()``,
-  and the gate.
+  what the process pays before and after ``main()`` (interpreter, imports, JVM stop), inside ``main()``
+  by phase (input check with JVM and session start, tile tasks, gate, publish), and the gate.
 - ``python -m jobs.pipeline`` on the generated sample (what ``make run`` runs; the sample is generated
   first and not timed): wall seconds in all and each stage's seconds from its report.
 """
@@ -76,7 +76,8 @@ def similarity_case(work: Path, n: int, dim: int) -> list[dict[str, Any]]:
         main_s = float(report["seconds"])
         rows.append({"case": case, "contender": label, "seconds": round(seconds, 2),
                      "vs_peer": round(seconds / peer_s, 3), "peak_rss_gb": round(rss / 1e9, 2),
-                     "inside_main_s": round(main_s, 2), "outside_main_s": round(seconds - main_s, 2)})
+                     "inside_main_s": round(main_s, 2), "outside_main_s": round(seconds - main_s, 2),
+                     "phases_s": report.get("seconds_by_phase", {})})
     return rows
 
 

@@ -25,11 +25,11 @@ import logging
 import os
 import platform
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from typing import Any
+
+from bench.cold import timed_process
 
 LOG = logging.getLogger("bench.preprocess")
 
@@ -74,27 +74,11 @@ def generate(root: str, events: int) -> dict[str, Any]:
     )
 
 
-def _process(args: list[str]) -> tuple[float, str]:
-    """(wall seconds, stdout) of one cold ``python ...`` process on ``local[THREADS]``; fails loudly."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    env = {
-        **os.environ,
-        "STYLEGRAPH_SPARK_MASTER": f"local[{THREADS}]",
-        "PYTHONPATH": os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH")) if p),
-    }
-    started = time.perf_counter()
-    done = subprocess.run([sys.executable, *args], cwd=root, env=env, capture_output=True, text=True)
-    seconds = time.perf_counter() - started
-    if done.returncode != 0:
-        raise RuntimeError(f"{args[:2]} exited {done.returncode}:\n{done.stderr[-3000:]}")
-    return seconds, done.stdout
-
-
 def run_spark(logs: str, out: str) -> tuple[float, dict[str, Any]]:
     """``python -m jobs.preprocess_interactions`` as users run it: a cold process, default settings
     (quality gate on); wall seconds from start to exit, and its run report."""
     reports = os.path.join(out, "_bench_reports")
-    seconds, _ = _process(
+    seconds, _, _ = timed_process(
         [
             "-m",
             "jobs.preprocess_interactions",
@@ -129,8 +113,9 @@ def run_duckdb_process(logs: str, out: str) -> tuple[float, dict[str, Any]]:
         "from bench.preprocess import run_duckdb\n"
         "print(json.dumps(run_duckdb(sys.argv[1], sys.argv[2])[1]))\n"
     )
-    seconds, stdout = _process(["-c", code, logs, out])
-    return seconds, json.loads(stdout.strip().splitlines()[-1])
+    seconds, _, output = timed_process(["-c", code, logs, out])
+    result = next(line for line in reversed(output.splitlines()) if line.startswith("{"))
+    return seconds, json.loads(result)
 
 
 DUCKDB_STEPS = r"""
@@ -287,6 +272,7 @@ def run(
     quick: bool, sizes: tuple[int, ...] | None = None, workdir: str | None = None
 ) -> list[dict[str, Any]]:
     """Generate, run both, return one row per size."""
+    os.environ.setdefault("STYLEGRAPH_SPARK_MASTER", f"local[{THREADS}]")  # the job's processes inherit it
     sizes = sizes or (QUICK_SIZES if quick else FULL_SIZES)
     root = workdir or tempfile.mkdtemp(prefix="bench-preprocess-")
     rows = []
