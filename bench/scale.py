@@ -8,7 +8,8 @@
 Stages, in order, each run as its own process (``python -m ...``) with ``STYLEGRAPH_SPARK_MASTER=local[C]``
 for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
 - ``generate``: random normal float32 embeddings (``--dim``) as the embed job's Parquet and a catalog CSV.
-- ``similarity``: ``jobs.similarity`` all-pairs unfiltered (every pair once) or top-k, to Parquet.
+- ``similarity``: ``jobs.similarity`` all-pairs unfiltered (every pair once) or top-k, to Parquet, with its
+  default quality gate (the row's ``gate_s`` is the gate's phase in the job's report).
 - ``export``: ``jobs.export_gremlin`` to gzip vertex and edge CSVs (``--quality off``: the gate re-reads
   a fixed 100,000 edge rows, another engineer's step); with ``--export-gate`` also ``export, gate on``,
   the same with its defaults, as users run it.
@@ -199,10 +200,11 @@ def run_size(
     out: Path | None = None,
     keep: bool = False,
     export_gate: bool = False,
+    similarity_only: bool = False,
 ) -> list[dict]:
     """Every stage at one size, at each core count; one row per (stage, cores), each also appended to
     ``out`` (JSON lines) as soon as it is measured; ``keep`` leaves the data behind; ``export_gate`` also
-    times the export with its default quality gate."""
+    times the export with its default quality gate; ``similarity_only`` stops after the similarity."""
     py = sys.executable
     emb, catalog = root / "embeddings", root / "catalog" / "catalog.csv"
     rows: list[dict[str, Any]] = []
@@ -251,8 +253,6 @@ def run_size(
                 RUN_DATE,
                 "--report-dir",
                 str(reports),
-                "--quality",
-                "off",
                 *mode_args,
             ],
             cores,
@@ -261,7 +261,13 @@ def run_size(
         edges = report["edges"]
         if edges != edges_expected:
             raise RuntimeError(f"similarity wrote {edges} edges, expected {edges_expected}")
-        row("similarity", cores, m, edges, **disk(edges_dir))
+        gate = json.loads((reports / "similarity" / f"dt={RUN_DATE}.quality.json").read_text())
+        row("similarity", cores, m, edges, **disk(edges_dir), gate_s=report["seconds_by_phase"]["quality"],
+            gate_counted_by=gate["datasets"]["similarity_edges"]["counted_by"])
+        if similarity_only:
+            if not keep:
+                shutil.rmtree(work, ignore_errors=True)
+            continue
         export = [
             py,
             "-m",
@@ -342,6 +348,7 @@ def run(
     out: Path | None = None,
     keep: bool = False,
     export_gate: bool = False,
+    similarity_only: bool = False,
 ) -> list[dict[str, Any]]:
     """Every stage at each size (default: 1,000 and 2,000 products quick, 2,500 and 5,000 full)."""
     sizes = sizes or ([1000, 2000] if quick else [2500, 5000])
@@ -350,7 +357,8 @@ def run(
         rows: list[dict[str, Any]] = []
         for products in sizes:
             rows += run_size(
-                root / str(products), products, dim, mode, k, cores or [1, 2], out, keep, export_gate
+                root / str(products), products, dim, mode, k, cores or [1, 2], out, keep, export_gate,
+                similarity_only,
             )
         return rows
     finally:
@@ -375,6 +383,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--export-gate", action="store_true", help="also time the export with its default quality gate"
     )
+    parser.add_argument("--similarity-only", action="store_true", help="stop after the similarity stage")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.sizes:
@@ -394,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out) if args.out else None,
         args.keep,
         args.export_gate,
+        args.similarity_only,
     )
     from bench.run_all import markdown_table
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import logging
 import math
 from collections.abc import Sequence
@@ -49,16 +50,24 @@ import pyarrow.parquet as pq
 from pyspark.sql import SparkSession
 from pyspark.sql.pandas.types import to_arrow_schema
 
-from jobs.common import storage
+from jobs.common import quality_pass, storage
 from jobs.common.cli import JobError, job_parser, positive_int
 from jobs.common.cli import run as run_job
-from jobs.common.quality import ROWS_IN, ROWS_REJECTED, SIMILARITY_EDGES, TOP_K, add_quality_args
+from jobs.common.quality import (
+    ROWS_IN,
+    ROWS_REJECTED,
+    SIMILARITY_EDGES,
+    TOP_K,
+    WrittenCounts,
+    add_quality_args,
+)
 from jobs.common.report import Funnel
 from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import get_spark, task_slots
 from jobs.transforms.similarity import all_pairs_edge_files, topk_edge_files
 from schemas import embeddings as embeddings_schema
 from schemas import similarity as similarity_schema
+from schemas.quality_terms import ExpectationSpec
 from udfs.similarity import checks, pairs, tiles
 
 LOG = logging.getLogger("stylegraph.similarity")
@@ -390,10 +399,16 @@ def plan_tiles(spark: SparkSession, spec: SimilaritySpec, products: int) -> Tile
 
 
 def write_edges(
-    spark: SparkSession, spec: SimilaritySpec, checked: CheckedInput, plan: TilePlan, staged_edges: str
-) -> list[tuple[str | None, int]]:
-    """Run the tile tasks (they write the edge files under ``staged_edges`` unless the sink is count);
-    returns ``(file name or None, rows)`` per file the tasks report."""
+    spark: SparkSession,
+    spec: SimilaritySpec,
+    checked: CheckedInput,
+    plan: TilePlan,
+    staged_edges: str,
+    expectations: tuple[ExpectationSpec, ...] | None,
+) -> tuple[list[tuple[str | None, int]], tuple[dict[str, Any], ...]]:
+    """Run the tile tasks (they write the edge files under ``staged_edges`` unless the sink is count,
+    each file's edges counted for the gate's ``expectations`` unless None); returns
+    ``(file name or None, rows)`` per file the tasks report, and the files' counts for the gate."""
     blocks_df = spark.range(0, plan.units, 1, numPartitions=plan.tasks)
     tile_options = {
         "input_uri": checked.input_uri,
@@ -404,6 +419,7 @@ def write_edges(
         "threads": spec.threads_per_task,
         "output": staged_edges if spec.is_publishing else None,
         "max_rows_per_file": spec.max_records_per_file,
+        "expectations": expectations,
     }
     column_block = spec.block_size * COLUMN_BLOCKS_PER_TILE
     if spec.is_all_pairs:
@@ -427,14 +443,24 @@ def write_edges(
     LOG.info("tiles: %d products, %d blocks, %d units in %d tasks", checked.products, plan.blocks,
              plan.units, plan.tasks)
     edge_file, edge_rows = similarity_schema.EDGE_FILE, similarity_schema.EDGE_ROWS
-    return [(row[edge_file], row[edge_rows]) for row in written_df.collect()]  # a row per file
+    rows = written_df.collect()  # a row per file
+    counts = tuple(json.loads(row[similarity_schema.EDGE_METRICS]) for row in rows
+                   if row[similarity_schema.EDGE_METRICS] is not None)
+    return [(row[edge_file], row[edge_rows]) for row in rows], counts
 
 
 def check_edges(
-    spec: SimilaritySpec, products: int, written: list[tuple[str | None, int]], staged_edges: str
+    spec: SimilaritySpec,
+    products: int,
+    written: list[tuple[str | None, int]],
+    staged_edges: str,
+    counts: Sequence[dict[str, Any]] = (),
 ) -> int:
-    """The staged edges are what the tasks reported and, for top-k, K per product; returns the edges."""
+    """The staged edges are what the tasks reported, the gate's counts (when made) cover every one of
+    them, and for top-k there are K per product; returns the edges."""
     edges = sum(rows for _, rows in written)
+    if counts and sum(count[quality_pass.ROWS] for count in counts) != edges:
+        raise RuntimeError(f"the tasks counted other rows for the gate than the {edges} edges they wrote")
     if spec.is_publishing:
         schema = tiles.ALL_PAIRS_ARROW_SCHEMA if spec.is_all_pairs else tiles.TOPK_ARROW_SCHEMA
         check_edge_files(staged_edges, written, schema)
@@ -487,14 +513,21 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         checked = check_input(spec, run)
         run.lap("check")
         plan = plan_tiles(spark, spec, checked.products)
-        written = write_edges(spark, spec, checked, plan, run.staged(STAGE))
-        edges = check_edges(spec, checked.products, written, run.staged(STAGE))
+        funnel = checked.funnel()
+        context = {TOP_K: spec.top_k, ROWS_IN: funnel.rows_in, ROWS_REJECTED: funnel.rows_rejected}
+        expectations = run.suite(SIMILARITY_EDGES, context) if spec.is_publishing else None
+        written, counts = write_edges(spark, spec, checked, plan, run.staged(STAGE), expectations)
+        edges = check_edges(spec, checked.products, written, run.staged(STAGE), counts)
         run.lap("edges")
         if spec.is_publishing:
-            funnel = checked.funnel()
+            staged_edges = storage.spark_path(run.staged(STAGE))
             run.gate(
-                {SIMILARITY_EDGES: spark.read.parquet(storage.spark_path(run.staged(STAGE)))},
-                context={TOP_K: spec.top_k, ROWS_IN: funnel.rows_in, ROWS_REJECTED: funnel.rows_rejected},
+                {
+                    SIMILARITY_EDGES: WrittenCounts(
+                        expectations or (), counts, staged=lambda: spark.read.parquet(staged_edges)
+                    )
+                },
+                context=context,
             )
             run.lap("quality")
             run.publish()

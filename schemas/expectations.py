@@ -40,6 +40,9 @@ from schemas.quality_terms import (
     RAW_INTERACTIONS,
     REJECT_FRACTION,
     ROWS_IN,
+    RULE_COLUMNS_EQUAL,
+    RULE_GROUPS_ABOVE,
+    RULE_NOT_FINITE,
     SIMILARITY_EDGES,
     TEST,
     TEST_NEGATIVES,
@@ -49,6 +52,7 @@ from schemas.quality_terms import (
     WARNING,
     ExpectationSpec,
     QualityThresholds,
+    RowsRule,
 )
 
 # Gremlin CSV headers as the bulk loader reads them (system columns and the edge score).
@@ -73,6 +77,24 @@ def _expect(type_: str, *, severity: str, description: str, **kwargs: Any) -> Ex
 def _rows(query: str, *, severity: str, description: str) -> ExpectationSpec:
     """A Spark-SQL query over ``{batch}`` that must return no rows (``UnexpectedRowsExpectation``)."""
     return _expect(UNEXPECTED_ROWS, unexpected_rows_query=query, severity=severity, description=description)
+
+
+def _rule_rows(rule: RowsRule, shown: Sequence[str], *, severity: str, description: str) -> ExpectationSpec:
+    """An unexpected-rows expectation declared as a :class:`RowsRule`; its query is the rule's SQL
+    (selecting ``shown`` columns), so a gate can count the rule on Arrow batches or run the query."""
+    columns = [_q(c) for c in rule.columns]
+    select = ", ".join(_q(c) for c in shown)
+    if rule.kind == RULE_COLUMNS_EQUAL:
+        query = f"SELECT {select} FROM {{batch}} WHERE {columns[0]} = {columns[1]}"
+    elif rule.kind == RULE_NOT_FINITE:
+        value = columns[0]
+        query = f"SELECT {select} FROM {{batch}} WHERE isnan({value}) OR abs({value}) = double('inf')"
+    else:
+        keys = ", ".join(columns)
+        query = f"SELECT {keys}, count(*) AS n FROM {{batch}} GROUP BY {keys} HAVING count(*) > {rule.limit}"
+    return _expect(
+        UNEXPECTED_ROWS, unexpected_rows_query=query, severity=severity, description=description
+    ).with_rule(rule)
 
 
 def _mostly(mostly: float) -> dict[str, float]:
@@ -289,20 +311,18 @@ def similarity_edges_suite(
     thresholds: QualityThresholds, context: Mapping[str, Any]
 ) -> list[ExpectationSpec]:
     """Similarity edges: no self-loops, each pair once, finite scores; ranks 1..k in top-k mode."""
-    src, dst, score = _q(similarity.SRC), _q(similarity.DST), _q(similarity.SCORE)
     expectations = [
         *_table((similarity.SRC, similarity.DST, similarity.SCORE)),
         *(_not_null(column) for column in (similarity.SRC, similarity.DST, similarity.SCORE)),
-        _rows(
-            f"SELECT {src}, {dst} FROM {{batch}} WHERE {src} = {dst}",
+        _rule_rows(
+            RowsRule(RULE_COLUMNS_EQUAL, (similarity.SRC, similarity.DST)),
+            (similarity.SRC, similarity.DST),
             severity=CRITICAL,
             description="no product is its own neighbour (src != dst)",
         ),
-        _rows(
-            (
-                f"SELECT {src}, {dst}, {score} FROM {{batch}} "
-                f"WHERE isnan({score}) OR abs({score}) = double('inf')"
-            ),
+        _rule_rows(
+            RowsRule(RULE_NOT_FINITE, (similarity.SCORE,)),
+            (similarity.SRC, similarity.DST, similarity.SCORE),
             severity=CRITICAL,
             description="scores are finite (no NaN, no Infinity)",
         ),
@@ -320,8 +340,9 @@ def similarity_edges_suite(
             _between(
                 similarity.RANK, 1, int(top_k), severity=CRITICAL, description=f"1 <= rank <= {int(top_k)}"
             ),
-            _rows(
-                (f"SELECT {src}, count(*) AS n FROM {{batch}} GROUP BY {src} HAVING count(*) > {int(top_k)}"),
+            _rule_rows(
+                RowsRule(RULE_GROUPS_ABOVE, (similarity.SRC,), int(top_k)),
+                (),
                 severity=CRITICAL,
                 description=f"at most {int(top_k)} neighbours per product",
             ),

@@ -59,6 +59,33 @@ EXPECT_COMPOUND_UNIQUE = "expect_compound_columns_to_be_unique"
 UNEXPECTED_ROWS = "unexpected_rows_expectation"
 
 
+# Row rules: what an unexpected-rows query selects, as data, so that a gate can also count it on Arrow
+# batches where they are written (jobs.common.quality_pass); the suite writes the same rule as its SQL.
+RULE_COLUMNS_EQUAL = "columns_equal"  # rows where columns[0] = columns[1] (both non-null)
+RULE_NOT_FINITE = "not_finite"  # rows where columns[0] is NaN or +-Infinity
+RULE_GROUPS_ABOVE = "groups_above"  # groups of the columns with more than `limit` rows (one row each)
+RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE)
+
+
+@dataclass(frozen=True)
+class RowsRule:
+    """The rows an unexpected-rows query returns, as data: ``kind`` (one of :data:`RULES`) over
+    ``columns``; ``limit`` is the largest allowed group (``groups_above`` only)."""
+
+    kind: str
+    columns: tuple[str, ...]
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1}
+        if self.kind not in RULES:
+            raise ValueError(f"rule kind must be one of {RULES}, got {self.kind!r}")
+        if self.kind in arity and len(self.columns) != arity[self.kind]:
+            raise ValueError(f"{self.kind} takes {arity[self.kind]} column(s), got {self.columns}")
+        if (self.kind == RULE_GROUPS_ABOVE) != (self.limit is not None) or not self.columns:
+            raise ValueError(f"{self.kind}: columns {self.columns}, limit {self.limit}")
+
+
 @dataclass(frozen=True)
 class ExpectationSpec:
     """One expectation as plain data: great-expectations' type name and kwargs, plus what a failure does.
@@ -72,17 +99,27 @@ class ExpectationSpec:
         kwargs: its arguments (``column``, ``mostly``, ``unexpected_rows_query``...).
         severity: ``critical`` (fails the job before it publishes) or ``warning`` (recorded only).
         description: what it checks, in words; unique within a suite.
+        rule: an unexpected-rows query's rows as data (:class:`RowsRule`; the query is its SQL).
     """
 
     type: str
     kwargs: Mapping[str, Any]
     severity: str = CRITICAL
     description: str = ""
+    rule: RowsRule | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "kwargs", MappingProxyType(dict(self.kwargs)))
         if self.severity not in (CRITICAL, WARNING):
             raise ValueError(f"severity must be {CRITICAL!r} or {WARNING!r}, got {self.severity!r}")
+
+    def with_rule(self, rule: RowsRule) -> ExpectationSpec:
+        """This spec, declaring the rows its query selects as ``rule``."""
+        return ExpectationSpec(self.type, self.kwargs, self.severity, self.description, rule)
+
+    def __reduce__(self) -> tuple[Any, tuple[Any, ...]]:
+        """Pickled with its kwargs as a dict (a mapping proxy does not pickle): specs travel to tasks."""
+        return (ExpectationSpec, (self.type, dict(self.kwargs), self.severity, self.description, self.rule))
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,12 @@ ALL_PAIRS_EDGE_SCHEMA = T.StructType(
 # counted, ``--sink count``) and their rows (not an output).
 EDGE_FILE = "file"
 EDGE_ROWS = "rows"
+EDGE_METRICS = "metrics"  # the gate's counts of the file's edges (JSON; null when the gate is off)
 WRITTEN_SCHEMA = T.StructType(
     [
         T.StructField(EDGE_FILE, T.StringType(), True),
         T.StructField(EDGE_ROWS, T.LongType(), False),
+        T.StructField(EDGE_METRICS, T.StringType(), True),
     ]
 )
 

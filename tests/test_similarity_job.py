@@ -53,6 +53,12 @@ def run_job(inp: str, out: Path, *extra: str) -> dict:
     return similarity.main(["--input", inp, "--output", str(out), "--run-date", RUN_DATE, *extra])
 
 
+def counted_by(report: dict) -> dict[str, str]:
+    """Who counted each dataset the gate checked: the tasks that wrote it ("writers") or Spark."""
+    quality = read_json(report["report_uri"].removesuffix(".json") + ".quality.json")
+    return {name: checked["counted_by"] for name, checked in quality["datasets"].items()}
+
+
 @pytest.mark.parametrize(
     ("metric", "k", "files"),
     [(S.COSINE, 5, 2), (S.EXP_L1, 40, 8)],  # 40 >= N: every product gets all the others
@@ -82,6 +88,8 @@ def test_topk_job_equals_brute_force(
         "edges": N * min(k, N - 1),
     }
     assert read_json(report["report_uri"])["funnel"]["rows_out"] == N
+    # The gate decided on what the tasks counted as they wrote: no second read of the edges.
+    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "writers"}
     # No rejected row: the rejects dataset is there, empty, with its columns.
     rejects_df = spark.read.parquet(str(tmp_path / "out" / "rejects" / "similarity" / f"dt={RUN_DATE}"))
     assert rejects_df.collect() == []
@@ -117,6 +125,9 @@ def test_all_pairs_job_equals_brute_force(
     assert len(parquet_files) >= math.ceil(len(expected) / 50)  # --max-records-per-file bounds each file
     assert max(pq.ParquetFile(f).metadata.num_rows for f in parquet_files) <= 50
     assert not [f for f in parquet_files[0].parent.iterdir() if f.suffix != ".parquet"]  # nothing else
+    # Each direction of a pair is a batch of its own; the mirrored ones are not sorted by (src, dst), so
+    # the tasks' counts do not prove the pairs unique and the gate reads the edges.
+    assert counted_by(report)["similarity_edges"] == ("spark" if directed else "writers")
 
 
 def test_all_pairs_with_no_pair_kept_writes_an_empty_dataset(spark: SparkSession, tmp_path: Path) -> None:

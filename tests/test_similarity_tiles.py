@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 import subprocess
@@ -16,7 +17,10 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
+from jobs.common import quality_pass
+from schemas import expectations
 from schemas import similarity as S
+from schemas.quality_terms import QualityThresholds
 from udfs.similarity import checks, device, edge_files, matrix, pairs, tiles
 
 TIE_DECIMALS = 9  # brute-force keys equal to 9 decimals are ties (broken by sku)
@@ -582,7 +586,9 @@ def test_edge_files_bound_rows_per_file_and_report_them(
     written = list(edge_files.write_edges(iter(batches), folder, tiles.ALL_PAIRS_ARROW_SCHEMA, 10))
     assert len(written) == 1 and written[0].schema == edge_files.WRITTEN_ARROW_SCHEMA
     files = ["part-00000-c000.parquet", "part-00000-c001.parquet"]
-    assert written[0].to_pylist() == [{"file": files[0], "rows": 10}, {"file": files[1], "rows": 6}]
+    assert written[0].to_pylist() == [
+        {"file": files[0], "rows": 10, "metrics": None}, {"file": files[1], "rows": 6, "metrics": None}
+    ]
     assert sorted(p.name for p in (tmp_path / "e").iterdir()) == files  # no temporary file left
     table = pa.concat_tables([pq.read_table(tmp_path / "e" / f) for f in files])
     assert table.equals(pa.Table.from_batches(batches, schema=tiles.ALL_PAIRS_ARROW_SCHEMA))
@@ -597,7 +603,16 @@ def test_edge_files_bound_rows_per_file_and_report_them(
     assert pa.concat_tables([pq.read_table(tmp_path / "e" / f) for f in files]).equals(table)
     # Counted only: nothing written.
     counted = list(edge_files.write_edges(iter(batches), None, tiles.ALL_PAIRS_ARROW_SCHEMA, 10))
-    assert counted[0].to_pylist() == [{"file": None, "rows": 16}]
+    assert counted[0].to_pylist() == [{"file": None, "rows": 16, "metrics": None}]
+    # With the gate's suite: each file's edges counted as written, the counts of that file's rows.
+    suite = expectations.similarity_edges_suite(QualityThresholds(), {})
+    gated = list(edge_files.write_edges(iter(batches), str(tmp_path / "g"), tiles.ALL_PAIRS_ARROW_SCHEMA, 10,
+                                        suite))
+    for row in gated[0].to_pylist():
+        on_file = quality_pass.table_partial(suite, pq.read_table(tmp_path / "g" / row["file"]))
+        counts = json.loads(row["metrics"])
+        assert counts["rows"] == row["rows"] and counts["nulls"] == on_file["nulls"]
+        assert counts["counts"] == on_file["counts"]
 
 
 def test_edge_files_of_a_failed_task_leave_only_whole_files(tmp_path: Path) -> None:

@@ -30,16 +30,17 @@ import argparse
 import datetime as dt
 import logging
 import time
-from collections.abc import Mapping
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, TypeAlias
 
+import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
 
-from jobs.common import storage
+from jobs.common import quality_pass, storage
 from jobs.common.cli import JobError, fraction, non_negative_int
-from jobs.common.quality_metrics import jsonable, validate_frame
+from jobs.common.quality_metrics import decide_written, jsonable, validate_frame
 from jobs.common.report import report_uri
 from schemas import expectations as suites
 from schemas.quality_terms import (
@@ -70,6 +71,7 @@ from schemas.quality_terms import (
     TRAIN,
     UNEXPECTED_ROWS,
     WARNING,
+    ExpectationSpec,
     QualityThresholds,
 )
 
@@ -78,7 +80,9 @@ from schemas.quality_terms import (
 __all__ = [
     "QUALITY_SUFFIX",
     "QualityGateError",
+    "WrittenCounts",
     "add_quality_args",
+    "suite_of",
     "thresholds_from_args",
     "quality_uri",
     "run_gate",
@@ -119,6 +123,31 @@ QUALITY_SUFFIX = "quality.json"
 
 class QualityGateError(JobError):
     """A critical data-quality expectation failed: the staged output is not published."""
+
+
+@dataclass(frozen=True)
+class WrittenCounts:
+    """A dataset the gate decides on the counts of the tasks that wrote it: one
+    :mod:`jobs.common.quality_pass` partial per file, counted for ``expectations`` (:func:`suite_of`),
+    and ``staged``, the written data as a frame, which the gate checks with Spark when the counts do not
+    prove the suite met (then the results carry the offending examples)."""
+
+    expectations: tuple[ExpectationSpec, ...]
+    partials: tuple[Mapping[str, Any], ...]
+    staged: Callable[[], DataFrame]
+
+
+Checked: TypeAlias = DataFrame | WrittenCounts  # what the gate checks: a frame, or the writers' counts
+
+
+def suite_of(
+    dataset: str, thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> tuple[ExpectationSpec, ...] | None:
+    """The expectations the gate will check on ``dataset`` (for tasks that count them as they write);
+    None when the gate is off."""
+    if thresholds.mode == MODE_OFF:
+        return None
+    return tuple(suites.SUITES[dataset](thresholds, context))
 
 
 def add_quality_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -164,7 +193,7 @@ def quality_uri(reports_root: str, stage: str, run_date: dt.date | str) -> str:
 
 def run_gate(
     stage: str,
-    datasets: Mapping[str, DataFrame],
+    datasets: Mapping[str, Checked],
     *,
     reports_root: str,
     run_date: dt.date | str,
@@ -176,7 +205,8 @@ def run_gate(
 
     Args:
         stage: the stage name (``preprocess``, ``embed``, ...), as in the run report.
-        datasets: frames to check keyed by dataset name; each name must have a suite in
+        datasets: frames to check keyed by dataset name, or the counts of the tasks that wrote
+            them (:class:`WrittenCounts`); each name must have a suite in
             :data:`schemas.expectations.SUITES`.
         reports_root: the run-report root (``cli.reports_root(args)``).
         run_date: the partition the run writes.
@@ -197,7 +227,7 @@ def run_gate(
     thresholds = thresholds or QualityThresholds()
     context = dict(context or {})
     started = time.time()
-    frames = _frames_to_check(datasets, context)
+    frames = _frames_to_check(datasets, thresholds, context)
     results: dict[str, Any] = {
         "stage": stage,
         "run_date": str(run_date),
@@ -223,8 +253,10 @@ def run_gate(
     return results
 
 
-def _frames_to_check(datasets: Mapping[str, DataFrame], context: Mapping[str, Any]) -> dict[str, DataFrame]:
-    """The frames a gate validates: ``datasets``, plus the ``funnel`` frame when the context has its counts.
+def _frames_to_check(
+    datasets: Mapping[str, Checked], thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> dict[str, Checked]:
+    """What a gate validates: ``datasets``, plus the ``funnel`` when the context has its counts.
 
     Raises:
         ValueError: a dataset name has no suite in :data:`schemas.expectations.SUITES`.
@@ -234,27 +266,44 @@ def _frames_to_check(datasets: Mapping[str, DataFrame], context: Mapping[str, An
     if unknown:
         raise ValueError(f"no expectation suite for dataset(s) {unknown}; known: {sorted(suites.SUITES)}")
     if ROWS_IN in context and ROWS_REJECTED in context and FUNNEL_DATASET not in frames:
-        frames[FUNNEL_DATASET] = funnel_frame(
-            next(iter(frames.values())).sparkSession if frames else _active_session(),
+        frames[FUNNEL_DATASET] = _funnel_counts(
+            next((f.sparkSession for f in frames.values() if isinstance(f, DataFrame)), None),
             int(context[ROWS_IN]),
             int(context[ROWS_REJECTED]),
+            thresholds,
+            context,
         )
     return frames
 
 
 def _validate_datasets(
     stage: str,
-    frames: Mapping[str, DataFrame],
+    frames: Mapping[str, Checked],
     thresholds: QualityThresholds,
     context: Mapping[str, Any],
     *,
     cache: bool,
 ) -> dict[str, Any]:
-    """Each frame's results against its suite, by dataset name."""
-    return {
-        name: validate_frame(f"{stage}.{name}", frame, suites.SUITES[name](thresholds, context), cache=cache)
-        for name, frame in frames.items()
-    }
+    """Each dataset's results against its suite, by dataset name; ``counted_by`` says whether the
+    writers' counts settled it (``writers``) or a Spark query over the data did (``spark``)."""
+    results = {}
+    for name, frame in frames.items():
+        suite = suites.SUITES[name](thresholds, context)
+        label = f"{stage}.{name}"
+        if isinstance(frame, WrittenCounts):
+            checks = (
+                decide_written(label, suite, frame.partials) if tuple(suite) == frame.expectations else None
+            )
+            if checks is not None:
+                results[name] = {
+                    "success": all(c["success"] for c in checks if c["severity"] == CRITICAL),
+                    "expectations": checks,
+                    "counted_by": "writers",
+                }
+                continue
+            frame = frame.staged()
+        results[name] = {**validate_frame(label, frame, suite, cache=cache), "counted_by": "spark"}
+    return results
 
 
 def _failed_checks(datasets: Mapping[str, Any]) -> tuple[list[str], list[str]]:
@@ -292,17 +341,42 @@ def _log_and_enforce(stage: str, results: Mapping[str, Any], mode: str) -> None:
         )
 
 
-def funnel_frame(spark: Any, rows_in: int, rows_rejected: int) -> DataFrame:
-    """A one-row frame of a stage's counts; ``reject_fraction`` is null when nothing came in."""
-    share = rows_rejected / rows_in if rows_in > 0 else None
-    schema = T.StructType(
+def _funnel_schema() -> T.StructType:
+    return T.StructType(
         [
             T.StructField(ROWS_IN, T.LongType(), False),
             T.StructField(ROWS_REJECTED, T.LongType(), False),
             T.StructField(REJECT_FRACTION, T.DoubleType(), True),
         ]
     )
-    return spark.createDataFrame([(rows_in, rows_rejected, share)], schema)
+
+
+def _funnel_row(rows_in: int, rows_rejected: int) -> tuple[int, int, float | None]:
+    return rows_in, rows_rejected, (rows_rejected / rows_in if rows_in > 0 else None)
+
+
+def funnel_frame(spark: Any, rows_in: int, rows_rejected: int) -> DataFrame:
+    """A one-row frame of a stage's counts; ``reject_fraction`` is null when nothing came in."""
+    return spark.createDataFrame([_funnel_row(rows_in, rows_rejected)], _funnel_schema())
+
+
+def _funnel_counts(
+    spark: Any, rows_in: int, rows_rejected: int, thresholds: QualityThresholds, context: Mapping[str, Any]
+) -> WrittenCounts:
+    """The funnel's one row, counted in Arrow here; a Spark frame only when that does not settle it."""
+    row = _funnel_row(rows_in, rows_rejected)
+    table = pa.Table.from_pylist(
+        [dict(zip((ROWS_IN, ROWS_REJECTED, REJECT_FRACTION), row, strict=True))],
+        schema=pa.schema(
+            [(ROWS_IN, pa.int64()), (ROWS_REJECTED, pa.int64()), (REJECT_FRACTION, pa.float64())]
+        ),
+    )
+    expectations = tuple(suites.SUITES[FUNNEL_DATASET](thresholds, context))
+    return WrittenCounts(
+        expectations,
+        (quality_pass.table_partial(expectations, table),),
+        staged=lambda: funnel_frame(spark or _active_session(), rows_in, rows_rejected),
+    )
 
 
 def _active_session() -> Any:

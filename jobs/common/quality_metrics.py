@@ -26,6 +26,7 @@ from pyspark import StorageLevel
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from jobs.common import quality_pass
 from schemas.quality_terms import (
     CRITICAL,
     EXPECT_COLUMN_TO_EXIST,
@@ -110,6 +111,44 @@ def validate_frame(
         "success": all(c["success"] for c in ordered if c["severity"] == CRITICAL),
         "expectations": ordered,
     }
+
+
+def decide_written(
+    name: str, expectations: Sequence[ExpectationSpec], partials: Sequence[Mapping[str, Any]]
+) -> list[dict[str, Any]] | None:
+    """The suite's results from the counts of the tasks that wrote the dataset
+    (:mod:`jobs.common.quality_pass`), decided by the same rules as on a frame, when those counts prove
+    every expectation met; None when they do not (a count not proven, an expectation not met): the
+    caller then checks the written data with Spark for the full result and its examples."""
+    merged = quality_pass.merge_partials(expectations, partials)
+    if merged[quality_pass.UNPROVEN]:
+        LOG.info("%s: the writers' counts do not settle the suite: %s", name,
+                 "; ".join(merged[quality_pass.UNPROVEN]))
+        return None
+    columns = list(merged[quality_pass.NULLS])
+    checks = []
+    for index, spec in enumerate(expectations):
+        plan = plan_expectation(spec, columns, index) if _compilable(spec) else None
+        if plan is None or plan.missing:
+            return None
+        values: dict[Hashable, Any] = {plan.total: merged[quality_pass.ROWS], plan.examples: []}
+        column = spec.kwargs.get("column")
+        if plan.nulls is not None:
+            values[plan.nulls] = merged[quality_pass.NULLS][column]
+        if plan.filtered is not None:  # compound keys: the pass proved them free of nulls
+            values[plan.filtered] = merged[quality_pass.ROWS]
+        if plan.unexpected is not None:
+            values[plan.unexpected] = (
+                merged[quality_pass.NULLS][column]
+                if spec.type == EXPECT_VALUES_NOT_NULL
+                else merged[quality_pass.COUNTS][str(index)]
+            )
+        check = _decide(plan, values, columns)
+        if not check["success"]:
+            LOG.info("%s: %s not met by the writers' counts", name, spec.description)
+            return None
+        checks.append(check)
+    return checks
 
 
 def to_gx_expectation(spec: ExpectationSpec) -> Any:

@@ -35,9 +35,9 @@ from pyspark.sql import DataFrame
 
 from jobs.common import outputs, storage
 from jobs.common.cli import reports_root
-from jobs.common.quality import run_gate, thresholds_from_args
+from jobs.common.quality import Checked, run_gate, suite_of, thresholds_from_args
 from jobs.common.report import Funnel, PhaseClock, write_report
-from schemas.quality_terms import QualityThresholds
+from schemas.quality_terms import ExpectationSpec, QualityThresholds
 
 LOG = logging.getLogger("stylegraph.run")
 
@@ -170,11 +170,17 @@ class StagedRun:
         self.clock.lap(phase)
 
 
+    def suite(self, dataset: str, context: Mapping[str, Any]) -> tuple[ExpectationSpec, ...] | None:
+        """The expectations :meth:`gate` checks on ``dataset`` with ``context``, for tasks that count them
+        as they write (:class:`jobs.common.quality.WrittenCounts`); None when the gate is off."""
+        return suite_of(dataset, self.spec.thresholds, context)
+
     def gate(
-        self, frames: Mapping[str, DataFrame], context: Mapping[str, Any], *, cache_frames: bool = True
+        self, frames: Mapping[str, Checked], context: Mapping[str, Any], *, cache_frames: bool = True
     ) -> dict[str, Any]:
-        """The quality gate on the staged frames (:func:`jobs.common.quality.run_gate`); raises before
-        publish when a critical expectation failed."""
+        """The quality gate on the staged frames, or on the counts of the tasks that wrote them
+        (:func:`jobs.common.quality.run_gate`); raises before publish when a critical expectation
+        failed."""
         return run_gate(
             self.spec.stage,
             frames,

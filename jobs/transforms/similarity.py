@@ -6,6 +6,7 @@ from pyspark.sql import functions as F
 
 from jobs.common.spark import partition_keys
 from schemas import similarity
+from schemas.quality_terms import ExpectationSpec
 from udfs.similarity.tasks import (
     AllPairsSpec,
     MatrixSpec,
@@ -34,11 +35,12 @@ def topk_edge_files(
     max_rows_per_file: int,
     device: str = "auto",
     threads: int | None = None,
+    expectations: tuple[ExpectationSpec, ...] | None = None,
 ) -> DataFrame:
     """One row per block pair in (``id``, ``udfs.similarity.pairs.block_pairs`` order); when the frame is
     evaluated, the top-k edges of every product (``TOPK_EDGE_SCHEMA``) are written as Parquet files
     under ``output`` (None: only counted) by the tasks; out: one row per file written
-    (``WRITTEN_SCHEMA``: file, rows).
+    (``WRITTEN_SCHEMA``: file, rows, and the file's counts for the gate's ``expectations``).
 
     Two steps: each pair's tiles give the candidates of both its blocks (one product per pair of
     products); a shuffle by block brings a block's candidates together, where they are merged and
@@ -60,7 +62,9 @@ def topk_edge_files(
         .repartition(merge_tasks, F.col(ROUTE))
         .drop(ROUTE)
         .mapInArrow(
-            topk_merge_fn(spec, output=output, max_rows_per_file=max_rows_per_file),
+            topk_merge_fn(
+                spec, output=output, max_rows_per_file=max_rows_per_file, expectations=expectations
+            ),
             similarity.WRITTEN_SCHEMA,
         )
     )
@@ -81,6 +85,7 @@ def all_pairs_edge_files(
     directed: bool = False,
     device: str = "auto",
     threads: int | None = None,
+    expectations: tuple[ExpectationSpec, ...] | None = None,
 ) -> DataFrame:
     """One row per row block in (``id``); when evaluated, the block's pairs (``ALL_PAIRS_EDGE_SCHEMA``)
     are streamed into Parquet files under ``output`` (None: only counted) by the tasks; out: one row
@@ -94,6 +99,8 @@ def all_pairs_edge_files(
         directed=directed,
     )
     return blocks_df.select(F.col(BLOCK)).mapInArrow(
-        all_pairs_edges_fn(spec, output=output, max_rows_per_file=max_rows_per_file),
+        all_pairs_edges_fn(
+            spec, output=output, max_rows_per_file=max_rows_per_file, expectations=expectations
+        ),
         similarity.WRITTEN_SCHEMA,
     )

@@ -1,14 +1,17 @@
 """The edge files the tile tasks write: Parquet straight from Arrow, each file put in place whole."""
 from __future__ import annotations
 
-from collections.abc import Iterator
+import json
+from collections.abc import Iterator, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import storage
+from jobs.common.quality_pass import PassMetrics
 from schemas import similarity as similarity_schema
+from schemas.quality_terms import ExpectationSpec
 
 # The Arrow schema of the Spark schema declared once, in schemas/similarity.py.
 WRITTEN_ARROW_SCHEMA = to_arrow_schema(similarity_schema.WRITTEN_SCHEMA)
@@ -30,18 +33,31 @@ class EdgeFiles:
     Written here, not by Spark's writer: the edges leave the task as Parquet straight from Arrow,
     with no conversion to Spark rows and back. Names depend on the task and its rows only, so a retried
     or speculative attempt writes the same files with the same rows; the job publishes the folder only
-    after the counts check.
+    after the counts check. With ``expectations`` (the gate's suite), each file's edges are counted for
+    the gate as they are written (``jobs.common.quality_pass``), and the counts are reported with it.
     """
 
-    def __init__(self, folder: str | None, task: int, schema: pa.Schema, max_rows: int) -> None:
+    def __init__(
+        self,
+        folder: str | None,
+        task: int,
+        schema: pa.Schema,
+        max_rows: int,
+        expectations: Sequence[ExpectationSpec] | None = None,
+    ) -> None:
         self.folder, self.task, self.schema, self.max_rows = folder, task, schema, max_rows
-        self.written: list[tuple[str | None, int]] = []
+        self.expectations = expectations
+        self.metrics = self._new_metrics()
+        self.written: list[tuple[str | None, int, str | None]] = []
         self.counted = 0
         self.pending: list[pa.RecordBatch] = []
         self.pending_rows = 0
         self.file: storage.AtomicFile | None = None
         self.writer: pq.ParquetWriter | None = None
         self.file_rows = 0
+
+    def _new_metrics(self) -> PassMetrics | None:
+        return None if self.expectations is None else PassMetrics(self.expectations, self.schema)
 
     def write(self, batch: pa.RecordBatch) -> None:
         """Add a batch of edges (``schema``)."""
@@ -66,7 +82,11 @@ class EdgeFiles:
             name = f"part-{self.task:05d}-c{len(self.written):03d}.parquet"
             self.file = storage.AtomicFile(storage.join(self.folder or "", name))
             self.writer = pq.ParquetWriter(self.file.stream, self.schema)
-        self.writer.write_table(pa.Table.from_batches(self.pending, schema=self.schema))
+        table = pa.Table.from_batches(self.pending, schema=self.schema)
+        if self.metrics is not None:
+            for part in self.pending:
+                self.metrics.add(part)
+        self.writer.write_table(table)
         self.file_rows += self.pending_rows
         self.pending, self.pending_rows = [], 0
 
@@ -75,18 +95,21 @@ class EdgeFiles:
         if self.writer is not None and self.file is not None:
             self.writer.close()
             self.file.commit()
-            self.written.append((self.file.name, self.file_rows))
+            counts = None if self.metrics is None else json.dumps(self.metrics.partial())
+            self.written.append((self.file.name, self.file_rows, counts))
+            self.metrics = self._new_metrics()
         self.file, self.writer, self.file_rows = None, None, 0
 
     def close(self) -> pa.RecordBatch:
         """Finish the last file; the files written (or the count) as ``WRITTEN_ARROW_SCHEMA`` rows."""
         if self.folder is None:
-            rows: list[tuple[str | None, int]] = [(None, self.counted)]
+            rows: list[tuple[str | None, int, str | None]] = [(None, self.counted, None)]
         else:
             self._finish_file()
             rows = self.written
+        names, counts, metrics = zip(*rows, strict=True) if rows else ((), (), ())
         return pa.RecordBatch.from_arrays(
-            [pa.array([name for name, _ in rows], pa.string()), pa.array([n for _, n in rows], pa.int64())],
+            [pa.array(names, pa.string()), pa.array(counts, pa.int64()), pa.array(metrics, pa.string())],
             schema=WRITTEN_ARROW_SCHEMA,
         )
 
@@ -98,10 +121,15 @@ class EdgeFiles:
 
 
 def write_edges(
-    batches: Iterator[pa.RecordBatch], folder: str | None, schema: pa.Schema, max_rows: int
+    batches: Iterator[pa.RecordBatch],
+    folder: str | None,
+    schema: pa.Schema,
+    max_rows: int,
+    expectations: Sequence[ExpectationSpec] | None = None,
 ) -> Iterator[pa.RecordBatch]:
-    """Write (or count) the edge batches of this task; yields what was written (``EdgeFiles.close``)."""
-    files = EdgeFiles(folder, task_index(), schema, max_rows)
+    """Write (or count) the edge batches of this task, counted for the gate's ``expectations`` (None:
+    not counted); yields what was written (``EdgeFiles.close``)."""
+    files = EdgeFiles(folder, task_index(), schema, max_rows, expectations)
     try:
         for batch in batches:
             files.write(batch)

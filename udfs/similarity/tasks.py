@@ -3,7 +3,7 @@ configured by frozen specs (what a task reads, how it tiles) built once on the d
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +11,7 @@ import pyarrow as pa
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from schemas import similarity as similarity_schema
+from schemas.quality_terms import ExpectationSpec
 from udfs.similarity.device import AUTO, task_setup
 from udfs.similarity.edge_files import write_edges
 from udfs.similarity.matrix import Prepared, load_prepared, worker_floors
@@ -101,11 +102,18 @@ def topk_candidates_fn(spec: TopkSpec) -> ArrowTask:
     return candidates
 
 
-def topk_merge_fn(spec: TopkSpec, *, output: str | None, max_rows_per_file: int) -> ArrowTask:
+def topk_merge_fn(
+    spec: TopkSpec,
+    *,
+    output: str | None,
+    max_rows_per_file: int,
+    expectations: Sequence[ExpectationSpec] | None = None,
+) -> ArrowTask:
     """A ``mapInArrow`` function: candidate rows in (the caller's shuffle brings all rows of a block
     to one task), each block's exact top-k edges written under ``output`` (``EdgeFiles``; None:
     counted): the union of its pairs' candidates, its float32 top-``width``, settled by ``topk_rows``
-    (float64 re-scoring, rows near the margin redone). Yields the files written."""
+    (float64 re-scoring, rows near the margin redone), counted for the gate's ``expectations``. Yields
+    the files written."""
 
     def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         prep = spec.matrix.load()
@@ -122,14 +130,21 @@ def topk_merge_fn(spec: TopkSpec, *, output: str | None, max_rows_per_file: int)
                 ]
                 yield from merge_block(prep, block, found, spec.k, spec.pair_block, spec.tile)
 
-        yield from write_edges(merged(), output, TOPK_ARROW_SCHEMA, max_rows_per_file)
+        yield from write_edges(merged(), output, TOPK_ARROW_SCHEMA, max_rows_per_file, expectations)
 
     return edges
 
 
-def all_pairs_edges_fn(spec: AllPairsSpec, *, output: str | None, max_rows_per_file: int) -> ArrowTask:
+def all_pairs_edges_fn(
+    spec: AllPairsSpec,
+    *,
+    output: str | None,
+    max_rows_per_file: int,
+    expectations: Sequence[ExpectationSpec] | None = None,
+) -> ArrowTask:
     """A ``mapInArrow`` function: block numbers in, that block's (filtered) pairs streamed into Parquet
-    files under ``output`` (``EdgeFiles``; None: counted). Yields the files written."""
+    files under ``output`` (``EdgeFiles``; None: counted), counted for the gate's ``expectations``.
+    Yields the files written."""
 
     def edges(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
         prep = spec.matrix.load()
@@ -147,6 +162,6 @@ def all_pairs_edges_fn(spec: AllPairsSpec, *, output: str | None, max_rows_per_f
                     directed=spec.directed,
                 )
 
-        yield from write_edges(pairs(), output, ALL_PAIRS_ARROW_SCHEMA, max_rows_per_file)
+        yield from write_edges(pairs(), output, ALL_PAIRS_ARROW_SCHEMA, max_rows_per_file, expectations)
 
     return edges

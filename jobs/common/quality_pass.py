@@ -1,0 +1,347 @@
+"""A suite's metrics counted on Arrow batches where they are written, and the proof that many writers'
+counts add up.
+
+Tasks that write a dataset from Arrow (the similarity tile tasks) give each batch to a
+:class:`PassMetrics` as they write it and report its :meth:`~PassMetrics.partial` beside the file.
+The gate (:mod:`jobs.common.quality`) merges the partials (:func:`merge_partials`) and decides the
+suite on them by the rules it applies to a Spark frame, when they prove every expectation met. In any
+other case (an expectation this module does not count, a count it cannot prove exact, a single
+unexpected row) the gate checks the staged files with Spark, which gives the full result with its
+examples. The pass makes a good night cheap; it never decides a bad one.
+
+Counted per batch:
+- rows, and nulls per column (Arrow keeps them);
+- values outside the bounds of ``expect_column_values_to_be_between`` (numeric columns and bounds);
+- rows of a :class:`~schemas.quality_terms.RowsRule`: two columns equal, a float not finite, and groups
+  above a limit;
+- duplicated rows for ``expect_column_values_to_be_unique`` and ``expect_compound_columns_to_be_unique``.
+
+Group counts (duplicates, groups above a limit) are exact within a batch: a batch sorted strictly by
+its keys has no duplicate (one comparison per row), and otherwise a hash aggregation counts them. They
+add up across batches only when no key is in two batches. So each batch records its extent over the
+key columns: the [min, max] of each key column and, when the batch is sorted by the keys, its first
+and last key. Two batches are apart when the ranges of one key column do not overlap, or when both
+are sorted and their key intervals do not overlap. :func:`merge_partials` checks every pair of batches
+whose ranges of the first key column overlap; if one pair is not proven apart, the count stays unproven.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from schemas.quality_terms import (
+    EXPECT_COLUMN_TO_EXIST,
+    EXPECT_COMPOUND_UNIQUE,
+    EXPECT_TABLE_ROW_COUNT_BETWEEN,
+    EXPECT_VALUES_BETWEEN,
+    EXPECT_VALUES_NOT_NULL,
+    EXPECT_VALUES_UNIQUE,
+    RULE_COLUMNS_EQUAL,
+    RULE_GROUPS_ABOVE,
+    RULE_NOT_FINITE,
+    UNEXPECTED_ROWS,
+    ExpectationSpec,
+)
+
+# Keys of a partial (plain JSON: it travels from the tasks as a string column).
+ROWS = "rows"
+NULLS = "nulls"
+COUNTS = "counts"  # expectation index -> unexpected rows (or groups) counted
+UNPROVEN = "unproven"  # why a count cannot be trusted, one line each
+EXTENTS = (
+    "extents"  # one per non-empty batch: {"ranges": {column: [min, max]}, "sorted": {keys: [first, last]}}
+)
+KEYED = "keyed"  # expectation indexes whose counts are group counts (need batches apart)
+
+_BOUNDS = ("min_value", "max_value")
+
+
+def _key_name(keys: Sequence[str]) -> str:
+    return "\x1f".join(keys)
+
+
+def group_keys(spec: ExpectationSpec) -> tuple[str, ...] | None:
+    """The columns an expectation groups by (uniqueness, groups above a limit); None: a row count."""
+    if spec.type == EXPECT_VALUES_UNIQUE:
+        return (spec.kwargs["column"],)
+    if spec.type == EXPECT_COMPOUND_UNIQUE:
+        return tuple(spec.kwargs["column_list"])
+    if spec.type == UNEXPECTED_ROWS and spec.rule is not None and spec.rule.kind == RULE_GROUPS_ABOVE:
+        return tuple(spec.rule.columns)
+    return None
+
+
+def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
+    """Why the pass cannot count this expectation on batches of ``schema`` (None: it can)."""
+    kwargs = spec.kwargs
+    if spec.type in (EXPECT_COLUMN_TO_EXIST, EXPECT_TABLE_ROW_COUNT_BETWEEN):
+        return None
+    used = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
+    if spec.rule is not None:
+        used = list(spec.rule.columns)
+    missing = [column for column in used if column not in schema.names]
+    if missing:
+        return f"{spec.type}: column(s) {missing} not in the batches"
+    if (
+        "mostly" in kwargs
+        or kwargs.get("ignore_row_if", "all_values_are_missing") != "all_values_are_missing"
+    ):
+        return f"{spec.type}: mostly/ignore_row_if are left to Spark"
+    if spec.type == EXPECT_VALUES_NOT_NULL:
+        return None
+    if spec.type == EXPECT_VALUES_BETWEEN:
+        numeric = pa.types.is_integer(schema.field(used[0]).type) or pa.types.is_floating(
+            schema.field(used[0]).type
+        )
+        bounds = [kwargs.get(b) for b in _BOUNDS]
+        if numeric and all(
+            b is None or (isinstance(b, (int, float)) and not isinstance(b, bool)) for b in bounds
+        ):
+            return None
+        return f"{spec.type} on {used[0]}: not numbers"
+    if spec.type in (EXPECT_VALUES_UNIQUE, EXPECT_COMPOUND_UNIQUE):
+        return None
+    if spec.type == UNEXPECTED_ROWS and spec.rule is not None:
+        types = [schema.field(c).type for c in spec.rule.columns]
+        if spec.rule.kind == RULE_NOT_FINITE and not pa.types.is_floating(types[0]):
+            return f"{spec.rule.kind} on {types[0]}"
+        if spec.rule.kind == RULE_COLUMNS_EQUAL and (types[0] != types[1] or pa.types.is_floating(types[0])):
+            return f"{spec.rule.kind} on {types}"  # NaN = NaN is true in Spark, false in Arrow
+        return None
+    return f"{spec.type} ({spec.description}) is not counted on batches"
+
+
+@dataclass(frozen=True)
+class _Order:
+    """A batch's order by a key set: ascending, strictly ascending, and (two keys, ascending) where the
+    first key changes (``breaks[i]``: between rows i and i + 1)."""
+
+    ascending: bool
+    strictly: bool
+    breaks: pa.Array | None = None
+
+
+def _order(table: pa.Table, keys: Sequence[str]) -> _Order:
+    """The rows' order by ``keys`` (key columns without nulls), in as few comparisons as it takes: the
+    first key ascending, then each later key ascending wherever all earlier ones are tied."""
+    if table.num_rows < 2:
+        return _Order(True, True)
+
+    def pairs(column: str) -> tuple[pa.Array, pa.Array]:
+        values = table.column(column)
+        return values.slice(0, len(values) - 1), values.slice(1)
+
+    before, after = pairs(keys[0])
+    if len(keys) == 1:
+        if not pc.all(pc.less_equal(before, after)).as_py():
+            return _Order(False, False)
+        return _Order(True, bool(pc.all(pc.less(before, after)).as_py()))
+    if not pc.all(pc.less_equal(before, after)).as_py():
+        return _Order(False, False)
+    changed = pc.not_equal(before, after)  # no tie on the keys so far
+    breaks = changed
+    for column in keys[1:-1]:
+        before, after = pairs(column)
+        if not pc.all(pc.or_(changed, pc.less_equal(before, after))).as_py():
+            return _Order(False, False)
+        changed = pc.or_(changed, pc.not_equal(before, after))
+    before, after = pairs(keys[-1])
+    if pc.all(pc.or_(changed, pc.less(before, after))).as_py():
+        return _Order(True, True, breaks if len(keys) == 2 else None)
+    ascending = bool(pc.all(pc.or_(changed, pc.less_equal(before, after))).as_py())
+    return _Order(ascending, False, breaks if ascending and len(keys) == 2 else None)
+
+
+def _second_key_range(table: pa.Table, keys: Sequence[str], breaks: pa.Array) -> list[Any]:
+    """[min, max] of the second key of a batch sorted by two keys: the second key ascends within each
+    run of the first, so its minimum is among the runs' first rows and its maximum among their last."""
+    ends = pc.indices_nonzero(breaks).cast(pa.int64())  # the last row of every run but the final one
+    values = table.column(keys[1])
+    firsts = pc.take(values, pa.concat_arrays([pa.array([0], pa.int64()), pc.add(ends, 1)]))
+    lasts = pc.take(values, pa.concat_arrays([ends, pa.array([table.num_rows - 1], pa.int64())]))
+    return [pc.min(firsts).as_py(), pc.max(lasts).as_py()]
+
+
+def _group_sizes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
+    return table.group_by(list(keys)).aggregate([([], "count_all")]).column("count_all").combine_chunks()
+
+
+class PassMetrics:
+    """The metrics of ``expectations`` over the batches given to :meth:`add` (one writer's share)."""
+
+    def __init__(self, expectations: Sequence[ExpectationSpec], schema: pa.Schema) -> None:
+        self.expectations = list(expectations)
+        self.schema = schema
+        self.rows = 0
+        self.nulls = {name: 0 for name in schema.names}
+        self.counts = {index: 0 for index in range(len(self.expectations))}
+        self.unproven: list[str] = []
+        self.extents: list[dict[str, Any]] = []
+        self.keysets: dict[str, tuple[str, ...]] = {}
+        self.keyed: list[int] = []
+        self.countable: list[int] = []
+        for index, spec in enumerate(self.expectations):
+            reason = _uncountable(spec, schema)
+            if reason is not None:
+                self.unproven.append(reason)
+                continue
+            self.countable.append(index)
+            keys = group_keys(spec)
+            if keys is not None:
+                self.keysets[_key_name(keys)] = keys
+                self.keyed.append(index)
+
+    def add(self, batch: pa.RecordBatch | pa.Table) -> None:
+        """Count one batch of ``schema`` (before or as it is written)."""
+        if batch.num_rows == 0:
+            return
+        table = pa.Table.from_batches([batch]) if isinstance(batch, pa.RecordBatch) else batch
+        self.rows += table.num_rows
+        for name in self.schema.names:
+            self.nulls[name] += table.column(name).null_count
+        key_columns = sorted({column for keys in self.keysets.values() for column in keys})
+        if any(table.column(column).null_count for column in key_columns):
+            self.unproven.append(f"nulls in key column(s) {key_columns}")
+            return
+        order = {name: _order(table, keys) for name, keys in self.keysets.items()}
+        extent = self._extent(table, key_columns, order)
+        for index in self.countable:
+            self.counts[index] += self._unexpected(self.expectations[index], table, order, extent["ranges"])
+        if self.keysets:
+            self.extents.append(extent)
+
+    def _unexpected(
+        self,
+        spec: ExpectationSpec,
+        table: pa.Table,
+        order: Mapping[str, _Order],
+        ranges: Mapping[str, list[Any]],
+    ) -> int:
+        kwargs = spec.kwargs
+        if spec.type in (EXPECT_COLUMN_TO_EXIST, EXPECT_TABLE_ROW_COUNT_BETWEEN, EXPECT_VALUES_NOT_NULL):
+            return 0  # decided on the schema, the rows and the nulls
+        if spec.type == EXPECT_VALUES_BETWEEN:
+            values = table.column(kwargs["column"])
+            low, high = kwargs.get("min_value"), kwargs.get("max_value")
+            inside = pc.is_valid(values)
+            if low is not None:
+                inside = pc.and_(
+                    inside, (pc.greater if kwargs.get("strict_min") else pc.greater_equal)(values, low)
+                )
+            if high is not None:
+                inside = pc.and_(
+                    inside, (pc.less if kwargs.get("strict_max") else pc.less_equal)(values, high)
+                )
+            return table.num_rows - values.null_count - int(pc.sum(pc.fill_null(inside, False)).as_py() or 0)
+        rule = spec.rule
+        if rule is not None and rule.kind == RULE_COLUMNS_EQUAL:
+            one, other = (ranges.get(column) for column in rule.columns)
+            if one is not None and other is not None and (one[1] < other[0] or other[1] < one[0]):
+                return 0  # no value of one column is in the other's range: none equal
+            return int(
+                pc.sum(pc.equal(table.column(rule.columns[0]), table.column(rule.columns[1]))).as_py() or 0
+            )
+        if rule is not None and rule.kind == RULE_NOT_FINITE:
+            values = table.column(rule.columns[0])
+            return int(pc.sum(pc.invert(pc.is_finite(values))).as_py() or 0)
+        keys = group_keys(spec)
+        assert keys is not None
+        if rule is not None:  # groups above a limit
+            return int(pc.sum(pc.greater(_group_sizes(table, keys), rule.limit)).as_py() or 0)
+        if order[_key_name(keys)].strictly:  # no key twice
+            return 0
+        sizes = _group_sizes(table, keys)
+        return int(pc.sum(pc.filter(sizes, pc.greater(sizes, 1))).as_py() or 0)
+
+    def _extent(self, table: pa.Table, columns: Sequence[str], order: Mapping[str, _Order]) -> dict[str, Any]:
+        """The batch's [min, max] per key column and, per key set it is sorted by, its first and last key
+        (in a sorted batch the first key's range is its first and last values, the second key's range
+        comes from the runs of the first: no scan)."""
+        ends: dict[str, list[list[Any]]] = {}
+        ranges: dict[str, list[Any]] = {}
+        for name, keys in self.keysets.items():
+            if order[name].ascending:
+                first, last = ([table.column(c)[row].as_py() for c in keys] for row in (0, -1))
+                ends[name] = [first, last]
+                ranges[keys[0]] = [first[0], last[0]]
+                breaks = order[name].breaks
+                if breaks is not None and keys[1] not in ranges:
+                    ranges[keys[1]] = _second_key_range(table, keys, breaks)
+        for column in columns:
+            if column not in ranges:
+                low_high = pc.min_max(table.column(column)).as_py()
+                ranges[column] = [low_high["min"], low_high["max"]]
+        return {"ranges": ranges, "sorted": ends}
+
+    def partial(self) -> dict[str, Any]:
+        """What this writer counted, as plain JSON data (:func:`merge_partials` adds them up)."""
+        return {
+            ROWS: self.rows,
+            NULLS: self.nulls,
+            COUNTS: {str(index): n for index, n in self.counts.items()},
+            UNPROVEN: sorted(set(self.unproven)),
+            EXTENTS: self.extents,
+            KEYED: self.keyed,
+        }
+
+
+def _apart(one: Mapping[str, Any], other: Mapping[str, Any], name: str, keys: Sequence[str]) -> bool:
+    """Whether two batches share no key of ``keys`` (see the module docstring)."""
+    for column in keys:
+        (low, high), (other_low, other_high) = one["ranges"][column], other["ranges"][column]
+        if high < other_low or other_high < low:
+            return True
+    ends, other_ends = one["sorted"].get(name), other["sorted"].get(name)
+    if ends is None or other_ends is None:
+        return False
+    return bool(ends[1] < other_ends[0] or other_ends[1] < ends[0])
+
+
+def _all_apart(extents: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> bool:
+    """Every pair of batches apart over ``keys``: pairs compared only where the first column overlaps."""
+    name, first = _key_name(keys), keys[0]
+    ordered = sorted(extents, key=lambda extent: extent["ranges"][first][0])
+    open_: list[Mapping[str, Any]] = []
+    for extent in ordered:
+        low = extent["ranges"][first][0]
+        open_ = [other for other in open_ if other["ranges"][first][1] >= low]
+        if any(not _apart(extent, other, name, keys) for other in open_):
+            return False
+        open_.append(extent)
+    return True
+
+
+def merge_partials(
+    expectations: Sequence[ExpectationSpec], partials: Iterable[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """The writers' partials added up: ``rows``, ``nulls``, ``counts`` and ``unproven`` (a group count
+    whose batches are not proven apart is unproven)."""
+    partials = list(partials)
+    merged: dict[str, Any] = {ROWS: 0, NULLS: {}, COUNTS: {}, UNPROVEN: []}
+    for partial in partials:
+        merged[ROWS] += partial[ROWS]
+        for column, n in partial[NULLS].items():
+            merged[NULLS][column] = merged[NULLS].get(column, 0) + n
+        for index, n in partial[COUNTS].items():
+            merged[COUNTS][index] = merged[COUNTS].get(index, 0) + n
+        merged[UNPROVEN] += partial[UNPROVEN]
+    extents = list(itertools.chain.from_iterable(partial[EXTENTS] for partial in partials))
+    for spec in expectations:
+        keys = group_keys(spec)
+        if keys is not None and not _all_apart(extents, keys):
+            merged[UNPROVEN].append(f"{spec.description}: batches not proven apart on {list(keys)}")
+    merged[UNPROVEN] = sorted(set(merged[UNPROVEN]))
+    return merged
+
+
+def table_partial(expectations: Sequence[ExpectationSpec], table: pa.Table) -> dict[str, Any]:
+    """The partial of one whole table (a writer of one batch)."""
+    metrics = PassMetrics(expectations, table.schema)
+    metrics.add(table)
+    return metrics.partial()

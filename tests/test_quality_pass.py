@@ -1,0 +1,230 @@
+"""The gate on the writers' counts: the Spark gate's results on good data, never a verdict on bad data,
+and never a pass when the writers' batches could share a key."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pyarrow as pa
+import pytest
+from pyspark.sql.pandas.types import to_arrow_schema
+
+from jobs.common import quality, quality_metrics, quality_pass
+from schemas import expectations as ex
+from schemas import quality_terms as terms
+from tests.test_quality import CASES, HOSTILE, NAN
+
+EDGES_SCHEMA = CASES[quality.SIMILARITY_EDGES][0]
+TOP_K_CONTEXT = {quality.TOP_K: 2}
+
+
+def _suite(dataset: str, context: dict) -> tuple[terms.ExpectationSpec, ...]:
+    return tuple(ex.SUITES[dataset](quality.QualityThresholds(), context))
+
+
+def _table(dataset: str, rows: list[tuple]) -> pa.Table:
+    schema = to_arrow_schema(CASES[dataset][0])
+    return pa.Table.from_pylist([dict(zip(schema.names, row, strict=True)) for row in rows], schema=schema)
+
+
+def _partials(suite, dataset: str, *writers: list[list[tuple]]) -> list[dict]:
+    """One partial per writer; a writer is a list of batches, a batch a list of rows."""
+    schema = to_arrow_schema(CASES[dataset][0])
+    partials = []
+    for batches in writers:
+        metrics = quality_pass.PassMetrics(suite, schema)
+        for rows in batches:
+            metrics.add(_table(dataset, rows))
+        partials.append(metrics.partial())
+    return partials
+
+
+def _gate(
+    spark, tmp_path, dataset: str, rows: list[tuple], partials: list[dict], suite, context: dict
+) -> dict:
+    counts = quality.WrittenCounts(
+        suite, tuple(partials), staged=lambda: spark.createDataFrame(rows, CASES[dataset][0])
+    )
+    return quality.run_gate(
+        "similarity",
+        {dataset: counts},
+        reports_root=str(tmp_path),
+        run_date="2024-03-31",
+        context=context,
+        thresholds=terms.QualityThresholds(mode=terms.MODE_WARN),
+    )
+
+
+# Datasets whose whole suite the writers can count (the others hold SQL a pass does not run).
+COUNTED = (quality.SIMILARITY_EDGES, quality.GREMLIN_VERTICES)
+
+
+@pytest.mark.parametrize("dataset", COUNTED)
+def test_writers_counts_decide_a_good_dataset_as_the_spark_gate_does(spark, dataset):
+    schema, good, _, context, _ = CASES[dataset]
+    suite = _suite(dataset, context)
+    ordered = sorted(good, key=lambda row: row[0])  # two writers, each with its own keys
+    partials = _partials(suite, dataset, [ordered[:2]], [ordered[2:3], ordered[3:]])
+    written = quality_metrics.decide_written(dataset, suite, partials)
+    on_frame = quality_metrics.validate_frame(dataset, spark.createDataFrame(good, schema), list(suite))
+    assert written == on_frame["expectations"]
+
+
+@pytest.mark.parametrize("dataset", sorted(CASES))
+def test_writers_counts_never_decide_a_bad_dataset(spark, tmp_path, dataset):
+    schema, _, bad, context, expected_failures = CASES[dataset]
+    suite = _suite(dataset, context)
+    assert quality_metrics.decide_written(dataset, suite, _partials(suite, dataset, [bad])) is None
+    results = _gate(spark, tmp_path, dataset, bad, _partials(suite, dataset, [bad]), suite, context)
+    checked = results["datasets"][dataset]
+    assert checked["counted_by"] == "spark"
+    assert {c["description"] for c in checked["expectations"] if not c["success"]} == expected_failures
+    on_frame = quality_metrics.validate_frame(dataset, spark.createDataFrame(bad, schema), list(suite))
+    assert checked["expectations"] == on_frame["expectations"]  # examples included
+
+
+def test_a_pair_written_by_two_writers_is_not_passed(spark, tmp_path):
+    # Each writer's edges are unique and sorted; together (a, b) is there twice and a has 3 neighbours.
+    first = [("a", "b", 0.9, 1), ("a", "c", 0.8, 2)]
+    second = [("a", "b", 0.7, 1), ("b", "a", 0.9, 1)]
+    suite = _suite(quality.SIMILARITY_EDGES, TOP_K_CONTEXT)
+    partials = _partials(suite, quality.SIMILARITY_EDGES, [first], [second])
+    merged = quality_pass.merge_partials(suite, partials)
+    assert [line.split(":")[0] for line in merged[quality_pass.UNPROVEN]] == [
+        "at most 2 neighbours per product",
+        "each (src, dst) pair once",
+    ]
+    assert quality_metrics.decide_written("edges", suite, partials) is None
+    results = _gate(spark, tmp_path, quality.SIMILARITY_EDGES, first + second, partials, suite, TOP_K_CONTEXT)
+    failed = {
+        c["description"]
+        for c in results["datasets"][quality.SIMILARITY_EDGES]["expectations"]
+        if not c["success"]
+    }
+    assert failed == {"each (src, dst) pair once", "at most 2 neighbours per product"}
+
+
+def test_batches_are_apart_by_a_key_range_or_by_their_sorted_key_intervals(spark, tmp_path):
+    # All-pairs tiles: one row block (same src range) against two column blocks (dst ranges apart), and
+    # one tile cut in two batches (src and dst ranges overlap, sorted key intervals apart).
+    suite = _suite(quality.SIMILARITY_EDGES, {})
+    tiles = [[("a", "c", 0.5), ("b", "c", 0.5)], [("a", "d", 0.5), ("b", "d", 0.5)]]
+    cut = [[("c", "d", 0.5), ("c", "e", 0.5)], [("c", "f", 0.5), ("d", "e", 0.5)]]
+    rows = [(*row, None) for batch in tiles + cut for row in batch]  # rank: null in all-pairs mode
+    dataset = quality.SIMILARITY_EDGES
+    partials = _partials(
+        suite, dataset, [[(*r, None) for r in b] for b in tiles], [[(*r, None) for r in b] for b in cut]
+    )
+    assert quality_pass.merge_partials(suite, partials)[quality_pass.UNPROVEN] == []
+    written = quality_metrics.decide_written("edges", suite, partials)
+    assert written is not None and all(c["success"] for c in written)
+    # The same rows unsorted in one batch are counted by a hash aggregation: still unique, still decided.
+    assert quality_metrics.decide_written("edges", suite, _partials(suite, dataset, [rows[::-1]])) == written
+    # A duplicate inside an unsorted batch is found by the aggregation.
+    twice = _partials(suite, dataset, [rows + rows[:1]])[0]
+    assert twice[quality_pass.COUNTS][str(_index(suite, "each (src, dst) pair once"))] == 2
+
+
+def _index(suite, description: str) -> int:
+    return next(i for i, spec in enumerate(suite) if spec.description == description)
+
+
+@pytest.mark.parametrize(
+    "description",
+    [
+        "no product is its own neighbour (src != dst)",
+        "scores are finite (no NaN, no Infinity)",
+        "at most 2 neighbours per product",
+    ],
+)
+def test_each_row_rule_counts_what_its_query_returns(spark, description):
+    rows = [
+        ("a", "a", 1.0, 1),
+        ("a", "b", NAN, 2),
+        ("a", "c", float("inf"), 3),
+        ("b", "b", -float("inf"), 1),
+        ("b", "a", None, 2),
+        (HOSTILE, HOSTILE, 0.5, 1),
+        ("c", "a", 0.1, 1),
+        ("c", "b", 0.2, 2),
+        ("c", "d", 0.3, 3),
+        ("c", "e", 0.3, 4),
+    ]
+    suite = _suite(quality.SIMILARITY_EDGES, TOP_K_CONTEXT)
+    index = _index(suite, description)
+    counted = _partials(suite, quality.SIMILARITY_EDGES, [rows])[0][quality_pass.COUNTS][str(index)]
+    spark.createDataFrame(rows, EDGES_SCHEMA).createOrReplaceTempView("rule_rows")
+    query = suite[index].kwargs["unexpected_rows_query"].format(batch="rule_rows")
+    assert counted == spark.sql(query).count() > 0
+
+
+def test_the_funnel_is_counted_on_the_driver_and_a_failing_one_is_checked_with_spark(spark, tmp_path):
+    results = quality.run_gate(
+        "embed",
+        {},
+        reports_root=str(tmp_path),
+        run_date="2024-03-31",
+        context={quality.ROWS_IN: 1000, quality.ROWS_REJECTED: 5},
+    )
+    assert results["datasets"]["funnel"]["counted_by"] == "writers" and results["success"]
+    with pytest.raises(quality.QualityGateError, match="at most 10% of input rows rejected"):
+        quality.run_gate(
+            "embed",
+            {},
+            reports_root=str(tmp_path),
+            run_date="2024-03-31",
+            context={quality.ROWS_IN: 1000, quality.ROWS_REJECTED: 500},
+        )
+    assert (
+        quality.storage.read_json(quality.quality_uri(str(tmp_path), "embed", "2024-03-31"))["datasets"][
+            "funnel"
+        ]["counted_by"]
+        == "spark"
+    )
+
+
+def test_counts_made_for_another_suite_are_not_used(spark, tmp_path):
+    # Counted for top-k 5, checked for top-k 2: the gate reads the data instead.
+    schema, good, _, context, _ = CASES[quality.SIMILARITY_EDGES]
+    other = _suite(quality.SIMILARITY_EDGES, {quality.TOP_K: 5})
+    results = _gate(
+        spark,
+        tmp_path,
+        quality.SIMILARITY_EDGES,
+        good,
+        _partials(other, quality.SIMILARITY_EDGES, [good]),
+        other,
+        context,
+    )
+    assert results["datasets"][quality.SIMILARITY_EDGES]["counted_by"] == "spark"
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_a_batch_counts_and_extent_match_brute_force(seed):
+    # Random edges, sorted or not, with and without repeated pairs and self-loops: the batch's counts and
+    # key ranges are what plain Python finds.
+    rng = random.Random(seed)
+    skus = [f"s{rng.randrange(30):02d}" for _ in range(rng.randrange(2, 60))]
+    pairs = [(rng.choice(skus), rng.choice(skus)) for _ in range(rng.randrange(1, 80))]
+    if seed % 2:
+        pairs.sort()
+    if seed % 3 == 0:
+        pairs = sorted(set(pairs))
+    rows = [(src, dst, 0.5, None) for src, dst in pairs]
+    suite = _suite(quality.SIMILARITY_EDGES, {})
+    partial = _partials(suite, quality.SIMILARITY_EDGES, [rows])[0]
+    counts = partial[quality_pass.COUNTS]
+    repeated = Counter(pairs)
+    assert counts[str(_index(suite, "each (src, dst) pair once"))] == sum(
+        n for n in repeated.values() if n > 1
+    )
+    assert counts[str(_index(suite, "no product is its own neighbour (src != dst)"))] == sum(
+        src == dst for src, dst in pairs
+    )
+    (extent,) = partial[quality_pass.EXTENTS]
+    assert extent["ranges"] == {
+        "src": [min(p[0] for p in pairs), max(p[0] for p in pairs)],
+        "dst": [min(p[1] for p in pairs), max(p[1] for p in pairs)],
+    }
+    assert bool(extent["sorted"]) == (pairs == sorted(pairs))
