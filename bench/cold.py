@@ -14,6 +14,11 @@ the whole process tree sampled every 0.2 s:
   by phase (input check with JVM and session start, tile tasks, gate, publish), and the gate.
 - ``python -m jobs.pipeline`` on the generated sample (what ``make run`` runs; the sample is generated
   first and not timed): wall seconds in all and each stage's seconds from its report.
+- embed ResNet-152 on CPU (seeded random weights saved as a ``state_dict`` file, generated 400x300 JPEGs):
+  ``python -m jobs.embed_images`` with its defaults against ``python -m bench.peers.torch_embed`` (bare
+  torch on all cores, the same images and weights, Parquet out), each at two catalog sizes; a
+  contender's fixed cost is its time at zero images on the line through the two sizes, its marginal rate
+  the images per second between them (targets: fixed cost <= 8 s, marginal rate >= 0.9 of the peer's).
 """
 from __future__ import annotations
 
@@ -35,6 +40,8 @@ LOG = logging.getLogger("bench.cold")
 
 RUN_DATE = "2024-03-31"
 K = 10
+EMBED_SIZES = (32, 96)  # both at least a batch per task slot on 2 cores: every size uses both
+IMAGE_SIZE_TEXT = "400x300"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -81,6 +88,54 @@ def similarity_case(work: Path, n: int, dim: int) -> list[dict[str, Any]]:
     return rows
 
 
+def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> list[dict[str, Any]]:
+    """The embed job and a bare torch process on the same JPEGs at two catalog sizes: each contender's
+    fixed cost (the time at zero images, by the line through both sizes) and marginal rate (images per
+    second between them)."""
+    import torch
+    import torchvision
+
+    from bench.embed import write_catalog, write_images
+
+    small, large = sizes
+    images = work / "images"
+    rel_paths = write_images(images, large)
+    torch.manual_seed(0)
+    weights = work / f"{model}.pth"
+    torch.save(getattr(torchvision.models, model)(weights=None).state_dict(), weights)
+    seconds: dict[str, dict[int, float]] = {}
+    rss: dict[str, int] = {}
+    job, peer = "python -m jobs.embed_images, defaults", "bare torch process (bench.peers.torch_embed)"
+    for n in sizes:
+        catalog = work / f"catalog-{n}.csv"
+        write_catalog(catalog, rel_paths[:n])
+        common = ["--catalog", str(catalog), "--images-root", str(images), "--weights", str(weights),
+                  "--model", model]
+        out = work / f"embed-{n}"
+        peer_s, peer_rss, _ = timed_process(
+            ["-m", "bench.peers.torch_embed", *common, "--output", str(out / "p")]
+        )
+        job_s, job_rss, _ = timed_process(
+            ["-m", "jobs.embed_images", *common, "--output", str(out / "j"), "--run-date", RUN_DATE,
+             "--report-dir", str(out / "r")]
+        )
+        for label, value, peak in ((peer, peer_s, peer_rss), (job, job_s, job_rss)):
+            seconds.setdefault(label, {})[n] = value
+            rss[label] = max(rss.get(label, 0), peak)
+    rows = []
+    peer_rate = (large - small) / (seconds[peer][large] - seconds[peer][small])
+    for label in (peer, job):
+        rate = (large - small) / (seconds[label][large] - seconds[label][small])
+        rows.append({
+            "case": f"embed {model} CPU, {small} and {large} JPEGs of {IMAGE_SIZE_TEXT}", "contender": label,
+            "seconds": {n: round(seconds[label][n], 2) for n in sizes},
+            "marginal_images_per_s": round(rate, 2), "marginal_vs_peer": round(rate / peer_rate, 3),
+            "fixed_s": round(seconds[label][small] - small / rate, 2),
+            "peak_rss_gb": round(rss[label] / 1e9, 2),
+        })
+    return rows
+
+
 def pipeline_case(work: Path) -> list[dict[str, Any]]:
     sample, run = work / "sample", work / "run"
     timed_process(
@@ -109,6 +164,8 @@ def run(quick: bool) -> list[dict[str, Any]]:
             rows += similarity_case(work, n, dim)
         LOG.info("pipeline on the sample")
         rows += pipeline_case(work)
+        LOG.info("embed")
+        rows += embed_case(work, (32, 64) if quick else EMBED_SIZES, "resnet18" if quick else "resnet152")
     return rows
 
 

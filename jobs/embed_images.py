@@ -48,7 +48,7 @@ from jobs.common.cli import run as run_job
 from jobs.common.quality import EMBEDDING_DIM, EMBEDDINGS, ROWS_IN, ROWS_REJECTED, add_quality_args
 from jobs.common.report import Funnel, check_funnel
 from jobs.common.run import RunSpec, StagedRun
-from jobs.common.spark import get_spark, task_slots
+from jobs.common.spark import start_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
     filter_changed,
@@ -685,10 +685,11 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     spec = EmbedSpec.from_args(args)
     run = StagedRun(RunSpec.from_args(STAGE, args), [EMBEDDINGS_DIR, REJECTS_DIR], log=LOG)
+    starting = start_spark(JOB_NAME)  # the JVM starts while the driver checks the model and the inputs
     config, details = resolve_model(spec)
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
-    spark = get_spark(JOB_NAME)
+    spark = starting.result()
     check_cuda(spark, spec.device)
     run.lap("model_check_and_session")
     with run:

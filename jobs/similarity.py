@@ -63,7 +63,7 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel
 from jobs.common.run import RunSpec, StagedRun
-from jobs.common.spark import get_spark, task_slots
+from jobs.common.spark import start_spark, task_slots
 from jobs.transforms.similarity import all_pairs_edge_files, topk_edge_files
 from schemas import embeddings as embeddings_schema
 from schemas import similarity as similarity_schema
@@ -508,9 +508,10 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not storage.exists(spec.input):
         raise JobError(f"--input {spec.input} does not exist")
     run.check_output(inputs={"--input": spec.input})
-    spark = get_spark(APP_NAME)
+    starting = start_spark(APP_NAME)  # the JVM starts while the driver checks every input row
     with run:
         checked = check_input(spec, run)
+        spark = starting.result()
         run.lap("check")
         plan = plan_tiles(spark, spec, checked.products)
         funnel = checked.funnel()

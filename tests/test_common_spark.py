@@ -69,3 +69,15 @@ def test_partition_keys_land_in_their_partition(spark, partitions: int) -> None:
     df = spark.createDataFrame([(k,) for k in keys], T.StructType([T.StructField("k", T.IntegerType())]))
     placed = dict(df.repartition(partitions, "k").select("k", F.spark_partition_id()).collect())
     assert [placed[k] for k in keys] == list(range(partitions))
+
+
+def test_start_spark_gives_the_session_and_raises_what_building_it_raised(spark, monkeypatch):
+    assert spark_module.start_spark("stylegraph-test").result() is spark
+
+    def refuse(app_name, conf=None):
+        raise RuntimeError(f"no JVM for {app_name}")
+
+    monkeypatch.setattr(spark_module, "get_spark", refuse)
+    starting = spark_module.start_spark("refused")
+    with pytest.raises(RuntimeError, match="no JVM for refused"):
+        starting.result()

@@ -11,6 +11,7 @@ import logging
 import os
 import re
 import sys
+import threading
 from collections.abc import Mapping
 
 from pyspark import SparkContext
@@ -136,3 +137,39 @@ def partition_keys(partitions: int) -> list[int]:
         keys.setdefault(murmur3_int(candidate) % partitions, candidate)  # Python's % is pmod
         candidate += 1
     return [keys[p] for p in range(partitions)]
+
+
+class SparkStart:
+    """A SparkSession being built in a background thread (:func:`start_spark`): the JVM starts while the
+    driver checks its arguments and inputs, which needs no Spark. :meth:`result` waits for it."""
+
+    def __init__(self, app_name: str, conf: Mapping[str, str] | None = None) -> None:
+        self._session: SparkSession | None = None
+        self._error: BaseException | None = None
+        # A daemon thread: a job that fails its checks exits without waiting for a JVM it will not use.
+        self._thread = threading.Thread(
+            target=self._build, args=(app_name, conf), name=f"spark-start-{app_name}", daemon=True
+        )
+        self._thread.start()
+
+    def _build(self, app_name: str, conf: Mapping[str, str] | None) -> None:
+        try:
+            self._session = get_spark(app_name, conf=conf)
+        except BaseException as error:  # handed to the caller of result()
+            self._error = error
+
+    def result(self) -> SparkSession:
+        """The session, once built; raises what building it raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        assert self._session is not None
+        return self._session
+
+
+def start_spark(app_name: str, *, conf: Mapping[str, str] | None = None) -> SparkStart:
+    """Start building the job's session (:func:`get_spark`) in the background; ``.result()`` gives it.
+
+    For jobs whose first steps are driver checks (the embed job's model and weights, the similarity
+    job's reading of every input row with pyarrow): the JVM's start, a few seconds, overlaps them."""
+    return SparkStart(app_name, conf)

@@ -1,0 +1,75 @@
+"""The peer a user would otherwise run to embed a catalog: one process, bare torch on every core.
+
+    python -m bench.peers.torch_embed --catalog CATALOG_CSV --images-root IMAGES --weights MODEL.pth \
+        --model resnet152 --output EMBEDDINGS_FOLDER
+
+Reads the catalog CSV (``sku``, ``image_path``), loads the torchvision model from a ``state_dict`` file
+(the classifier replaced by the identity: the pooled features), opens each JPEG with PIL, applies
+``Resize(256)/CenterCrop(224)/ToTensor/Normalize`` and runs batches of 16 under ``torch.inference_mode``,
+then writes one Parquet file ``sku, embedding``. No checks, no quarantine: what it costs is the floor for a
+whole process that reads the same images and writes the same vectors.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+BATCH_SIZE = 16
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="bench.peers.torch_embed", description=__doc__.splitlines()[0])
+    parser.add_argument("--catalog", required=True)
+    parser.add_argument("--images-root", required=True)
+    parser.add_argument("--weights", required=True)
+    parser.add_argument("--model", default="resnet152")
+    parser.add_argument("--output", required=True)
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1)
+    args = parser.parse_args(argv)
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    import torchvision
+    from PIL import Image, ImageOps
+    from torchvision import transforms
+
+    torch.set_num_threads(args.threads)
+    model = getattr(torchvision.models, args.model)(weights=None)
+    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    model.fc = torch.nn.Identity()
+    model.eval()
+    compose = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    with open(args.catalog, newline="", encoding="utf-8") as stream:
+        rows = [(row["sku"], row["image_path"]) for row in csv.DictReader(stream)]
+    root = Path(args.images_root)
+    vectors = []
+    with torch.inference_mode():
+        for start in range(0, len(rows), BATCH_SIZE):
+            batch = [
+                compose(ImageOps.exif_transpose(Image.open(root / path)).convert("RGB"))
+                for _, path in rows[start : start + BATCH_SIZE]
+            ]
+            vectors.append(model(torch.stack(batch)).numpy())
+    matrix = np.concatenate(vectors).astype(np.float32)
+    offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
+    embedding = pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
+    Path(args.output).mkdir(parents=True, exist_ok=True)
+    table = pa.table({"sku": [sku for sku, _ in rows], "embedding": embedding})
+    pq.write_table(table, str(Path(args.output) / "part-00000.parquet"))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
