@@ -126,6 +126,30 @@ def test_batches_are_apart_by_a_key_range_or_by_their_sorted_key_intervals(spark
     assert twice[quality_pass.COUNTS][str(_index(suite, "each (src, dst) pair once"))] == 2
 
 
+def test_batches_of_the_two_directions_are_apart_by_side(spark, tmp_path):
+    # Directed all-pairs on a diagonal tile: (a, b), (a, c), (b, c) one way and the mirror the other way.
+    # Ranges and sorted intervals overlap; every forward edge has src < dst and every mirrored one src > dst.
+    suite = _suite(quality.SIMILARITY_EDGES, {})
+    forward = [("a", "b", 0.5, None), ("a", "c", 0.5, None), ("b", "c", 0.5, None)]
+    mirrored = sorted((dst, src, score, rank) for src, dst, score, rank in forward)
+    dataset = quality.SIMILARITY_EDGES
+    partials = _partials(suite, dataset, [forward], [mirrored])
+    assert [extent[quality_pass.SIDES] for p in partials for extent in p[quality_pass.EXTENTS]] == [
+        {"src\x1fdst": "<"}, {"src\x1fdst": ">"}
+    ]
+    assert quality_pass.merge_partials(suite, partials)[quality_pass.UNPROVEN] == []
+    # Two batches on the same side are not apart by it: (a, b) written twice is not passed.
+    same_side = _partials(suite, dataset, [forward], [forward[:1]])
+    assert quality_metrics.decide_written("edges", suite, same_side) is None
+    # A mirrored batch with one forward edge in it has no side: not apart, and (a, b) twice is caught.
+    mixed = sorted([*mirrored, ("a", "b", 0.4, None)])
+    partials = _partials(suite, dataset, [forward], [mixed])
+    assert quality_metrics.decide_written("edges", suite, partials) is None
+    results = _gate(spark, tmp_path, dataset, forward + mixed, partials, suite, {})
+    failed = [c["description"] for c in results["datasets"][dataset]["expectations"] if not c["success"]]
+    assert failed == ["each (src, dst) pair once"]
+
+
 def _index(suite, description: str) -> int:
     return next(i for i, spec in enumerate(suite) if spec.description == description)
 

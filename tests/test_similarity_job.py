@@ -125,9 +125,9 @@ def test_all_pairs_job_equals_brute_force(
     assert len(parquet_files) >= math.ceil(len(expected) / 50)  # --max-records-per-file bounds each file
     assert max(pq.ParquetFile(f).metadata.num_rows for f in parquet_files) <= 50
     assert not [f for f in parquet_files[0].parent.iterdir() if f.suffix != ".parquet"]  # nothing else
-    # Each direction of a pair is a batch of its own; the mirrored ones are not sorted by (src, dst), so
-    # the tasks' counts do not prove the pairs unique and the gate reads the edges.
-    assert counted_by(report)["similarity_edges"] == ("spark" if directed else "writers")
+    # Directed: each direction is a batch of its own, sorted by (src, dst), src < dst in one and src > dst
+    # in the other: the tasks' counts prove every pair once, and the gate decides on them.
+    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "writers"}
 
 
 def test_all_pairs_with_no_pair_kept_writes_an_empty_dataset(spark: SparkSession, tmp_path: Path) -> None:

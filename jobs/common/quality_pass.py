@@ -19,10 +19,12 @@ Counted per batch:
 Group counts (duplicates, groups above a limit) are exact within a batch: a batch sorted strictly by
 its keys has no duplicate (one comparison per row), and otherwise a hash aggregation counts them. They
 add up across batches only when no key is in two batches. So each batch records its extent over the
-key columns: the [min, max] of each key column and, when the batch is sorted by the keys, its first
-and last key. Two batches are apart when the ranges of one key column do not overlap, or when both
-are sorted and their key intervals do not overlap. :func:`merge_partials` checks every pair of batches
-whose ranges of the first key column overlap; if one pair is not proven apart, the count stays unproven.
+key columns: the [min, max] of each key column, its first and last key when the batch is sorted by the
+keys, and for two key columns of one type which side of the other the first is on every row (``<`` or
+``>``: all-pairs edges in each direction). Two batches are apart when the ranges of one key column do
+not overlap, when both are sorted and their key intervals do not overlap, or when their sides differ.
+:func:`merge_partials` checks every pair of batches whose ranges of the first key column overlap; if
+one pair is not proven apart, the count stays unproven.
 """
 
 from __future__ import annotations
@@ -54,9 +56,8 @@ ROWS = "rows"
 NULLS = "nulls"
 COUNTS = "counts"  # expectation index -> unexpected rows (or groups) counted
 UNPROVEN = "unproven"  # why a count cannot be trusted, one line each
-EXTENTS = (
-    "extents"  # one per non-empty batch: {"ranges": {column: [min, max]}, "sorted": {keys: [first, last]}}
-)
+EXTENTS = "extents"  # one per non-empty batch: {"ranges": {column: [min, max]}, "sorted": {keys: ...}, ...}
+SIDES = "sides"  # ... and {keys: "<" or ">"}: the first column below (above) the second on every row
 KEYED = "keyed"  # expectation indexes whose counts are group counts (need batches apart)
 
 _BOUNDS = ("min_value", "max_value")
@@ -168,6 +169,24 @@ def _second_key_range(table: pa.Table, keys: Sequence[str], breaks: pa.Array) ->
     return [pc.min(firsts).as_py(), pc.max(lasts).as_py()]
 
 
+def _side(table: pa.Table, keys: Sequence[str], ranges: Mapping[str, list[Any]]) -> str | None:
+    """``<`` when the first key is below the second on every row, ``>`` when above, else None (two key
+    columns of one type; from their ranges when those are apart, else one comparison per row)."""
+    first, second = (table.column(column) for column in keys)
+    if first.type != second.type:
+        return None
+    (low, high), (other_low, other_high) = ranges[keys[0]], ranges[keys[1]]
+    if high < other_low:
+        return "<"
+    if other_high < low:
+        return ">"
+    if pc.all(pc.less(first, second)).as_py():
+        return "<"
+    if pc.all(pc.greater(first, second)).as_py():
+        return ">"
+    return None
+
+
 def _group_sizes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
     return table.group_by(list(keys)).aggregate([([], "count_all")]).column("count_all").combine_chunks()
 
@@ -212,7 +231,7 @@ class PassMetrics:
         order = {name: _order(table, keys) for name, keys in self.keysets.items()}
         extent = self._extent(table, key_columns, order)
         for index in self.countable:
-            self.counts[index] += self._unexpected(self.expectations[index], table, order, extent["ranges"])
+            self.counts[index] += self._unexpected(self.expectations[index], table, order, extent)
         if self.keysets:
             self.extents.append(extent)
 
@@ -221,7 +240,7 @@ class PassMetrics:
         spec: ExpectationSpec,
         table: pa.Table,
         order: Mapping[str, _Order],
-        ranges: Mapping[str, list[Any]],
+        extent: Mapping[str, Any],
     ) -> int:
         kwargs = spec.kwargs
         if spec.type in (EXPECT_COLUMN_TO_EXIST, EXPECT_TABLE_ROW_COUNT_BETWEEN, EXPECT_VALUES_NOT_NULL):
@@ -241,9 +260,9 @@ class PassMetrics:
             return table.num_rows - values.null_count - int(pc.sum(pc.fill_null(inside, False)).as_py() or 0)
         rule = spec.rule
         if rule is not None and rule.kind == RULE_COLUMNS_EQUAL:
-            one, other = (ranges.get(column) for column in rule.columns)
-            if one is not None and other is not None and (one[1] < other[0] or other[1] < one[0]):
-                return 0  # no value of one column is in the other's range: none equal
+            pair = tuple(rule.columns)
+            if any(extent[SIDES].get(_key_name(keys)) for keys in (pair, pair[::-1])):
+                return 0  # one column is below the other on every row: none equal
             return int(
                 pc.sum(pc.equal(table.column(rule.columns[0]), table.column(rule.columns[1]))).as_py() or 0
             )
@@ -277,7 +296,12 @@ class PassMetrics:
             if column not in ranges:
                 low_high = pc.min_max(table.column(column)).as_py()
                 ranges[column] = [low_high["min"], low_high["max"]]
-        return {"ranges": ranges, "sorted": ends}
+        sides = {}
+        for name, keys in self.keysets.items():
+            side = _side(table, keys, ranges) if len(keys) == 2 else None
+            if side is not None:
+                sides[name] = side
+        return {"ranges": ranges, "sorted": ends, SIDES: sides}
 
     def partial(self) -> dict[str, Any]:
         """What this writer counted, as plain JSON data (:func:`merge_partials` adds them up)."""
@@ -297,6 +321,9 @@ def _apart(one: Mapping[str, Any], other: Mapping[str, Any], name: str, keys: Se
         (low, high), (other_low, other_high) = one["ranges"][column], other["ranges"][column]
         if high < other_low or other_high < low:
             return True
+    side, other_side = one[SIDES].get(name), other[SIDES].get(name)
+    if side is not None and other_side is not None and side != other_side:
+        return True  # every key of one has first < second, every key of the other first > second
     ends, other_ends = one["sorted"].get(name), other["sorted"].get(name)
     if ends is None or other_ends is None:
         return False

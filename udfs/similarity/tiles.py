@@ -334,19 +334,24 @@ def all_pairs_batches(
         pair_r, pair_c = nonzero(keep)
         if not pair_r.shape[0]:
             continue
-        kept = to_host(scores[pair_r, pair_c]).astype(np.float64)
-        src = to_host(pair_r + r0)
-        dst = to_host(pair_c + c0)
-        directions = [(src, dst), (dst, src)] if directed else [(src, dst)]
-        for start in range(0, kept.size, MAX_EDGES_PER_BATCH):
-            part = slice(start, start + MAX_EDGES_PER_BATCH)
-            score_array = pa.array(kept[part], type=pa.float64())
-            for a, b in directions:
+        # Each direction in (src, dst) order: the mirrored pairs come column by column (the transposed
+        # mask), so every batch is sorted by its keys (what the gate's counting proves uniqueness on).
+        directions = [(pair_r, pair_c)]
+        if directed:
+            mirror_c, mirror_r = nonzero(keep.T)
+            directions.append((mirror_r, mirror_c))
+        for rows_at, cols_at in directions:
+            kept = to_host(scores[rows_at, cols_at]).astype(np.float64)
+            src, dst = to_host(rows_at + r0), to_host(cols_at + c0)
+            if rows_at is not pair_r:
+                src, dst = dst, src
+            for start in range(0, kept.size, MAX_EDGES_PER_BATCH):
+                part = slice(start, start + MAX_EDGES_PER_BATCH)
                 yield pa.RecordBatch.from_arrays(
                     [
-                        pc.take(prep.skus, pa.array(a[part])),
-                        pc.take(prep.skus, pa.array(b[part])),
-                        score_array,
+                        pc.take(prep.skus, pa.array(src[part])),
+                        pc.take(prep.skus, pa.array(dst[part])),
+                        pa.array(kept[part], type=pa.float64()),
                     ],
                     schema=ALL_PAIRS_ARROW_SCHEMA,
                 )
