@@ -61,6 +61,15 @@ PARSE_CASES = [
     (good("e13").replace('"item_id":"sku-1"', '"item_id":{"sku":"sku-1"}'), S.REASON_NON_STRING_ID, None),
     (good("e14").replace('"event_id":"e14"', '"event_id":true'), S.REASON_NON_STRING_ID, None),
     (good("e15", extra=',"session_id":42'), S.REASON_NON_STRING_ID, None),
+    # Spaces around the colon, the name also as a value, the name also inside a nested object.
+    (good("e28").replace('"user_id":"u1"', '"user_id" : "u1"'), None, ts("2024-03-31T10:00:00+00:00")),
+    (good("e29").replace('"user_id":"u1"', '"user_id": 7'), S.REASON_NON_STRING_ID, None),
+    (good("e30", extra=',"note":"user_id"'), None, ts("2024-03-31T10:00:00+00:00")),
+    (
+        good("e31", extra=',"ref":{"user_id":"u1"}').replace('"user_id":"u1",', '"user_id":5,', 1),
+        S.REASON_NON_STRING_ID,
+        None,
+    ),
     # Empty (or blank) required fields.
     (good("e16", item=""), S.REASON_EMPTY_FIELD, None),
     (good("e17", user="   "), S.REASON_EMPTY_FIELD, None),
@@ -126,6 +135,8 @@ def test_filter_valid_keeps_ids_exactly(spark, parsed_df):
             ("e5", 'u "quoted" ,;\n名前', "123", ts("2024-03-31T10:00:00+00:00")),
             ("e6", "u1", "sku-1", ts("2024-03-31T10:00:00+00:00")),
             ("e26", "u1", "sku-1", ts("2024-03-31T23:00:00+00:00")),
+            ("e28", "u1", "sku-1", ts("2024-03-31T10:00:00+00:00")),
+            ("e30", "u1", "sku-1", ts("2024-03-31T10:00:00+00:00")),
         ],
         S.EVENT_SCHEMA,
     )
