@@ -184,19 +184,20 @@ def reason_counts(reasons: pa.Array) -> dict[str | None, int]:
 
 
 def check_edge_files(staged_edges: str, written: list[tuple[str | None, int]], schema: pa.Schema) -> None:
-    """The staged edge folder holds exactly the files the tasks reported, with their rows (footers);
+    """The staged edge folder holds exactly the files the tasks reported, each with its rows (footers);
     no edge at all: one empty file of ``schema``, so that the dataset exists with its columns.
 
     Raises:
-        RuntimeError: a reported file is missing, an unreported one is there, or the rows differ.
+        RuntimeError: a reported file is missing, an unreported one is there, or a file's rows differ.
     """
     found = sorted(uri.rsplit("/", 1)[-1] for uri in storage.list_files(staged_edges))
     reported = sorted(name for name, _ in written if name is not None)
     if found != reported:
         raise RuntimeError(f"{staged_edges}: files {found} on storage, the tasks reported {reported}")
-    rows = sum(n for name, n in written if name is not None)
-    if storage.parquet_rows(staged_edges) != rows:
-        raise RuntimeError(f"{staged_edges}: the footers count other than the {rows} rows the tasks wrote")
+    footers = {uri.rsplit("/", 1)[-1]: n for uri, n in storage.parquet_file_rows(staged_edges).items()}
+    differing = sorted(name for name, n in written if name is not None and footers[name] != n)
+    if differing:
+        raise RuntimeError(f"{staged_edges}: the footers of {differing} count other rows than reported")
     if not reported:
         storage.write_parquet(schema.empty_table(), storage.join(staged_edges, PART_FILE))
 
@@ -444,9 +445,15 @@ def write_edges(
              plan.units, plan.tasks)
     edge_file, edge_rows = similarity_schema.EDGE_FILE, similarity_schema.EDGE_ROWS
     rows = written_df.collect()  # a row per file
-    counts = tuple(json.loads(row[similarity_schema.EDGE_METRICS]) for row in rows
-                   if row[similarity_schema.EDGE_METRICS] is not None)
-    return [(row[edge_file], row[edge_rows]) for row in rows], counts
+    counts = []
+    for row in rows:
+        if row[similarity_schema.EDGE_METRICS] is not None:
+            counted = json.loads(row[similarity_schema.EDGE_METRICS])
+            if counted[quality_pass.ROWS] != row[edge_rows]:  # each file's counts are of its own rows
+                raise RuntimeError(f"{row[edge_file]}: counted {counted[quality_pass.ROWS]} rows for the "
+                                   f"gate, wrote {row[edge_rows]}")
+            counts.append(counted)
+    return [(row[edge_file], row[edge_rows]) for row in rows], tuple(counts)
 
 
 def check_edges(
@@ -459,8 +466,9 @@ def check_edges(
     """The staged edges are what the tasks reported, the gate's counts (when made) cover every one of
     them, and for top-k there are K per product; returns the edges."""
     edges = sum(rows for _, rows in written)
-    if counts and sum(count[quality_pass.ROWS] for count in counts) != edges:
-        raise RuntimeError(f"the tasks counted other rows for the gate than the {edges} edges they wrote")
+    files = [name for name, _ in written if name is not None]
+    if counts and len(counts) != len(files):
+        raise RuntimeError(f"{len(counts)} files counted for the gate, {len(files)} written")
     if spec.is_publishing:
         schema = tiles.ALL_PAIRS_ARROW_SCHEMA if spec.is_all_pairs else tiles.TOPK_ARROW_SCHEMA
         check_edge_files(staged_edges, written, schema)

@@ -3,6 +3,7 @@ and never a pass when the writers' batches could share a key."""
 
 from __future__ import annotations
 
+import json
 import random
 from collections import Counter
 
@@ -135,7 +136,8 @@ def test_batches_of_the_two_directions_are_apart_by_side(spark, tmp_path):
     dataset = quality.SIMILARITY_EDGES
     partials = _partials(suite, dataset, [forward], [mirrored])
     assert [extent[quality_pass.SIDES] for p in partials for extent in p[quality_pass.EXTENTS]] == [
-        {"src\x1fdst": "<"}, {"src\x1fdst": ">"}
+        {"src\x1fdst": "<"},
+        {"src\x1fdst": ">"},
     ]
     assert quality_pass.merge_partials(suite, partials)[quality_pass.UNPROVEN] == []
     # Two batches on the same side are not apart by it: (a, b) written twice is not passed.
@@ -252,3 +254,35 @@ def test_a_batch_counts_and_extent_match_brute_force(seed):
         "dst": [min(p[1] for p in pairs), max(p[1] for p in pairs)],
     }
     assert bool(extent["sorted"]) == (pairs == sorted(pairs))
+
+
+def test_what_the_pass_cannot_count_exactly_is_left_to_spark(spark):
+    # Float keys (-0.0 and 0.0 are one value to Spark, NaN has no range), a bound the column cannot hold,
+    # a between without bounds: never decided by the writers, and the writer itself never fails.
+    unique_k = terms.ExpectationSpec(terms.EXPECT_VALUES_UNIQUE, {"column": "k"}, description="k unique")
+    cases = [
+        ((unique_k,), [pa.table({"k": [-0.0, 0.0]})]),
+        ((unique_k,), [pa.table({"k": [float("nan"), 1.0]}), pa.table({"k": [float("nan"), 2.0]})]),
+        (
+            (
+                terms.ExpectationSpec(
+                    terms.EXPECT_VALUES_BETWEEN,
+                    {"column": "k", "max_value": 2**53 + 1},
+                    description="k small",
+                ),
+            ),
+            [pa.table({"k": [1.0, 2.0]})],
+        ),
+        (
+            (terms.ExpectationSpec(terms.EXPECT_VALUES_BETWEEN, {"column": "k"}, description="no bounds"),),
+            [pa.table({"k": [1.0, 2.0]})],
+        ),
+    ]
+    for suite, tables in cases:
+        partials = [quality_pass.table_partial(suite, table) for table in tables]
+        json.dumps(partials)  # what the tasks send
+        assert quality_metrics.decide_written("k", suite, partials) is None, suite
+    spark_result = quality_metrics.validate_frame(
+        "k", spark.createDataFrame([(-0.0,), (0.0,)], "k double"), [unique_k]
+    )
+    assert spark_result["success"] is False  # what the writers' counts must not have passed

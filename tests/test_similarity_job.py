@@ -278,3 +278,21 @@ def test_missing_input_is_a_job_error(tmp_path: Path) -> None:
     with pytest.raises(JobError, match="does not exist"):
         run_job(str(tmp_path / "nope"), tmp_path / "out", "--top-k", "3")
     assert not (tmp_path / "out").exists()
+
+
+def test_staged_edge_files_must_be_the_ones_reported_each_with_its_rows(tmp_path: Path) -> None:
+    # Two files whose rows add up to what was reported, but not file by file: refused.
+    folder = tmp_path / "edges"
+    folder.mkdir()
+    table = pa.table({"src": ["a", "b", "c"], "dst": ["b", "c", "a"], "score": [0.1, 0.2, 0.3]})
+    pq.write_table(table.slice(0, 1), folder / "part-00000-c000.parquet")
+    pq.write_table(table.slice(1, 2), folder / "part-00001-c000.parquet")
+    schema = table.schema
+    similarity.check_edge_files(str(folder), [("part-00000-c000.parquet", 1), ("part-00001-c000.parquet", 2)],
+                                schema)
+    with pytest.raises(RuntimeError, match="footers of"):
+        similarity.check_edge_files(
+            str(folder), [("part-00000-c000.parquet", 2), ("part-00001-c000.parquet", 1)], schema
+        )
+    with pytest.raises(RuntimeError, match="on storage, the tasks reported"):
+        similarity.check_edge_files(str(folder), [("part-00000-c000.parquet", 3)], schema)

@@ -200,14 +200,19 @@ def read_parquet(uri: str, columns: list[str] | None = None) -> Any:
 
 def parquet_rows(uri: str) -> int:
     """Rows in every Parquet file below ``uri``, from their footers (no data read); 0 when none."""
+    return sum(parquet_file_rows(uri).values())
+
+
+def parquet_file_rows(uri: str) -> dict[str, int]:
+    """Rows of each Parquet file below ``uri`` by URI, from their footers (no data read)."""
     import pyarrow.parquet as pq
 
     fs, _ = filesystem(uri)
-    total = 0
+    rows = {}
     for file_uri in list_files(uri, suffixes=(".parquet",)):
         with fs.open_input_file(filesystem(file_uri)[1]) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+            rows[file_uri] = pq.ParquetFile(handle).metadata.num_rows
+    return rows
 
 
 class AtomicFile:
