@@ -12,7 +12,7 @@ from jobs.common import storage
 from schemas import embeddings as embeddings_schema
 from schemas import similarity as similarity_schema
 from udfs.similarity.checks import as_numpy
-from udfs.similarity.device import CPU, DeviceArray, to_device
+from udfs.similarity.device import CPU, DeviceArray, is_cpu, to_device
 
 EPS32 = 2.0**-24  # unit roundoff of float32
 # Float32 selection tolerance: TOL_ULPS * sqrt(d) * EPS32 * (the row's scale), doubled (both sides).
@@ -57,7 +57,9 @@ def prepare(skus: pa.Array, raw: np.ndarray, metric: str, device: str = CPU) -> 
     """Prepare the matrix for ``metric``; ``skus`` must be ascending and unique, ``raw`` (N, d) float32."""
     if metric not in similarity_schema.METRICS:
         raise ValueError(f"unknown metric {metric!r}")
-    raw = np.require(raw, dtype=np.float32, requirements=["C", "W"])  # torch wants writable memory
+    # numpy reads the matrix where Arrow left it (a copy of N x d floats costs about a second at
+    # 50,000 x 2048); torch wants writable memory.
+    raw = np.require(raw, dtype=np.float32, requirements=["C"] if is_cpu(device) else ["C", "W"])
     norms = _row_norms(raw, 2)
     base = math.sqrt(max(1, raw.shape[1])) * EPS32 * TOL_ULPS * 2.0
     sq_norms = None
