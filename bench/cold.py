@@ -41,7 +41,6 @@ LOG = logging.getLogger("bench.cold")
 RUN_DATE = "2024-03-31"
 K = 10
 EMBED_SIZES = (32, 96)  # both at least a batch per task slot on 2 cores: every size uses both
-IMAGE_SIZE_TEXT = "400x300"
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -95,7 +94,7 @@ def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> 
     import torch
     import torchvision
 
-    from bench.embed import write_catalog, write_images
+    from bench.embed import IMAGE_SIZE, write_catalog, write_images
 
     small, large = sizes
     images = work / "images"
@@ -105,6 +104,7 @@ def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> 
     torch.save(getattr(torchvision.models, model)(weights=None).state_dict(), weights)
     seconds: dict[str, dict[int, float]] = {}
     rss: dict[str, int] = {}
+    phases: dict[int, dict[str, float]] = {}  # the job's own phase seconds (its report), per size
     job, peer = "python -m jobs.embed_images, defaults", "bare torch process (bench.peers.torch_embed)"
     for n in sizes:
         catalog = work / f"catalog-{n}.csv"
@@ -119,19 +119,24 @@ def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> 
             ["-m", "jobs.embed_images", *common, "--output", str(out / "j"), "--run-date", RUN_DATE,
              "--report-dir", str(out / "r")]
         )
+        report = json.loads((out / "r" / "embed" / f"dt={RUN_DATE}.json").read_text())
+        outside = round(job_s - report["seconds"], 2)
+        phases[n] = {**report.get("seconds_by_phase", {}), "outside_main": outside}
         for label, value, peak in ((peer, peer_s, peer_rss), (job, job_s, job_rss)):
             seconds.setdefault(label, {})[n] = value
             rss[label] = max(rss.get(label, 0), peak)
+    case = f"embed {model} CPU, {small} and {large} JPEGs of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
     rows = []
     peer_rate = (large - small) / (seconds[peer][large] - seconds[peer][small])
     for label in (peer, job):
         rate = (large - small) / (seconds[label][large] - seconds[label][small])
         rows.append({
-            "case": f"embed {model} CPU, {small} and {large} JPEGs of {IMAGE_SIZE_TEXT}", "contender": label,
+            "case": case, "contender": label,
             "seconds": {n: round(seconds[label][n], 2) for n in sizes},
             "marginal_images_per_s": round(rate, 2), "marginal_vs_peer": round(rate / peer_rate, 3),
             "fixed_s": round(seconds[label][small] - small / rate, 2),
             "peak_rss_gb": round(rss[label] / 1e9, 2),
+            **({"phases_s": phases} if label == job else {}),
         })
     return rows
 

@@ -31,10 +31,11 @@ from typing import Any
 
 import numpy as np
 
+from bench.peers.torch_embed import BATCH_SIZE  # the peer's batch, passed to the job as --batch-size
+
 LOG = logging.getLogger("bench.embed")
 
 RUN_DATE = "2024-03-31"
-BATCH_SIZE = 16
 IMAGE_SIZE = (400, 300)  # a typical catalog thumbnail; Zappos50K's are 136x102
 TARGET_RATIO = 0.85
 
@@ -152,41 +153,21 @@ def spark_processes() -> dict[str, list[Any]]:
 def bare_torch(
     model_name: str, weights: Path, images: Path, rel_paths: list[str], threads: int
 ) -> dict[str, Any]:
-    """The peer: one process, torch on ``threads`` cores, decode + transform + forward in a loop."""
+    """The peer: one process, torch on ``threads`` cores, decode + transform + forward in a loop
+    (``bench.peers.torch_embed``, the same loop its cold process runs)."""
     import psutil
-    import torch
-    import torchvision
-    from PIL import Image, ImageOps
-    from torchvision import transforms
 
-    torch.set_num_threads(threads)
+    from bench.peers.torch_embed import embed_files, load_model
+
     started = time.time()
-    model = getattr(torchvision.models, model_name)(weights=None)
-    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
-    model.fc = torch.nn.Identity()
-    model.eval()
+    model, compose = load_model(model_name, weights, threads)
     load_s = time.time() - started
-    compose = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
     me = psutil.Process()
     with PeakMemory(lambda: {"bench_process": [me]}) as peak:
         started = time.time()
-        outputs = []
-        with torch.inference_mode():
-            for start in range(0, len(rel_paths), BATCH_SIZE):
-                batch = [
-                    compose(ImageOps.exif_transpose(Image.open(images / rel)).convert("RGB"))
-                    for rel in rel_paths[start : start + BATCH_SIZE]
-                ]
-                outputs.append(model(torch.stack(batch)).numpy())
+        vectors = embed_files(model, compose, [images / rel for rel in rel_paths])
         seconds = time.time() - started
-    assert sum(len(o) for o in outputs) == len(rel_paths)
+    assert len(vectors) == len(rel_paths)
     return {"seconds": seconds, "model_load_s": load_s, "peak_pss": peak.peaks, "cpu_s": peak.cpu_seconds}
 
 

@@ -286,3 +286,19 @@ def test_what_the_pass_cannot_count_exactly_is_left_to_spark(spark):
         "k", spark.createDataFrame([(-0.0,), (0.0,)], "k double"), [unique_k]
     )
     assert spark_result["success"] is False  # what the writers' counts must not have passed
+
+
+def test_a_suite_with_one_key_the_writers_cannot_count_is_left_to_spark():
+    # (src, dst) is counted and has extents; the float key is not, and no extent holds its ranges: the
+    # merge says so instead of failing on the missing ranges.
+    suite = (
+        terms.ExpectationSpec(
+            terms.EXPECT_COMPOUND_UNIQUE, {"column_list": ["src", "dst"]}, description="pairs"
+        ),
+        terms.ExpectationSpec(terms.EXPECT_VALUES_UNIQUE, {"column": "score"}, description="scores"),
+    )
+    table = pa.table({"src": ["a", "b"], "dst": ["b", "a"], "score": [0.5, 0.6]})
+    partials = [quality_pass.table_partial(suite, table), quality_pass.table_partial(suite, table)]
+    merged = quality_pass.merge_partials(suite, partials)
+    assert "scores: not counted by every writer" in merged[quality_pass.UNPROVEN]
+    assert quality_metrics.decide_written("t", suite, partials) is None

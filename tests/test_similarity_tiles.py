@@ -605,14 +605,25 @@ def test_edge_files_bound_rows_per_file_and_report_them(
     counted = list(edge_files.write_edges(iter(batches), None, tiles.ALL_PAIRS_ARROW_SCHEMA, 10))
     assert counted[0].to_pylist() == [{"file": None, "rows": 16, "metrics": None}]
     # With the gate's suite: each file's edges counted as written, the counts of that file's rows.
+    # One batch has a self-loop and a non-finite score, so some counts are not zero.
     suite = expectations.similarity_edges_suite(QualityThresholds(), {})
-    gated = list(edge_files.write_edges(iter(batches), str(tmp_path / "g"), tiles.ALL_PAIRS_ARROW_SCHEMA, 10,
-                                        suite))
+    odd = pa.RecordBatch.from_arrays(
+        [pa.array(["s1", "s2"]), pa.array(["s1", "d9"]), pa.array([0.5, float("nan")])],
+        schema=tiles.ALL_PAIRS_ARROW_SCHEMA,
+    )
+    schema = tiles.ALL_PAIRS_ARROW_SCHEMA
+    gated = list(edge_files.write_edges(iter([*batches, odd]), str(tmp_path / "g"), schema, 10, suite))
+    totals: dict[str, int] = {}
     for row in gated[0].to_pylist():
         on_file = quality_pass.table_partial(suite, pq.read_table(tmp_path / "g" / row["file"]))
         counts = json.loads(row["metrics"])
         assert counts["rows"] == row["rows"] and counts["nulls"] == on_file["nulls"]
         assert counts["counts"] == on_file["counts"]
+        for index, n in counts["counts"].items():
+            totals[index] = totals.get(index, 0) + n
+    by_description = {spec.description: totals[str(i)] for i, spec in enumerate(suite)}
+    assert by_description["no product is its own neighbour (src != dst)"] == 1
+    assert by_description["scores are finite (no NaN, no Infinity)"] == 1
 
 
 def test_edge_files_of_a_failed_task_leave_only_whole_files(tmp_path: Path) -> None:

@@ -16,8 +16,49 @@ import csv
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 BATCH_SIZE = 16
+
+
+def load_model(model_name: str, weights: str | Path, threads: int) -> tuple[Any, Any]:
+    """(model, transform): the torchvision backbone from a ``state_dict`` file, the classifier replaced by
+    the identity, in eval mode on ``threads`` CPU threads; and the ImageNet preprocessing."""
+    import torch
+    import torchvision
+    from torchvision import transforms
+
+    torch.set_num_threads(threads)
+    model = getattr(torchvision.models, model_name)(weights=None)
+    model.load_state_dict(torch.load(weights, map_location="cpu", weights_only=True))
+    model.fc = torch.nn.Identity()
+    model.eval()
+    compose = transforms.Compose(
+        [
+            transforms.Resize(256),
+            transforms.CenterCrop(224),
+            transforms.ToTensor(),
+            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
+        ]
+    )
+    return model, compose
+
+
+def embed_files(model: Any, compose: Any, paths: Sequence[Path]) -> Any:
+    """The vectors of the images at ``paths`` (float32, one row each): open, transform, batches of 16."""
+    import numpy as np
+    import torch
+    from PIL import Image, ImageOps
+
+    vectors = []
+    with torch.inference_mode():
+        for start in range(0, len(paths), BATCH_SIZE):
+            batch = [
+                compose(ImageOps.exif_transpose(Image.open(path)).convert("RGB"))
+                for path in paths[start : start + BATCH_SIZE]
+            ]
+            vectors.append(model(torch.stack(batch)).numpy())
+    return np.concatenate(vectors).astype(np.float32)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -33,36 +74,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
-    import torch
-    import torchvision
-    from PIL import Image, ImageOps
-    from torchvision import transforms
 
-    torch.set_num_threads(args.threads)
-    model = getattr(torchvision.models, args.model)(weights=None)
-    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    model.fc = torch.nn.Identity()
-    model.eval()
-    compose = transforms.Compose(
-        [
-            transforms.Resize(256),
-            transforms.CenterCrop(224),
-            transforms.ToTensor(),
-            transforms.Normalize([0.485, 0.456, 0.406], [0.229, 0.224, 0.225]),
-        ]
-    )
+    model, compose = load_model(args.model, args.weights, args.threads)
     with open(args.catalog, newline="", encoding="utf-8") as stream:
         rows = [(row["sku"], row["image_path"]) for row in csv.DictReader(stream)]
     root = Path(args.images_root)
-    vectors = []
-    with torch.inference_mode():
-        for start in range(0, len(rows), BATCH_SIZE):
-            batch = [
-                compose(ImageOps.exif_transpose(Image.open(root / path)).convert("RGB"))
-                for _, path in rows[start : start + BATCH_SIZE]
-            ]
-            vectors.append(model(torch.stack(batch)).numpy())
-    matrix = np.concatenate(vectors).astype(np.float32)
+    matrix = embed_files(model, compose, [root / path for _, path in rows])
     offsets = pa.array(np.arange(0, matrix.size + 1, matrix.shape[1], dtype=np.int32))
     embedding = pa.ListArray.from_arrays(offsets, pa.array(matrix.ravel()))
     Path(args.output).mkdir(parents=True, exist_ok=True)

@@ -37,6 +37,7 @@ from typing import Any, TypeAlias
 import pyarrow as pa
 from pyspark.sql import DataFrame
 from pyspark.sql import types as T
+from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import quality_pass, storage
 from jobs.common.cli import JobError, fraction, non_negative_int
@@ -364,13 +365,9 @@ def _funnel_counts(
     spark: Any, rows_in: int, rows_rejected: int, thresholds: QualityThresholds, context: Mapping[str, Any]
 ) -> WrittenCounts:
     """The funnel's one row, counted in Arrow here; a Spark frame only when that does not settle it."""
-    row = _funnel_row(rows_in, rows_rejected)
-    table = pa.Table.from_pylist(
-        [dict(zip((ROWS_IN, ROWS_REJECTED, REJECT_FRACTION), row, strict=True))],
-        schema=pa.schema(
-            [(ROWS_IN, pa.int64()), (ROWS_REJECTED, pa.int64()), (REJECT_FRACTION, pa.float64())]
-        ),
-    )
+    schema = to_arrow_schema(_funnel_schema())
+    table = pa.Table.from_pylist([dict(zip(schema.names, _funnel_row(rows_in, rows_rejected), strict=True))],
+                                 schema=schema)
     expectations = tuple(suites.SUITES[FUNNEL_DATASET](thresholds, context))
     return WrittenCounts(
         expectations,

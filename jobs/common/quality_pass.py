@@ -374,9 +374,14 @@ def merge_partials(
             merged[COUNTS][index] = merged[COUNTS].get(index, 0) + n
         merged[UNPROVEN] += partial[UNPROVEN]
     extents = list(itertools.chain.from_iterable(partial[EXTENTS] for partial in partials))
-    for spec in expectations:
+    counted = set.intersection(*(set(partial[KEYED]) for partial in partials)) if partials else set()
+    for index, spec in enumerate(expectations):
         keys = group_keys(spec)
-        if keys is not None and not _all_apart(extents, keys):
+        if keys is None:
+            continue
+        if index not in counted:  # a writer did not count it (its extents lack the keys): said why already
+            merged[UNPROVEN].append(f"{spec.description}: not counted by every writer")
+        elif not _all_apart(extents, keys):
             merged[UNPROVEN].append(f"{spec.description}: batches not proven apart on {list(keys)}")
     merged[UNPROVEN] = sorted(set(merged[UNPROVEN]))
     return merged
