@@ -36,13 +36,14 @@ import posixpath
 import re
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -50,7 +51,7 @@ from pyspark.sql import types as T
 from pyspark.sql.pandas.types import to_arrow_schema
 
 from jobs.common import graph_marker as gm
-from jobs.common import storage
+from jobs.common import quality_pass, storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, non_negative_int, positive_int
 from jobs.common.cli import run as run_job
@@ -60,6 +61,8 @@ from jobs.common.quality import (
     MODE_OFF,
     ROWS_IN,
     ROWS_REJECTED,
+    Checked,
+    WrittenCounts,
     add_quality_args,
 )
 from jobs.common.report import Funnel, check_funnel
@@ -69,6 +72,7 @@ from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
 from jobs.transforms import gremlin_diff as gd
 from schemas import catalog, embeddings, gremlin, similarity
+from schemas.quality_terms import ExpectationSpec
 from udfs import gremlin_arrow as ga
 from udfs import gremlin_edge_files as ef
 
@@ -99,6 +103,9 @@ VERTEX_REJECT_COLUMNS = [*catalog.CATALOG_COLUMNS, tg.CORRUPT_RECORD, gremlin.RE
 # header, NULs, sha256) and balanced the funnel; the gate parses rows with Spark's CSV reader and runs the
 # great-expectations suites on them, which costs far more per row than the export does.
 DEFAULT_GATE_EDGE_ROWS = 100_000
+# The gate reads a dataset's sampled rows with Arrow on the driver up to this many rows (a few hundred MB
+# at most); more (``--gate-edge-rows 0`` on a big graph, a catalog of millions) are read by Spark.
+MAX_DRIVER_GATE_ROWS = 5_000_000
 
 
 def label_arg(value: str) -> str:
@@ -1168,37 +1175,157 @@ def export(spark: SparkSession, spec: ExportSpec, run: StagedRun) -> ExportResul
     return ExportResult(manifest, funnel, export_details(vertices, edges, manifest, len(removed)))
 
 
-def gate_frames(
-    spark: SparkSession, staged: str, manifest: dict[str, Any], *, edge_rows: int
-) -> tuple[dict[str, DataFrame], dict[str, Any]]:
-    """The staged CSVs as the quality gate reads them, and a note of what it reads.
+@dataclass(frozen=True)
+class GateSample:
+    """The rows the quality gate checks: every vertex file whole, and of the edges every row or the first
+    ``edge_rows_per_file`` rows of every edge file (a gzip head is read without inflating the rest)."""
 
-    Every vertex row; of the edges, every row when ``edge_rows`` is 0, else the first
-    ``ceil(edge_rows / files)`` rows of every edge file (a gzip head is read without inflating the rest).
-    The columns are the header the job has checked in every file; every value is read as a string.
-    """
-    headers = manifest["headers"]
+    staged: str
+    files: tuple[dict[str, Any], ...]  # the manifest's files
+    vertex_rows: int
+    vertices_uri: str
+    edges_uri: str
+    edge_files: tuple[str, ...]
+    edge_rows_per_file: int | None  # None: every edge row
+    note: dict[str, Any]
+
+
+def gate_sample(staged: str, manifest: dict[str, Any], *, edge_rows: int) -> GateSample:
+    """Which rows the gate reads: every edge row when ``edge_rows`` is 0 or covers them all, else
+    ``ceil(edge_rows / files)`` from the head of every edge file."""
+    edge_files = [item for item in manifest["files"] if item["path"].startswith(f"{gremlin.EDGES_DIR}/")]
+    total = manifest["totals"][gremlin.EDGES_DIR]["rows"]
+    uris = tuple(storage.join(staged, item["path"]) for item in edge_files)
+    vertices_uri = storage.join(staged, gremlin.VERTICES_DIR)
+    edges_uri = storage.join(staged, gremlin.EDGES_DIR)
+    files = tuple(manifest["files"])
+    vertex_rows = manifest["totals"][gremlin.VERTICES_DIR]["rows"]
+    if edge_rows == 0 or edge_rows >= total:
+        note = {"edge_rows_checked": total, "edge_sample": "every row"}
+        return GateSample(staged, files, vertex_rows, vertices_uri, edges_uri, uris, None, note)
+    per_file = math.ceil(edge_rows / len(edge_files))
+    rows_checked = sum(min(per_file, item["rows"]) for item in edge_files)
+    note = {"edge_rows_checked": rows_checked, "edge_sample": f"first {per_file} rows of each edge file"}
+    return GateSample(staged, files, vertex_rows, vertices_uri, edges_uri, uris, per_file, note)
+
+
+def gate_frames(
+    spark: SparkSession, sample: GateSample, headers: dict[str, list[str]]
+) -> dict[str, DataFrame]:
+    """The sampled rows as Spark's CSV reader reads them: the columns are the header the job has checked
+    in every file; every value is read as a string."""
     reader = spark.read.options(**gremlin.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
 
     def read(uri: str, kind: str) -> DataFrame:
         schema = T.StructType([T.StructField(name, T.StringType(), True) for name in headers[kind]])
         return reader.schema(schema).csv(storage.spark_path(uri))
 
-    vertices_df = read(storage.join(staged, gremlin.VERTICES_DIR), gremlin.VERTICES_DIR)
-    edge_files = [item for item in manifest["files"] if item["path"].startswith(f"{gremlin.EDGES_DIR}/")]
-    total = manifest["totals"][gremlin.EDGES_DIR]["rows"]
-    if edge_rows == 0 or edge_rows >= total:
-        edges_df = read(storage.join(staged, gremlin.EDGES_DIR), gremlin.EDGES_DIR)
-        note = {"edge_rows_checked": total, "edge_sample": "every row"}
+    vertices_df = read(sample.vertices_uri, gremlin.VERTICES_DIR)
+    if sample.edge_rows_per_file is None:
+        edges_df = read(sample.edges_uri, gremlin.EDGES_DIR)
     else:
-        per_file = math.ceil(edge_rows / len(edge_files))
-        heads = [
-            read(storage.join(staged, item["path"]), gremlin.EDGES_DIR).limit(per_file) for item in edge_files
-        ]
+        heads = [read(uri, gremlin.EDGES_DIR).limit(sample.edge_rows_per_file) for uri in sample.edge_files]
         edges_df = functools.reduce(DataFrame.unionByName, heads)
-        rows_checked = sum(min(per_file, item["rows"]) for item in edge_files)
-        note = {"edge_rows_checked": rows_checked, "edge_sample": f"first {per_file} rows of each edge file"}
-    return {GREMLIN_VERTICES: vertices_df, GREMLIN_EDGES: edges_df}, note
+    return {GREMLIN_VERTICES: vertices_df, GREMLIN_EDGES: edges_df}
+
+
+def read_csv_records(uri: str, columns: Sequence[str], rows: int | None) -> pa.Table:
+    """The first ``rows`` records (every one when None) of a Gremlin CSV file, local or on S3, gzip or
+    bzip2 by its name: ``columns`` of them by the file's header, every value a string, a blank field
+    (quoted or not) null, records as Spark's reader with ``multiLine`` splits them (RFC 4180: quotes
+    doubled, newlines inside quotes). Raises ``pyarrow.ArrowInvalid`` on a record it cannot split."""
+    fs, path = storage.filesystem(uri)
+    with fs.open_input_stream(path, compression="detect") as stream:
+        reader = pacsv.open_csv(
+            stream,
+            read_options=pacsv.ReadOptions(use_threads=False, block_size=1 << 20),
+            parse_options=pacsv.ParseOptions(
+                delimiter=",", quote_char='"', double_quote=True, escape_char=False, newlines_in_values=True
+            ),
+            convert_options=pacsv.ConvertOptions(
+                column_types=dict.fromkeys(columns, pa.string()),
+                include_columns=list(columns),
+                null_values=[""],
+                strings_can_be_null=True,
+                quoted_strings_can_be_null=True,
+            ),
+        )
+        batches, taken = [], 0
+        while rows is None or taken < rows:
+            try:
+                batch = reader.read_next_batch()
+            except StopIteration:
+                break
+            if rows is not None and taken + batch.num_rows > rows:
+                batch = batch.slice(0, rows - taken)
+            batches.append(batch)
+            taken += batch.num_rows
+        return pa.Table.from_batches(batches, schema=reader.schema)
+
+
+def _suite_columns(expectations: Sequence[ExpectationSpec]) -> list[str]:
+    """Every column an expectation names, in the order first named."""
+    names: dict[str, None] = {}
+    for spec in expectations:
+        kwargs = spec.kwargs
+        named = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
+        for column in [*named, *(spec.rule.columns if spec.rule is not None else ())]:
+            names[column] = None
+    return list(names)
+
+
+def gate_checked(
+    spark: SparkSession,
+    run: StagedRun,
+    sample: GateSample,
+    headers: dict[str, list[str]],
+    context: dict[str, Any],
+) -> dict[str, Checked]:
+    """What the gate checks: the sampled rows of the staged CSVs read with Arrow here on the driver and
+    counted for their suites, with Spark's reading of the same rows (:func:`gate_frames`) to check when
+    Arrow cannot read them or the counts do not prove a suite met."""
+    frames: dict[str, DataFrame] = {}
+
+    def spark_frame(dataset: str) -> Callable[[], DataFrame]:
+        def frame() -> DataFrame:
+            if not frames:
+                frames.update(gate_frames(spark, sample, headers))
+            return frames[dataset]
+
+        return frame
+
+    vertex_files = tuple(
+        storage.join(sample.staged, item["path"])
+        for item in sample.files
+        if item["path"].startswith(f"{gremlin.VERTICES_DIR}/")
+    )
+    parts = {
+        GREMLIN_VERTICES: (gremlin.VERTICES_DIR, vertex_files, None, sample.vertex_rows),
+        GREMLIN_EDGES: (
+            gremlin.EDGES_DIR,
+            sample.edge_files,
+            sample.edge_rows_per_file,
+            sample.note["edge_rows_checked"],
+        ),
+    }
+    checked: dict[str, Checked] = {}
+    for dataset, (kind, uris, rows, total) in parts.items():
+        expectations = run.suite(dataset, context) or ()
+        columns = [column for column in _suite_columns(expectations) if column in headers[kind]]
+        if total > MAX_DRIVER_GATE_ROWS:
+            checked[dataset] = spark_frame(dataset)()
+            continue
+        try:
+            table = pa.concat_tables([read_csv_records(uri, columns, rows) for uri in uris])
+        except (pa.ArrowException, OSError) as err:
+            LOG.info("export gate: %s not read with Arrow (%s); Spark reads it", dataset, err)
+            checked[dataset] = spark_frame(dataset)()
+            continue
+        partial = quality_pass.table_partial(expectations, table)
+        checked[dataset] = WrittenCounts(
+            expectations, (partial,), staged=spark_frame(dataset), counted_by="driver"
+        )
+    return checked
 
 
 def check_inputs(spec: ExportSpec) -> None:
@@ -1218,16 +1345,18 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     spark = get_spark(APP_NAME)
     with run:
         result = export(spark, spec, run)
-        # Staged and checked: the quality gate parses the staged CSVs (every vertex, a bounded share of
+        # Staged and checked: the quality gate reads back the staged CSVs (every vertex, a bounded share of
         # the edges), then publish.
-        frames: dict[str, DataFrame] = {}
+        funnel = result.funnel
+        context: dict[str, Any] = {ROWS_IN: funnel.rows_in, ROWS_REJECTED: funnel.rows_rejected}
+        checked: dict[str, Checked] = {}
         gate_note: dict[str, Any] = {}
         if spec.is_gated:
-            frames, gate_note = gate_frames(
-                spark, run.staged(), result.manifest, edge_rows=spec.gate_edge_rows
-            )
-        context = {ROWS_IN: result.funnel.rows_in, ROWS_REJECTED: result.funnel.rows_rejected, **gate_note}
-        run.gate(frames, context=context)
+            sample = gate_sample(run.staged(), result.manifest, edge_rows=spec.gate_edge_rows)
+            gate_note = sample.note
+            context.update(gate_note)
+            checked = gate_checked(spark, run, sample, result.manifest["headers"], context)
+        run.gate(checked, context=context)
         run.lap("quality_gate")
         run.publish()
     details = {

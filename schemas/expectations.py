@@ -43,6 +43,7 @@ from schemas.quality_terms import (
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
     RULE_NOT_FINITE,
+    RULE_TEXT_NOT_FINITE,
     SIMILARITY_EDGES,
     TEST,
     TEST_NEGATIVES,
@@ -89,6 +90,12 @@ def _rule_rows(rule: RowsRule, shown: Sequence[str], *, severity: str, descripti
     elif rule.kind == RULE_NOT_FINITE:
         value = columns[0]
         query = f"SELECT {select} FROM {{batch}} WHERE isnan({value}) OR abs({value}) = double('inf')"
+    elif rule.kind == RULE_TEXT_NOT_FINITE:
+        value = f"try_cast({columns[0]} AS DOUBLE)"
+        query = (
+            f"SELECT {select} FROM {{batch}} "
+            f"WHERE {value} IS NULL OR isnan({value}) OR abs({value}) = double('inf')"
+        )
     else:
         keys = ", ".join(columns)
         query = f"SELECT {keys}, count(*) AS n FROM {{batch}} GROUP BY {keys} HAVING count(*) > {rule.limit}"
@@ -369,22 +376,19 @@ def gremlin_vertices_suite(
 
 def gremlin_edges_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
     """Neptune edges: required system columns present, no self-loops, a finite Double score."""
-    source, target, score = _q(GREMLIN_FROM), _q(GREMLIN_TO), _q(GREMLIN_SCORE)
     return [
         *_table((GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL, GREMLIN_SCORE)),
         *(_not_null(column) for column in (GREMLIN_ID, GREMLIN_FROM, GREMLIN_TO, GREMLIN_LABEL)),
         _expect(EXPECT_VALUES_UNIQUE, column=GREMLIN_ID, severity=CRITICAL, description="~id is unique"),
-        _rows(
-            f"SELECT {source}, {target} FROM {{batch}} WHERE {source} = {target}",
+        _rule_rows(
+            RowsRule(RULE_COLUMNS_EQUAL, (GREMLIN_FROM, GREMLIN_TO)),
+            (GREMLIN_FROM, GREMLIN_TO),
             severity=CRITICAL,
             description="no self-loop edges (~from != ~to)",
         ),
-        _rows(
-            (
-                f"SELECT {source}, {target}, {score} FROM {{batch}} "
-                f"WHERE try_cast({score} AS DOUBLE) IS NULL OR isnan(try_cast({score} AS DOUBLE)) "
-                f"OR abs(try_cast({score} AS DOUBLE)) = double('inf')"
-            ),
+        _rule_rows(
+            RowsRule(RULE_TEXT_NOT_FINITE, (GREMLIN_SCORE,)),
+            (GREMLIN_FROM, GREMLIN_TO, GREMLIN_SCORE),
             severity=CRITICAL,
             description="score:Double is a finite number on every edge",
         ),

@@ -64,7 +64,8 @@ UNEXPECTED_ROWS = "unexpected_rows_expectation"
 RULE_COLUMNS_EQUAL = "columns_equal"  # rows where columns[0] = columns[1] (both non-null)
 RULE_NOT_FINITE = "not_finite"  # rows where columns[0] is NaN or +-Infinity
 RULE_GROUPS_ABOVE = "groups_above"  # groups of the columns with more than `limit` rows (one row each)
-RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE)
+RULE_TEXT_NOT_FINITE = "text_not_finite"  # rows where the text columns[0] is null or not a finite double
+RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE, RULE_TEXT_NOT_FINITE)
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ class RowsRule:
     limit: int | None = None
 
     def __post_init__(self) -> None:
-        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1}
+        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1, RULE_TEXT_NOT_FINITE: 1}
         if self.kind not in RULES:
             raise ValueError(f"rule kind must be one of {RULES}, got {self.kind!r}")
         if self.kind in arity and len(self.columns) != arity[self.kind]:

@@ -870,3 +870,99 @@ def test_edge_tasks_are_whole_rounds_of_few_large_tasks():
     assert [rows for _, _, rows in plan([("f", 0, 10), ("f", 2, 3_000)], 4)] == [3_010]
     assert plan([("f", 0, 10), ("f", 1, 3_000)], 2, bytes_per_row=None) == [(0, (("f", (0, 1)),), 3_010)]
     assert plan([("f", 0, 0)], 2) == []
+
+
+GATE_HEADER = ["~id", "~from", "~to", "~label", "score:Double", "note:String"]
+# Quoted commas, quotes and newlines (LF and CRLF), blank and quoted-blank fields, non-ASCII text.
+GATE_TEXT = (
+    "~id,~from,~to,~label,score:Double,note:String\n"
+    'e1,a,b,similar,0.5,"says ""hi"", twice"\n'
+    'e2,"Q""1,x",b,similar,-1e-07,"two\nlines"\n'
+    'e3,a, 8sp,,"",\n'
+    "e4,日本,Обувь👟,similar,NaN,x\n"
+    'e5,"a\r\nb",b,similar,1,last\n'
+)
+
+
+def _gate_csv(path: Path, opener: Any = open) -> None:
+    with opener(path, "wt", encoding="utf-8", newline="") as handle:
+        handle.write(GATE_TEXT)
+
+
+@pytest.mark.parametrize("suffix", ["csv", "csv.gz", "csv.bz2"])
+def test_the_gate_reads_a_csv_head_with_arrow_as_spark_reads_it(spark, tmp_path, suffix):
+    import bz2
+
+    path = tmp_path / f"edges.{suffix}"
+    opener = {"csv": open, "csv.gz": gzip.open, "csv.bz2": bz2.open}[suffix]
+    _gate_csv(path, opener)
+    columns = ["~id", "~from", "~to", "~label", "score:Double"]
+    read = export_gremlin.read_csv_records(str(path), columns, None)
+    schema = T.StructType([T.StructField(name, T.StringType(), True) for name in GATE_HEADER])
+    sparks = (
+        spark.read.options(**export_gremlin.gremlin.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
+        .schema(schema)
+        .csv(str(path))
+        .select(*columns)
+        .collect()
+    )
+    assert read.column_names == columns
+    assert read.to_pylist() == [row.asDict() for row in sparks]
+    assert read.column("~from").to_pylist() == ["a", 'Q"1,x', "a", "日本", "a\r\nb"]
+    assert read.column("~label").to_pylist()[2] is None  # a blank field is no value, as in Spark
+    assert read.column("score:Double").to_pylist()[2] is None  # and so is a quoted blank
+    # The head: the first rows only, even across a quoted newline.
+    assert export_gremlin.read_csv_records(str(path), ["~id"], 2).column("~id").to_pylist() == ["e1", "e2"]
+
+
+def test_the_gate_counts_the_sampled_csvs_on_the_driver_and_leaves_what_arrow_cannot_read_to_spark(
+    spark, sized_inputs, tmp_path, monkeypatch
+):
+    output, reports = tmp_path / "gremlin", tmp_path / "R"
+    args = [
+        *export_argv(sized_inputs["catalog"], sized_inputs["edges"], output),
+        "--report-dir",
+        str(reports),
+        "--gate-edge-rows",
+        "50",
+    ]
+    quality_file = reports / "export" / f"dt={RUN_DATE}.quality.json"
+
+    def counted_by() -> dict[str, str]:
+        results = json.loads(quality_file.read_text())
+        return {name: dataset["counted_by"] for name, dataset in results["datasets"].items()}
+
+    export_gremlin.main(args)
+    assert counted_by() == {"gremlin_vertices": "driver", "gremlin_edges": "driver", "funnel": "driver"}
+    spark_frames = []
+    real_gate_frames = export_gremlin.gate_frames
+
+    def counting_gate_frames(*a: Any, **k: Any) -> Any:
+        spark_frames.append(1)
+        return real_gate_frames(*a, **k)
+
+    monkeypatch.setattr(export_gremlin, "gate_frames", counting_gate_frames)
+    export_gremlin.main(args)
+    assert spark_frames == []  # a good night reads nothing with Spark
+
+    def unreadable(uri: str, columns: Any, rows: Any) -> pa.Table:
+        raise pa.ArrowInvalid(f"CSV parse error: {uri}")
+
+    monkeypatch.setattr(export_gremlin, "read_csv_records", unreadable)
+    export_gremlin.main(args)
+    assert counted_by() == {"gremlin_vertices": "spark", "gremlin_edges": "spark", "funnel": "driver"}
+    assert spark_frames == [1]  # both datasets from one reading
+
+
+def test_the_gate_reads_records_across_arrow_blocks_with_newlines_in_quotes(tmp_path):
+    # About 4 MB: Arrow reads it in blocks of 1 MB; nine of ten newlines are inside quotes.
+    path = tmp_path / "edges.csv"
+    note = '"' + "\n".join(["line"] * 9) + '"'
+    with open(path, "w", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(GATE_HEADER) + "\n")
+        for i in range(60_000):
+            handle.write(f"e{i},a{i},b{i},similar,0.{i},{note}\n")
+    read = export_gremlin.read_csv_records(str(path), ["~id", "note:String"], None)
+    assert read.num_rows == 60_000
+    assert read.column("~id").to_pylist() == [f"e{i}" for i in range(60_000)]
+    assert set(read.column("note:String").to_pylist()) == {note[1:-1]}

@@ -58,7 +58,7 @@ def _gate(
 
 
 # Datasets whose whole suite the writers can count (the others hold SQL a pass does not run).
-COUNTED = (quality.SIMILARITY_EDGES, quality.GREMLIN_VERTICES)
+COUNTED = (quality.SIMILARITY_EDGES, quality.GREMLIN_VERTICES, quality.GREMLIN_EDGES)
 
 
 @pytest.mark.parametrize("dataset", COUNTED)
@@ -185,6 +185,44 @@ def test_each_row_rule_counts_what_its_query_returns(spark, description):
     assert counted == spark.sql(query).count() > 0
 
 
+def test_the_text_score_rule_counts_what_its_query_returns_and_never_less():
+    # Plain decimals Spark and Arrow read alike; anything else is counted, which can only send the gate to
+    # Spark: " 1", "+1" and "1d" Spark reads as finite doubles, the pass does not try to.
+    suite = _suite(quality.GREMLIN_EDGES, {})
+    index = _index(suite, "score:Double is a finite number on every edge")
+    schema = to_arrow_schema(CASES[quality.GREMLIN_EDGES][0])
+    plain = ["0.9", "-1.5E-3", "1e-07", "12", "-0", "5e-324", "1.7976931348623157e308"]
+    spark_reject = [None, "", "NaN", "-Infinity", "abc", "1e999", "1..2", "0x10"]
+    spark_accept = [" 1", "+1", "1d"]
+
+    def counted(scores: list) -> int:
+        rows = [
+            {**dict.fromkeys(schema.names, "x"), "~id": f"e{i}", "score:Double": score}
+            for i, score in enumerate(scores)
+        ]
+        partial = quality_pass.table_partial(suite, pa.Table.from_pylist(rows, schema=schema))
+        return partial[quality_pass.COUNTS][str(index)]
+
+    assert counted(plain) == 0
+    assert [counted([s]) for s in spark_reject] == [1] * len(spark_reject)
+    assert [counted([s]) for s in spark_accept] == [1] * len(spark_accept)
+
+
+def test_the_text_score_rule_agrees_with_its_query(spark):
+    suite = _suite(quality.GREMLIN_EDGES, {})
+    index = _index(suite, "score:Double is a finite number on every edge")
+    scores = ["0.9", "-1.5E-3", "1e-07", None, "", "NaN", "-Infinity", "abc", "1e999", " 1", "+1"]
+    rows = [(f"e{i}", "a", "b", "similar", s) for i, s in enumerate(scores)]
+    spark.createDataFrame(rows, CASES[quality.GREMLIN_EDGES][0]).createOrReplaceTempView("score_rows")
+    query = suite[index].kwargs["unexpected_rows_query"].format(batch="score_rows")
+    rejected = {row["score:Double"] for row in spark.sql(query).collect()}
+    assert rejected == {None, "", "NaN", "-Infinity", "abc", "1e999"}
+    schema = to_arrow_schema(CASES[quality.GREMLIN_EDGES][0])
+    table = pa.Table.from_pylist([dict(zip(schema.names, row, strict=True)) for row in rows], schema=schema)
+    counted = quality_pass.table_partial(suite, table)[quality_pass.COUNTS][str(index)]
+    assert counted == len(rejected) + 2  # " 1" and "+1": counted, left to Spark
+
+
 def test_the_funnel_is_counted_on_the_driver_and_a_failing_one_is_checked_with_spark(spark, tmp_path):
     results = quality.run_gate(
         "embed",
@@ -193,7 +231,7 @@ def test_the_funnel_is_counted_on_the_driver_and_a_failing_one_is_checked_with_s
         run_date="2024-03-31",
         context={quality.ROWS_IN: 1000, quality.ROWS_REJECTED: 5},
     )
-    assert results["datasets"]["funnel"]["counted_by"] == "writers" and results["success"]
+    assert results["datasets"]["funnel"]["counted_by"] == "driver" and results["success"]
     with pytest.raises(quality.QualityGateError, match="at most 10% of input rows rejected"):
         quality.run_gate(
             "embed",

@@ -89,7 +89,7 @@ def test_topk_job_equals_brute_force(
     }
     assert read_json(report["report_uri"])["funnel"]["rows_out"] == N
     # The gate decided on what the tasks counted as they wrote: no second read of the edges.
-    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "writers"}
+    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "driver"}
     # No rejected row: the rejects dataset is there, empty, with its columns.
     rejects_df = spark.read.parquet(str(tmp_path / "out" / "rejects" / "similarity" / f"dt={RUN_DATE}"))
     assert rejects_df.collect() == []
@@ -127,7 +127,7 @@ def test_all_pairs_job_equals_brute_force(
     assert not [f for f in parquet_files[0].parent.iterdir() if f.suffix != ".parquet"]  # nothing else
     # Directed: each direction is a batch of its own, sorted by (src, dst), src < dst in one and src > dst
     # in the other: the tasks' counts prove every pair once, and the gate decides on them.
-    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "writers"}
+    assert counted_by(report) == {"similarity_edges": "writers", "funnel": "driver"}
 
 
 def test_all_pairs_with_no_pair_kept_writes_an_empty_dataset(spark: SparkSession, tmp_path: Path) -> None:

@@ -114,6 +114,7 @@ __all__ = [
     "TOP_K",
     "TRAIN",
     "WARNING",
+    "Checked",
     "QualityThresholds",
 ]
 
@@ -128,14 +129,16 @@ class QualityGateError(JobError):
 
 @dataclass(frozen=True)
 class WrittenCounts:
-    """A dataset the gate decides on the counts of the tasks that wrote it: one
-    :mod:`jobs.common.quality_pass` partial per file, counted for ``expectations`` (:func:`suite_of`),
-    and ``staged``, the written data as a frame, which the gate checks with Spark when the counts do not
-    prove the suite met (then the results carry the offending examples)."""
+    """A dataset the gate decides on counts made in Arrow as it was written or read back: one
+    :mod:`jobs.common.quality_pass` partial per batch (a file, a sample), counted for ``expectations``
+    (:func:`suite_of`); ``counted_by`` says who counted (``writers``: the tasks that wrote it, ``driver``:
+    the driver), and ``staged``, the data as a frame, is what the gate checks with Spark when the counts
+    do not prove the suite met (then the results carry the offending examples)."""
 
     expectations: tuple[ExpectationSpec, ...]
     partials: tuple[Mapping[str, Any], ...]
     staged: Callable[[], DataFrame]
+    counted_by: str = "writers"
 
 
 Checked: TypeAlias = DataFrame | WrittenCounts  # what the gate checks: a frame, or the writers' counts
@@ -299,7 +302,7 @@ def _validate_datasets(
                 results[name] = {
                     "success": all(c["success"] for c in checks if c["severity"] == CRITICAL),
                     "expectations": checks,
-                    "counted_by": "writers",
+                    "counted_by": frame.counted_by,
                 }
                 continue
             frame = frame.staged()
@@ -373,6 +376,7 @@ def _funnel_counts(
         expectations,
         (quality_pass.table_partial(expectations, table),),
         staged=lambda: funnel_frame(spark or _active_session(), rows_in, rows_rejected),
+        counted_by="driver",
     )
 
 

@@ -2,7 +2,9 @@
 counts add up.
 
 Tasks that write a dataset from Arrow (the similarity tile tasks) give each batch to a
-:class:`PassMetrics` as they write it and report its :meth:`~PassMetrics.partial` beside the file.
+:class:`PassMetrics` as they write it and report its :meth:`~PassMetrics.partial` beside the file; a job
+that reads a bounded sample of what it wrote back on the driver (the export's CSVs) counts that sample
+as one batch (:func:`table_partial`).
 The gate (:mod:`jobs.common.quality`) merges the partials (:func:`merge_partials`) and decides the
 suite on them by the rules it applies to a Spark frame, when they prove every expectation met. In any
 other case (an expectation this module does not count, a count it cannot prove exact, a single
@@ -12,8 +14,9 @@ examples. The pass makes a good night cheap; it never decides a bad one.
 Counted per batch:
 - rows, and nulls per column (Arrow keeps them);
 - values outside the bounds of ``expect_column_values_to_be_between`` (numeric columns and bounds);
-- rows of a :class:`~schemas.quality_terms.RowsRule`: two columns equal, a float not finite, and groups
-  above a limit;
+- rows of a :class:`~schemas.quality_terms.RowsRule`: two columns equal, a float not finite, text not
+  proven a finite double (exact when 0, else possibly more than Spark's count: then Spark decides), and
+  groups above a limit;
 - duplicated rows for ``expect_column_values_to_be_unique`` and ``expect_compound_columns_to_be_unique``.
 
 Group counts (duplicates, groups above a limit) are exact within a batch: a batch sorted strictly by
@@ -47,6 +50,7 @@ from schemas.quality_terms import (
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
     RULE_NOT_FINITE,
+    RULE_TEXT_NOT_FINITE,
     UNEXPECTED_ROWS,
     ExpectationSpec,
 )
@@ -116,6 +120,10 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
     if spec.type == UNEXPECTED_ROWS and spec.rule is not None:
         types = [schema.field(c).type for c in spec.rule.columns]
         if spec.rule.kind == RULE_NOT_FINITE and not pa.types.is_floating(types[0]):
+            return f"{spec.rule.kind} on {types[0]}"
+        if spec.rule.kind == RULE_TEXT_NOT_FINITE and not (
+            pa.types.is_string(types[0]) or pa.types.is_large_string(types[0])
+        ):
             return f"{spec.rule.kind} on {types[0]}"
         if spec.rule.kind == RULE_COLUMNS_EQUAL and (types[0] != types[1] or pa.types.is_floating(types[0])):
             return f"{spec.rule.kind} on {types}"  # NaN = NaN is true in Spark, false in Arrow
@@ -196,6 +204,21 @@ def _side(table: pa.Table, keys: Sequence[str], ranges: Mapping[str, list[Any]])
     if pc.all(pc.greater(first, second)).as_py():
         return ">"
     return None
+
+
+# Text that Spark's try_cast and Arrow's cast both read as the same double (Java's parseDouble takes all
+# of it); other forms Spark reads too (" 1", "+1", "1d", "Infinity") are counted, not parsed.
+PLAIN_DECIMAL = r"^-?[0-9]+(\.[0-9]+)?([eE][-+]?[0-9]+)?$"
+
+
+def _text_not_finite(values: pa.ChunkedArray) -> int:
+    """Rows whose text is not proven a finite double: null, not a plain decimal, or one that overflows.
+    Exact when 0; a larger count may include text Spark reads as a finite double (the gate then runs the
+    rule's SQL), never less than Spark's count."""
+    plain = pc.fill_null(pc.match_substring_regex(values, PLAIN_DECIMAL), False)
+    numbers = pc.cast(pc.filter(values, plain), pa.float64())
+    finite = int(pc.sum(pc.is_finite(numbers)).as_py() or 0)
+    return len(values) - finite
 
 
 def _group_sizes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
@@ -284,6 +307,8 @@ class PassMetrics:
         if rule is not None and rule.kind == RULE_NOT_FINITE:
             values = table.column(rule.columns[0])
             return int(pc.sum(pc.invert(pc.is_finite(values))).as_py() or 0)
+        if rule is not None and rule.kind == RULE_TEXT_NOT_FINITE:
+            return _text_not_finite(table.column(rule.columns[0]))
         keys = group_keys(spec)
         assert keys is not None
         if rule is not None:  # groups above a limit
