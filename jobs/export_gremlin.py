@@ -20,6 +20,7 @@ export as it was (and removes its staging folder).
 from __future__ import annotations
 
 import argparse
+import bisect
 import bz2
 import concurrent.futures
 import csv
@@ -28,7 +29,6 @@ import functools
 import gzip
 import hashlib
 import io
-import itertools
 import logging
 import math
 import os
@@ -649,10 +649,10 @@ def sample_edge_bytes_per_row(
 ) -> float | None:
     """Compressed bytes per written edge row, from the first :data:`SIZING_SAMPLE_ROWS` input rows
     formatted and compressed exactly as the write tasks do (None: no good row among them)."""
-    first = next(((uri, group) for uri, group, rows in row_groups if rows), None)
+    first = next(((uri, group, rows) for uri, group, rows in row_groups if rows), None)
     if first is None:
         return None
-    task = ef.EdgeTask(index=0, parts=((first[0], (first[1],)),), rows=0)
+    task = ef.EdgeTask(index=0, parts=((first[0], first[1], 0, first[2]),), rows=first[2])
     batch = next(ef.read_task_batches(task, spec.columns, batch_rows=SIZING_SAMPLE_ROWS))
     checked = ga.check_batch(batch, pieces.skus)
     good = batch.filter(pa.array(checked.reasons == ga.GOOD))
@@ -667,15 +667,15 @@ def sample_edge_bytes_per_row(
 def plan_edge_tasks(
     row_groups: list[tuple[str, int, int]], *, bytes_per_row: float | None, slots: int
 ) -> list[ef.EdgeTask]:
-    """Cut the input row groups into write tasks (contiguous, in input order, about equal rows).
+    """Cut the input rows into write tasks of equal rows (to one row), contiguous, in input order.
 
     Whole rounds of tasks (a multiple of ``slots``), as few as keep each task's rows under
-    ``KEYS_PER_RANGE`` (a task holds its (from, to) keys, 8 bytes a row, until it ends), as many as the
-    row groups at most; a small input (no ``bytes_per_row`` estimate) is one task. A task writes files
-    of ``rows_per_file`` rows (about ``--target-file-mb`` each): file sizes do not depend on the task
-    count. Few, large tasks: a Python task costs about 0.14 s to start and finish here (a one-off side
-    measurement of Spark's stage timeline: 8 tasks of 625,000 edges spent 1.1 of their 4.1 task-seconds
-    outside their own work).
+    ``KEYS_PER_RANGE`` (a task holds its (from, to) keys, 8 bytes a row, until it ends); a small input
+    (no ``bytes_per_row`` estimate) is one task. A row group may be split between two tasks, so the
+    slots finish together whatever the row groups' sizes. A task writes files of ``rows_per_file`` rows
+    (about ``--target-file-mb`` each): file sizes do not depend on the task count. Few, large tasks: a
+    Python task costs about 0.14 s to start and finish here (a one-off side measurement of Spark's stage
+    timeline: 8 tasks of 625,000 edges spent 1.1 of their 4.1 task-seconds outside their own work).
     """
     groups = [item for item in row_groups if item[2]]
     total = sum(rows for _, _, rows in groups)
@@ -685,23 +685,24 @@ def plan_edge_tasks(
         count = 1
     else:
         count = max(slots, math.ceil(total / KEYS_PER_RANGE))
-        count = min(len(groups), slots * math.ceil(count / slots))
-    assigned: list[list[tuple[str, int, int]]] = [[] for _ in range(count)]
-    seen = 0
-    for item in groups:
-        index = min(count - 1, seen * count // total)
-        assigned[index].append(item)
-        seen += item[2]
-    tasks: list[ef.EdgeTask] = []
-    for items in assigned:
-        if not items:
-            continue
-        parts = tuple(
-            (uri, tuple(group for _, group, _ in members))
-            for uri, members in itertools.groupby(items, key=lambda item: item[0])
-        )
-        tasks.append(ef.EdgeTask(index=len(tasks), parts=parts, rows=sum(rows for _, _, rows in items)))
-    return tasks
+        count = slots * math.ceil(count / slots)
+    bounds = [total * index // count for index in range(count + 1)]
+    assigned: list[list[tuple[str, int, int, int]]] = [[] for _ in range(count)]
+    start = 0
+    for uri, group, rows in groups:
+        end = start + rows
+        first_task = bisect.bisect_right(bounds, start) - 1
+        for index in range(first_task, count):
+            if bounds[index] >= end:
+                break
+            low, high = max(start, bounds[index]), min(end, bounds[index + 1])
+            if low < high:
+                assigned[index].append((uri, group, low - start, high - start))
+        start = end
+    return [
+        ef.EdgeTask(index=index, parts=tuple(parts), rows=sum(high - low for _, _, low, high in parts))
+        for index, parts in enumerate(assigned)
+    ]
 
 
 def edge_write_spec(

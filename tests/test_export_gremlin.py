@@ -719,7 +719,7 @@ def test_a_retried_task_rewrites_the_same_files(tmp_path, monkeypatch):
         key_ranges=3,
         vertices=len(skus),
     )
-    task = ef.EdgeTask(index=7, parts=((str(tmp_path / "in.parquet"), (0,)),), rows=2500)
+    task = ef.EdgeTask(index=7, parts=((str(tmp_path / "in.parquet"), 0, 0, 2500),), rows=2500)
 
     def run_once() -> tuple[dict[str, bytes], Any]:
         out = list(ef.write_edge_task(task, spec, pieces))
@@ -849,27 +849,61 @@ def test_data_files_on_s3_are_whole_objects_with_the_described_bytes(aws_env):
     assert [o["Key"] for o in listed if not o["Key"].endswith("/")] == ["staged/edges/part-00000-c000.csv.gz"]
 
 
-def test_edge_tasks_are_whole_rounds_of_few_large_tasks():
+def test_edge_tasks_are_whole_rounds_of_few_large_tasks_of_equal_rows():
     def plan(groups, slots, bytes_per_row=120.0):
         tasks = export_gremlin.plan_edge_tasks(groups, bytes_per_row=bytes_per_row, slots=slots)
         return [(task.index, task.parts, task.rows) for task in tasks]
 
     eight = [(f"f{g // 4}", g % 4, 625_000) for g in range(8)]  # 5 M rows in 2 files of 4 row groups
     assert plan(eight, 2) == [
-        (0, (("f0", (0, 1, 2, 3)),), 2_500_000),
-        (1, (("f1", (0, 1, 2, 3)),), 2_500_000),
+        (0, tuple(("f0", g, 0, 625_000) for g in range(4)), 2_500_000),
+        (1, tuple(("f1", g, 0, 625_000) for g in range(4)), 2_500_000),
+    ]
+    # Row groups of unequal sizes (a similarity output at 5 M edges): the tasks still get equal rows, a
+    # row group split between two of them.
+    uneven = [("a", 0, 1_048_576), ("a", 1, 1_048_576), ("a", 2, 1_048_576), ("b", 0, 621_055)]
+    assert plan(uneven, 2) == [
+        (0, (("a", 0, 0, 1_048_576), ("a", 1, 0, 834_815)), 1_883_391),
+        (1, (("a", 1, 834_815, 1_048_576), ("a", 2, 0, 1_048_576), ("b", 0, 0, 621_055)), 1_883_392),
     ]
     # 25 M rows: at most KEYS_PER_RANGE rows a task -> 5 tasks, rounded up to whole rounds of 2 slots
     many = [("f", g, 625_000) for g in range(40)]
-    assert [rows for _, _, rows in plan(many, 2)] == [4_375_000, 4_375_000, 3_750_000, 4_375_000, 4_375_000,
-                                                     3_750_000]
-    assert sum(rows for _, _, rows in plan(many, 2)) == 25_000_000
-    # never more tasks than row groups (cut by rows: a group goes where its first row falls); empty row
-    # groups are skipped; a small input is one task
-    assert [rows for _, _, rows in plan([("f", 0, 1_500), ("f", 1, 0), ("f", 2, 1_500)], 4)] == [1_500, 1_500]
-    assert [rows for _, _, rows in plan([("f", 0, 10), ("f", 2, 3_000)], 4)] == [3_010]
-    assert plan([("f", 0, 10), ("f", 1, 3_000)], 2, bytes_per_row=None) == [(0, (("f", (0, 1)),), 3_010)]
+    assert [rows for _, _, rows in plan(many, 2)] == [4_166_666, 4_166_667, 4_166_667] * 2
+    # every row in exactly one task, in input order
+    ranges = [(g, low, high) for _, parts, _ in plan(many, 2) for _, g, low, high in parts]
+    joined: list[list[int]] = []
+    for g, low, high in ranges:
+        if joined and joined[-1][0] == g and joined[-1][2] == low:
+            joined[-1][2] = high
+        else:
+            joined.append([g, low, high])
+    assert joined == [[g, 0, 625_000] for g in range(40)]
+    # empty row groups are skipped; a small input is one task
+    assert plan([("f", 0, 1_500), ("f", 1, 0), ("f", 2, 1_500)], 4) == [
+        (0, (("f", 0, 0, 750),), 750),
+        (1, (("f", 0, 750, 1_500),), 750),
+        (2, (("f", 2, 0, 750),), 750),
+        (3, (("f", 2, 750, 1_500),), 750),
+    ]
+    assert plan([("f", 0, 10), ("f", 1, 1_000)], 2) == [(0, (("f", 0, 0, 10), ("f", 1, 0, 1_000)), 1_010)]
+    assert plan([("f", 0, 10), ("f", 1, 3_000)], 2, bytes_per_row=None) == [
+        (0, (("f", 0, 0, 10), ("f", 1, 0, 3_000)), 3_010)
+    ]
     assert plan([("f", 0, 0)], 2) == []
+
+
+def test_an_edge_task_reads_its_row_ranges_in_input_order(tmp_path):
+    import pyarrow.parquet as pq
+
+    from udfs import gremlin_edge_files as ef
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"src": [f"s{i}" for i in range(1000)]}), path, row_group_size=300)
+    parts = ((str(path), 1, 250, 300), (str(path), 2, 0, 300), (str(path), 3, 0, 40))
+    task = ef.EdgeTask(index=0, parts=parts, rows=390)
+    batches = list(ef.read_task_batches(task, ["src"], batch_rows=128))
+    assert [v for b in batches for v in b.column("src").to_pylist()] == [f"s{i}" for i in range(550, 940)]
+    assert max(b.num_rows for b in batches) <= 128
 
 
 GATE_HEADER = ["~id", "~from", "~to", "~label", "score:Double", "note:String"]

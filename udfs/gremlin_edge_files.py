@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bz2
 import hashlib
+import itertools
 import time
 import zlib
 from collections import Counter
@@ -44,10 +45,10 @@ REPEATS = "repeats"
 
 @dataclass(frozen=True)
 class EdgeTask:
-    """One write task: row groups of the edge Parquet files, in input order."""
+    """One write task: rows of the edge Parquet files, in input order, as row ranges of row groups."""
 
     index: int
-    parts: tuple[tuple[str, tuple[int, ...]], ...]  # (file URI, row group indexes)
+    parts: tuple[tuple[str, int, int, int], ...]  # (file URI, row group, first row, end row) in the group
     rows: int
 
 
@@ -122,14 +123,22 @@ class CsvFileWriter:
 def read_task_batches(
     task: EdgeTask, columns: Iterable[str], *, batch_rows: int = BATCH_ROWS
 ) -> Iterator[pa.RecordBatch]:
-    """The task's rows in input order, in batches of at most ``batch_rows``."""
-    for uri, row_groups in task.parts:
+    """The task's rows in input order, in batches of at most ``batch_rows`` (a range that starts inside
+    a row group decodes the group's rows before it: Parquet reads a row group from its start)."""
+    for uri, parts in itertools.groupby(task.parts, key=lambda part: part[0]):
         fs, path = storage.filesystem(uri)
         with fs.open_input_file(path) as handle:
             parquet = pq.ParquetFile(handle)
-            yield from parquet.iter_batches(
-                batch_size=batch_rows, row_groups=list(row_groups), columns=list(columns)
-            )
+            for _, group, first, end in parts:
+                seen = 0
+                wanted = list(columns)
+                for batch in parquet.iter_batches(batch_size=batch_rows, row_groups=[group], columns=wanted):
+                    low, high = max(first - seen, 0), min(end - seen, batch.num_rows)
+                    seen += batch.num_rows
+                    if low < high:
+                        yield batch.slice(low, high - low) if (low, high) != (0, batch.num_rows) else batch
+                    if seen >= end:
+                        break
 
 
 def reject_table(batch: pa.RecordBatch, reasons: np.ndarray, schema: pa.Schema) -> pa.Table:
