@@ -34,6 +34,9 @@ from schemas.quality_terms import (
     FUNNEL_DATASET,
     GREMLIN_EDGES,
     GREMLIN_VERTICES,
+    GROUP_FLAGGED,
+    GROUP_REPEATS,
+    GROUP_ROWS,
     LEAVE_ONE_OUT,
     N_ITEMS,
     N_USERS,
@@ -42,6 +45,7 @@ from schemas.quality_terms import (
     ROWS_IN,
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
+    RULE_GROUPS_WHERE,
     RULE_NOT_FINITE,
     RULE_TEXT_NOT_FINITE,
     SIMILARITY_EDGES,
@@ -96,6 +100,8 @@ def _rule_rows(rule: RowsRule, shown: Sequence[str], *, severity: str, descripti
             f"SELECT {select} FROM {{batch}} "
             f"WHERE {value} IS NULL OR isnan({value}) OR abs({value}) = double('inf')"
         )
+    elif rule.kind == RULE_GROUPS_WHERE:
+        query = _per_group(rule)
     else:
         keys = ", ".join(columns)
         query = f"SELECT {keys}, count(*) AS n FROM {{batch}} GROUP BY {keys} HAVING count(*) > {rule.limit}"
@@ -206,30 +212,45 @@ def _ncf_rows(context: Mapping[str, Any]) -> list[ExpectationSpec]:
 USER_ROWS = "n_rows"
 REPEATED_ITEMS = "repeated_items"
 POSITIVES = "positives"
+_GROUP_STAT_COLUMNS = {GROUP_ROWS: USER_ROWS, GROUP_REPEATS: REPEATED_ITEMS, GROUP_FLAGGED: POSITIVES}
 
 
-def _per_user(where: str) -> str:
-    """The users (and their counts) for which ``where`` holds, from the shared per-user aggregation.
+def _per_group(rule: RowsRule) -> str:
+    """The groups (and their counts) a ``groups_where`` rule selects, from the shared per-group
+    aggregation of its (key, value, flag) columns.
 
     Per-user counts instead of a GROUP BY on (user_idx, item_idx): NCF sets have tens of millions of
     rows, and a pair GROUP BY shuffles every one of them (about 2.5x slower here at 10 M rows), while
     per-user partial aggregates shrink before the shuffle. (``ExpectCompoundColumnsToBeUnique`` on
     GE's own engine is a window over every row, and ran a 3 GB driver out of heap at 10 M events.)
     """
-    user, item, label = _q(interactions.USER_IDX), _q(interactions.ITEM_IDX), _q(interactions.LABEL)
+    key, value, flag = (_q(column) for column in rule.columns)
+    assert rule.stat is not None
     return (
-        f"SELECT {user}, {USER_ROWS}, {REPEATED_ITEMS}, {POSITIVES} FROM ("
-        f"SELECT {user}, count(*) AS {USER_ROWS}, "
-        f"count({item}) - size(collect_set({item})) + greatest(count(*) - count({item}) - 1, 0) "
+        f"SELECT {key}, {USER_ROWS}, {REPEATED_ITEMS}, {POSITIVES} FROM ("
+        f"SELECT {key}, count(*) AS {USER_ROWS}, "
+        f"count({value}) - size(collect_set({value})) + greatest(count(*) - count({value}) - 1, 0) "
         f"AS {REPEATED_ITEMS}, "
-        f"sum(CASE WHEN {label} = 1 THEN 1 ELSE 0 END) AS {POSITIVES} "
-        f"FROM {{batch}} GROUP BY {user}) WHERE {where}"
+        f"sum(CASE WHEN {flag} = 1 THEN 1 ELSE 0 END) AS {POSITIVES} "
+        f"FROM {{batch}} GROUP BY {key}) WHERE {_GROUP_STAT_COLUMNS[rule.stat]} {rule.op} {rule.limit}"
     )
+
+
+def _per_user(stat: str, op: str, limit: int, *, severity: str, description: str) -> ExpectationSpec:
+    """The users whose ``stat`` (their rows, repeated items or positives) is ``op limit``."""
+    rule = RowsRule(
+        RULE_GROUPS_WHERE,
+        (interactions.USER_IDX, interactions.ITEM_IDX, interactions.LABEL),
+        limit=limit,
+        stat=stat,
+        op=op,
+    )
+    return _rule_rows(rule, (), severity=severity, description=description)
 
 
 def _pairs_once(*, severity: str, description: str) -> ExpectationSpec:
     """Each (user_idx, item_idx) at most once: the users who repeat an item."""
-    return _rows(_per_user(f"{REPEATED_ITEMS} > 0"), severity=severity, description=description)
+    return _per_user(GROUP_REPEATS, ">", 0, severity=severity, description=description)
 
 
 def ncf_train_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) -> list[ExpectationSpec]:
@@ -245,8 +266,10 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
     leave_one_out = context.get(LEAVE_ONE_OUT, True)
     expectations = [
         *_ncf_rows(context),
-        _rows(
-            _per_user(f"{POSITIVES} {'!= 1' if leave_one_out else '< 1'}"),
+        _per_user(
+            GROUP_FLAGGED,
+            "!=" if leave_one_out else "<",
+            1,
             severity=CRITICAL,
             description=(
                 "every test user has exactly one positive (leave-one-out)"
@@ -262,8 +285,10 @@ def ncf_test_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) ->
     negatives = context.get(TEST_NEGATIVES)
     if negatives is not None and leave_one_out:
         expectations.append(
-            _rows(
-                _per_user(f"{USER_ROWS} != {int(negatives) + 1}"),
+            _per_user(
+                GROUP_ROWS,
+                "!=",
+                int(negatives) + 1,
                 # A user who has seen almost every item cannot get all of them: recorded, not fatal.
                 severity=WARNING,
                 description=f"every test user has 1 positive + {int(negatives)} negatives",

@@ -65,26 +65,42 @@ RULE_COLUMNS_EQUAL = "columns_equal"  # rows where columns[0] = columns[1] (both
 RULE_NOT_FINITE = "not_finite"  # rows where columns[0] is NaN or +-Infinity
 RULE_GROUPS_ABOVE = "groups_above"  # groups of the columns with more than `limit` rows (one row each)
 RULE_TEXT_NOT_FINITE = "text_not_finite"  # rows where the text columns[0] is null or not a finite double
-RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE, RULE_TEXT_NOT_FINITE)
+# groups of columns[0] whose statistic `stat` is `op` `limit` (one row each); the statistics of a group:
+GROUP_ROWS = "rows"  # its rows
+GROUP_REPEATS = "repeats"  # its rows whose columns[1] repeats another row's (nulls count as one value)
+GROUP_FLAGGED = "flagged"  # its rows where columns[2] = 1
+GROUP_STATS = (GROUP_ROWS, GROUP_REPEATS, GROUP_FLAGGED)
+GROUP_OPS = ("!=", "<", ">")
+RULE_GROUPS_WHERE = "groups_where"
+RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE, RULE_TEXT_NOT_FINITE, RULE_GROUPS_WHERE)
 
 
 @dataclass(frozen=True)
 class RowsRule:
     """The rows an unexpected-rows query returns, as data: ``kind`` (one of :data:`RULES`) over
-    ``columns``; ``limit`` is the largest allowed group (``groups_above`` only)."""
+    ``columns``; ``limit`` is the largest allowed group (``groups_above``) or what a group's statistic
+    ``stat`` is compared to with ``op`` (``groups_where``: groups of ``columns = (key, value, flag)``)."""
 
     kind: str
     columns: tuple[str, ...]
     limit: int | None = None
+    stat: str | None = None
+    op: str | None = None
 
     def __post_init__(self) -> None:
-        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1, RULE_TEXT_NOT_FINITE: 1}
+        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1, RULE_TEXT_NOT_FINITE: 1, RULE_GROUPS_WHERE: 3}
         if self.kind not in RULES:
             raise ValueError(f"rule kind must be one of {RULES}, got {self.kind!r}")
         if self.kind in arity and len(self.columns) != arity[self.kind]:
             raise ValueError(f"{self.kind} takes {arity[self.kind]} column(s), got {self.columns}")
-        if (self.kind == RULE_GROUPS_ABOVE) != (self.limit is not None) or not self.columns:
+        limited = self.kind in (RULE_GROUPS_ABOVE, RULE_GROUPS_WHERE)
+        if limited != (self.limit is not None) or not self.columns:
             raise ValueError(f"{self.kind}: columns {self.columns}, limit {self.limit}")
+        compared = self.kind == RULE_GROUPS_WHERE
+        if compared != (self.stat in GROUP_STATS and self.op in GROUP_OPS) or (
+            not compared and (self.stat, self.op) != (None, None)
+        ):
+            raise ValueError(f"{self.kind}: statistic {self.stat!r} {self.op!r}")
 
 
 @dataclass(frozen=True)

@@ -405,7 +405,12 @@ def test_same_output_with_other_partitions_and_file_order(runs):
 def test_quality_gate_passed_the_run_and_fails_bad_sets_read_uncached(runs, spark, tmp_path):
     results = json.loads((runs["reports"] / "preprocess" / f"dt={FIRST_DATE}.quality.json").read_text())
     assert results["success"] is True
-    assert set(results["datasets"]) == {quality.TRAIN, quality.TEST, quality.FUNNEL_DATASET}
+    # Decided on the counts of the tasks that read the staged files back: no Spark query over the sets.
+    assert {name: dataset["counted_by"] for name, dataset in results["datasets"].items()} == {
+        quality.TRAIN: "readers",
+        quality.TEST: "readers",
+        quality.FUNNEL_DATASET: "driver",
+    }
 
     # The job's gate path (staged Parquet re-read per metric, not cached) still fails bad sets: one test
     # user gets a second positive that is also a repeat of a negative, one train index is out of range.
@@ -442,6 +447,28 @@ def test_quality_gate_passed_the_run_and_fails_bad_sets_read_uncached(runs, spar
     # Nothing was cached on the way: neither by the gate nor by great-expectations' own batch persist.
     levels = [frame.storageLevel for frame in frames.values()]
     assert [(level.useMemory, level.useDisk) for level in levels] == [(False, False)] * 2
+    # Read back and counted by tasks as the job does: the counts do not pass the bad sets (the added rows
+    # are in files of their own, so a user's rows are in two files); Spark's gate gives the same failures.
+    context = {
+        quality.N_USERS: runs["first"]["users_index_size"],
+        quality.N_ITEMS: n_items,
+        quality.TEST_NEGATIVES: TEST_NEGATIVES,
+    }
+    thresholds = quality.QualityThresholds()
+    read_back = {
+        name: quality.read_back(spark, str(tmp_path / name), quality.suite_of(name, thresholds, context))
+        for name in (quality.TRAIN, quality.TEST)
+    }
+    with pytest.raises(quality.QualityGateError):
+        quality.run_gate(
+            job.STAGE, read_back, reports_root=str(tmp_path / "R2"), run_date=FIRST_DATE, context=context
+        )
+    again = json.loads((tmp_path / "R2" / "preprocess" / f"dt={FIRST_DATE}.quality.json").read_text())
+    assert again["failed_critical"] == failed["failed_critical"]
+    assert {name: again["datasets"][name]["counted_by"] for name in read_back} == {
+        quality.TRAIN: "spark",
+        quality.TEST: "spark",
+    }
 
 
 def test_failed_run_leaves_previous_output_and_no_staging(runs):

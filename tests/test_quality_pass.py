@@ -340,3 +340,70 @@ def test_a_suite_with_one_key_the_writers_cannot_count_is_left_to_spark():
     merged = quality_pass.merge_partials(suite, partials)
     assert "scores: not counted by every writer" in merged[quality_pass.UNPROVEN]
     assert quality_metrics.decide_written("t", suite, partials) is None
+
+
+def _ncf_rows(users: dict[int, list[tuple[int, float]]]) -> list[tuple]:
+    return [(user, item, label) for user, items in users.items() for item, label in items]
+
+
+@pytest.mark.parametrize("dataset", [quality.TRAIN, quality.TEST])
+def test_ncf_counts_decide_a_good_set_as_the_spark_gate_does_when_users_are_apart(spark, dataset):
+    # Batches hold whole users, their user ranges overlap ({0, 2} and {1, 3}): only their listed users
+    # prove them apart.
+    context = {quality.N_USERS: 4, quality.N_ITEMS: 5, quality.TEST_NEGATIVES: 2}
+    suite = _suite(dataset, context)
+    users = {u: [(u, 1.0), ((u + 1) % 5, 0.0), ((u + 3) % 5, 0.0)] for u in range(4)}
+    first, second = _ncf_rows({0: users[0], 2: users[2]}), _ncf_rows({1: users[1], 3: users[3]})
+    partials = _partials(suite, dataset, [first], [second])
+    written = quality_metrics.decide_written(dataset, suite, partials)
+    on_frame = quality_metrics.validate_frame(
+        dataset, spark.createDataFrame(first + second, CASES[dataset][0]), list(suite)
+    )
+    assert on_frame["success"] and written == on_frame["expectations"]
+    # A user whose rows are in two batches is not proven: its items could repeat across them.
+    split = _partials(suite, dataset, [first + second[:1]], [second[1:]])
+    merged = quality_pass.merge_partials(suite, split)
+    assert any("not proven apart on ['user_idx']" in reason for reason in merged[quality_pass.UNPROVEN])
+    assert quality_metrics.decide_written(dataset, suite, split) is None
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_each_per_user_rule_counts_what_its_query_returns(spark, seed):
+    rng = random.Random(seed)
+    labels = [0.0, 1.0, 1.0, 0.5]
+    rows = [(rng.randrange(6), rng.randrange(5), rng.choice(labels)) for _ in range(rng.randrange(10, 40))]
+    spark.createDataFrame(rows, CASES[quality.TEST][0]).createOrReplaceTempView("per_user_rows")
+    table = _table(quality.TEST, rows)
+    for leave_one_out in (True, False):
+        suite = _suite(quality.TEST, {quality.TEST_NEGATIVES: 3, quality.LEAVE_ONE_OUT: leave_one_out})
+        counted = quality_pass.table_partial(suite, table)[quality_pass.COUNTS]
+        for index, spec in enumerate(suite):
+            if spec.rule is None:
+                continue
+            query = spec.kwargs["unexpected_rows_query"].format(batch="per_user_rows")
+            assert counted[str(index)] == spark.sql(query).count(), spec.description
+
+
+def test_label_in_set_counts_every_value_outside_it():
+    suite = _suite(quality.TRAIN, {})
+    index = _index(suite, "label is 0 or 1")
+    table = _table(quality.TRAIN, [(0, 0, 1.0), (0, 1, 0.0), (1, 0, 0.5), (1, 1, None), (2, 0, NAN)])
+    assert quality_pass.table_partial(suite, table)[quality_pass.COUNTS][str(index)] == 2
+
+
+def test_a_warning_counted_exactly_is_decided_with_spark_gates_result_and_a_critical_one_is_not(spark):
+    # A user who repeats an item in train is a warning: an exact count, Spark's result has no examples.
+    context = {quality.N_USERS: 2, quality.N_ITEMS: 3}
+    suite = _suite(quality.TRAIN, context)
+    rows = [(0, 0, 1.0), (0, 1, 0.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)]
+    written = quality_metrics.decide_written("train", suite, _partials(suite, quality.TRAIN, [rows]))
+    frame = spark.createDataFrame(rows, CASES[quality.TRAIN][0])
+    on_frame = quality_metrics.validate_frame("train", frame, list(suite))
+    assert on_frame["success"] and written == on_frame["expectations"]
+    failed = [c for c in written if not c["success"]]
+    assert [(c["severity"], c["observed_value"]) for c in failed] == [(quality.WARNING, 1)]
+    # The same repeat in a test set is critical: left to Spark.
+    test_suite = _suite(quality.TEST, context)
+    test_rows = [(0, 0, 1.0), (0, 1, 0.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)]
+    test_partials = _partials(test_suite, quality.TEST, [test_rows])
+    assert quality_metrics.decide_written("test", test_suite, test_partials) is None

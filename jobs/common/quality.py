@@ -28,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
+import functools
 import logging
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any, TypeAlias
 
@@ -83,6 +84,7 @@ __all__ = [
     "QualityGateError",
     "WrittenCounts",
     "add_quality_args",
+    "read_back",
     "suite_of",
     "thresholds_from_args",
     "quality_uri",
@@ -142,6 +144,38 @@ class WrittenCounts:
 
 
 Checked: TypeAlias = DataFrame | WrittenCounts  # what the gate checks: a frame, or the writers' counts
+
+
+def _file_partial(uri: str, expectations: tuple[ExpectationSpec, ...]) -> dict[str, Any]:
+    """One staged Parquet file counted as one batch (in a Spark task): the suite's columns it holds."""
+    import pyarrow.parquet as pq
+
+    fs, path = storage.filesystem(uri)
+    named = {c for spec in expectations for c in quality_pass.spec_columns(spec)}
+    with fs.open_input_file(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        columns = [name for name in parquet.schema_arrow.names if name in named]
+        table = parquet.read(columns=columns)
+    return quality_pass.table_partial(expectations, table)
+
+
+def read_back(spark: Any, uri: str, expectations: Sequence[ExpectationSpec] | None) -> Checked:
+    """A staged Parquet dataset as the gate checks it: counted for ``expectations`` by Spark tasks that
+    read its files back with Arrow, one batch per file (``counted_by``: ``readers``), with the dataset
+    as Spark reads it for when the counts do not settle the suite; only that frame when the gate is off
+    (``expectations`` None). A file that holds whole groups proves them apart by the keys it lists."""
+
+    def frame() -> DataFrame:
+        return spark.read.parquet(storage.spark_path(uri))
+
+    if expectations is None:
+        return frame()
+    suite = tuple(expectations)
+    files = storage.list_files(uri, suffixes=(".parquet",))
+    slices = max(1, min(len(files), 2 * spark.sparkContext.defaultParallelism))
+    count = functools.partial(_file_partial, expectations=suite)
+    partials = spark.sparkContext.parallelize(files, slices).map(count).collect()
+    return WrittenCounts(suite, tuple(partials), staged=frame, counted_by="readers")
 
 
 def suite_of(

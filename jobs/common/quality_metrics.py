@@ -37,6 +37,7 @@ from schemas.quality_terms import (
     EXPECT_VALUES_NOT_NULL,
     EXPECT_VALUES_UNIQUE,
     UNEXPECTED_ROWS,
+    WARNING,
     ExpectationSpec,
 )
 
@@ -118,8 +119,10 @@ def decide_written(
 ) -> list[dict[str, Any]] | None:
     """The suite's results from the counts of the tasks that wrote the dataset
     (:mod:`jobs.common.quality_pass`), decided by the same rules as on a frame, when those counts prove
-    every expectation met; None when they do not (a count not proven, an expectation not met): the
-    caller then checks the written data with Spark for the full result and its examples."""
+    every expectation met, or missed only by a warning whose result is its exact count (an
+    unexpected-rows rule: Spark's result carries no examples either); None otherwise (a count not
+    proven, any other expectation not met): the caller then checks the written data with Spark for the
+    full result and its examples."""
     merged = quality_pass.merge_partials(expectations, partials)
     if merged[quality_pass.UNPROVEN]:
         LOG.info("%s: the writers' counts do not settle the suite: %s", name,
@@ -147,7 +150,7 @@ def decide_written(
                 else merged[quality_pass.COUNTS][str(index)]
             )
         check = _decide(plan, values, columns)
-        if not check["success"]:
+        if not check["success"] and not (spec.severity == WARNING and quality_pass.counts_exactly(spec)):
             LOG.info("%s: %s not met by the writers' counts", name, spec.description)
             return None
         checks.append(check)

@@ -15,8 +15,9 @@ Counted per batch:
 - rows, and nulls per column (Arrow keeps them);
 - values outside the bounds of ``expect_column_values_to_be_between`` (numeric columns and bounds);
 - rows of a :class:`~schemas.quality_terms.RowsRule`: two columns equal, a float not finite, text not
-  proven a finite double (exact when 0, else possibly more than Spark's count: then Spark decides), and
-  groups above a limit;
+  proven a finite double (exact when 0, else possibly more than Spark's count: then Spark decides),
+  groups above a limit, and groups whose rows, repeated values or flagged rows compare to a limit;
+- values outside the set of ``expect_column_values_to_be_in_set``;
 - duplicated rows for ``expect_column_values_to_be_unique`` and ``expect_compound_columns_to_be_unique``.
 
 Group counts (duplicates, groups above a limit) are exact within a batch: a batch sorted strictly by
@@ -25,7 +26,9 @@ add up across batches only when no key is in two batches. So each batch records 
 key columns: the [min, max] of each key column, its first and last key when the batch is sorted by the
 keys, and for two key columns of one type which side of the other the first is on every row (``<`` or
 ``>``: all-pairs edges in each direction). Two batches are apart when the ranges of one key column do
-not overlap, when both are sorted and their key intervals do not overlap, or when their sides differ.
+not overlap, when both are sorted and their key intervals do not overlap, or when their sides differ;
+for the groups of a ``groups_where`` rule (users of an NCF set) each batch also lists its keys (up to
+:data:`MAX_LISTED_KEYS`), and batches that share no listed key are apart whatever their ranges.
 :func:`merge_partials` checks every pair of batches whose ranges of the first key column overlap; if
 one pair is not proven apart, the count stays unproven.
 """
@@ -45,10 +48,15 @@ from schemas.quality_terms import (
     EXPECT_COMPOUND_UNIQUE,
     EXPECT_TABLE_ROW_COUNT_BETWEEN,
     EXPECT_VALUES_BETWEEN,
+    EXPECT_VALUES_IN_SET,
     EXPECT_VALUES_NOT_NULL,
     EXPECT_VALUES_UNIQUE,
+    GROUP_FLAGGED,
+    GROUP_REPEATS,
+    GROUP_ROWS,
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
+    RULE_GROUPS_WHERE,
     RULE_NOT_FINITE,
     RULE_TEXT_NOT_FINITE,
     UNEXPECTED_ROWS,
@@ -63,6 +71,10 @@ UNPROVEN = "unproven"  # why a count cannot be trusted, one line each
 EXTENTS = "extents"  # one per non-empty batch: {"ranges": {column: [min, max]}, "sorted": {keys: ...}, ...}
 SIDES = "sides"  # ... and {keys: "<" or ">"}: the first column below (above) the second on every row
 KEYED = "keyed"  # expectation indexes whose counts are group counts (need batches apart)
+LISTED = "listed"  # ... and {keys: sorted distinct keys}: a batch's groups of a groups_where rule
+# A batch lists its groups' keys (so that batches whose key ranges overlap can still be proven apart)
+# up to this many.
+MAX_LISTED_KEYS = 200_000
 
 _BOUNDS = ("min_value", "max_value")
 
@@ -79,7 +91,23 @@ def group_keys(spec: ExpectationSpec) -> tuple[str, ...] | None:
         return tuple(spec.kwargs["column_list"])
     if spec.type == UNEXPECTED_ROWS and spec.rule is not None and spec.rule.kind == RULE_GROUPS_ABOVE:
         return tuple(spec.rule.columns)
+    if spec.type == UNEXPECTED_ROWS and spec.rule is not None and spec.rule.kind == RULE_GROUPS_WHERE:
+        return (spec.rule.columns[0],)
     return None
+
+
+def counts_exactly(spec: ExpectationSpec) -> bool:
+    """Whether the pass's count of an unexpected-rows rule is its query's row count whatever it is (the
+    text rule's count is exact only at 0)."""
+    return spec.type == UNEXPECTED_ROWS and spec.rule is not None and spec.rule.kind != RULE_TEXT_NOT_FINITE
+
+
+def spec_columns(spec: ExpectationSpec) -> list[str]:
+    """The columns an expectation reads (its rule's, else its ``column`` or ``column_list``)."""
+    if spec.rule is not None:
+        return list(spec.rule.columns)
+    kwargs = spec.kwargs
+    return [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
 
 
 def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
@@ -87,9 +115,7 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
     kwargs = spec.kwargs
     if spec.type in (EXPECT_COLUMN_TO_EXIST, EXPECT_TABLE_ROW_COUNT_BETWEEN):
         return None
-    used = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
-    if spec.rule is not None:
-        used = list(spec.rule.columns)
+    used = spec_columns(spec)
     missing = [column for column in used if column not in schema.names]
     if missing:
         return f"{spec.type}: column(s) {missing} not in the batches"
@@ -110,6 +136,11 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
         ):
             return None
         return f"{spec.type} on {used[0]}: not numbers"
+    if spec.type == EXPECT_VALUES_IN_SET:
+        value_set = kwargs.get("value_set")
+        if isinstance(value_set, (list, tuple)) and value_set:
+            return None
+        return f"{spec.type} on {used[0]}: no value set"
     keys = group_keys(spec)
     if keys is not None:
         odd = [c for c in keys if not _is_exact_key(schema.field(c).type)]
@@ -127,6 +158,10 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
             return f"{spec.rule.kind} on {types[0]}"
         if spec.rule.kind == RULE_COLUMNS_EQUAL and (types[0] != types[1] or pa.types.is_floating(types[0])):
             return f"{spec.rule.kind} on {types}"  # NaN = NaN is true in Spark, false in Arrow
+        if spec.rule.kind == RULE_GROUPS_WHERE and not (
+            _is_exact_key(types[1]) and (pa.types.is_integer(types[2]) or pa.types.is_floating(types[2]))
+        ):
+            return f"{spec.rule.kind} on {types}"
         return None
     return f"{spec.type} ({spec.description}) is not counted on batches"
 
@@ -221,6 +256,25 @@ def _text_not_finite(values: pa.ChunkedArray) -> int:
     return len(values) - finite
 
 
+_GROUP_OPS = {"!=": pc.not_equal, "<": pc.less, ">": pc.greater}
+
+
+def _groups_where(table: pa.Table, rule: Any) -> int:
+    """The groups of ``rule.columns[0]`` whose statistic meets the rule (one hash aggregation; the value
+    column is free of nulls, so a group's repeats are its rows less its distinct values)."""
+    key, value, flag = rule.columns
+    flagged = pc.cast(pc.fill_null(pc.equal(table.column(flag), 1), False), pa.int64())
+    columns = pa.table({"k": table.column(key), "v": table.column(value), "f": flagged})
+    groups = columns.group_by("k").aggregate([([], "count_all"), ("v", "count_distinct"), ("f", "sum")])
+    rows = groups.column("count_all")
+    stats = {
+        GROUP_ROWS: rows,
+        GROUP_REPEATS: pc.subtract(rows, groups.column("v_count_distinct")),
+        GROUP_FLAGGED: groups.column("f_sum"),
+    }
+    return int(pc.sum(_GROUP_OPS[rule.op](stats[rule.stat], rule.limit)).as_py() or 0)
+
+
 def _group_sizes(table: pa.Table, keys: Sequence[str]) -> pa.Array:
     return table.group_by(list(keys)).aggregate([([], "count_all")]).column("count_all").combine_chunks()
 
@@ -239,6 +293,8 @@ class PassMetrics:
         self.keysets: dict[str, tuple[str, ...]] = {}
         self.keyed: list[int] = []
         self.countable: list[int] = []
+        self.listed: dict[str, str] = {}  # key set name -> its column, for groups_where rules
+        self.grouped_values: set[str] = set()
         for index, spec in enumerate(self.expectations):
             reason = _uncountable(spec, schema)
             if reason is not None:
@@ -249,6 +305,9 @@ class PassMetrics:
             if keys is not None:
                 self.keysets[_key_name(keys)] = keys
                 self.keyed.append(index)
+            if spec.rule is not None and spec.rule.kind == RULE_GROUPS_WHERE:
+                self.listed[_key_name(keys or ())] = spec.rule.columns[0]
+                self.grouped_values.add(spec.rule.columns[1])
 
     def add(self, batch: pa.RecordBatch | pa.Table) -> None:
         """Count one batch of ``schema`` (before or as it is written)."""
@@ -259,8 +318,9 @@ class PassMetrics:
         for name in self.schema.names:
             self.nulls[name] += table.column(name).null_count
         key_columns = sorted({column for keys in self.keysets.values() for column in keys})
-        if any(table.column(column).null_count for column in key_columns):
-            self.unproven.append(f"nulls in key column(s) {key_columns}")
+        valued = sorted({column for column in self.grouped_values if column in table.column_names})
+        if any(table.column(column).null_count for column in [*key_columns, *valued]):
+            self.unproven.append(f"nulls in key column(s) {[*key_columns, *valued]}")
             return
         order = {name: _order(table, keys) for name, keys in self.keysets.items()}
         extent = self._extent(table, key_columns, order)
@@ -296,7 +356,14 @@ class PassMetrics:
                     inside, (pc.less if kwargs.get("strict_max") else pc.less_equal)(values, high)
                 )
             return table.num_rows - values.null_count - int(pc.sum(pc.fill_null(inside, False)).as_py() or 0)
+        if spec.type == EXPECT_VALUES_IN_SET:
+            values = table.column(kwargs["column"])
+            value_set = pa.array(list(kwargs["value_set"])).cast(values.type)  # raises: left to Spark
+            inside = pc.sum(pc.is_in(values, value_set=value_set, skip_nulls=True)).as_py() or 0
+            return table.num_rows - values.null_count - int(inside)
         rule = spec.rule
+        if rule is not None and rule.kind == RULE_GROUPS_WHERE:
+            return _groups_where(table, rule)
         if rule is not None and rule.kind == RULE_COLUMNS_EQUAL:
             pair = tuple(rule.columns)
             if any(extent[SIDES].get(_key_name(keys)) for keys in (pair, pair[::-1])):
@@ -341,7 +408,12 @@ class PassMetrics:
             side = _side(table, keys, ranges) if len(keys) == 2 else None
             if side is not None:
                 sides[name] = side
-        return {"ranges": ranges, "sorted": ends, SIDES: sides}
+        listed = {}
+        for name, column in self.listed.items():
+            distinct = pc.unique(table.column(column))
+            if len(distinct) <= MAX_LISTED_KEYS:
+                listed[name] = sorted(distinct.to_pylist())
+        return {"ranges": ranges, "sorted": ends, SIDES: sides, LISTED: listed}
 
     def partial(self) -> dict[str, Any]:
         """What this writer counted, as plain JSON data (:func:`merge_partials` adds them up)."""
@@ -370,9 +442,21 @@ def _apart(one: Mapping[str, Any], other: Mapping[str, Any], name: str, keys: Se
     return bool(ends[1] < other_ends[0] or other_ends[1] < ends[0])
 
 
+def _listed_apart(extents: Sequence[Mapping[str, Any]], name: str) -> bool:
+    """Every batch listed its keys of ``name`` and no key is listed twice."""
+    lists = [extent.get(LISTED, {}).get(name) for extent in extents]
+    if any(keys is None for keys in lists):
+        return False
+    listed = list(itertools.chain.from_iterable(lists))
+    return len(set(listed)) == len(listed)
+
+
 def _all_apart(extents: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> bool:
-    """Every pair of batches apart over ``keys``: pairs compared only where the first column overlaps."""
+    """Every pair of batches apart over ``keys``: pairs compared only where the first column overlaps,
+    or no key listed by two batches."""
     name, first = _key_name(keys), keys[0]
+    if _listed_apart(extents, name):
+        return True
     ordered = sorted(extents, key=lambda extent: extent["ranges"][first][0])
     open_: list[Mapping[str, Any]] = []
     for extent in ordered:
