@@ -373,15 +373,17 @@ def test_each_per_user_rule_counts_what_its_query_returns(spark, seed):
     labels = [0.0, 1.0, 1.0, 0.5]
     rows = [(rng.randrange(6), rng.randrange(5), rng.choice(labels)) for _ in range(rng.randrange(10, 40))]
     spark.createDataFrame(rows, CASES[quality.TEST][0]).createOrReplaceTempView("per_user_rows")
-    table = _table(quality.TEST, rows)
-    for leave_one_out in (True, False):
-        suite = _suite(quality.TEST, {quality.TEST_NEGATIVES: 3, quality.LEAVE_ONE_OUT: leave_one_out})
-        counted = quality_pass.table_partial(suite, table)[quality_pass.COUNTS]
-        for index, spec in enumerate(suite):
-            if spec.rule is None:
-                continue
-            query = spec.kwargs["unexpected_rows_query"].format(batch="per_user_rows")
-            assert counted[str(index)] == spark.sql(query).count(), spec.description
+    # In any order (a hash aggregation), and with each user's rows together, users ascending (one sort).
+    clustered = sorted(rows, key=lambda row: row[0])
+    for table in (_table(quality.TEST, rows), _table(quality.TEST, clustered)):
+        for leave_one_out in (True, False):
+            suite = _suite(quality.TEST, {quality.TEST_NEGATIVES: 3, quality.LEAVE_ONE_OUT: leave_one_out})
+            counted = quality_pass.table_partial(suite, table)[quality_pass.COUNTS]
+            for index, spec in enumerate(suite):
+                if spec.rule is None:
+                    continue
+                query = spec.kwargs["unexpected_rows_query"].format(batch="per_user_rows")
+                assert counted[str(index)] == spark.sql(query).count(), spec.description
 
 
 def test_label_in_set_counts_every_value_outside_it():
