@@ -1000,3 +1000,31 @@ def test_the_gate_reads_records_across_arrow_blocks_with_newlines_in_quotes(tmp_
     assert read.num_rows == 60_000
     assert read.column("~id").to_pylist() == [f"e{i}" for i in range(60_000)]
     assert set(read.column("note:String").to_pylist()) == {note[1:-1]}
+
+
+def test_the_gate_reads_csv_heads_and_parquet_files_on_s3(aws_env):
+    import boto3
+    import pyarrow.parquet as pq
+
+    from jobs.common import quality, quality_pass
+
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="stylegraph-gate")
+    key = "staged/edges/part-00000-c000.csv.gz"
+    s3.put_object(Bucket="stylegraph-gate", Key=key, Body=gzip.compress(GATE_TEXT.encode()))
+    read = export_gremlin.read_csv_records(f"s3://stylegraph-gate/{key}", ["~id", "~from"], 2)
+    assert read.to_pylist() == [{"~id": "e1", "~from": "a"}, {"~id": "e2", "~from": 'Q"1,x'}]
+    # A staged Parquet file, counted as the preprocess gate's tasks count it.
+    sink = pa.BufferOutputStream()
+    rows = {
+        "user_idx": pa.array([0, 0, 1], pa.int32()),
+        "item_idx": pa.array([0, 1, 0], pa.int32()),
+        "label": pa.array([1.0, 0.0, 1.0], pa.float32()),
+    }
+    pq.write_table(pa.table(rows), sink)
+    s3.put_object(Bucket="stylegraph-gate", Key="ncf/test/part-0.parquet", Body=sink.getvalue().to_pybytes())
+    context = {quality.N_USERS: 2, quality.N_ITEMS: 2}
+    suite = quality.suite_of(quality.TRAIN, quality.QualityThresholds(), context)
+    partial = quality._file_partial("s3://stylegraph-gate/ncf/test/part-0.parquet", suite)
+    assert partial[quality_pass.ROWS] == 3 and partial[quality_pass.UNPROVEN] == []
+    assert [e[quality_pass.LISTED] for e in partial[quality_pass.EXTENTS]] == [{"user_idx": [0, 1]}]
