@@ -912,7 +912,7 @@ GATE_TEXT = (
     "~id,~from,~to,~label,score:Double,note:String\n"
     'e1,a,b,similar,0.5,"says ""hi"", twice"\n'
     'e2,"Q""1,x",b,similar,-1e-07,"two\nlines"\n'
-    'e3,a, 8sp,,"",\n'
+    "e3,a, 8sp,,,\n"
     "e4,日本,Обувь👟,similar,NaN,x\n"
     'e5,"a\r\nb",b,similar,1,last\n'
 )
@@ -931,7 +931,7 @@ def test_the_gate_reads_a_csv_head_with_arrow_as_spark_reads_it(spark, tmp_path,
     opener = {"csv": open, "csv.gz": gzip.open, "csv.bz2": bz2.open}[suffix]
     _gate_csv(path, opener)
     columns = ["~id", "~from", "~to", "~label", "score:Double"]
-    read = export_gremlin.read_csv_records(str(path), columns, None)
+    read = export_gremlin.read_csv_records(str(path), GATE_HEADER, columns, None)
     schema = T.StructType([T.StructField(name, T.StringType(), True) for name in GATE_HEADER])
     sparks = (
         spark.read.options(**export_gremlin.gremlin.GREMLIN_CSV_WRITE_OPTIONS, multiLine="true")
@@ -944,9 +944,10 @@ def test_the_gate_reads_a_csv_head_with_arrow_as_spark_reads_it(spark, tmp_path,
     assert read.to_pylist() == [row.asDict() for row in sparks]
     assert read.column("~from").to_pylist() == ["a", 'Q"1,x', "a", "日本", "a\r\nb"]
     assert read.column("~label").to_pylist()[2] is None  # a blank field is no value, as in Spark
-    assert read.column("score:Double").to_pylist()[2] is None  # and so is a quoted blank
+    assert read.column("score:Double").to_pylist()[2] is None
     # The head: the first rows only, even across a quoted newline.
-    assert export_gremlin.read_csv_records(str(path), ["~id"], 2).column("~id").to_pylist() == ["e1", "e2"]
+    head = export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id"], 2)
+    assert head.column("~id").to_pylist() == ["e1", "e2"]
 
 
 def test_the_gate_counts_the_sampled_csvs_on_the_driver_and_leaves_what_arrow_cannot_read_to_spark(
@@ -979,7 +980,7 @@ def test_the_gate_counts_the_sampled_csvs_on_the_driver_and_leaves_what_arrow_ca
     export_gremlin.main(args)
     assert spark_frames == []  # a good night reads nothing with Spark
 
-    def unreadable(uri: str, columns: Any, rows: Any) -> pa.Table:
+    def unreadable(uri: str, header: Any, columns: Any, rows: Any) -> pa.Table:
         raise pa.ArrowInvalid(f"CSV parse error: {uri}")
 
     monkeypatch.setattr(export_gremlin, "read_csv_records", unreadable)
@@ -996,7 +997,7 @@ def test_the_gate_reads_records_across_arrow_blocks_with_newlines_in_quotes(tmp_
         handle.write(",".join(GATE_HEADER) + "\n")
         for i in range(60_000):
             handle.write(f"e{i},a{i},b{i},similar,0.{i},{note}\n")
-    read = export_gremlin.read_csv_records(str(path), ["~id", "note:String"], None)
+    read = export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id", "note:String"], None)
     assert read.num_rows == 60_000
     assert read.column("~id").to_pylist() == [f"e{i}" for i in range(60_000)]
     assert set(read.column("note:String").to_pylist()) == {note[1:-1]}
@@ -1012,7 +1013,7 @@ def test_the_gate_reads_csv_heads_and_parquet_files_on_s3(aws_env):
     s3.create_bucket(Bucket="stylegraph-gate")
     key = "staged/edges/part-00000-c000.csv.gz"
     s3.put_object(Bucket="stylegraph-gate", Key=key, Body=gzip.compress(GATE_TEXT.encode()))
-    read = export_gremlin.read_csv_records(f"s3://stylegraph-gate/{key}", ["~id", "~from"], 2)
+    read = export_gremlin.read_csv_records(f"s3://stylegraph-gate/{key}", GATE_HEADER, ["~id", "~from"], 2)
     assert read.to_pylist() == [{"~id": "e1", "~from": "a"}, {"~id": "e2", "~from": 'Q"1,x'}]
     # A staged Parquet file, counted as the preprocess gate's tasks count it.
     sink = pa.BufferOutputStream()
@@ -1028,3 +1029,24 @@ def test_the_gate_reads_csv_heads_and_parquet_files_on_s3(aws_env):
     partial = quality._file_partial("s3://stylegraph-gate/ncf/test/part-0.parquet", suite)
     assert partial[quality_pass.ROWS] == 3 and partial[quality_pass.UNPROVEN] == []
     assert [e[quality_pass.LISTED] for e in partial[quality_pass.EXTENTS]] == [{"user_idx": [0, 1]}]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GATE_TEXT.replace("e3,a, 8sp,,,", 'e3,a, 8sp,,"",'),  # a quoted blank: the writer writes it bare
+        GATE_TEXT.replace("e4,日本", 'e4,"日本"'),  # quotes where none are needed
+        GATE_TEXT.replace("-1e-07", '"-1"e-07'),  # Arrow reads -1e-07, Spark "-1"e-07
+        GATE_TEXT.replace("e1,a,b", 'e1,a,"a"  '),  # Arrow reads "a  ", Spark "a": a self-loop
+        GATE_TEXT.replace("\n", "\r"),  # CR line ends: Spark's lineSep is \n
+        GATE_TEXT.replace("similar,0.5,", "similar,0.5,\r").replace("\n", "\r\n", 1),  # CRLF
+        "\ufeff" + GATE_TEXT,  # a byte order mark
+        GATE_TEXT.replace("~from,~to", "~to,~from", 1),  # columns in another order than the header's
+    ],
+)
+def test_the_gate_counts_only_text_that_is_the_exports_own_csv(tmp_path, text):
+    # Arrow and Spark split odd quoting and line ends differently; such a file goes to Spark's reader.
+    path = tmp_path / "edges.csv"
+    path.write_bytes(text.encode())
+    with pytest.raises((export_gremlin.NotCanonicalCsvError, pa.ArrowInvalid)):
+        export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id", "~from", "~to", "score:Double"], None)

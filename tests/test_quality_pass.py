@@ -409,3 +409,40 @@ def test_a_warning_counted_exactly_is_decided_with_spark_gates_result_and_a_crit
     test_rows = [(0, 0, 1.0), (0, 1, 0.0), (0, 1, 0.0), (1, 1, 1.0), (1, 2, 0.0)]
     test_partials = _partials(test_suite, quality.TEST, [test_rows])
     assert quality_metrics.decide_written("test", test_suite, test_partials) is None
+
+
+@pytest.mark.parametrize(
+    ("dtype", "value_set", "countable"),
+    [
+        (pa.float32(), [0.0, 1.0], True),
+        (pa.float32(), [0.1, 0.2], False),  # Spark compares double(0.1f) with 0.1: not equal
+        (pa.float64(), [0.1, 0.2], True),
+        (pa.string(), ["view", "click"], True),
+        (pa.string(), [1.0], False),  # Spark compares "1" with "1.0"
+        (pa.int32(), [True], False),
+        (pa.int64(), [1, 2], True),
+        (pa.int64(), [1.5], False),
+    ],
+)
+def test_a_value_set_is_counted_only_where_arrow_compares_as_spark_does(dtype, value_set, countable):
+    spec = terms.ExpectationSpec(
+        terms.EXPECT_VALUES_IN_SET, {"column": "x", "value_set": value_set}, description="x in set"
+    )
+    partial = quality_pass.table_partial((spec,), pa.table({"x": pa.array([], dtype)}))
+    assert (partial[quality_pass.UNPROVEN] == []) is countable
+
+
+def test_a_staged_file_that_is_not_parquet_is_left_to_spark(spark, tmp_path):
+    # Spark reads every file whose name does not start with "_" or "."; so do the counting tasks, and one
+    # they cannot read leaves the set to Spark, whose reading fails the bad row.
+    folder = tmp_path / "train"
+    spark.createDataFrame([(0, 0, 1.0)], CASES[quality.TRAIN][0]).write.parquet(str(folder))
+    good = next(folder.glob("part-*.parquet"))
+    (folder / "part-99999.snappy").write_bytes(good.read_bytes())  # another Parquet file, odd name
+    (folder / "part-00000-bad.txt").write_text("not parquet")
+    suite = _suite(quality.TRAIN, {quality.N_USERS: 1, quality.N_ITEMS: 1})
+    checked = quality.read_back(spark, str(folder), suite)
+    assert isinstance(checked, quality.WrittenCounts)
+    reasons = quality_pass.merge_partials(suite, checked.partials)[quality_pass.UNPROVEN]
+    assert any("part-00000-bad.txt not read as Parquet" in reason for reason in reasons)
+    assert quality_metrics.decide_written("train", suite, checked.partials) is None

@@ -152,10 +152,13 @@ def _file_partial(uri: str, expectations: tuple[ExpectationSpec, ...]) -> dict[s
 
     fs, path = storage.filesystem(uri)
     named = {c for spec in expectations for c in quality_pass.spec_columns(spec)}
-    with fs.open_input_file(path) as handle:
-        parquet = pq.ParquetFile(handle)
-        columns = [name for name in parquet.schema_arrow.names if name in named]
-        table = parquet.read(columns=columns)
+    try:
+        with fs.open_input_file(path) as handle:
+            parquet = pq.ParquetFile(handle)
+            columns = [name for name in parquet.schema_arrow.names if name in named]
+            table = parquet.read(columns=columns)
+    except (OSError, pa.ArrowException) as error:  # not Parquet: Spark's reading of the dataset decides
+        return quality_pass.unread_partial(f"{uri} not read as Parquet: {error}")
     return quality_pass.table_partial(expectations, table)
 
 
@@ -171,7 +174,7 @@ def read_back(spark: Any, uri: str, expectations: Sequence[ExpectationSpec] | No
     if expectations is None:
         return frame()
     suite = tuple(expectations)
-    files = storage.list_files(uri, suffixes=(".parquet",))
+    files = storage.list_files(uri)  # every file Spark reads (names starting with "_" or "." it skips)
     slices = max(1, min(len(files), 2 * spark.sparkContext.defaultParallelism))
     count = functools.partial(_file_partial, expectations=suite)
     partials = spark.sparkContext.parallelize(files, slices).map(count).collect()

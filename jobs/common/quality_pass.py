@@ -138,10 +138,9 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
             return None
         return f"{spec.type} on {used[0]}: not numbers"
     if spec.type == EXPECT_VALUES_IN_SET:
-        value_set = kwargs.get("value_set")
-        if isinstance(value_set, (list, tuple)) and value_set:
+        if _same_in_set(schema.field(used[0]).type, kwargs.get("value_set")):
             return None
-        return f"{spec.type} on {used[0]}: no value set"
+        return f"{spec.type} on {used[0]}: a value set Spark would compare otherwise"
     keys = group_keys(spec)
     if keys is not None:
         odd = [c for c in keys if not _is_exact_key(schema.field(c).type)]
@@ -165,6 +164,27 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
             return f"{spec.rule.kind} on {types}"
         return None
     return f"{spec.type} ({spec.description}) is not counted on batches"
+
+
+def _same_in_set(dtype: pa.DataType, value_set: Any) -> bool:
+    """Whether Arrow's ``is_in`` on a column of ``dtype`` finds exactly the values Spark's ``isin`` finds:
+    strings against strings, integers against integers, floats against numbers a float of the column's
+    width holds exactly (Spark widens a float column to double before comparing: 0.1 is not 0.1f)."""
+    if not isinstance(value_set, (list, tuple)) or not value_set:
+        return False
+    if any(isinstance(value, bool) for value in value_set):
+        return False
+    if pa.types.is_string(dtype) or pa.types.is_large_string(dtype):
+        return all(isinstance(value, str) for value in value_set)
+    if pa.types.is_integer(dtype):
+        return all(isinstance(value, int) for value in value_set)
+    if pa.types.is_floating(dtype):
+        width: Any = {16: np.float16, 32: np.float32, 64: np.float64}[dtype.bit_width]
+        return all(
+            isinstance(value, (int, float)) and float(width(value)) == value and value == value
+            for value in value_set
+        )
+    return False
 
 
 @dataclass(frozen=True)
@@ -381,7 +401,7 @@ class PassMetrics:
             return table.num_rows - values.null_count - int(pc.sum(pc.fill_null(inside, False)).as_py() or 0)
         if spec.type == EXPECT_VALUES_IN_SET:
             values = table.column(kwargs["column"])
-            value_set = pa.array(list(kwargs["value_set"])).cast(values.type)  # raises: left to Spark
+            value_set = pa.array(list(kwargs["value_set"])).cast(values.type)  # exact: _same_in_set
             inside = pc.sum(pc.is_in(values, value_set=value_set, skip_nulls=True)).as_py() or 0
             return table.num_rows - values.null_count - int(inside)
         rule = spec.rule
@@ -520,6 +540,11 @@ def merge_partials(
             merged[UNPROVEN].append(f"{spec.description}: batches not proven apart on {list(keys)}")
     merged[UNPROVEN] = sorted(set(merged[UNPROVEN]))
     return merged
+
+
+def unread_partial(reason: str) -> dict[str, Any]:
+    """The partial of a batch that could not be read: nothing counted, so nothing proven."""
+    return {ROWS: 0, NULLS: {}, COUNTS: {}, UNPROVEN: [reason], EXTENTS: [], KEYED: []}
 
 
 def table_partial(expectations: Sequence[ExpectationSpec], table: pa.Table) -> dict[str, Any]:
