@@ -1293,12 +1293,13 @@ def read_csv_records(
             if chunk and (rows is None or lines <= rows + 1):
                 continue  # not enough lines yet for the records wanted (quoted newlines make fewer)
             data = b"".join(chunks)
+            whole = data if not chunk else data[: data.rfind(b"\n") + 1]  # no record cut outside quotes
             try:
-                table = _parse_csv(data, header)
+                table = _parse_csv(whole, header)
             except pa.ArrowInvalid:
                 if not chunk:
                     raise
-                continue  # the last record is cut inside quotes: read on
+                continue  # the last line ends inside quotes: read on
             if not chunk or (rows is not None and table.num_rows > rows):
                 break  # past the end, or past a record after the last one wanted (that one is whole)
     head = table if rows is None else table.slice(0, rows)

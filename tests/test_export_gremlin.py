@@ -1050,3 +1050,24 @@ def test_the_gate_counts_only_text_that_is_the_exports_own_csv(tmp_path, text):
     path.write_bytes(text.encode())
     with pytest.raises((export_gremlin.NotCanonicalCsvError, pa.ArrowInvalid)):
         export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id", "~from", "~to", "score:Double"], None)
+
+
+def test_a_csv_head_is_parsed_once_from_the_first_chunk(tmp_path, monkeypatch):
+    # The head of a large file: one chunk read, cut after its last whole line, parsed once (a chunk
+    # that ends inside a record must not make every later chunk parse the whole file again).
+    path = tmp_path / "edges.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(GATE_HEADER) + "\n")
+        for i in range(200_000):
+            handle.write(f"e{i},a{i},b{i},similar,0.{i},note {i}\n")
+    parsed: list[int] = []
+    real_parse = export_gremlin._parse_csv
+
+    def counting_parse(data: bytes, header: Any) -> pa.Table:
+        parsed.append(len(data))
+        return real_parse(data, header)
+
+    monkeypatch.setattr(export_gremlin, "_parse_csv", counting_parse)
+    head = export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id"], 1_000)
+    assert head.column("~id").to_pylist() == [f"e{i}" for i in range(1_000)]
+    assert len(parsed) == 1 and parsed[0] <= 1_000 * 256
