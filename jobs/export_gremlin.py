@@ -1285,23 +1285,30 @@ def read_csv_records(
     chunks: list[bytes] = []
     lines = 0
     size = READ_CHUNK_BYTES if rows is None else min(READ_CHUNK_BYTES, max(2**16, rows * 256))
+    wanted = None if rows is None else rows + 2  # lines: the header, the rows, the start of one more
     with fs.open_input_stream(path, compression="detect") as stream:
         while True:
             chunk = stream.read(size)
             chunks.append(chunk)
             lines += chunk.count(b"\n")
-            if chunk and (rows is None or lines <= rows + 1):
-                continue  # not enough lines yet for the records wanted (quoted newlines make fewer)
+            if chunk and (wanted is None or lines < wanted):
+                continue  # not enough lines yet for the records wanted
             data = b"".join(chunks)
-            whole = data if not chunk else data[: data.rfind(b"\n") + 1]  # no record cut outside quotes
+            whole = data
+            if chunk and wanted is not None:  # parse the lines wanted: no record cut outside quotes
+                ends = np.flatnonzero(np.frombuffer(data, dtype=np.uint8) == ord("\n"))
+                whole = data[: int(ends[wanted - 1]) + 1]
             try:
                 table = _parse_csv(whole, header)
             except pa.ArrowInvalid:
                 if not chunk:
                     raise
-                continue  # the last line ends inside quotes: read on
+                wanted = None if wanted is None else wanted + 1  # the cut is inside quotes: more lines
+                continue
             if not chunk or (rows is not None and table.num_rows > rows):
                 break  # past the end, or past a record after the last one wanted (that one is whole)
+            assert rows is not None and wanted is not None  # every row read: only the end breaks out
+            wanted += rows + 1 - table.num_rows  # quoted newlines: records span lines, take more
     head = table if rows is None else table.slice(0, rows)
     if not data.startswith(_canonical_text(header, head)):
         raise NotCanonicalCsvError(f"{uri}: the text is not the export's CSV of the values read")

@@ -1071,3 +1071,15 @@ def test_a_csv_head_is_parsed_once_from_the_first_chunk(tmp_path, monkeypatch):
     head = export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id"], 1_000)
     assert head.column("~id").to_pylist() == [f"e{i}" for i in range(1_000)]
     assert len(parsed) == 1 and parsed[0] <= 1_000 * 256
+
+
+def test_a_csv_head_takes_more_lines_where_records_span_lines(tmp_path):
+    # Every record holds a quoted newline: the head's lines are twice its records.
+    path = tmp_path / "edges.csv.gz"
+    with gzip.open(path, "wt", encoding="utf-8", newline="") as handle:
+        handle.write(",".join(GATE_HEADER) + "\n")
+        for i in range(20_000):
+            handle.write(f'e{i},a{i},b{i},similar,0.{i},"two\nlines {i}"\n')
+    head = export_gremlin.read_csv_records(str(path), GATE_HEADER, ["~id", "note:String"], 5_000)
+    assert head.column("~id").to_pylist() == [f"e{i}" for i in range(5_000)]
+    assert head.column("note:String").to_pylist()[-1] == "two\nlines 4999"
