@@ -12,7 +12,7 @@ for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
   default quality gate (the row's ``gate_s`` is the gate's phase in the job's report); with
   ``--gates-off`` also ``similarity, gate off`` (``--quality off``, run first, a diagnosis).
 - ``export``: ``jobs.export_gremlin`` to gzip vertex and edge CSVs with its defaults, as users run it
-  (its gate parses every vertex and a fixed 100,000 edge rows of the staged CSVs); with
+  (its gate reads every vertex and a fixed 100,000 edge rows of the staged CSVs; ``gate_s`` as above); with
   ``--gates-off`` also ``export, gate off`` (``--quality off``, a diagnosis).
 - ``validate``: ``jobs.validate_gremlin_csv`` with ``--workers C``; it must find 0 problems.
 - ``decompress+split`` (peer of validate): C processes that only decompress the same edge files and split
@@ -191,6 +191,14 @@ def decompress_split(folder: str, cores: int) -> int:
         return sum(pool.map(_split_file, files))
 
 
+def gate_of(reports: Path, stage: str, phase: str) -> dict[str, Any]:
+    """A gated stage's gate: its phase's seconds in the job's report, and who counted each dataset."""
+    report = json.loads((reports / stage / f"dt={RUN_DATE}.json").read_text())
+    quality = json.loads((reports / stage / f"dt={RUN_DATE}.quality.json").read_text())
+    counted = sorted({dataset["counted_by"] for dataset in quality["datasets"].values()})
+    return {"gate_s": report["seconds_by_phase"][phase], "gate_counted_by": "+".join(counted)}
+
+
 def run_size(
     root: Path,
     products: int,
@@ -254,9 +262,7 @@ def run_size(
         edges = report["edges"]
         if edges != edges_expected:
             raise RuntimeError(f"similarity wrote {edges} edges, expected {edges_expected}")
-        gate = json.loads((reports / "similarity" / f"dt={RUN_DATE}.quality.json").read_text())
-        row("similarity", cores, m, edges, **disk(edges_dir), gate_s=report["seconds_by_phase"]["quality"],
-            gate_counted_by=gate["datasets"]["similarity_edges"]["counted_by"])
+        row("similarity", cores, m, edges, **disk(edges_dir), **gate_of(reports, "similarity", "quality"))
         if similarity_only:
             if not keep:
                 shutil.rmtree(work, ignore_errors=True)
@@ -283,7 +289,8 @@ def run_size(
             ungated_row = row("export, gate off", cores, m, edges)
             shutil.rmtree(work / "gremlin-ungated", ignore_errors=True)
         m = run_stage([*export, "--output", str(export_dir)], cores)  # as users run it
-        export_row = row("export", cores, m, edges, **disk(export_dir / "edges"))
+        gate = gate_of(reports, "export", "quality_gate")
+        export_row = row("export", cores, m, edges, **disk(export_dir / "edges"), **gate)
         m = run_stage(
             [
                 py,

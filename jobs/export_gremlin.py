@@ -72,7 +72,6 @@ from jobs.common.storage import all_files
 from jobs.transforms import gremlin as tg
 from jobs.transforms import gremlin_diff as gd
 from schemas import catalog, embeddings, gremlin, similarity
-from schemas.quality_terms import ExpectationSpec
 from udfs import gremlin_arrow as ga
 from udfs import gremlin_edge_files as ef
 
@@ -1181,8 +1180,7 @@ class GateSample:
     """The rows the quality gate checks: every vertex file whole, and of the edges every row or the first
     ``edge_rows_per_file`` rows of every edge file (a gzip head is read without inflating the rest)."""
 
-    staged: str
-    files: tuple[dict[str, Any], ...]  # the manifest's files
+    vertex_files: tuple[str, ...]
     vertex_rows: int
     vertices_uri: str
     edges_uri: str
@@ -1194,20 +1192,26 @@ class GateSample:
 def gate_sample(staged: str, manifest: dict[str, Any], *, edge_rows: int) -> GateSample:
     """Which rows the gate reads: every edge row when ``edge_rows`` is 0 or covers them all, else
     ``ceil(edge_rows / files)`` from the head of every edge file."""
-    edge_files = [item for item in manifest["files"] if item["path"].startswith(f"{gremlin.EDGES_DIR}/")]
+    def files_of(kind: str) -> list[dict[str, Any]]:
+        return [item for item in manifest["files"] if item["path"].startswith(f"{kind}/")]
+
+    edge_files = files_of(gremlin.EDGES_DIR)
     total = manifest["totals"][gremlin.EDGES_DIR]["rows"]
-    uris = tuple(storage.join(staged, item["path"]) for item in edge_files)
-    vertices_uri = storage.join(staged, gremlin.VERTICES_DIR)
-    edges_uri = storage.join(staged, gremlin.EDGES_DIR)
-    files = tuple(manifest["files"])
-    vertex_rows = manifest["totals"][gremlin.VERTICES_DIR]["rows"]
+    sample = GateSample(
+        vertex_files=tuple(storage.join(staged, item["path"]) for item in files_of(gremlin.VERTICES_DIR)),
+        vertex_rows=manifest["totals"][gremlin.VERTICES_DIR]["rows"],
+        vertices_uri=storage.join(staged, gremlin.VERTICES_DIR),
+        edges_uri=storage.join(staged, gremlin.EDGES_DIR),
+        edge_files=tuple(storage.join(staged, item["path"]) for item in edge_files),
+        edge_rows_per_file=None,
+        note={"edge_rows_checked": total, "edge_sample": "every row"},
+    )
     if edge_rows == 0 or edge_rows >= total:
-        note = {"edge_rows_checked": total, "edge_sample": "every row"}
-        return GateSample(staged, files, vertex_rows, vertices_uri, edges_uri, uris, None, note)
+        return sample
     per_file = math.ceil(edge_rows / len(edge_files))
     rows_checked = sum(min(per_file, item["rows"]) for item in edge_files)
     note = {"edge_rows_checked": rows_checked, "edge_sample": f"first {per_file} rows of each edge file"}
-    return GateSample(staged, files, vertex_rows, vertices_uri, edges_uri, uris, per_file, note)
+    return dataclasses.replace(sample, edge_rows_per_file=per_file, note=note)
 
 
 def gate_frames(
@@ -1315,17 +1319,6 @@ def read_csv_records(
     return head.select(list(columns))
 
 
-def _suite_columns(expectations: Sequence[ExpectationSpec]) -> list[str]:
-    """Every column an expectation names, in the order first named."""
-    names: dict[str, None] = {}
-    for spec in expectations:
-        kwargs = spec.kwargs
-        named = [kwargs["column"]] if "column" in kwargs else list(kwargs.get("column_list") or [])
-        for column in [*named, *(spec.rule.columns if spec.rule is not None else ())]:
-            names[column] = None
-    return list(names)
-
-
 def gate_checked(
     spark: SparkSession,
     run: StagedRun,
@@ -1346,13 +1339,8 @@ def gate_checked(
 
         return frame
 
-    vertex_files = tuple(
-        storage.join(sample.staged, item["path"])
-        for item in sample.files
-        if item["path"].startswith(f"{gremlin.VERTICES_DIR}/")
-    )
     parts = {
-        GREMLIN_VERTICES: (gremlin.VERTICES_DIR, vertex_files, None, sample.vertex_rows),
+        GREMLIN_VERTICES: (gremlin.VERTICES_DIR, sample.vertex_files, None, sample.vertex_rows),
         GREMLIN_EDGES: (
             gremlin.EDGES_DIR,
             sample.edge_files,
@@ -1363,8 +1351,9 @@ def gate_checked(
     checked: dict[str, Checked] = {}
     for dataset, (kind, uris, rows, total) in parts.items():
         expectations = run.suite(dataset, context) or ()
-        columns = [column for column in _suite_columns(expectations) if column in headers[kind]]
-        if total > MAX_DRIVER_GATE_ROWS:
+        named = {column for spec in expectations for column in quality_pass.spec_columns(spec)}
+        columns = [column for column in headers[kind] if column in named]
+        if total > MAX_DRIVER_GATE_ROWS or not uris:
             checked[dataset] = spark_frame(dataset)()
             continue
         try:
