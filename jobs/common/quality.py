@@ -133,8 +133,8 @@ class QualityGateError(JobError):
 class WrittenCounts:
     """A dataset the gate decides on counts made in Arrow as it was written or read back: one
     :mod:`jobs.common.quality_pass` partial per batch (a file, a sample), counted for ``expectations``
-    (:func:`suite_of`); ``counted_by`` says who counted (``writers``: the tasks that wrote it, ``driver``:
-    the driver), and ``staged``, the data as a frame, is what the gate checks with Spark when the counts
+    (:func:`suite_of`); ``counted_by`` says who counted (``writers``: the tasks that wrote it, ``readers``:
+    tasks that read the staged files back, ``driver``: the driver), and ``staged``, the data as a frame, is what the gate checks with Spark when the counts
     do not prove the suite met (then the results carry the offending examples)."""
 
     expectations: tuple[ExpectationSpec, ...]
@@ -143,7 +143,7 @@ class WrittenCounts:
     counted_by: str = "writers"
 
 
-Checked: TypeAlias = DataFrame | WrittenCounts  # what the gate checks: a frame, or the writers' counts
+Checked: TypeAlias = DataFrame | WrittenCounts  # what the gate checks: a frame, or counts made in Arrow
 
 
 def _file_partial(uri: str, expectations: tuple[ExpectationSpec, ...]) -> dict[str, Any]:
