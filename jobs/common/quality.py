@@ -133,9 +133,10 @@ class QualityGateError(JobError):
 class WrittenCounts:
     """A dataset the gate decides on counts made in Arrow as it was written or read back: one
     :mod:`jobs.common.quality_pass` partial per batch (a file, a sample), counted for ``expectations``
-    (:func:`suite_of`); ``counted_by`` says who counted (``writers``: the tasks that wrote it, ``readers``:
-    tasks that read the staged files back, ``driver``: the driver), and ``staged``, the data as a frame, is what the gate checks with Spark when the counts
-    do not prove the suite met (then the results carry the offending examples)."""
+    (:func:`suite_of`). ``counted_by`` says who counted (``writers``: the tasks that wrote it,
+    ``readers``: tasks that read the staged files back, ``driver``: the driver). ``staged``, the data as
+    a frame, is what the gate checks with Spark when the counts do not prove the suite met (then the
+    results carry the offending examples)."""
 
     expectations: tuple[ExpectationSpec, ...]
     partials: tuple[Mapping[str, Any], ...]
