@@ -48,7 +48,7 @@ from jobs.common.cli import run as run_job
 from jobs.common.quality import EMBEDDING_DIM, EMBEDDINGS, ROWS_IN, ROWS_REJECTED, add_quality_args
 from jobs.common.report import Funnel, check_funnel
 from jobs.common.run import RunSpec, StagedRun
-from jobs.common.spark import start_spark, task_slots
+from jobs.common.spark import partition_keys, start_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
     filter_changed,
@@ -77,6 +77,7 @@ MAX_ROWS_PER_PARTITION = 2048
 ARROW_MAX_RECORDS = "spark.sql.execution.arrow.maxRecordsPerBatch"
 ORDER_COL = "_input_order"
 RESULT_COL = "_result"
+ROUTE_COL = "_route"
 BINARY_FILE_PATH = "path"
 INPUT_CATALOG = "catalog"
 INPUT_LISTING = "images_root"
@@ -438,6 +439,35 @@ def partition_count(rows: int, slots: int, batch_size: int) -> int:
     return partitions
 
 
+def spread_evenly(products_df: DataFrame, partitions: int) -> DataFrame:
+    """The products over ``partitions`` for the embedding UDF, at most one row apart, each partition's
+    rows sorted by sku.
+
+    Products in sku order are dealt to the partitions in turn (``partition_keys``: a key that hashing
+    sends to each partition). A plain ``repartition(n)`` left them several rows apart (32 products over 3
+    partitions: 9, 11 and 12), and a model batch is padded to its full size, so a partition one row over
+    a multiple of the batch size costs its task a whole extra batch: with batches of 16, 32 products in
+    17 and 15 rows made the job wait for a second batch of one image. The dealing runs in one task, on
+    (sku, image path) rows only.
+    """
+    keys = partition_keys(partitions)
+    route = F.element_at(
+        F.array(*(F.lit(key) for key in keys)),
+        (F.monotonically_increasing_id() % partitions + 1).cast(T.IntegerType()),
+    )
+    return (
+        products_df.coalesce(1)
+        .sortWithinPartitions(catalog_schema.SKU)
+        # In one partition the ids are 0, 1, 2, ...: the n-th sku goes to partition n % partitions.
+        .withColumn(ROUTE_COL, route)
+        .repartition(partitions, F.col(ROUTE_COL))
+        .drop(ROUTE_COL)
+        # Each batch's images in a fixed order (a reduce task receives the map outputs in any order):
+        # the same batches on a rerun. The vectors do not depend on it (batches are padded to one size).
+        .sortWithinPartitions(catalog_schema.SKU)
+    )
+
+
 @contextmanager
 def sql_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
     """Set runtime SQL settings for a block and put the previous values back (the session is shared)."""
@@ -517,13 +547,8 @@ def plan_embeddings(
         hash_seconds = time.time() - hash_started
         LOG.info("images hashed in %.1fs: %d of the products are new or changed", hash_seconds, to_embed)
     partitions = partition_count(rows_in if to_embed is None else to_embed, slots, config.batch_size)
-    embeddings_df = (
-        to_embed_df
-        .repartition(partitions)
-        # Each batch's images in a fixed order (a reduce task receives the map outputs in any order):
-        # the same batches on a rerun. The vectors do not depend on it (batches are padded to one size).
-        .sortWithinPartitions(catalog_schema.SKU)
-        .transform(with_embeddings, make_embed_udf(config, model_images), model, weights_sha256)
+    embeddings_df = to_embed_df.transform(spread_evenly, partitions).transform(
+        with_embeddings, make_embed_udf(config, model_images), model, weights_sha256
     )
     if reused_df is not None:
         embeddings_df = embeddings_df.unionByName(reused_df)

@@ -16,6 +16,11 @@ def test_jobs_reuse_the_running_session_and_get_runtime_settings(spark) -> None:
     spark.conf.set("spark.sql.execution.arrow.maxRecordsPerBatch", "10000")
 
 
+def test_the_local_jvm_runs_the_parallel_collector(spark) -> None:
+    beans = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getGarbageCollectorMXBeans()
+    assert sorted(bean.getName() for bean in beans) == ["PS MarkSweep", "PS Scavenge"]
+
+
 def test_spark_submit_launch_is_detected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(spark_module.SparkContext, "_active_spark_context", None)
     monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)

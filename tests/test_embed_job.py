@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 import torchvision
+from pyspark.sql import functions as F
 
 from jobs import embed_images
 from jobs.common.cli import JobError
@@ -358,3 +359,27 @@ def test_partition_count_fills_whole_rounds_of_slots() -> None:
         (50_000, 2, 16): 26,
     }
     assert {args: embed_images.partition_count(*args) for args in cases} == cases
+
+
+def test_products_are_spread_at_most_one_row_apart(spark: Any) -> None:
+    # A plain repartition(3) puts 32 products in 9, 11 and 12 rows; a model batch is padded to its full
+    # size, so a partition over a multiple of the batch size costs its task a whole extra batch.
+    for n, inputs, partitions in ((32, 1, 3), (32, 5, 2), (97, 7, 3), (33, 2, 4)):
+        skus = [f"s{i:03d}" for i in range(n)]
+        products_df = spark.createDataFrame(
+            [(sku, f"{sku}.jpg") for sku in reversed(skus)], "sku string, image_path string"
+        ).repartition(inputs)
+        rows = (
+            products_df.transform(embed_images.spread_evenly, partitions)
+            .select(F.spark_partition_id().alias("p"), "sku", "image_path")
+            .collect()
+        )
+        by_partition: dict[int, list[str]] = {}
+        for row in rows:
+            by_partition.setdefault(row["p"], []).append(row["sku"])
+        assert sorted(by_partition) == list(range(partitions))
+        sizes = [len(batch) for batch in by_partition.values()]
+        assert max(sizes) - min(sizes) <= 1, (n, partitions, sizes)
+        # Every product once, with its path; each partition in sku order.
+        assert sorted((row["sku"], row["image_path"]) for row in rows) == [(s, f"{s}.jpg") for s in skus]
+        assert all(batch == sorted(batch) for batch in by_partition.values())

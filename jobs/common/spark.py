@@ -30,6 +30,10 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.ui.showConsoleProgress": "false",
     "spark.sql.session.timeZone": "UTC",
     "spark.driver.memory": "3g",
+    # The local JVM is driver and executor: the parallel collector's throughput beats G1's (the default)
+    # on these batch jobs, and it spends no CPU on concurrent marking. Measured on 2 cores: preprocess of
+    # 2 M events 58.5-61.8 s against 64.2-66.5 s.
+    "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
     # Only loopback is reachable on laptops and CI sandboxes; don't guess a public interface.
