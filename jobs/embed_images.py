@@ -447,8 +447,9 @@ def spread_evenly(products_df: DataFrame, partitions: int) -> DataFrame:
     sends to each partition). A plain ``repartition(n)`` left them several rows apart (32 products over 3
     partitions: 9, 11 and 12), and a model batch is padded to its full size, so a partition one row over
     a multiple of the batch size costs its task a whole extra batch: with batches of 16, 32 products in
-    17 and 15 rows made the job wait for a second batch of one image. The dealing runs in one task, on
-    (sku, image path) rows only.
+    17 and 15 rows made the job wait for a second batch of one image. The dealing runs in one task after
+    a shuffle, on the products' rows only: what comes before it (the catalog read, an incremental
+    night's join with the previous vectors) keeps its own tasks.
     """
     keys = partition_keys(partitions)
     route = F.element_at(
@@ -456,7 +457,8 @@ def spread_evenly(products_df: DataFrame, partitions: int) -> DataFrame:
         (F.monotonically_increasing_id() % partitions + 1).cast(T.IntegerType()),
     )
     return (
-        products_df.coalesce(1)
+        # Not coalesce(1): it would pull the stages before it into the one task.
+        products_df.repartition(1)
         .sortWithinPartitions(catalog_schema.SKU)
         # In one partition the ids are 0, 1, 2, ...: the n-th sku goes to partition n % partitions.
         .withColumn(ROUTE_COL, route)

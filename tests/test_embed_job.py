@@ -383,3 +383,7 @@ def test_products_are_spread_at_most_one_row_apart(spark: Any) -> None:
         # Every product once, with its path; each partition in sku order.
         assert sorted((row["sku"], row["image_path"]) for row in rows) == [(s, f"{s}.jpg") for s in skus]
         assert all(batch == sorted(batch) for batch in by_partition.values())
+    # The one dealing task sits after a shuffle: what comes before it keeps its own tasks (a coalesce(1)
+    # would run an incremental night's join in that one task).
+    plan = products_df.transform(embed_images.spread_evenly, 2)._jdf.queryExecution().executedPlan().toString()
+    assert "Exchange SinglePartition" in plan and "Coalesce" not in plan

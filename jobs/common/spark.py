@@ -31,8 +31,8 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.session.timeZone": "UTC",
     "spark.driver.memory": "3g",
     # The local JVM is driver and executor: the parallel collector's throughput beats G1's (the default)
-    # on these batch jobs, and it spends no CPU on concurrent marking. Measured on 2 cores: preprocess of
-    # 2 M events 58.5-61.8 s against 64.2-66.5 s.
+    # on these batch jobs, and it spends no CPU on concurrent marking (bench/RESULTS.md, "preprocess":
+    # 10 M events in 180.4 s, against 187.9 and 194.5 s with G1).
     "spark.driver.extraJavaOptions": "-XX:+UseParallelGC",
     "spark.sql.sources.partitionOverwriteMode": "dynamic",
     "spark.sql.execution.arrow.pyspark.enabled": "true",
