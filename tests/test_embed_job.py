@@ -385,5 +385,6 @@ def test_products_are_spread_at_most_one_row_apart(spark: Any) -> None:
         assert all(batch == sorted(batch) for batch in by_partition.values())
     # The one dealing task sits after a shuffle: what comes before it keeps its own tasks (a coalesce(1)
     # would run an incremental night's join in that one task).
-    plan = products_df.transform(embed_images.spread_evenly, 2)._jdf.queryExecution().executedPlan().toString()
+    spread_df = products_df.transform(embed_images.spread_evenly, 2)
+    plan = spread_df._jdf.queryExecution().executedPlan().toString()
     assert "Exchange SinglePartition" in plan and "Coalesce" not in plan
