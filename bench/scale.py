@@ -5,6 +5,7 @@
     .venv/bin/python -m bench.scale --quick                                # 1,000 and 2,000 products
     .venv/bin/python -m bench.scale --sizes 50000 --cores 2 --out rows.jsonl  # the 1.25 B-edge headline
     .venv/bin/python -m bench.scale --sizes 50000 --cores 2 --no-validate     # export against the writer
+    .venv/bin/python -m bench.scale --sizes 50000 --cores 2 --no-native       # validate against its peer
 
 Stages, in order, each run as its own process (``python -m ...``) with ``STYLEGRAPH_SPARK_MASTER=local[C]``
 for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
@@ -19,7 +20,8 @@ for C in ``--cores`` (default 1 and 2, the speed-up from a second core):
 - ``decompress+split`` (peer of validate): C processes that only decompress the same edge files and split
   them into lines and fields. ``--no-validate`` skips these two (at 1.25 B edges, 18 of the 72 minutes).
 - ``native csv`` (peer of export): Spark's own CSV writer (gzip) on the same edge Parquet with the same
-  columns already formatted (``bench.export.native_write``), unchecked.
+  columns already formatted (``bench.export.native_write``), unchecked. ``--no-native`` skips it (at
+  1.25 B edges, 25 minutes).
 Per stage: wall and CPU seconds of the process tree (psutil, sampled every 0.2 s, and the waited
 children's rusage, whichever is larger), edges/s, peak RSS of the process tree (sum; forked workers share
 pages, so it overcounts a little), bytes on disk of what the stage wrote, number of files and their sizes.
@@ -212,6 +214,7 @@ def run_size(
     gates_off: bool = False,
     similarity_only: bool = False,
     validate: bool = True,
+    native: bool = True,
 ) -> list[dict]:
     """Every stage at one size, at each core count; one row per (stage, cores), each also appended to
     ``out`` (JSON lines) as soon as it is measured; ``keep`` leaves the data behind; ``gates_off``
@@ -321,14 +324,15 @@ def run_size(
             split_row = row("decompress+split (peer)", cores, m, edges)
             validate_row["rate_vs_peer"] = round(split_row["seconds"] / validate_row["seconds"], 3)
             validate_row["target"] = f">= {TARGET_RATIO}"
-        native_dir = work / "native"
-        m = run_stage([py, "-c", NATIVE, str(catalog), str(edges_dir), str(native_dir)], cores)
-        native_row = row("native csv (peer)", cores, m, edges, **disk(native_dir / "edges", "*.csv.gz"))
-        shutil.rmtree(native_dir, ignore_errors=True)
-        for ratioed in (export_row, ungated_row):
-            if ratioed is not None:
-                ratioed["rate_vs_peer"] = round(native_row["seconds"] / ratioed["seconds"], 3)
-                ratioed["target"] = f">= {TARGET_RATIO}"
+        if native:
+            native_dir = work / "native"
+            m = run_stage([py, "-c", NATIVE, str(catalog), str(edges_dir), str(native_dir)], cores)
+            native_row = row("native csv (peer)", cores, m, edges, **disk(native_dir / "edges", "*.csv.gz"))
+            shutil.rmtree(native_dir, ignore_errors=True)
+            for ratioed in (export_row, ungated_row):
+                if ratioed is not None:
+                    ratioed["rate_vs_peer"] = round(native_row["seconds"] / ratioed["seconds"], 3)
+                    ratioed["target"] = f">= {TARGET_RATIO}"
         if not keep:
             shutil.rmtree(work, ignore_errors=True)
     by_stage: dict[str, dict[int, float]] = {}
@@ -354,6 +358,7 @@ def run(
     gates_off: bool = False,
     similarity_only: bool = False,
     validate: bool = True,
+    native: bool = True,
 ) -> list[dict[str, Any]]:
     """Every stage at each size (default: 1,000 and 2,000 products quick, 2,500 and 5,000 full)."""
     sizes = sizes or ([1000, 2000] if quick else [2500, 5000])
@@ -363,7 +368,7 @@ def run(
         for products in sizes:
             rows += run_size(
                 root / str(products), products, dim, mode, k, cores or [1, 2], out, keep, gates_off,
-                similarity_only, validate,
+                similarity_only, validate, native,
             )
         return rows
     finally:
@@ -393,6 +398,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-validate", action="store_true", help="skip the validator and its decompress+split peer"
     )
+    parser.add_argument("--no-native", action="store_true", help="skip Spark's native CSV writer")
     args = parser.parse_args(argv)
     logging.basicConfig(level="INFO", format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if args.sizes:
@@ -414,6 +420,7 @@ def main(argv: list[str] | None = None) -> int:
         args.gates_off,
         args.similarity_only,
         not args.no_validate,
+        not args.no_native,
     )
     from bench.run_all import markdown_table
 

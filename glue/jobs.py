@@ -40,6 +40,7 @@ GLUE_PROVIDED_MODULES: tuple[str, ...] = ("pyspark", "boto3")
 ADDITIONAL_PYTHON_MODULES: tuple[str, ...] = (
     "pyarrow==12.0.1",
     "numpy==1.26.4",
+    "numba==0.61.2",
     "pandas==2.3.3",
     "great-expectations==1.24.*",
     "Pillow>=10",

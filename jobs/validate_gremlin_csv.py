@@ -4,14 +4,16 @@
         [--allow-non-finite] [--max-problems 1000] [--report-dir R --run-date D]
 
 Works on any export (not only this suite's) and as a library (:func:`validate_export`). Files are checked
-by a process pool over every core (``--workers``); each streams its file through gzip/bzip2/plain in
-blocks of whole records: a plain block (no quote, CR or NUL) is checked by Arrow kernels, any other block,
-or one that fails a kernel check, record by record (records assembled across quoted newlines, an exact
-RFC 4180 grammar), which words every problem with its line. Memory does not grow with the edges: every
-``~id``'s hash is spilled to disk (8 bytes, ``--spill-dir``) and the duplicates are found a partition at a
-time (:mod:`jobs.common.external_duplicates`), then confirmed by rereading the suspects' ids. What stays
-in memory: the vertex ``~id``s (a set and their hashes in each worker, about 100 bytes an id: 50,000 to
-5 M vertices), one block, and the spill buffer.
+by a process pool over every core (``--workers``, forked from a server that has loaded numpy, pyarrow and
+numba once); each streams its file through gzip/bzip2/plain in blocks of whole records: a plain block (no
+quote, CR or NUL; UTF-8) is checked in one compiled pass (:mod:`jobs.common.plain_records`: fields, types,
+blanks, ends, id hashes), any other block, or one that pass is not sure of, record by record (records
+assembled across quoted newlines, an exact RFC 4180 grammar), which words every problem with its line.
+Memory does not grow with the edges: every ``~id``'s hash is spilled to disk (8 bytes, ``--spill-dir``)
+and the duplicates are found a partition at a time (:mod:`jobs.common.external_duplicates`), then
+confirmed by rereading the suspects' ids. What stays in memory: the vertex ``~id``s (their hashes and a
+hash table in each worker, about 40 bytes an id, and the exact set once a record is checked on its own,
+about 100 bytes an id: 50,000 to 5 M vertices), one block, and the spill buffer.
 
 Rules checked (the ``rule`` of each :class:`Problem`):
     no_files, non_data_file  the prefix holds data files, and nothing else the loader would read
@@ -49,6 +51,7 @@ import itertools
 import logging
 import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
 import posixpath
 import re
@@ -62,11 +65,9 @@ from typing import IO, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
-import pyarrow.csv as pacsv
 
 from jobs.common import external_duplicates as ed
-from jobs.common import storage
+from jobs.common import plain_records, storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
 from schemas import gremlin
@@ -84,7 +85,6 @@ UNSUPPORTED_ARCHIVES = (".zip", ".tar", ".tgz", ".tar.gz", ".tar.bz2", ".7z", ".
 BOM = "\ufeff"
 BLOCK_BYTES = 8 * 2**20  # decompressed bytes checked at once (whole records; a longer record grows it)
 SUSPECT_LIMIT = 100_000  # repeated id hashes reread for their ids (beyond: counted from the hashes)
-_BOOLS_OR_BLANK = pa.array(["true", "false", ""])
 
 # One RFC 4180 field: a quoted field (quotes inside doubled) or an unquoted one (no quote, comma, CR, LF).
 _FIELD = re.compile(r'"((?:[^"]|"")*)"|([^,"\r\n]*)')
@@ -419,29 +419,18 @@ class FileOutcome:
 
     result: ValidationResult
     runs: list[ed.Run]
-    ids: list[str]
+    ids: list[pa.Array]  # a vertex file's ~ids (large strings), in record order
 
 
 class _VertexIds:
-    """The vertex ``~id``s an edge worker checks ends against: sorted 128-bit hashes for whole blocks
-    (vectorised), and the exact set, built on first use, for records checked one by one."""
+    """The vertex ``~id``s an edge worker checks ends against: their 128-bit hashes for whole blocks, and
+    the exact set, built on first use, for records checked one by one."""
 
     def __init__(self, ids: pa.Array) -> None:
         self.ids = ids
         first, second = ed.string_hashes(ids) if len(ids) else (np.zeros(0, np.uint64),) * 2
-        order = np.argsort(first, kind="stable")
-        self.first, self.second = first[order], second[order]
+        self.hashes = plain_records.HashSet(first, second)
         self._exact: set[str] | None = None
-
-    def contains_all(self, values: pa.Array) -> bool:
-        """True when every (non-empty) value is a vertex id; False may also mean "not sure" (hash ties)."""
-        if len(values) == 0:
-            return True
-        first, second = ed.string_hashes(values)
-        at = np.searchsorted(self.first, first)
-        inside = at < self.first.size
-        at = np.minimum(at, max(self.first.size - 1, 0))
-        return bool(inside.all() and (self.first[at] == first).all() and (self.second[at] == second).all())
 
     @property
     def exact(self) -> set[str]:
@@ -486,71 +475,31 @@ def _lines(block: bytes) -> list[bytes]:
     return lines
 
 
-def _columns_of(block: bytes, width: int, wanted: Sequence[int]) -> dict[int, pa.Array] | None:
-    """The ``wanted`` columns of a block of plain records (no quote, CR or NUL; UTF-8; ``width`` fields
-    each) as strings, split by Arrow's CSV reader with quoting off; None when the block is not that
-    simple. An empty block has no column."""
-    if b'"' in block or b"\r" in block or b"\x00" in block:
-        return None
-    ascii_only = block.isascii()  # then it is valid UTF-8, and Arrow need not check it again
-    names = [f"c{position}" for position in range(width)]
-    try:
-        table = pacsv.read_csv(
-            pa.BufferReader(block),
-            read_options=pacsv.ReadOptions(column_names=names, use_threads=False, block_size=len(block) + 1),
-            parse_options=pacsv.ParseOptions(
-                quote_char=False, double_quote=False, escape_char=False, ignore_empty_lines=False
-            ),
-            convert_options=pacsv.ConvertOptions(
-                column_types=dict.fromkeys(names, pa.string()),
-                include_columns=[names[position] for position in wanted],
-                strings_can_be_null=False,
-                check_utf8=not ascii_only,
-            ),
-        )
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):  # a field count or UTF-8 problem
-        return None
-    return {position: _one_array(table.column(names[position])) for position in wanted}
+_PLAIN_KINDS = {
+    gremlin.TYPE_STRING: plain_records.ANY,
+    gremlin.TYPE_BOOL: plain_records.BOOL,
+    gremlin.TYPE_FLOAT: plain_records.FLOAT,
+    gremlin.TYPE_DOUBLE: plain_records.DOUBLE,
+    gremlin.TYPE_BYTE: plain_records.BYTE,
+    gremlin.TYPE_SHORT: plain_records.SHORT,
+    gremlin.TYPE_INT: plain_records.INT,
+    gremlin.TYPE_LONG: plain_records.LONG,
+}
 
 
-def _one_array(column: pa.ChunkedArray) -> pa.Array:
-    """The column as one array: its only chunk as it is (``combine_chunks`` would copy even that)."""
-    return column.chunk(0) if column.num_chunks == 1 else column.combine_chunks()
-
-
-def _values_parse(values: pa.Array, column: Column, *, allow_non_finite: bool) -> bool:
-    """True when every non-blank value parses as the column's type (decided by Arrow kernels); False
-    also for types only checked record by record (dates, arrays)."""
-    type_name = column.type_name
-    vectorised = (gremlin.TYPE_BOOL, gremlin.TYPE_FLOAT, gremlin.TYPE_DOUBLE, *_INT_RANGES)
-    if column.is_array or type_name not in vectorised:
-        return pc.max(pc.utf8_length(values)).as_py() in (None, 0)  # only blanks: nothing to check
-    if type_name == gremlin.TYPE_BOOL:
-        return bool(pc.all(pc.is_in(pc.utf8_lower(values), value_set=_BOOLS_OR_BLANK)).as_py())
-    target = pa.int64() if type_name in _INT_RANGES else pa.float64()
-    try:  # Arrow parses a subset of _INTEGER/_DECIMAL (no "+", no spaces) plus nan/inf, ruled out below
-        numbers = pc.cast(values, target)  # no blank value (the usual block): no copy without them
-    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-        filled = pc.filter(values, pc.not_equal(values, ""))
-        if len(filled) == 0:
-            return True
-        try:
-            numbers = pc.cast(filled, target)
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            return False
-    bounds = pc.min_max(numbers).as_py()
-    if type_name in _INT_RANGES:
-        low, high = _INT_RANGES[type_name]
-        return bool(low <= bounds["min"] and bounds["max"] <= high)
-    limit = FLOAT_MAX if type_name == gremlin.TYPE_FLOAT else sys.float_info.max
-    if pc.any(pc.is_nan(numbers)).as_py():
-        return False
-    return bool(-limit <= bounds["min"] and bounds["max"] <= limit)
+def _plain_kind(column: Column) -> int:
+    """What the compiled scan checks a column's values as (dates and arrays: only blanks; the rest are
+    checked record by record)."""
+    if column.is_system:
+        return plain_records.ANY
+    if column.is_array:
+        return plain_records.BLANK
+    return _PLAIN_KINDS.get(column.type_name, plain_records.BLANK)
 
 
 class _FileChecker:
-    """Checks the records of one file: whole blocks by Arrow kernels when they are plain and good, the
-    rest record by record (which finds and words every problem); spills every ``~id``'s hash."""
+    """Checks the records of one file: whole blocks by one compiled scan when they are plain and good,
+    the rest record by record (which finds and words every problem); spills every ``~id``'s hash."""
 
     def __init__(self, task: FileTask, result: ValidationResult) -> None:
         self.task = task
@@ -558,7 +507,7 @@ class _FileChecker:
         self.kind = task.kind
         self.result = result
         self.writer = ed.RunWriter(task.spill_dir, f"f{task.index:06d}", task.budget_bytes)
-        self.ids: list[str] = []
+        self.ids: list[pa.Array] = []
         self._problem_line = -1
 
     def report_line(self, line: int, rule: str, reason: str) -> None:
@@ -571,7 +520,13 @@ class _FileChecker:
         first, second = ed.string_hashes(ids)
         self.writer.add(ed.partition_of(first), second)
         if self.kind == VERTEX:
-            self.ids.extend(ids.to_pylist())
+            self.ids.append(ids)
+
+    def spill_scanned(self) -> None:
+        scanner = self.scanner
+        self.writer.add(ed.partition_of(scanner.first), scanner.second.copy())  # its buffers are reused
+        if self.kind == VERTEX:
+            self.ids.append(scanner.ids())
 
     def run(self, stream: IO[bytes]) -> None:
         blocks = _blocks(stream)
@@ -627,40 +582,38 @@ class _FileChecker:
             for position, column in enumerate(columns)
             if not column.is_system and (column.type_name != gremlin.TYPE_STRING or column.is_array)
         ]
-        self.wanted = sorted({self.id_index, *self.required, *self.ends, *(p for p, _ in self.typed)})
         self.strings = [
             position
             for position, column in enumerate(columns)
             if not column.is_system and column.type_name == gremlin.TYPE_STRING
         ]
+        vertices = _VERTICES.hashes if _VERTICES is not None and self.ends else None
+        self.scanner = plain_records.PlainScanner(
+            [_plain_kind(column) for column in columns],
+            [position in self.required for position in range(self.width)],
+            [position in self.ends for position in range(self.width)],
+            self.id_index,
+            vertices,
+        )
         return True
 
     def fast_block(self, block: bytes) -> int | None:
-        """Check a whole block with Arrow kernels: its record count, or None (nothing recorded) when a
+        """Check a whole block in one compiled scan: its record count, or None (nothing recorded) when a
         record by record pass is needed: anything quoted or odd, or any value that may break a rule."""
         if len(block) > gremlin.MAX_VALUE_BYTES:  # a value of the block could be over the limit
             return None
-        columns = _columns_of(block, self.width, self.wanted)
-        if columns is None:
+        if b'"' in block or b"\r" in block or b"\x00" in block:  # memchr: the scan assumes none
             return None
-
-        def column(position: int) -> pa.Array:
-            return columns[position]
-
-        for position in self.required:
-            if pc.min(pc.utf8_length(column(position))).as_py() == 0:
+        if not block.isascii():
+            try:
+                block.decode("utf-8")
+            except UnicodeDecodeError:
                 return None
-        allow = self.task.allow_non_finite
-        if not all(_values_parse(column(p), typed, allow_non_finite=allow) for p, typed in self.typed):
+        records = self.scanner.scan(block)
+        if records == plain_records.NOT_SURE:
             return None
-        vertices = _VERTICES
-        if self.ends and vertices is not None:
-            for position in self.ends:
-                if not vertices.contains_all(pc.dictionary_encode(column(position)).dictionary):
-                    return None
-        records = len(columns[self.id_index])
         self.result.records[self.kind] += records
-        self.spill(column(self.id_index))
+        self.spill_scanned()
         return records
 
     def slow_block(self, block: bytes, first_line: int) -> None:
@@ -829,6 +782,15 @@ def find_suspects(task: FindTask) -> list[tuple[int, str, tuple[int, int]]]:
 
 
 # ----------------------------------------------------------------------------------------------- workers
+def _start_forkserver() -> None:
+    """Start the workers' forkserver now, with this module's heavy imports (numpy, pyarrow, numba) done in
+    it: every worker forks with them loaded instead of importing them itself, and the server imports them
+    while the caller goes on. (Not this module itself: a worker runs it as its main module.)"""
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload([plain_records.__name__, storage.__name__])
+    multiprocessing.forkserver.ensure_running()
+
+
 class _Workers:
     """Maps a function over tasks in order: in this process for one worker or one task, else in a
     process pool (forkserver: safe beside the JVM's threads) whose workers get the vertex ids once."""
@@ -862,9 +824,9 @@ def validate_prefix(
     vertex_ids: pa.Array | None = None,
     allow_non_finite: bool = False,
     budget_bytes: int = ed.DEFAULT_BUDGET_BYTES,
-) -> list[str]:
+) -> pa.Array:
     """Check every file under one loader prefix (vertex or edge), the files in parallel, then the
-    duplicate ``~id``s across all of them; returns the ids when ``kind`` is vertices (else [])."""
+    duplicate ``~id``s across all of them; returns the ids when ``kind`` is vertices (else none)."""
     files = storage.all_files(storage.resolve(uri))  # on S3: the published folder's current version
     data_files = []
     for file_uri in files:
@@ -888,13 +850,13 @@ def validate_prefix(
         for index, file_uri in enumerate(data_files)
     ]
     outcomes: list[FileOutcome] = pool.map(check_file, tasks)
-    ids: list[str] = []
+    ids: list[pa.Array] = []
     for outcome in outcomes:
         result.merge(outcome.result)
         ids.extend(outcome.ids)
     runs = tuple(run for outcome in outcomes for run in outcome.runs)
     _report_duplicates(kind, data_files, runs, result, pool, folder, budget_bytes)
-    return ids
+    return pa.concat_arrays(ids) if ids else plain_records.no_strings()
 
 
 def _report_duplicates(
@@ -962,6 +924,9 @@ def validate_export(
     ``budget_bytes`` bounds what one worker holds of them.
     """
     result = ValidationResult(max_problems=max_problems)
+    if (workers or os.cpu_count() or 1) > 1:
+        _start_forkserver()
+    plain_records.compile_scan()  # here once, not in each worker
     with tempfile.TemporaryDirectory(prefix="validate-ids-", dir=spill_dir) as spill:
         vertex_ids = validate_prefix(
             vertices_uri, VERTEX, result, spill, workers=workers or 0, allow_non_finite=allow_non_finite,
@@ -969,7 +934,7 @@ def validate_export(
         )
         validate_prefix(
             edges_uri, EDGE, result, spill, workers=workers or 0,
-            vertex_ids=pa.array(vertex_ids, pa.large_string()), allow_non_finite=allow_non_finite,
+            vertex_ids=vertex_ids, allow_non_finite=allow_non_finite,
             budget_bytes=budget_bytes,
         )
     return result

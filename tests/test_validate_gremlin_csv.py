@@ -356,9 +356,21 @@ def test_blocks_checked_whole_or_record_by_record_report_the_same_lines(tmp_path
     edges[250] = edges[250].replace(",v", ",ghost", 1)  # ~from is not a vertex
     edges[300] = edges[300].replace(",knows,0.", ",knows,x")  # not a Double
     root = make_export(tmp_path, vertices=many_vertices(), edges="\n".join(edges))
+    slow = []
+    record_by_record = V._FileChecker.slow_block
+
+    def recorded(self, block, first_line):
+        slow.append((self.kind, first_line, first_line + block.count(b"\n")))
+        return record_by_record(self, block, first_line)
+
+    monkeypatch.setattr(V._FileChecker, "slow_block", recorded)
     result = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
     assert [(p.line, p.rule) for p in result.problems] == [(252, "missing_vertex"), (302, "type")]
     assert result.records == {"vertex": 50, "edge": 400}
+    # only the blocks with the quoted record or a problem were checked record by record
+    assert slow and all(
+        kind == "edge" and any(first <= line < last for line in (151, 252, 302)) for kind, first, last in slow
+    )
 
 
 def test_an_ids_hash_does_not_depend_on_the_ids_beside_it():

@@ -1,4 +1,4 @@
-"""Repeated strings among billions, found on disk in bounded memory: hash, spill by partition, sort each.
+"""Repeated strings among billions, found on disk in bounded memory: hash, spill by partition, count each.
 
 Every string gets a 128-bit hash (two independent multiplicative hashes over its UTF-8 bytes read as
 little-endian 8-byte words, zero-padded, each finished by splitmix64's mixer, computed with numpy over an
@@ -6,9 +6,10 @@ Arrow string array's buffers: no Python object per string). The first hash's top
 choose a partition, the second hash (64 bits) is what is stored: 8 bytes per string, 72 bits that tell
 strings apart. A :class:`RunWriter` buffers ``(partition, key)`` pairs up to a fixed count and writes each
 full buffer as one *run*: its keys grouped by partition (``<name>.u64``) and the partition offsets
-(``<name>.idx``). :func:`repeated_keys` then reads one partition of every run at a time; a partition larger
-than the memory budget is split again by the next bits of its keys (on disk, in chunks of the budget), so
-memory is bounded by the budget whatever the count. Equal strings always have equal keys, so a key seen once
+(``<name>.idx``). :func:`repeated_keys` then reads one partition of every run at a time and finds its
+repeated keys in one compiled pass through a hash table (numba); a partition larger than the memory budget is
+split again by the next bits of its keys (on disk, in chunks of the budget), so memory is bounded by the
+budget whatever the count. Equal strings always have equal keys, so a key seen once
 is a string seen once; a key seen more than once is a *suspect*: the caller rereads the strings to confirm
 (two different strings can share 72 bits: about n^2 / 2^73 such pairs among n strings, 1.6e-4 at 1.25
 billion).
@@ -20,6 +21,7 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
+import numba
 import numpy as np
 import pyarrow as pa
 
@@ -28,16 +30,16 @@ PARTITIONS = 1 << PARTITION_BITS
 SUB_BITS = 4  # an oversized partition is split 16 ways by the next bits of its keys
 DEFAULT_BUDGET_BYTES = 256 * 2**20
 _MASK64 = np.uint64(0xFFFFFFFFFFFFFFFF)
-_SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
+SEEDS = (0x9E3779B97F4A7C15, 0xC2B2AE3D27D4EB4F)
 _multipliers: list[np.ndarray] = [np.zeros(0, np.uint64), np.zeros(0, np.uint64)]
 
 
-def _position_multipliers(which: int, length: int) -> np.ndarray:
+def position_multipliers(which: int, length: int) -> np.ndarray:
     """Fixed odd 64-bit multipliers for word positions 0..length-1 (grown on demand, deterministic)."""
     table = _multipliers[which]
     if table.size < length:
         size = max(length, 2 * table.size, 256)
-        rng = np.random.default_rng(_SEEDS[which])
+        rng = np.random.default_rng(SEEDS[which])
         table = rng.integers(0, 2**63, size=size, dtype=np.uint64) * np.uint64(2) + np.uint64(1)
         _multipliers[which] = table
     return table[:length]
@@ -87,9 +89,43 @@ def string_hashes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
         values = padded.view(np.uint64)
         with np.errstate(over="ignore"):
             for which, out in ((0, first), (1, second)):
-                sums = (values * _position_multipliers(which, words)).sum(axis=1, dtype=np.uint64)
-                out[rows] = _mix(sums + np.uint64(length) * np.uint64(_SEEDS[which]))
+                sums = (values * position_multipliers(which, words)).sum(axis=1, dtype=np.uint64)
+                out[rows] = _mix(sums + np.uint64(length) * np.uint64(SEEDS[which]))
     return first, second
+
+
+@numba.njit(cache=True, nogil=True)
+def _repeats(keys):
+    """Each key seen more than once, once for every time after the first (in no order): one pass through
+    an open-addressing table of at least 1.5 slots a key (the keys are hashes: their low bits pick the
+    slot; 0 marks an empty slot, so zeros are counted apart)."""
+    slots = 1
+    while slots < keys.size + keys.size // 2:
+        slots *= 2
+    table = np.zeros(slots, np.uint64)
+    mask = np.uint64(slots - 1)
+    extra = np.empty(keys.size, np.uint64)  # untouched pages cost nothing: most keys are seen once
+    found = 0
+    zeros = 0
+    for key in keys:
+        if key == 0:
+            zeros += 1
+            if zeros > 1:
+                extra[found] = key
+                found += 1
+            continue
+        slot = key & mask
+        while True:
+            held = table[slot]
+            if held == 0:
+                table[slot] = key
+                break
+            if held == key:
+                extra[found] = key
+                found += 1
+                break
+            slot = (slot + np.uint64(1)) & mask
+    return extra[:found]
 
 
 def partition_of(first: np.ndarray) -> np.ndarray:
@@ -193,10 +229,9 @@ def repeated_keys(
             if total > 1:
                 yield key, total
             return
-        keys = np.sort(np.concatenate([run.read(begin, end) for run, begin, end in slices]))
-        values, counts = np.unique(keys, return_counts=True)
-        repeated = counts > 1
-        yield from zip(values[repeated].tolist(), counts[repeated].tolist(), strict=True)
+        keys = np.concatenate([run.read(begin, end) for run, begin, end in slices])
+        values, counts = np.unique(_repeats(keys), return_counts=True)  # few: sorted here
+        yield from zip(values.tolist(), (counts + 1).tolist(), strict=True)
         return
     shift = np.uint64(64 - used_bits - SUB_BITS)
     folder = os.path.join(scratch, f"split-{partition}-{level}-{os.getpid()}")
