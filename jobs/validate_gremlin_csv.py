@@ -6,7 +6,7 @@
 Works on any export (not only this suite's) and as a library (:func:`validate_export`). Files are checked
 by a process pool over every core (``--workers``, forked from a server that has loaded numpy, pyarrow and
 numba once); each streams its file through gzip/bzip2/plain in blocks of whole records: a plain block (no
-quote, CR or NUL; UTF-8) is checked in one compiled pass (:mod:`jobs.common.plain_records`: fields, types,
+quote, CR or NUL; UTF-8) is checked in one compiled pass (:mod:`udfs.plain_records`: fields, types,
 blanks, ends, id hashes), any other block, or one that pass is not sure of, record by record (records
 assembled across quoted newlines, an exact RFC 4180 grammar), which words every problem with its line.
 Memory does not grow with the edges: every ``~id``'s hash is spilled to disk (8 bytes, ``--spill-dir``)
@@ -67,10 +67,11 @@ import numpy as np
 import pyarrow as pa
 
 from jobs.common import external_duplicates as ed
-from jobs.common import plain_records, storage
+from jobs.common import storage
 from jobs.common.cli import JobError, job_parser, positive_int, run
 from jobs.common.report import Funnel, write_report
 from schemas import gremlin
+from udfs import plain_records
 
 LOG = logging.getLogger("stylegraph.validate")
 

@@ -143,7 +143,20 @@ def test_the_validate_stage_runs_its_glue_script_with_only_what_glue_ships(
     glue_env: dict[str, str], tmp_path: Path
 ) -> None:
     """The driver and Spark's Python workers both run under the blocker: a lazy import of something Glue
-    does not ship anywhere on the stage's path fails the run."""
+    does not ship anywhere on the stage's path fails the run. The project comes from its zip, as on Glue
+    (``--extra-py-files``), and the home folder is new: the compiled scan must cache itself outside the
+    zip (numba's user-wide cache) on a machine that never ran it."""
+    from emr import dist
+
+    (tmp_path / "dist").mkdir()
+    project_zip = dist.build_zip(tmp_path / "dist")
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {
+        **glue_env,
+        "PYTHONPATH": glue_env["PYTHONPATH"].replace(str(ROOT), str(project_zip)),
+        "HOME": str(home),
+    }
     export, reports = tmp_path / "export", tmp_path / "reports"
     (export / "vertices").mkdir(parents=True)
     (export / "edges").mkdir(parents=True)
@@ -154,12 +167,15 @@ def test_the_validate_stage_runs_its_glue_script_with_only_what_glue_ships(
         "~id,~from,~to,~label,score:Double\na-b,a,b,similar,0.93\nb-a,b,a,similar,0.93\n", encoding="utf-8"
     )
     argv = [
-        "glue/scripts/validate_gremlin_csv.py", "--JOB_NAME", "stylegraph-validate",
+        str(ROOT / "glue" / "scripts" / "validate_gremlin_csv.py"), "--JOB_NAME", "stylegraph-validate",
         "--vertices", str(export / "vertices"), "--edges", str(export / "edges"),
         "--run-date", RUN_DATE, "--report-dir", str(reports),
     ]
     code = f"import runpy, sys; sys.argv = {argv!r}; runpy.run_path(sys.argv[0], run_name='__main__')"
-    completed = run_python(code, glue_env)
+    completed = run_python(code, env, cwd=tmp_path)
     assert completed.returncode == 0, completed.stderr[-3000:]
     report = json.loads((reports / "validate" / f"dt={RUN_DATE}.json").read_text())
     assert (report["ok"], report["funnel"]["rows_in"]) == (True, 4)
+    assert list((home / ".cache").rglob("*.nbi"))  # numba cached the scan in the home folder
+    where = run_python("import udfs.plain_records as p; print(p.__file__)", env, cwd=tmp_path)
+    assert where.stdout.startswith(str(project_zip))  # the stage ran from the zip

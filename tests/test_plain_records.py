@@ -1,4 +1,4 @@
-"""jobs.common.plain_records: the compiled scan of plain CSV blocks.
+"""udfs.plain_records: the compiled scan of plain CSV blocks.
 
 It must never accept what the record-by-record checks reject (the validator trusts a block it accepts),
 must accept ordinary good blocks (else every block takes the slow path), and must hash ids exactly as
@@ -15,8 +15,8 @@ import pytest
 
 from jobs import validate_gremlin_csv as V
 from jobs.common import external_duplicates as ed
-from jobs.common import plain_records as P
 from schemas import gremlin as G
+from udfs import plain_records as P
 
 TYPES = {
     P.BOOL: G.TYPE_BOOL,
