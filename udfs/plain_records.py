@@ -56,14 +56,7 @@ def hash_tables() -> tuple[np.ndarray, np.ndarray, np.uint64, np.uint64]:
     )
 
 
-@numba.njit(cache=True, nogil=True, inline="always")
-def _mix(z):  # splitmix64's finaliser, as external_duplicates._mix
-    z ^= z >> np.uint64(30)
-    z *= np.uint64(0xBF58476D1CE4E5B9)
-    z ^= z >> np.uint64(27)
-    z *= np.uint64(0x94D049BB133111EB)
-    z ^= z >> np.uint64(31)
-    return z
+_mix = ed.mix_one
 
 
 _ONES = np.uint64(0x0101010101010101)

@@ -45,16 +45,17 @@ def position_multipliers(which: int, length: int) -> np.ndarray:
     return table[:length]
 
 
-def _mix(values: np.ndarray) -> np.ndarray:
-    """splitmix64's finaliser: every input bit moves every output bit."""
-    with np.errstate(over="ignore"):
-        z = values.copy()
-        z ^= z >> np.uint64(30)
-        z *= np.uint64(0xBF58476D1CE4E5B9)
-        z ^= z >> np.uint64(27)
-        z *= np.uint64(0x94D049BB133111EB)
-        z ^= z >> np.uint64(31)
-    return z
+def _mix(z):
+    """splitmix64's finaliser (every input bit moves every output bit), of a uint64 array with numpy or
+    of one uint64 in compiled code (:data:`mix_one`)."""
+    z = z ^ (z >> np.uint64(30))
+    z = z * np.uint64(0xBF58476D1CE4E5B9)
+    z = z ^ (z >> np.uint64(27))
+    z = z * np.uint64(0x94D049BB133111EB)
+    return z ^ (z >> np.uint64(31))
+
+
+mix_one = numba.njit(cache=True, nogil=True, inline="always")(_mix)
 
 
 def string_hashes(strings: pa.Array) -> tuple[np.ndarray, np.ndarray]:
