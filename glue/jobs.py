@@ -41,6 +41,7 @@ ADDITIONAL_PYTHON_MODULES: tuple[str, ...] = (
     "pyarrow==12.0.1",
     "numpy==1.26.4",
     "numba==0.61.2",
+    "zlib-ng==1.1.0",
     "pandas==2.3.3",
     "great-expectations==1.24.*",
     "Pillow>=10",

@@ -26,7 +26,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
-import gzip
 import hashlib
 import io
 import logging
@@ -241,14 +240,6 @@ class Sizing:
     partitions: int | None  # coalesce to this many partitions; None keeps the frame's partitions
 
 
-def _compress(data: bytes, compression: str) -> bytes:
-    if compression == gremlin.COMPRESSION_GZIP:
-        return gzip.compress(data, compresslevel=6)
-    if compression == gremlin.COMPRESSION_BZIP2:
-        return bz2.compress(data)
-    return data
-
-
 def plan_sizing(
     rows_df: DataFrame,
     *,
@@ -274,7 +265,7 @@ def plan_sizing(
     for row in sample:
         writer.writerow(["" if value is None else value for value in row])
     raw = buffer.getvalue().encode("utf-8")
-    bytes_per_row = max(len(_compress(raw, compression)) / len(sample), 1.0)
+    bytes_per_row = max(len(ef.compressed(raw, compression)) / len(sample), 1.0)
     rows_per_file = max(1, int(target_bytes / bytes_per_row))
     estimated_bytes = bytes_per_row * total_rows
     current = rows_df.rdd.getNumPartitions()
@@ -660,7 +651,7 @@ def sample_edge_bytes_per_row(
     records = ga.format_edges(
         good, checked.from_index, checked.to_index, pieces, has_rank=spec.has_rank, tail=spec.tail
     )
-    return max(len(_compress(bytes(records), spec.compression)) / good.num_rows, 1.0)
+    return max(len(ef.compressed(bytes(records), spec.compression)) / good.num_rows, 1.0)
 
 
 def plan_edge_tasks(
@@ -868,7 +859,7 @@ def write_vertex_files(spec: ExportSpec, staged: str, good: pa.Table) -> tuple[l
     rows_per_file = max(len(records), 1)
     if len(records) > SIZING_SAMPLE_ROWS:
         sample = bytes(ga.record_bytes(records.slice(0, SIZING_SAMPLE_ROWS)))
-        bytes_per_row = max(len(_compress(sample, spec.compression)) / SIZING_SAMPLE_ROWS, 1.0)
+        bytes_per_row = max(len(ef.compressed(sample, spec.compression)) / SIZING_SAMPLE_ROWS, 1.0)
         rows_per_file = max(1, int(spec.target_bytes / bytes_per_row))
     vertices_uri = storage.join(staged, gremlin.VERTICES_DIR)
     files: list[dict[str, Any]] = []

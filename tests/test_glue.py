@@ -106,7 +106,7 @@ def test_deploy_uploads_and_creates_then_updates_one_job_per_cpu_stage(
         assert job["DefaultArguments"] == {
             "--extra-py-files": zip_uri,
             "--additional-python-modules":
-                "pyarrow==12.0.1,numpy==1.26.4,numba==0.61.2,pandas==2.3.3,great-expectations==1.24.*,Pillow>=10",
+                "pyarrow==12.0.1,numpy==1.26.4,numba==0.61.2,zlib-ng==1.1.0,pandas==2.3.3,great-expectations==1.24.*,Pillow>=10",
             "--TempDir": f"s3://{bucket}/sg/glue-temp/",
             "--enable-metrics": "true",
             "--enable-continuous-cloudwatch-log": "true",
