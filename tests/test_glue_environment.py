@@ -156,6 +156,7 @@ def test_the_validate_stage_runs_its_glue_script_with_only_what_glue_ships(
         **glue_env,
         "PYTHONPATH": glue_env["PYTHONPATH"].replace(str(ROOT), str(project_zip)),
         "HOME": str(home),
+        "XDG_CACHE_HOME": str(home / ".cache"),  # numba's user-wide cache folder
     }
     export, reports = tmp_path / "export", tmp_path / "reports"
     (export / "vertices").mkdir(parents=True)

@@ -1,9 +1,10 @@
 """One compiled pass over a block of plain CSV records: split, check and hash, or say "not sure".
 
-A *plain* block holds whole records, one a line, with no quote, CR or NUL byte, as UTF-8 (the caller checks
-the encoding). :func:`scan_plain_block` walks its bytes once and, for every record, checks the field count,
-the required (non-blank) fields, each typed field's value, and that each end field is one of a sorted set
-of 128-bit hashes; it also hashes one id field per record exactly as
+A *plain* block holds whole records, one a line, with no quote, CR or NUL byte, as UTF-8 (the caller
+checks both: a memchr per byte, a decode when not ASCII). :meth:`PlainScanner.scan` walks its bytes once
+and, for every record, checks the field count, the required (non-blank) fields, each typed field's value,
+and that each end field is in a set of 128-bit hashes (:class:`HashSet`); it also hashes one id field per
+record exactly as
 :func:`jobs.common.external_duplicates.string_hashes` does, so ids hashed here and ids hashed from an Arrow
 array meet in the same duplicate pass.
 
@@ -39,10 +40,9 @@ INTEGER_RANGES = {
     INT: (-(2**31), 2**31 - 1),
     LONG: (-(2**63), 2**63 - 1),
 }
-_LIMIT_EXPONENT = {FLOAT: 38, DOUBLE: 308}  # |value| < 10**exponent is within the type's range
 MAX_HASHED_WORDS = 512  # fields hashed here are at most 4 KiB (longer: not sure)
 
-_COMMA, _NEWLINE, _QUOTE, _CR, _NUL = 44, 10, 34, 13, 0
+_COMMA, _NEWLINE = 44, 10
 _ZERO, _NINE, _DOT, _PLUS, _MINUS = 48, 57, 46, 43, 45
 
 
