@@ -100,12 +100,6 @@ _PROPERTY_HEADER = re.compile(
     r"^(?P<name>(?:[^:\\]|\\.)+)"
     r"(?::(?P<type>[A-Za-z]+)(?P<card1>\((?:single|set)\))?(?P<array>\[\])?(?P<card2>\((?:single|set)\))?)?$"
 )
-_INT_RANGES = {
-    gremlin.TYPE_BYTE: (-(2**7), 2**7 - 1),
-    gremlin.TYPE_SHORT: (-(2**15), 2**15 - 1),
-    gremlin.TYPE_INT: (-(2**31), 2**31 - 1),
-    gremlin.TYPE_LONG: (-(2**63), 2**63 - 1),
-}
 FLOAT_MAX = 3.4028234663852886e38
 _TYPES_BY_LOWER = {name.lower(): name for name in gremlin.PROPERTY_TYPES} | gremlin.TYPE_ALIASES
 
@@ -295,8 +289,8 @@ def type_error(value: str, type_name: str, *, allow_non_finite: bool) -> tuple[s
         return (
             None if value.lower() in ("true", "false") else ("type", f"{value!r} is not a Bool (true/false)")
         )
-    if type_name in _INT_RANGES:
-        low, high = _INT_RANGES[type_name]
+    if type_name in gremlin.INTEGER_RANGES:
+        low, high = gremlin.INTEGER_RANGES[type_name]
         if not _INTEGER.match(value):
             return ("type", f"{value!r} is not an integer ({type_name})")
         integer = int(value)

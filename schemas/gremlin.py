@@ -41,6 +41,13 @@ PROPERTY_TYPES = (
     TYPE_DATETIME,
 )
 TYPE_ALIASES = {"boolean": TYPE_BOOL}
+# The integer types' ranges (Java's byte, short, int and long).
+INTEGER_RANGES = {
+    TYPE_BYTE: (-(2**7), 2**7 - 1),
+    TYPE_SHORT: (-(2**15), 2**15 - 1),
+    TYPE_INT: (-(2**31), 2**31 - 1),
+    TYPE_LONG: (-(2**63), 2**63 - 1),
+}
 CARDINALITY_SINGLE = "single"
 CARDINALITY_SET = "set"
 ARRAY_SEPARATOR = ";"

@@ -385,3 +385,22 @@ def test_an_ids_hash_does_not_depend_on_the_ids_beside_it():
     first, second = ed.string_hashes(pa.array(same_length))
     assert list(zip(first.tolist(), second.tolist(), strict=True)) == expected[2:7] + expected[8:]
     assert len(set(expected)) == len(mixed)  # different ids, different hashes
+
+
+@pytest.mark.parametrize(
+    ("label", "rule"),
+    [(b"kn\xffows", "encoding"), (b"kn\x00ows", "nul"), (b"kn\rows", "quoting"), ("knöws".encode(), None)],
+    ids=["bad-utf8", "nul", "cr", "good-utf8"],
+)
+def test_a_plain_file_with_an_odd_byte_is_judged_as_record_by_record(tmp_path, monkeypatch, label, rule):
+    """No quote anywhere, so blocks take the compiled scan, which assumes no NUL or CR and valid UTF-8:
+    the checks before it must send a block with an odd byte record by record, to the same verdict."""
+    edges = plain_edges(0, 300).encode().replace(b"\ne150,v0,v1,knows,", b"\ne150,v0,v1," + label + b",")
+    root = make_export(tmp_path, vertices=many_vertices(), edges=edges)
+    compiled = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
+    monkeypatch.setattr(V._FileChecker, "fast_block", lambda self, block: None)
+    by_record = V.validate_export(str(root / "vertices"), str(root / "edges"), workers=1)
+    found_lines = [(p.line, p.rule) for p in compiled.problems]
+    assert found_lines == [(p.line, p.rule) for p in by_record.problems]
+    assert found_lines == ([] if rule is None else [(152, rule)])
+    assert compiled.records == by_record.records == {"vertex": 50, "edge": 300}

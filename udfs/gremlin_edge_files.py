@@ -7,8 +7,8 @@ twice the write itself. Here one task reads its Parquet row groups with
 pyarrow, looks both ends up among the vertex skus (``index_in``: a vertex index per end, so the pair
 is an exact int64 key), formats the good rows with Arrow kernels (:mod:`udfs.gremlin_arrow`),
 compresses them at Hadoop's levels (gzip 6 with zlib-ng: the same format and level as Hadoop's
-GzipCodec in about 30% less CPU than zlib; bzip2 9) and hashes the bytes as they are written; the keys
-go on, sorted and cut by key range, to a second step that counts repeats exactly.
+GzipCodec in less CPU than zlib, bench/RESULTS.md "export"; bzip2 9) and hashes the bytes as they are
+written; the keys go on, sorted and cut by key range, to a second step that counts repeats exactly.
 
 Files are named by task and sequence (``part-<task>-c<seq>.csv.gz``) from the task's rows alone, so a
 retried or speculative attempt writes the same name with the same bytes. A local file is written under

@@ -23,6 +23,7 @@ import pyarrow as pa
 from numba.cpython.unsafe.numbers import trailing_zeros
 
 from jobs.common import external_duplicates as ed
+from schemas import gremlin
 
 NOT_SURE = -1
 
@@ -34,11 +35,14 @@ DOUBLE = 3  # a decimal number below 1e308 (Double's limit is 1.8e308)
 BYTE, SHORT, INT, LONG = 4, 5, 6, 7  # an integer in the type's range
 BLANK = 8  # only blank (types this pass does not parse: dates, arrays)
 
-INTEGER_RANGES = {
-    BYTE: (-(2**7), 2**7 - 1),
-    SHORT: (-(2**15), 2**15 - 1),
-    INT: (-(2**31), 2**31 - 1),
-    LONG: (-(2**63), 2**63 - 1),
+INTEGER_RANGES = {  # by kind, from the types' ranges
+    kind: gremlin.INTEGER_RANGES[type_name]
+    for kind, type_name in (
+        (BYTE, gremlin.TYPE_BYTE),
+        (SHORT, gremlin.TYPE_SHORT),
+        (INT, gremlin.TYPE_INT),
+        (LONG, gremlin.TYPE_LONG),
+    )
 }
 MAX_HASHED_WORDS = 512  # fields hashed here are at most 4 KiB (longer: not sure)
 
