@@ -19,7 +19,7 @@ QUICK ?=
 export PYTHONHASHSEED := 0
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help venv airflow-venv sample run test browser bench lint dist clean
+.PHONY: help venv jvm-archive airflow-venv sample run test browser bench lint dist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -33,6 +33,9 @@ $(STAMP): requirements/base.txt requirements/dev.txt setup.py
 
 venv: $(STAMP) ## create .venv and install the pinned stack
 
+jvm-archive: $(STAMP) ## the local Spark JVM's class-data archive (built once per Java and Spark install, ~35 s)
+	$(PY) -m jobs.common.jvm_archive
+
 $(AIRFLOW_STAMP): requirements/airflow.txt requirements/airflow-constraints.txt
 	test -x $(AIRFLOW_PY) || $(PYTHON_BOOT) -m venv $(AIRFLOW_VENV)
 	$(AIRFLOW_PY) -m pip install -q --upgrade pip
@@ -44,10 +47,10 @@ airflow-venv: $(AIRFLOW_STAMP) ## create .venv-airflow (Airflow 3 + amazon provi
 sample: $(STAMP) ## generate the deterministic sample dataset under data/sample
 	$(PY) -m jobs.generate_sample --output $(SAMPLE) --seed $(SEED) --end-date $(RUN_DATE)
 
-run: $(STAMP) ## the whole pipeline on the sample data, local Spark
+run: $(STAMP) jvm-archive ## the whole pipeline on the sample data, local Spark
 	$(PY) -m jobs.pipeline --workdir $(RUN_DIR) --sample $(SAMPLE) --run-date $(RUN_DATE) --seed $(SEED)
 
-test: $(STAMP) $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the DAG (.venv-airflow); fails if either fails
+test: $(STAMP) jvm-archive $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the DAG (.venv-airflow); fails if either fails
 	status=0; \
 	$(PY) -m pytest tests || status=1; \
 	$(AIRFLOW_PY) -m pytest tests/dags || status=1; \
@@ -56,7 +59,7 @@ test: $(STAMP) $(AIRFLOW_STAMP) browser ## the test suite: jobs (.venv) and the 
 browser: ## Debian's Chromium for the HTML report's browser test (installed when missing)
 	command -v chromium >/dev/null || (apt-get update && apt-get install -y chromium)
 
-bench: $(STAMP) ## every benchmark under bench/, current tables in bench/RESULTS.md (QUICK=1: smoke run to bench/results/quick.md)
+bench: $(STAMP) jvm-archive ## every benchmark under bench/, current tables in bench/RESULTS.md (QUICK=1: smoke run to bench/results/quick.md)
 	$(PY) -m bench.run_all $(if $(QUICK),--quick,)
 
 lint: $(STAMP) ## ruff on everything, mypy on the packages (configured in pyproject.toml); fails if either fails

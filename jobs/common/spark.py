@@ -17,6 +17,8 @@ from collections.abc import Mapping
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
+from jobs.common import jvm_archive
+
 LOG = logging.getLogger(__name__)
 
 # Env var that overrides the local master (e.g. local[2] for benchmarks) without code changes.
@@ -50,6 +52,17 @@ RUNTIME_DEFAULTS: dict[str, str] = {
 }
 
 
+def local_settings() -> dict[str, str]:
+    """The settings of a local session: :data:`LOCAL_DEFAULTS`, the driver JVM also mapping the
+    class-data archive where ``make jvm-archive`` built one (``jobs.common.jvm_archive``)."""
+    settings = dict(LOCAL_DEFAULTS)
+    archive = jvm_archive.java_options()
+    if archive:
+        java_options = "spark.driver.extraJavaOptions"
+        settings[java_options] = f"{settings[java_options]} {archive}"
+    return settings
+
+
 def is_cluster_launched() -> bool:
     """True when spark-submit (or Glue) started this Python process, so its settings must win."""
     return "PYSPARK_GATEWAY_PORT" in os.environ or SparkContext._active_spark_context is not None
@@ -78,7 +91,7 @@ def get_spark(
         # Python workers (pandas UDFs) run this interpreter, the venv's, not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get(MASTER_ENV, DEFAULT_LOCAL_MASTER))
-        for key, value in LOCAL_DEFAULTS.items():
+        for key, value in local_settings().items():
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
     for key, value in {**RUNTIME_DEFAULTS, **(conf or {})}.items():
