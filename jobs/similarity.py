@@ -20,9 +20,9 @@ How (see ``udfs/similarity/`` for the kernels):
    worker, cached across its tasks; 50,000 x 2048 float32 is 400 MB), keeps the rows the check found
    valid and sorts them by sku, so row index order is sku order. Chosen because a catalog's matrix
    (about 50,000 products) fits a worker many times over, and the embeddings never go through Spark.
-   Top-k: a ``spark.range`` of block pairs (blocks of ``4 x --block-size`` rows, all ``(a, b)``,
-   ``a <= b``) drives ``mapInArrow``: each task multiplies one pair in ``--block-size`` square tiles
-   and keeps, for the rows of both blocks, their float32 candidates among the other block (each
+   Top-k: a ``spark.range`` of block pairs (equal blocks of at most ``4 x --block-size`` rows, all
+   ``(a, b)``, ``a <= b``) drives ``mapInArrow``: each task multiplies one pair in ``--block-size``
+   square tiles and keeps, for the rows of both blocks, their float32 candidates among the other block (each
    product of two products is computed once); a shuffle by block brings a block's candidates
    together, where they are merged, re-scored in float64 and settled exactly.
    All-pairs: a ``spark.range`` of row blocks (``--block-size`` rows): each task computes its rows
@@ -118,8 +118,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         help="all-pairs: write each pair in both directions (default: once, src < dst)",
     )
     parser.add_argument("--block-size", type=positive_int, default=DEFAULT_BLOCK_SIZE,
-                        help="tile side: top-k tiles are N x N over pairs of 4N-row blocks, "
-                        "all-pairs tiles N x 4N")
+                        help="tile side: top-k tiles are N x N over pairs of equal blocks of up to 4N "
+                        "rows, all-pairs tiles N x 4N")
     parser.add_argument("--device", choices=DEVICES, default="auto",
                         help="auto: the task's GPU when it has one, else CPU")
     parser.add_argument("--threads-per-task", type=positive_int, default=None,
@@ -305,6 +305,7 @@ class TilePlan:
     units: int
     tasks: int
     merge_tasks: int | None
+    pair_block: int | None = None  # top-k: rows per block of a block pair
 
 
 def input_files(input_uri: str) -> list[str]:
@@ -391,12 +392,16 @@ def plan_tiles(spark: SparkSession, spec: SimilaritySpec, products: int) -> Tile
         blocks = math.ceil(products / spec.block_size)
         units = blocks
         default_tasks = units
-    else:  # block pairs of COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
-        blocks = math.ceil(products / (spec.block_size * COLUMN_BLOCKS_PER_TILE))
+        pair_block = None
+    else:  # block pairs of up to COLUMN_BLOCKS_PER_TILE x block_size rows, tiles of block_size
+        # Blocks of equal rows (not full blocks and a short last one): block_pairs balances the runs of
+        # pairs the tasks take by their number of pairs, which is their work only when blocks are equal.
+        pair_block = math.ceil(products / math.ceil(products / (spec.block_size * COLUMN_BLOCKS_PER_TILE)))
+        blocks = math.ceil(products / pair_block)
         units = len(pairs.block_pairs(blocks))
         default_tasks = TOPK_TASKS_PER_SLOT * task_slots(spark)
     merge_tasks = None if spec.is_all_pairs else min(blocks, task_slots(spark))
-    return TilePlan(blocks, units, min(units, spec.parallelism or default_tasks), merge_tasks)
+    return TilePlan(blocks, units, min(units, spec.parallelism or default_tasks), merge_tasks, pair_block)
 
 
 def write_edges(
@@ -436,7 +441,7 @@ def write_edges(
         written_df = blocks_df.transform(
             topk_edge_files,
             k=spec.top_k,
-            pair_block=column_block,
+            pair_block=plan.pair_block or column_block,
             blocks=plan.blocks,
             merge_tasks=plan.merge_tasks,
             **tile_options,
@@ -497,6 +502,7 @@ def report_details(
         "edges": int(edges),
         "block_size": spec.block_size,
         "row_blocks": plan.blocks,
+        "pair_block_rows": plan.pair_block,
         "tile_units": plan.units,
         "tile_tasks": plan.tasks,
         "merge_tasks": plan.merge_tasks,

@@ -78,7 +78,7 @@ def test_topk_job_equals_brute_force(
     assert written_schema == T.StructType(
         [T.StructField(f.name, f.dataType, True) for f in S.TOPK_EDGE_SCHEMA.fields]
     )
-    keys = ("metric", "higher_is_closer", "mode", "k", "products", "edges")
+    keys = ("metric", "higher_is_closer", "mode", "k", "products", "edges", "row_blocks", "pair_block_rows")
     assert {key: report[key] for key in keys} == {
         "metric": metric,
         "higher_is_closer": S.HIGHER_IS_CLOSER[metric],
@@ -86,6 +86,9 @@ def test_topk_job_equals_brute_force(
         "k": k,
         "products": N,
         "edges": N * min(k, N - 1),
+        # 37 products in blocks of at most 4 x 8 rows: two equal blocks (19 and 18 rows), not 32 and 5
+        "row_blocks": 2,
+        "pair_block_rows": 19,
     }
     assert read_json(report["report_uri"])["funnel"]["rows_out"] == N
     # The gate decided on what the tasks counted as they wrote: no second read of the edges.

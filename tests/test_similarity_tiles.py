@@ -569,6 +569,23 @@ def test_read_matrix_keeps_the_valid_rows_in_sku_order(tmp_path: Path) -> None:
         matrix.read_matrix(str(inp), str(valid))
 
 
+@pytest.mark.parametrize("value_type", [pa.float32(), pa.float64()])
+def test_gather_rows_reads_sliced_uniform_and_ragged_chunks(value_type: pa.DataType) -> None:
+    """Chunks that are slices of a bigger list array (their values start past 0), uniform ones read in
+    place and ragged or null ones through take, each row where ``rows`` asks for it."""
+    rng = np.random.default_rng(5)
+    vectors = [list(rng.standard_normal(3)) for _ in range(12)]
+    whole = pa.array(vectors, type=pa.list_(value_type))
+    ragged = pa.array([vectors[0], None, [1.0], vectors[1]], type=pa.list_(value_type))
+    chunks = pa.chunked_array([whole.slice(5, 4), ragged, whole.slice(1, 3)])
+    expected = [vectors[5], vectors[6], vectors[7], vectors[8], vectors[0], None, [1.0], vectors[1],
+                vectors[1], vectors[2], vectors[3]]
+    rows = np.array([10, 4, 0, 7, 3, 8, 2])
+    out = matrix.gather_rows(chunks, rows, 3)
+    assert out.dtype == np.float32 and out.shape == (7, 3)
+    np.testing.assert_array_equal(out, np.array([expected[r] for r in rows], dtype=np.float32))
+
+
 def edge_batch(first: int, rows: int) -> pa.RecordBatch:
     return pa.RecordBatch.from_arrays(
         [pa.array([f"s{i}" for i in range(first, first + rows)]), pa.array([f"d{i}" for i in range(rows)]),

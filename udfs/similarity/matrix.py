@@ -104,14 +104,37 @@ def read_matrix(input_uri: str, valid_uri: str) -> tuple[pa.Array, np.ndarray]:
         raise RuntimeError(f"embedding matrix of {input_uri} is empty")
     skus = table.column(embeddings_schema.SKU).take(pa.array(rows)).combine_chunks().cast(pa.string())
     order = as_numpy(pc.sort_indices(skus))
-    # Sort the row numbers by sku, then gather the vectors once (sorting the whole table would copy
-    # the list column and flattening it would copy it again).
-    embeddings = table.column(embeddings_schema.EMBEDDING).take(pa.array(rows[order]))
-    values = as_numpy(pc.list_flatten(embeddings)).astype(np.float32, copy=False)
-    dim = values.size // rows.size
-    if values.size % rows.size or (as_numpy(pc.list_value_length(embeddings)) != dim).any():
+    embeddings = table.column(embeddings_schema.EMBEDDING)
+    lengths = as_numpy(pc.list_value_length(embeddings))[rows]  # a null list: NaN
+    dim = int(lengths[0]) if lengths[0] == lengths[0] else 0
+    if (lengths != dim).any():
         raise RuntimeError(f"embedding matrix of {input_uri} is ragged")
-    return skus.take(pa.array(order)), values.reshape(rows.size, dim)
+    return skus.take(pa.array(order)), gather_rows(embeddings, rows[order], dim)
+
+
+def gather_rows(embeddings: pa.ChunkedArray, rows: np.ndarray, dim: int) -> np.ndarray:
+    """The vectors of table rows ``rows`` (each of length ``dim``), in that order, as one float32 matrix.
+
+    A column chunk whose lists all have length ``dim`` is its values read as a ``rows x dim`` matrix in
+    place (no copy), and the rows are copied from it once; any other chunk (null lists, other lengths)
+    gathers its rows through Arrow's ``take``. Copying the whole list column first (``take``), then
+    flattening it, cost about a second more per worker at 50,000 x 2048.
+    """
+    out = np.empty((rows.size, dim), dtype=np.float32)
+    bounds = np.cumsum([0] + [len(chunk) for chunk in embeddings.chunks])
+    chunk_of = np.searchsorted(bounds, rows, side="right") - 1
+    for number, chunk in enumerate(embeddings.chunks):
+        at = np.flatnonzero(chunk_of == number)
+        if not at.size:
+            continue
+        local = rows[at] - bounds[number]
+        offsets = as_numpy(chunk.offsets)
+        if chunk.null_count == 0 and (np.diff(offsets) == dim).all():
+            values = as_numpy(chunk.values.slice(int(offsets[0]), len(chunk) * dim))
+            out[at] = values.reshape(len(chunk), dim)[local]
+        else:
+            out[at] = as_numpy(pc.list_flatten(chunk.take(pa.array(local)))).reshape(at.size, dim)
+    return out
 
 
 def load_prepared(input_uri: str, valid_uri: str, metric: str, device: str) -> Prepared:

@@ -187,7 +187,8 @@ def exact_keys(prep: Prepared, rows: np.ndarray, cand: np.ndarray) -> np.ndarray
             sel = cand[r0 : r0 + row_step, c0 : c0 + cand_step]
             cols = prep.raw[sel].astype(np.float64)
             if prep.metric in (similarity_schema.COSINE, similarity_schema.DOT):
-                key = (query * cols).sum(axis=-1)
+                # a batch of matrix-vector products (BLAS): no rows x candidates x d product in memory
+                key = np.matmul(cols, query.transpose(0, 2, 1))[..., 0]
                 if prep.metric == similarity_schema.COSINE:
                     key /= prep.norms[rows[r0 : r0 + row_step]][:, None] * prep.norms[sel]
             elif prep.metric == similarity_schema.L2:
