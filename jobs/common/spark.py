@@ -171,7 +171,11 @@ class SparkStart:
 
     def _build(self, app_name: str, conf: Mapping[str, str] | None) -> None:
         try:
-            self._session = get_spark(app_name, conf=conf)
+            session = get_spark(app_name, conf=conf)
+            # A first DataFrame, analysed and never run, builds the session's SQL state (analyser,
+            # catalog), half a second of a cold JVM that the job's first query would otherwise wait for.
+            session.range(1)
+            self._session = session
         except BaseException as error:  # handed to the caller of result()
             self._error = error
 
