@@ -64,6 +64,10 @@ DATASETS = (*INDEX_DATASETS, REJECTS_DIR, TRAIN_DIR, TEST_DIR)
 SPARK_CONF = {
     # Hostile timestamps must parse to null, not raise Spark 3's "upgrade" exception.
     "spark.sql.legacy.timeParserPolicy": "CORRECTED",
+    # The cached frames (the parsed lines, positives, histories) are stored without compression: choosing
+    # and applying an encoding per column batch made caching the parsed lines cost half as much again as
+    # parsing them, to save 4% of their memory (2 M lines: 46 MB against 48).
+    "spark.sql.inMemoryColumnarStorage.compressed": "false",
 }
 _IS_RUN_DAY = "_is_run_day"
 PARSED_COLUMNS = (
