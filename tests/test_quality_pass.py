@@ -436,8 +436,9 @@ def test_a_staged_file_that_is_not_parquet_is_left_to_spark(spark, tmp_path):
     # Spark reads every file whose name does not start with "_" or "."; so do the counting tasks, and one
     # they cannot read leaves the set to Spark, whose reading fails the bad row.
     folder = tmp_path / "train"
-    spark.createDataFrame([(0, 0, 1.0)], CASES[quality.TRAIN][0]).write.parquet(str(folder))
-    good = next(folder.glob("part-*.parquet"))
+    # One partition, so one file, the row's (Spark also writes partition 0's file when it is empty).
+    spark.createDataFrame([(0, 0, 1.0)], CASES[quality.TRAIN][0]).coalesce(1).write.parquet(str(folder))
+    (good,) = folder.glob("part-*.parquet")
     (folder / "part-99999.snappy").write_bytes(good.read_bytes())  # another Parquet file, odd name
     (folder / "part-00000-bad.txt").write_text("not parquet")
     suite = _suite(quality.TRAIN, {quality.N_USERS: 1, quality.N_ITEMS: 1})
