@@ -55,11 +55,6 @@ def test_a_local_jvm_maps_the_archive(archive: Path, tmp_path: Path) -> None:
     assert mapped == [str(archive)]
 
 
-def test_off_starts_the_jvm_without_it(archive: Path, tmp_path: Path) -> None:
-    mapped, _ = run_session({jvm_archive.ARCHIVE_ENV: jvm_archive.OFF}, tmp_path)
-    assert mapped == []
-
-
 @pytest.mark.parametrize("damage", ["cut_short", "not_an_archive"])
 def test_a_damaged_archive_is_never_mapped_and_the_run_goes_on(
     archive: Path, tmp_path: Path, damage: str
