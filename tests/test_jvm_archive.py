@@ -120,3 +120,20 @@ def test_local_sessions_get_the_archive_and_keep_the_collector(
     assert f"-XX:SharedArchiveFile={archive}" in options
     monkeypatch.setenv(jvm_archive.ARCHIVE_ENV, jvm_archive.OFF)
     assert spark_module.local_settings() == spark_module.LOCAL_DEFAULTS
+
+
+def test_build_removes_what_dead_builders_set_aside(
+    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv(jvm_archive.ARCHIVE_ENV, str(tmp_path))
+    copy = tmp_path / archive.name
+    copy.write_bytes(archive.read_bytes())
+    prefix = archive.name[: archive.name.rindex("-") + 1]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True, check=True)
+    abandoned = tmp_path / f".{prefix}{dead.stdout.strip()}.tmp"
+    in_progress = tmp_path / f".{prefix}{os.getpid()}.tmp"
+    for aside in (abandoned, in_progress):
+        aside.write_bytes(b"part of an archive")
+    assert jvm_archive.build() == copy
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([copy.name, in_progress.name])

@@ -127,6 +127,7 @@ def build() -> Path | None:
     prefix = _key_prefix()
     if prefix is None:
         return None
+    _remove_abandoned(archive_folder())
     found = find_archive()
     if found is not None:
         LOG.info("JVM class-data archive present: %s", found)
@@ -152,6 +153,25 @@ def build() -> Path | None:
     LOG.info("JVM class-data archive built in %.1f s: %s (%d MB)", time.time() - started, path,
              path.stat().st_size >> 20)
     return path
+
+
+def _remove_abandoned(folder: Path) -> None:
+    """Remove the files set aside by builders that died before renaming theirs (``.<prefix><pid>.tmp``,
+    the pid no longer running): a killed build must not leave 150 MB behind for good."""
+    for aside in folder.glob(f".{PREFIX}*.tmp"):
+        pid = aside.name[: -len(".tmp")].rsplit("-", 1)[-1]
+        if pid.isdigit() and not _is_running(int(pid)):
+            aside.unlink(missing_ok=True)
+
+
+def _is_running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
 
 
 def main(argv: Sequence[str] | None = None) -> int:
