@@ -239,6 +239,8 @@ class Positives:
     unique_events: int
     n_core: int
     k_core_rounds: int
+    kept_users_df: DataFrame  # ``user_id`` of the users in ``core_df`` (the k-core's last degree list)
+    kept_items_df: DataFrame  # ``item_id`` of its items
 
 
 def _write(df: DataFrame, uri: str) -> None:
@@ -296,9 +298,10 @@ def to_positives(run: StagedRun, parsed: ParsedLines, spec: PreprocessSpec) -> P
     ).first()
     parsed.parsed_df.unpersist()
     run.lap("positives")
-    core_df, rounds = tx.filter_k_core(
+    core = tx.filter_k_core(
         positives_df, min_user=spec.min_user_interactions, min_item=spec.min_item_interactions
     )
+    core_df = core.core_df
     run.on_exit(core_df.unpersist)
     n_core = core_df.count()
     if n_core == 0:
@@ -307,19 +310,23 @@ def to_positives(run: StagedRun, parsed: ParsedLines, spec: PreprocessSpec) -> P
             f"min items {spec.min_item_interactions}) for {run.spec.run_date}"
         )
     run.lap("k_core")
-    return Positives(positives_df, core_df, int(totals["n"]), int(totals["events"] or 0), n_core, rounds)
+    return Positives(
+        positives_df, core_df, int(totals["n"]), int(totals["events"] or 0), n_core, core.rounds,
+        core.users_df, core.items_df,
+    )
 
 
 def stage_indices(
     spark: SparkSession, run: StagedRun, positives: Positives
 ) -> tuple[DataFrame, DataFrame, DataFrame]:
     """Extend the published id maps with tonight's users and items and stage them; returns the maps
-    (persisted, one sorted partition each: the joins after read them from memory) and tonight's items."""
-    kept_items_df = run.persist(positives.core_df.select(interactions_schema.ITEM_ID).distinct())
+    (persisted, one sorted partition each: the joins after read them from memory) and tonight's items.
+    Tonight's ids are the k-core's last degree lists: small tables, no pass over the positives."""
+    kept_items_df = positives.kept_items_df
     maps = []
     for dataset, schema, id_col, idx_col, kept_df in (
         (USERS_INDEX_DIR, interactions_schema.USER_INDEX_SCHEMA, interactions_schema.USER_ID,
-         interactions_schema.USER_IDX, positives.core_df),
+         interactions_schema.USER_IDX, positives.kept_users_df),
         (ITEMS_INDEX_DIR, interactions_schema.ITEM_INDEX_SCHEMA, interactions_schema.ITEM_ID,
          interactions_schema.ITEM_IDX, kept_items_df),
     ):
@@ -358,7 +365,7 @@ def stage_train_and_test(
     )
     train_df = tx.explode_train_rows(split_df, ranks_df, negatives=spec.train_negatives, seed=spec.seed)
     _write(train_df, run.staged(TRAIN_DIR))
-    for frame in (positives.positives_df, positives.core_df, kept_items_df, users_index_df, items_index_df):
+    for frame in (positives.positives_df, positives.core_df, users_index_df, items_index_df):
         frame.unpersist()
     run.lap("split_and_train")
     test_df = tx.explode_test_rows(split_df, ranks_df, negatives=spec.test_negatives, seed=spec.seed)

@@ -212,18 +212,22 @@ def test_filter_k_core_repeats_until_both_thresholds_hold(spark):
         ("u3", "b"),
         ("u3", "c"),
     ]
-    core_df, rounds = tx.filter_k_core(_pairs_df(spark, pairs), min_user=2, min_item=2)
+    core_df, rounds, users_df, items_df = tx.filter_k_core(_pairs_df(spark, pairs), min_user=2, min_item=2)
     expected = _pairs_df(spark, [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "b")])
     assert_df_equality(
         core_df.select(*expected.columns), expected, ignore_row_order=True, ignore_nullable=True
     )
     assert rounds == 4
+    # the ids of the filtered rows, each once, from the last round's degree lists
+    assert sorted(r[S.USER_ID] for r in users_df.collect()) == ["u1", "u2"]
+    assert sorted(r[S.ITEM_ID] for r in items_df.collect()) == ["a", "b"]
 
 
 def test_filter_k_core_can_empty_everything(spark):
-    core_df, rounds = tx.filter_k_core(_pairs_df(spark, [("u1", "a"), ("u2", "b")]), min_user=2, min_item=1)
-    assert core_df.collect() == []
-    assert rounds == 2
+    core = tx.filter_k_core(_pairs_df(spark, [("u1", "a"), ("u2", "b")]), min_user=2, min_item=1)
+    assert core.core_df.collect() == []
+    assert core.rounds == 2
+    assert core.users_df.collect() == [] and core.items_df.collect() == []
 
 
 INDEX_SCHEMA = S.USER_INDEX_SCHEMA

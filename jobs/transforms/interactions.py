@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as dt
 import logging
 from collections.abc import Sequence
+from typing import NamedTuple
 
 from pyspark import StorageLevel
 from pyspark.sql import Column, DataFrame, Observation, Window
@@ -243,9 +244,18 @@ def filter_min_degree(positives_df: DataFrame, *, min_user: int, min_item: int) 
     )
 
 
+class KCore(NamedTuple):
+    """What :func:`filter_k_core` found: the rows, the rounds run, and the ids left on each side."""
+
+    core_df: DataFrame
+    rounds: int
+    users_df: DataFrame  # ``user_id`` of every user in ``core_df`` (small, checkpointed)
+    items_df: DataFrame  # ``item_id`` of every item in ``core_df`` (small, checkpointed)
+
+
 def filter_k_core(
     positives_df: DataFrame, *, min_user: int, min_item: int, max_iterations: int = 100
-) -> tuple[DataFrame, int]:
+) -> KCore:
     """Repeat :func:`filter_min_degree` until both thresholds hold for every remaining row.
 
     Each round counts the degrees of the current rows (one small table per side, local-checkpointed),
@@ -257,7 +267,8 @@ def filter_k_core(
     a copy per round. A round that removes nothing costs two aggregations and no join.
 
     Returns:
-        The filtered positives and the number of rounds run (the last one finds nothing to remove). The
+        The filtered positives, the number of rounds run (the last one finds nothing to remove) and the
+        ids of the filtered rows (the last round's degree lists: no pass over the rows to find them). The
         frame is ``positives_df`` itself when nothing was removed, else a persisted frame the caller
         unpersists when done.
 
@@ -275,7 +286,12 @@ def filter_k_core(
             items["low"], items["ids"], min_item,
         )
         if users["low"] == 0 and items["low"] == 0:
-            return current_df, iteration
+            return KCore(
+                current_df,
+                iteration,
+                users_df.select(interactions.USER_ID),
+                items_df.select(interactions.ITEM_ID),
+            )
         next_df = (
             positives_df.join(
                 _keep(users_df, users, interactions.USER_ID, min_user),
