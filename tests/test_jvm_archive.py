@@ -72,12 +72,17 @@ def test_a_damaged_archive_is_never_mapped_and_the_run_goes_on(
     assert "cds" not in done.stderr.lower() and "sharing" not in done.stderr.lower()
 
 
-def test_the_archive_name_holds_its_size(
-    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+@pytest.fixture
+def archive_copy(archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The archive copied into a folder of its own, which ``STYLEGRAPH_JVM_ARCHIVE`` names."""
     monkeypatch.setenv(jvm_archive.ARCHIVE_ENV, str(tmp_path))
     copy = tmp_path / archive.name
     copy.write_bytes(archive.read_bytes())
+    return copy
+
+
+def test_the_archive_name_holds_its_size(archive_copy: Path) -> None:
+    copy = archive_copy
     assert jvm_archive.find_archive() == copy
     assert f"-XX:SharedArchiveFile={copy}" in jvm_archive.java_options()
     with copy.open("ab") as handle:  # one byte more than its name says
@@ -122,13 +127,18 @@ def test_local_sessions_get_the_archive_and_keep_the_collector(
     assert spark_module.local_settings() == spark_module.LOCAL_DEFAULTS
 
 
-def test_build_removes_what_dead_builders_set_aside(
-    archive: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_build_removes_what_dead_builders_set_aside_and_this_installs_old_archives(
+    archive_copy: Path, tmp_path: Path
 ) -> None:
-    monkeypatch.setenv(jvm_archive.ARCHIVE_ENV, str(tmp_path))
-    copy = tmp_path / archive.name
-    copy.write_bytes(archive.read_bytes())
-    prefix = archive.name[: archive.name.rindex("-") + 1]
+    """Another checkout's archive (another install) stays: removing it would make two checkouts on one
+    machine rebuild each other's away at every ``make``."""
+    copy = archive_copy
+    prefix = copy.name[: copy.name.rindex("-") + 1]
+    install = copy.name[: copy.name.index("-", len(jvm_archive.PREFIX)) + 1]
+    old_key = tmp_path / f"{install}{'0' * 16}-3{jvm_archive.SUFFIX}"
+    other_install = tmp_path / f"{jvm_archive.PREFIX}ffffffff-{'0' * 16}-3{jvm_archive.SUFFIX}"
+    for archive_file in (old_key, other_install):
+        archive_file.write_bytes(b"jsa")
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True,
                           text=True, check=True)
     abandoned = tmp_path / f".{prefix}{dead.stdout.strip()}.tmp"
@@ -136,4 +146,6 @@ def test_build_removes_what_dead_builders_set_aside(
     for aside in (abandoned, in_progress):
         aside.write_bytes(b"part of an archive")
     assert jvm_archive.build() == copy
-    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([copy.name, in_progress.name])
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        [copy.name, in_progress.name, other_install.name]
+    )

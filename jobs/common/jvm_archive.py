@@ -9,12 +9,13 @@ first Spark jobs run seconds sooner (bench/RESULTS.md, "cold"). ``make jvm-archi
 it loaded as it exits (``-XX:ArchiveClassesAtExit``) to a file set aside, which is then renamed into
 place whole.
 
-An archive only fits the Java and the Spark jars it was built with. Its name holds a key of both
-(:func:`archive_key`) and its own size (``spark-classes-<key>-<bytes>.jsa``): after an upgrade no
-archive matches and local JVMs start as before until ``make jvm-archive`` builds a new one (and removes
-the old); an archive cut short is never handed to a JVM (mapping one crashes it). An archive the JVM
-finds unusable otherwise is ignored (``-Xshare:auto``). Clusters (spark-submit on EMR, Glue) never use
-it: ``jobs.common.spark`` sets JVM options only for local sessions.
+An archive only fits the Java and the Spark jars it was built with. Its name holds the Spark install
+(its jars folder), a key of the Java and the jars (:func:`archive_key`) and its own size
+(``spark-classes-<install>-<key>-<bytes>.jsa``): after an upgrade no archive matches and local JVMs start
+as before until ``make jvm-archive`` builds a new one (and removes the install's old one; other checkouts'
+archives are theirs); an archive cut short is never handed to a JVM (mapping one crashes it). An
+archive the JVM finds unusable otherwise is ignored (``-Xshare:auto``). Clusters (spark-submit on EMR,
+Glue) never use it: ``jobs.common.spark`` sets JVM options only for local sessions.
 
 ``STYLEGRAPH_JVM_ARCHIVE``: ``off`` starts local JVMs without the archive; a path uses that folder
 instead of ``$XDG_CACHE_HOME/stylegraph`` (``~/.cache/stylegraph``).
@@ -81,16 +82,30 @@ def archive_folder() -> Path:
     return Path(cache) / "stylegraph"
 
 
+def _install_prefix() -> str:
+    """``spark-classes-<install>-``: the archives of this Spark install (its jars folder), whatever their
+    key. Two checkouts on one machine each keep theirs; a build replaces only its own install's."""
+    return f"{PREFIX}{hashlib.sha256(str(spark_jars().resolve()).encode()).hexdigest()[:8]}-"
+
+
 def _key_prefix() -> str | None:
     if os.environ.get(ARCHIVE_ENV) == OFF:
         return None
     key = archive_key()
-    return f"{PREFIX}{key}-" if key else None
+    return f"{_install_prefix()}{key}-" if key else None
+
+
+def _replace_others(folder: Path, path: Path) -> None:
+    """Remove this install's other archives (of a Java or jars replaced since, or cut short)."""
+    for other in folder.glob(f"{_install_prefix()}*{SUFFIX}"):
+        if other != path:
+            other.unlink(missing_ok=True)
 
 
 def find_archive() -> Path | None:
     """The archive for this Java and these jars, when it is there and whole: its name ends in its size
-    in bytes (``spark-classes-<key>-<bytes>.jsa``), and a JVM mapping a cut-short archive would crash."""
+    in bytes (``spark-classes-<install>-<key>-<bytes>.jsa``), and a JVM mapping a cut-short archive
+    would crash."""
     prefix = _key_prefix()
     if prefix is None:
         return None
@@ -117,7 +132,7 @@ def java_options() -> str:
 
 def build() -> Path | None:
     """Build the archive for this Java and these jars (a training process), unless it is there, and
-    remove the folder's other archives (of a Java or Spark replaced since, or cut short). Returns its
+    remove this install's other archives (of a Java or jars replaced since, or cut short). Returns its
     path; None where there is none to build (no java, or ``STYLEGRAPH_JVM_ARCHIVE=off``).
 
     Raises:
@@ -130,6 +145,7 @@ def build() -> Path | None:
     _remove_abandoned(archive_folder())
     found = find_archive()
     if found is not None:
+        _replace_others(archive_folder(), found)
         LOG.info("JVM class-data archive present: %s", found)
         return found
     folder = archive_folder()
@@ -147,9 +163,7 @@ def build() -> Path | None:
         )
     path = folder / f"{prefix}{aside.stat().st_size}{SUFFIX}"
     os.replace(aside, path)
-    for other in folder.glob(f"{PREFIX}*{SUFFIX}"):
-        if other != path:
-            other.unlink(missing_ok=True)
+    _replace_others(folder, path)
     LOG.info("JVM class-data archive built in %.1f s: %s (%d MB)", time.time() - started, path,
              path.stat().st_size >> 20)
     return path
