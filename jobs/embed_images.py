@@ -178,8 +178,8 @@ def resolve_model(spec: EmbedSpec) -> tuple[EmbedConfig, dict[str, Any]]:
         weights = image_models.resolve_weights(spec.model, spec.weights)
         head_out = head_sha = None
         if spec.head:
-            head = image_models.load_head(spec.head, image_models.feature_dim(spec.model))
-            head_out, head_sha = head.out_features, image_models.sha256_of_uri(spec.head)
+            head_out = image_models.head_out_features(spec.head, image_models.feature_dim(spec.model))
+            head_sha = image_models.sha256_of_uri(spec.head)
     except image_models.ModelConfigError as err:
         raise JobError(str(err)) from err
     config = EmbedConfig(
@@ -221,6 +221,7 @@ def embed_fingerprint(config: EmbedConfig, details: Mapping[str, Any], spark_con
         "weights_sha256": details["weights_sha256"],
         "head_sha256": details["head_sha256"],
         "preprocessing": image_models.PREPROCESSING,
+        "inference": image_models.INFERENCE,
         "max_image_pixels": config.max_pixels,
         "max_image_bytes": config.max_bytes,
         "batch_size": config.batch_size,

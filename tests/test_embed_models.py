@@ -109,7 +109,8 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = 1e
     assert float(np.abs(actual - expected).max()) <= tolerance * scale
 
 
-CPU_PLAN = M.ExecutionPlan("cpu", None, channels_last=False, torch_threads=1, decode_threads=1)
+# The plan the job makes for a one-core CPU task (plan_execution("cpu", task_cpus=1)).
+CPU_PLAN = M.ExecutionPlan("cpu", None, channels_last=True, torch_threads=1, decode_threads=1)
 
 
 # ---------------------------------------------------------------------------------- preprocessing
@@ -279,6 +280,26 @@ def test_head_checks_shape(tmp_path: Path) -> None:
 # ---------------------------------------------------------------------------------- devices
 
 
+@pytest.mark.parametrize("name", ["resnet18", "resnet50", "vgg16"])
+def test_inference_form_folds_every_batchnorm_and_keeps_the_features(name: str) -> None:
+    torch.manual_seed(3)
+    model = M.random_backbone(name, 3)
+    for module in model.modules():  # statistics a trained network would have, not the identity's
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    images = torch.rand(2, 3, 224, 224)
+    with torch.inference_mode():
+        expected = model(images)
+        folded = M.inference_form(model, name)
+        actual = folded(images)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in folded.modules())
+    assert actual.shape == expected.shape
+    assert_close(actual.numpy(), expected.numpy(), tolerance=1e-5)
+
+
 def test_device_plan_cpu() -> None:
     for requested in ("cpu", "auto"):
         plan = M.plan_execution(
@@ -289,7 +310,7 @@ def test_device_plan_cpu() -> None:
             device_count=0,
             bf16_supported=False,
         )
-        assert plan == M.ExecutionPlan("cpu", None, channels_last=False, torch_threads=3, decode_threads=1)
+        assert plan == M.ExecutionPlan("cpu", None, channels_last=True, torch_threads=3, decode_threads=1)
     # A GPU box asked for CPU stays on CPU.
     plan = M.plan_execution(
         "cpu", gpu_addresses=["0"], task_cpus=1, cuda_available=True, device_count=1, bf16_supported=True

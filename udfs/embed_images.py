@@ -22,7 +22,8 @@ Design:
   the catalog's files without decoding them). The model is loaded at the first image that needs it: a
   task with nothing to embed never loads it.
 * Device: :func:`udfs.image_models.plan_execution` on the task's resources (the GPU Spark assigned,
-  ``spark.task.cpus``); on a GPU, channels_last and bf16/fp16 autocast.
+  ``spark.task.cpus``); BatchNorm folded into the convolutions and channels_last everywhere, on a GPU
+  also bf16/fp16 autocast.
 """
 from __future__ import annotations
 
@@ -189,7 +190,7 @@ class LoadedModel:
         self.normalize = config.normalize
         self.device = torch.device(plan.device)
         memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
-        backbone = M.load_backbone(config.model, config.weights)
+        backbone = M.inference_form(M.load_backbone(config.model, config.weights), config.model)
         self.backbone = backbone.to(self.device, memory_format=memory_format)
         self.head = None
         if config.head_uri:
