@@ -299,22 +299,22 @@ def many_vertices(count: int = 50) -> str:
 def test_duplicates_within_and_across_files_found_with_a_tiny_memory_budget(tmp_path):
     root = tmp_path
     write(root / "vertices" / "part-00000.csv", many_vertices())
-    first = plain_edges(0, 3000).replace("\ne2999,", "\ne17,")  # line 3001 repeats line 19
+    first = plain_edges(0, 1000).replace("\ne999,", "\ne17,")  # line 1001 repeats line 19
     write(root / "edges" / "part-00000.csv", first)
-    write(root / "edges" / "part-00001.csv.gz", plain_edges(3000, 3000), compression="gzip")
-    second = plain_edges(6000, 3000).replace("\ne6500,", "\ne4000,")  # line 502 repeats another file's
+    write(root / "edges" / "part-00001.csv.gz", plain_edges(1000, 1000), compression="gzip")
+    second = plain_edges(2000, 1000).replace("\ne2500,", "\ne1400,")  # line 502 repeats another file's
     write(root / "edges" / "part-00002.csv", second)
     for workers, budget in ((1, 256), (2, 256), (2, V.ed.DEFAULT_BUDGET_BYTES)):
         result = V.validate_export(
             str(root / "vertices"), str(root / "edges"), workers=workers, budget_bytes=budget
         )
         assert [(Path(p.file).name, p.line, p.rule, p.reason) for p in result.problems] == [
-            ("part-00000.csv", 3001, "duplicate_id", "edge ~id 'e17' appears more than once"),
-            ("part-00002.csv", 502, "duplicate_id", "edge ~id 'e4000' appears more than once"),
+            ("part-00000.csv", 1001, "duplicate_id", "edge ~id 'e17' appears more than once"),
+            ("part-00002.csv", 502, "duplicate_id", "edge ~id 'e1400' appears more than once"),
         ], (workers, budget)
         assert (result.problem_counts, result.records) == (
             {"duplicate_id": 2},
-            {"vertex": 50, "edge": 9000},
+            {"vertex": 50, "edge": 3000},
         )
 
 

@@ -109,7 +109,7 @@ def backbone_shapes(name: str) -> dict[str, Shape]:
 # ------------------------------------------------------------------------------------ checkpoint files
 
 
-class _TensorShape(tuple):  # type: ignore[type-arg]
+class _TensorShape(tuple):
     """A tensor of a checkpoint, stood in by its shape."""
 
 
