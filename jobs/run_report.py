@@ -28,6 +28,7 @@ import posixpath
 import re
 import time
 from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -371,6 +372,7 @@ def _direction(similarity_report: dict[str, Any] | None, export_uri: str) -> boo
 
 
 def _plot_sections(
+    pool: ThreadPoolExecutor,
     spark: SparkSession,
     workdir: str,
     run_date: str,
@@ -378,13 +380,18 @@ def _plot_sections(
     similarity_report: Mapping[str, Any],
     higher_is_closer: bool,
 ) -> tuple[dict[str, Section], Section]:
-    """The plots by name, as :func:`jobs.render.report_page.render_page` takes them, and the NCF set sizes."""
-    ncf = ncf_stats(spark, workdir, run_date)
+    """The plots by name, as :func:`jobs.render.report_page.render_page` takes them, and the NCF set sizes
+    (their queries run on ``pool``'s threads, side by side)."""
     products = similarity_report.get("products")
-    similarity = similarity_stats(spark, workdir, run_date, products if isinstance(products, int) else None)
+    ncf_future = pool.submit(ncf_stats, spark, workdir, run_date)
+    similarity_future = pool.submit(
+        similarity_stats, spark, workdir, run_date, products if isinstance(products, int) else None
+    )
+    events_future = pool.submit(events_stats, spark, interactions)
+    ncf, similarity = ncf_future.result(), similarity_future.result()
     metric = similarity_report.get("metric", "score")
     plots = {
-        "events": events_stats(spark, interactions),
+        "events": events_future.result(),
         "user_degree": ncf["user_degree"],
         "item_degree": ncf["item_degree"],
         "scores": similarity["scores"],
@@ -460,9 +467,6 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     similarity_report = reports.get("similarity") or {}
     export_uri = storage.partition_uri(args.workdir, "style/gremlin", run_date)
     higher_is_closer = _direction(similarity_report, export_uri)
-    plots, sizes = _plot_sections(
-        spark, args.workdir, run_date, args.interactions, similarity_report, higher_is_closer
-    )
     options = GalleryOptions(
         size=args.gallery_size,
         neighbours=args.neighbours,
@@ -472,7 +476,14 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
     )
     embeddings_uri = storage.partition_uri(args.workdir, "style/embeddings", run_date)
-    gallery_section = gallery(spark, export_uri, embeddings_uri, options)
+    # The sections read different outputs, and each of their queries is small: one at a time, a query
+    # mostly waits on the driver's planning and scheduling. Side by side they fill both.
+    with ThreadPoolExecutor(max_workers=4, thread_name_prefix="report") as pool:
+        gallery_future = pool.submit(gallery, spark, export_uri, embeddings_uri, options)
+        plots, sizes = _plot_sections(
+            pool, spark, args.workdir, run_date, args.interactions, similarity_report, higher_is_closer
+        )
+        gallery_section = gallery_future.result()
     page = render_page(
         run_date=run_date,
         workdir=args.workdir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import struct
@@ -348,6 +349,7 @@ def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
     gpu_like = M.ExecutionPlan("cpu", "bfloat16", channels_last=True, torch_threads=1, decode_threads=2)
     fast = U.get_model(config, gpu_like)
     assert fast.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.backbone.modules())
     reference = reference_features("resnet18", 0, paths)
     actual = fast.embed(batch)
     assert actual.dtype == np.float32
@@ -362,6 +364,9 @@ def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
     U.get_model(other, CPU_PLAN)
     assert U.get_model(config, gpu_like) is fast
     assert U.get_model(config, CPU_PLAN) is not plain
+    # Under float16 autocast the BatchNorms stay: folded weights could leave float16's range.
+    half = U.get_model(config, dataclasses.replace(gpu_like, autocast_dtype="float16"))
+    assert sum(isinstance(m, torch.nn.BatchNorm2d) for m in half.backbone.modules()) == 20
 
 
 def test_udf_body_rebatches_and_keeps_order(tmp_path: Path) -> None:

@@ -190,7 +190,9 @@ class LoadedModel:
         self.normalize = config.normalize
         self.device = torch.device(plan.device)
         memory_format = torch.channels_last if plan.channels_last else torch.contiguous_format
-        backbone = M.inference_form(M.load_backbone(config.model, config.weights), config.model)
+        backbone = M.load_backbone(config.model, config.weights)
+        if plan.autocast_dtype != "float16":  # folded weights can leave float16's range; bf16 has fp32's
+            backbone = M.inference_form(backbone, config.model)
         self.backbone = backbone.to(self.device, memory_format=memory_format)
         self.head = None
         if config.head_uri:

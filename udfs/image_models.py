@@ -72,7 +72,7 @@ PREPROCESSING: dict[str, Any] = {
 # plan do to it. Folding changes the float32 rounding of the features, so vectors computed another way
 # are not reused.
 INFERENCE: dict[str, Any] = {
-    "batchnorm": "folded into the convolution before it",
+    "batchnorm": "folded into the convolution before it, except under float16 autocast",
     "memory_format": "channels_last",
 }
 
