@@ -15,10 +15,12 @@ the whole process tree sampled every 0.2 s:
 - ``python -m jobs.pipeline`` on the generated sample (what ``make run`` runs; the sample is generated
   first and not timed): wall seconds in all and each stage's seconds from its report.
 - embed ResNet-152 on CPU (seeded random weights saved as a ``state_dict`` file, generated 400x300 JPEGs):
-  ``python -m jobs.embed_images`` with its defaults against ``python -m bench.peers.torch_embed`` (bare
-  torch on all cores, the same images and weights, Parquet out), each at two catalog sizes; a
-  contender's fixed cost is its time at zero images on the line through the two sizes, its marginal rate
-  the images per second between them (targets: fixed cost <= 8 s, marginal rate >= 0.9 of the peer's).
+  ``python -m jobs.embed_images`` with its defaults and with ``--precision fp32`` against
+  ``python -m bench.peers.torch_embed`` (bare torch on all cores, the same images and weights, Parquet
+  out) in fp32 and under bf16 autocast, each at two catalog sizes; a contender's fixed cost is its time
+  at zero images on the line through the two sizes, its marginal rate the images per second between
+  them (targets: fixed cost <= 8 s, marginal rate >= 0.9 of the peer's), and the smallest cosine
+  between its vectors and the fp32 peer's says what a lower precision changed.
 """
 from __future__ import annotations
 
@@ -90,11 +92,14 @@ def similarity_case(work: Path, n: int, dim: int) -> list[dict[str, Any]]:
 def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> list[dict[str, Any]]:
     """The embed job and a bare torch process on the same JPEGs at two catalog sizes: each contender's
     fixed cost (the time at zero images, by the line through both sizes) and marginal rate (images per
-    second between them)."""
+    second between them). The job runs with its defaults (precision ``auto``: bf16 on a CPU with native
+    bf16) and with ``--precision fp32``; the peer in fp32 (what a user writes) and under bf16 autocast.
+    Each job row also gives how far its vectors are from the fp32 peer's (smallest cosine)."""
     import torch
     import torchvision
 
     from bench.embed import IMAGE_SIZE, write_catalog, write_images
+    from udfs.image_models import cpu_has_native_bf16
 
     small, large = sizes
     images = work / "images"
@@ -102,43 +107,89 @@ def embed_case(work: Path, sizes: tuple[int, int], model: str = "resnet152") -> 
     torch.manual_seed(0)
     weights = work / f"{model}.pth"
     torch.save(getattr(torchvision.models, model)(weights=None).state_dict(), weights)
+    peer = "bare torch process (bench.peers.torch_embed)"
+    peer_bf16 = f"{peer}, bf16 autocast"
+    contenders = {  # label: (module, extra arguments, the peer of the same precision)
+        peer: ("bench.peers.torch_embed", [], peer),
+        peer_bf16: ("bench.peers.torch_embed", ["--bf16"], peer_bf16),
+        "python -m jobs.embed_images, defaults": (
+            "jobs.embed_images", [], peer_bf16 if cpu_has_native_bf16() else peer
+        ),
+        "python -m jobs.embed_images --precision fp32": ("jobs.embed_images", ["--precision", "fp32"], peer),
+    }
     seconds: dict[str, dict[int, float]] = {}
     rss: dict[str, int] = {}
-    phases: dict[int, dict[str, float]] = {}  # the job's own phase seconds (its report), per size
-    job, peer = "python -m jobs.embed_images, defaults", "bare torch process (bench.peers.torch_embed)"
+    phases: dict[str, dict[int, dict[str, float]]] = {}  # the job's own phase seconds (its report)
+    cosine: dict[str, float] = {}
     for n in sizes:
         catalog = work / f"catalog-{n}.csv"
         write_catalog(catalog, rel_paths[:n])
         common = ["--catalog", str(catalog), "--images-root", str(images), "--weights", str(weights),
                   "--model", model]
-        out = work / f"embed-{n}"
-        peer_s, peer_rss, _ = timed_process(
-            ["-m", "bench.peers.torch_embed", *common, "--output", str(out / "p")]
-        )
-        job_s, job_rss, _ = timed_process(
-            ["-m", "jobs.embed_images", *common, "--output", str(out / "j"), "--run-date", RUN_DATE,
-             "--report-dir", str(out / "r")]
-        )
-        report = json.loads((out / "r" / "embed" / f"dt={RUN_DATE}.json").read_text())
-        outside = round(job_s - report["seconds"], 2)
-        phases[n] = {**report.get("seconds_by_phase", {}), "outside_main": outside}
-        for label, value, peak in ((peer, peer_s, peer_rss), (job, job_s, job_rss)):
+        vectors: dict[str, dict[str, Any]] = {}
+        for index, (label, (module, extra, _)) in enumerate(contenders.items()):
+            out = work / f"embed-{n}" / str(index)
+            if module.startswith("jobs."):
+                args = [*common, *extra, "--output", str(out / "j"), "--run-date", RUN_DATE,
+                        "--report-dir", str(out / "r")]
+            else:
+                args = [*common, *extra, "--output", str(out / "p")]
+            value, peak, _ = timed_process(["-m", module, *args])
             seconds.setdefault(label, {})[n] = value
             rss[label] = max(rss.get(label, 0), peak)
+            if module.startswith("jobs."):
+                report = json.loads((out / "r" / "embed" / f"dt={RUN_DATE}.json").read_text())
+                outside = round(value - report["seconds"], 2)
+                phases.setdefault(label, {})[n] = {
+                    **report.get("seconds_by_phase", {}), "outside_main": outside
+                }
+                vectors[label] = read_vectors(out / "j" / "embeddings" / f"dt={RUN_DATE}")
+            else:
+                vectors[label] = read_vectors(out / "p")
+        for label in vectors:
+            cosine[label] = min(cosine.get(label, 1.0), min_cosine(vectors[label], vectors[peer]))
     case = f"embed {model} CPU, {small} and {large} JPEGs of {IMAGE_SIZE[0]}x{IMAGE_SIZE[1]}"
+
+    def rate(label: str) -> float:
+        return (large - small) / (seconds[label][large] - seconds[label][small])
+
     rows = []
-    peer_rate = (large - small) / (seconds[peer][large] - seconds[peer][small])
-    for label in (peer, job):
-        rate = (large - small) / (seconds[label][large] - seconds[label][small])
+    for label, (_, _, same) in contenders.items():  # the same-precision peer of each
         rows.append({
             "case": case, "contender": label,
             "seconds": {n: round(seconds[label][n], 2) for n in sizes},
-            "marginal_images_per_s": round(rate, 2), "marginal_vs_peer": round(rate / peer_rate, 3),
-            "fixed_s": round(seconds[label][small] - small / rate, 2),
+            "marginal_images_per_s": round(rate(label), 2),
+            "marginal_vs_peer": round(rate(label) / rate(peer), 3),
+            "marginal_vs_same_precision_peer": round(rate(label) / rate(same), 3),
+            "fixed_s": round(seconds[label][small] - small / rate(label), 2),
             "peak_rss_gb": round(rss[label] / 1e9, 2),
-            **({"phases_s": phases} if label == job else {}),
+            "min_cosine_vs_fp32_peer": round(cosine[label], 6),
+            **({"phases_s": phases[label]} if label in phases else {}),
         })
     return rows
+
+
+def read_vectors(folder: Path) -> dict[str, Any]:
+    """``sku -> float32 vector`` of the rows with a vector in the Parquet files under ``folder``."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(str(folder), columns=["sku", "embedding"])
+    return {
+        sku: np.asarray(vector, dtype=np.float32)
+        for sku, vector in zip(table["sku"].to_pylist(), table["embedding"].to_pylist(), strict=True)
+        if vector is not None
+    }
+
+
+def min_cosine(vectors: dict[str, Any], reference: dict[str, Any]) -> float:
+    """The smallest cosine similarity between the two contenders' vectors of the same sku."""
+    import numpy as np
+
+    skus = sorted(set(vectors) & set(reference))
+    a = np.stack([vectors[s] for s in skus])
+    b = np.stack([reference[s] for s in skus])
+    return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())
 
 
 def pipeline_case(work: Path) -> list[dict[str, Any]]:

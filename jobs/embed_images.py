@@ -31,6 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -59,7 +60,7 @@ from jobs.transforms.embed_reuse import (
 from schemas import catalog as catalog_schema
 from schemas import embeddings as embeddings_schema
 from udfs import image_models
-from udfs.embed_images import EmbedConfig, make_embed_udf, make_hash_udf
+from udfs.embed_images import EmbedConfig, make_embed_udf, make_hash_udf, probe_task
 
 LOG = logging.getLogger("stylegraph.embed_images")
 
@@ -117,6 +118,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE)
     parser.add_argument("--device", choices=image_models.DEVICE_CHOICES, default=image_models.DEVICE_AUTO)
+    parser.add_argument(
+        "--precision", choices=image_models.PRECISION_CHOICES, default=image_models.PRECISION_AUTO,
+        help="auto: bf16 where the device computes it natively (CPUs with AVX512-BF16 or AMX, Ampere+ "
+        "GPUs), fp16 on older GPUs, else fp32; fp32: always fp32 (default: auto)",
+    )
     parser.add_argument("--normalize", action="store_true", help="L2-normalise the output vectors")
     parser.add_argument(
         "--max-image-pixels", type=positive_int, default=image_models.DEFAULT_MAX_IMAGE_PIXELS,
@@ -143,6 +149,7 @@ class EmbedSpec:
     head: str | None
     batch_size: int
     device: str
+    precision: str
     is_normalized: bool
     max_image_pixels: int
     is_full: bool
@@ -157,6 +164,7 @@ class EmbedSpec:
             head=args.head,
             batch_size=args.batch_size,
             device=args.device,
+            precision=args.precision,
             is_normalized=args.normalize,
             max_image_pixels=args.max_image_pixels,
             is_full=args.full,
@@ -189,6 +197,7 @@ def resolve_model(spec: EmbedSpec) -> tuple[EmbedConfig, dict[str, Any]]:
         head_uri=spec.head,
         normalize=spec.is_normalized,
         device=spec.device,
+        precision=spec.precision,
         batch_size=spec.batch_size,
         max_pixels=spec.max_image_pixels,
     )
@@ -202,6 +211,7 @@ def resolve_model(spec: EmbedSpec) -> tuple[EmbedConfig, dict[str, Any]]:
         "head_sha256": head_sha,
         "normalize": spec.is_normalized,
         "device": spec.device,
+        "precision": spec.precision,
         "batch_size": spec.batch_size,
     }
     return config, details
@@ -226,6 +236,7 @@ def embed_fingerprint(config: EmbedConfig, details: Mapping[str, Any], spark_con
         "max_image_bytes": config.max_bytes,
         "batch_size": config.batch_size,
         "device": config.device,
+        "autocast": config.autocast,
         **{key: spark_conf.get(name, default) for key, (name, default) in NUMERIC_SPARK_CONFS.items()},
         "libraries": {name: importlib.metadata.version(name) for name in FINGERPRINT_LIBRARIES},
     }
@@ -606,15 +617,30 @@ def count_input(checked_df: DataFrame, spec: EmbedSpec) -> int:
     return rows_in
 
 
-def check_cuda(spark: SparkSession, device: str) -> None:
-    """With ``--device cuda``, refuse to run when the executors have no usable GPU."""
-    if device != image_models.DEVICE_CUDA:
-        return
-    # Asked of one executor task: where GPU resources are configured, every task runs on a GPU executor.
+def probe_executor(spark: SparkSession, spec: EmbedSpec) -> Future[tuple[str | None, str | None]]:
+    """Ask one executor task, in the background, how it would run the model: whether CUDA is usable
+    (``--device cuda``) and the autocast dtype ``--precision`` resolves to on its device
+    (:func:`udfs.embed_images.probe_task`). Where GPU resources are configured, every task runs on a GPU
+    executor."""
+    device, precision = spec.device, spec.precision
     task = spark.sparkContext.parallelize([0], 1)
-    reason = task.map(lambda _: image_models.cuda_unavailable_reason()).first()
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-probe")
+    try:
+        return pool.submit(lambda: task.map(lambda _: probe_task(device, precision)).first())
+    finally:
+        pool.shutdown(wait=False)
+
+
+def resolve_autocast(probe: Future[tuple[str | None, str | None]]) -> str | None:
+    """The run's autocast dtype from the executor's answer.
+
+    Raises:
+        JobError: ``--device cuda`` and the executors have no usable GPU: never a silent CPU run.
+    """
+    reason, autocast = probe.result()
     if reason:
         raise JobError(f"--device cuda: {reason} (on the executors); refusing to embed on CPU")
+    return autocast
 
 
 def log_mode(previous: PreviousRun, is_full: bool) -> None:
@@ -718,12 +744,16 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
     spark = starting.result()
-    check_cuda(spark, spec.device)
+    probe = probe_executor(spark, spec)  # the catalog is read meanwhile
+    if spec.device == image_models.DEVICE_CUDA:
+        resolve_autocast(probe)  # a missing GPU is refused before any input is read
     run.lap("model_check_and_session")
     with run:
         checked_df = run.persist(read_input(spark, spec), StorageLevel.MEMORY_AND_DISK_DESER)
         rows_in = count_input(checked_df, spec)
         run.lap("read_catalog")
+        config = dataclasses.replace(config, autocast=resolve_autocast(probe))
+        details["autocast"] = config.autocast or "fp32"
         fingerprint = embed_fingerprint(config, details, spark.sparkContext.getConf())
         previous = find_previous(run.spec.output, run.spec.run_date, fingerprint, is_full=spec.is_full)
         log_mode(previous, spec.is_full)

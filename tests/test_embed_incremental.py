@@ -3,6 +3,7 @@ the padded model batches that make a vector depend on its image alone. Real Spar
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import io
 import json
@@ -133,12 +134,15 @@ def test_second_night_reuses_unchanged_vectors_and_equals_a_full_run(
     assert counts(rerun) == ("incremental", len(changed | unchanged), 0, 1, 0, 0)
     assert_df_equality(embeddings_df(spark, output, NIGHT_2), full_df, ignore_row_order=True)
 
-    # Night 3 with another batch size: the configuration differs, so everything is embedded, and said why.
+    # Night 3 with another batch size and precision: the configuration differs, so everything is embedded,
+    # and said why.
     caplog.clear()
     with caplog.at_level(logging.WARNING, logger="stylegraph.embed_images"):
-        other = embed(catalog_2, images, output, NIGHT_3, "--batch-size", "2")
+        other = embed(catalog_2, images, output, NIGHT_3, "--batch-size", "2", "--precision", "fp32")
     assert counts(other) == ("full", 0, len(changed | unchanged), 1, 0, len(changed | unchanged))
-    assert other["mode_reason"].endswith("differ in batch_size")
+    # fp32 is a change of numbers only where the default computes in bf16 (this CPU has native bf16).
+    changed_keys = "autocast, batch_size" if M.cpu_has_native_bf16() else "batch_size"
+    assert other["mode_reason"].endswith(f"differ in {changed_keys}")
     assert f"full run (every product is embedded): previous embeddings {output}" in caplog.text
 
 
@@ -213,9 +217,11 @@ def test_previous_partition_choice_and_every_fallback(tmp_path: Path) -> None:
     assert storage.partition_dates(str(dataset)) == [NIGHT_1, NIGHT_3]
 
 
-def test_padded_batches_make_a_vector_independent_of_its_batch(tmp_path: Path) -> None:
+@pytest.mark.parametrize("autocast", [None, "bfloat16"], ids=["fp32", "bf16"])
+def test_padded_batches_make_a_vector_independent_of_its_batch(tmp_path: Path, autocast: str | None) -> None:
     """ResNet-50 on one CPU thread rounds a batch of 16 differently from a smaller one: padding every
-    batch to the batch size gives an image the same bits alone or among 15 others."""
+    batch to the batch size gives an image the same bits alone or among 15 others, in either CPU
+    precision."""
     size = 16
     jpegs = []
     for seed in range(size):
@@ -228,7 +234,7 @@ def test_padded_batches_make_a_vector_independent_of_its_batch(tmp_path: Path) -
     seen: list[int] = []
 
     def model() -> U.LoadedModel:
-        return U.get_model(config, CPU_PLAN)
+        return U.get_model(config, dataclasses.replace(CPU_PLAN, autocast_dtype=autocast))
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import logging
 import struct
 import zlib
 from pathlib import Path
@@ -108,6 +109,12 @@ def assert_close(actual: np.ndarray, expected: np.ndarray, tolerance: float = 1e
     assert actual.shape == expected.shape
     scale = max(1.0, float(np.abs(expected).max()))
     assert float(np.abs(actual - expected).max()) <= tolerance * scale
+
+
+def min_cosine(actual: np.ndarray, expected: np.ndarray) -> float:
+    """The smallest cosine similarity between matching rows."""
+    norms = np.linalg.norm(actual, axis=1) * np.linalg.norm(expected, axis=1)
+    return float(((actual * expected).sum(1) / norms).min())
 
 
 # The plan the job makes for a one-core CPU task (plan_execution("cpu", task_cpus=1)).
@@ -323,6 +330,21 @@ def test_device_plan_cpu() -> None:
         )
 
 
+def test_device_plan_precision() -> None:
+    """``auto`` autocasts to bf16 on a CPU that computes it natively; ``fp32`` never autocasts."""
+    cpu = {"gpu_addresses": [], "task_cpus": 2, "cuda_available": False, "device_count": 0,
+           "bf16_supported": False}
+    native = M.plan_execution("auto", **cpu, cpu_bf16=True)
+    assert native == M.ExecutionPlan("cpu", "bfloat16", channels_last=True, torch_threads=2, decode_threads=1)
+    assert M.plan_execution("cpu", **cpu, precision="fp32", cpu_bf16=True).autocast_dtype is None
+    assert M.plan_execution("cpu", **cpu, precision="auto", cpu_bf16=False).autocast_dtype is None
+    gpu = {"gpu_addresses": ["0"], "task_cpus": 1, "cuda_available": True, "device_count": 1}
+    assert M.plan_execution("cuda", **gpu, bf16_supported=True, precision="fp32").autocast_dtype is None
+    assert M.plan_execution("cuda", **gpu, bf16_supported=False).autocast_dtype == "float16"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        M.plan_execution("cpu", **cpu, precision="fp16")
+
+
 def test_device_plan_uses_the_gpu_spark_assigned() -> None:
     plan = M.plan_execution(
         "auto", gpu_addresses=["2"], task_cpus=4, cuda_available=True, device_count=4, bf16_supported=True
@@ -341,6 +363,46 @@ def test_device_plan_uses_the_gpu_spark_assigned() -> None:
             M.gpu_index(bad, 2)
 
 
+def test_native_bf16_and_cuda_device_checks_without_torch(tmp_path: Path) -> None:
+    """The CPU flags decide bf16 as torch's own CPU checks do, here; the CUDA check looks for driver files."""
+    assert M.cpu_has_native_bf16() == bool(
+        torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+    )
+    cases = {
+        "flags\t\t: fpu avx2 avx512f avx512_bf16 avx512_vnni\n": True,
+        "flags\t\t: fpu avx512f amx_tile amx_bf16\n": True,
+        "flags\t\t: fpu avx2 avx512f avx512_vnni\nbugs\t\t: avx512_bf16\n": False,
+        "processor\t: 0\n": False,
+    }
+    for index, (text, expected) in enumerate(cases.items()):
+        (tmp_path / f"cpuinfo{index}").write_text(text)
+        assert M.cpu_has_native_bf16(str(tmp_path / f"cpuinfo{index}")) is expected, text
+    assert M.cpu_has_native_bf16(str(tmp_path / "absent")) is False
+    (tmp_path / "nvidiactl").touch()
+    assert M.cuda_may_be_visible([str(tmp_path / "dxg"), str(tmp_path / "nvidiactl")])
+    assert not M.cuda_may_be_visible([str(tmp_path / "dxg")])
+    assert not M.cuda_may_be_visible() and not torch.cuda.is_available()  # this machine: no GPU
+
+
+def test_every_task_computes_in_the_dtype_the_driver_resolved(caplog: pytest.LogCaptureFixture) -> None:
+    """The probe's answer is this machine's own plan; a task whose own choice differs from the run's
+    (a mixed fleet) computes in the run's dtype and says so."""
+    own = "bfloat16" if M.cpu_has_native_bf16() else None
+    assert U.probe_task("cpu", "auto") == (None, own)
+    assert U.probe_task("cpu", "fp32") == (None, None)
+    weights = M.resolve_weights("resnet18", "random:0")
+    caplog.set_level(logging.WARNING, logger="stylegraph.embed_udf")
+    agreeing = U.EmbedConfig("resnet18", weights, ".", device="cpu", autocast=own)
+    assert U.run_plan(agreeing).autocast_dtype == own
+    assert caplog.records == []
+    other = "float16" if own else "bfloat16"
+    differing = dataclasses.replace(agreeing, autocast=other)
+    assert U.run_plan(differing).autocast_dtype == other
+    assert [r.getMessage() for r in caplog.records] == [
+        f"this executor would compute in {own or 'fp32'}; computing in the run's {other}"
+    ]
+
+
 def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
     """The GPU path's channels_last + autocast code, exercised on CPU with bf16 autocast."""
     paths = list(write_good_images(tmp_path).values())[:3]
@@ -353,8 +415,7 @@ def test_gpu_plan_settings_run_on_cpu(tmp_path: Path) -> None:
     reference = reference_features("resnet18", 0, paths)
     actual = fast.embed(batch)
     assert actual.dtype == np.float32
-    cosine = (actual * reference).sum(1) / np.linalg.norm(actual, axis=1) / np.linalg.norm(reference, axis=1)
-    assert cosine.min() > 0.99  # bf16 is close to, not equal to, fp32
+    assert min_cosine(actual, reference) > 0.99  # bf16 is close to, not equal to, fp32
     assert U.get_model(config, gpu_like) is fast  # cached: loaded once per worker and device
     plain = U.get_model(config, CPU_PLAN)
     assert plain is not fast

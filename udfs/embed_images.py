@@ -22,11 +22,13 @@ Design:
   the catalog's files without decoding them). The model is loaded at the first image that needs it: a
   task with nothing to embed never loads it.
 * Device: :func:`udfs.image_models.plan_execution` on the task's resources (the GPU Spark assigned,
-  ``spark.task.cpus``); BatchNorm folded into the convolutions and channels_last everywhere, on a GPU
-  also bf16/fp16 autocast.
+  ``spark.task.cpus``, whether the CPU computes bf16 natively); BatchNorm folded into the convolutions and
+  channels_last everywhere; with precision ``auto``, bf16 autocast where the device has it (fp16 on
+  older GPUs).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import logging
 import os
@@ -61,6 +63,10 @@ class EmbedConfig:
     head_uri: str | None = None
     normalize: bool = False
     device: str = M.DEVICE_AUTO
+    precision: str = M.PRECISION_AUTO
+    # The autocast dtype every task computes in ("bfloat16", "float16" or None for fp32): the driver
+    # resolves ``precision`` once on an executor (:func:`probe_task`), so all vectors of a run agree.
+    autocast: str | None = None
     batch_size: int = 16
     max_pixels: int = M.DEFAULT_MAX_IMAGE_PIXELS
     max_bytes: int = M.DEFAULT_MAX_IMAGE_BYTES
@@ -242,8 +248,9 @@ def get_model(config: EmbedConfig, plan: M.ExecutionPlan) -> LoadedModel:
         return _MODELS[key]
 
 
-def current_task_plan(requested: str) -> M.ExecutionPlan:
-    """The execution plan of the running Spark task: its GPU address and cores from the TaskContext."""
+def current_task_plan(requested: str, precision: str = M.PRECISION_AUTO) -> M.ExecutionPlan:
+    """The execution plan of the running Spark task: its GPU address and cores from the TaskContext, the
+    precision its device computes natively (:func:`udfs.image_models.plan_execution`)."""
     import torch
     from pyspark import TaskContext
 
@@ -262,7 +269,39 @@ def current_task_plan(requested: str) -> M.ExecutionPlan:
         cuda_available=cuda,
         device_count=torch.cuda.device_count() if cuda else 0,
         bf16_supported=cuda and torch.cuda.is_bf16_supported(),
+        precision=precision,
+        cpu_bf16=M.cpu_has_native_bf16(),
     )
+
+
+def probe_task(requested: str, precision: str) -> tuple[str | None, str | None]:
+    """Run in one executor task by the driver: (why CUDA cannot be used, for ``--device cuda``; the
+    autocast dtype this task's plan picks for ``precision``). The run then computes in that dtype."""
+    if requested == M.DEVICE_CUDA:
+        reason = M.cuda_unavailable_reason()
+        if reason:
+            return reason, None
+    if requested == M.DEVICE_CPU or not M.cuda_may_be_visible():
+        # No GPU can be in play: the CPU plan's dtype, without importing torch.
+        plan = M.plan_execution(
+            M.DEVICE_CPU, gpu_addresses=[], task_cpus=1, cuda_available=False, device_count=0,
+            bf16_supported=False, precision=precision, cpu_bf16=M.cpu_has_native_bf16(),
+        )
+        return None, plan.autocast_dtype
+    return None, current_task_plan(requested, precision).autocast_dtype
+
+
+def run_plan(config: EmbedConfig) -> M.ExecutionPlan:
+    """The running task's plan with the run's autocast dtype: an executor whose own choice differs (a
+    mixed fleet) computes in the run's dtype, so that every vector of the partition agrees."""
+    plan = current_task_plan(config.device, config.precision)
+    if plan.autocast_dtype != config.autocast:
+        LOG.warning(
+            "this executor would compute in %s; computing in the run's %s", plan.autocast_dtype or "fp32",
+            config.autocast or "fp32",
+        )
+        plan = dataclasses.replace(plan, autocast_dtype=config.autocast)
+    return plan
 
 
 # ------------------------------------------------------------------------------------------ batching
@@ -349,7 +388,7 @@ def embed_path_batches(
     Args:
         batches: the Arrow batches of ``image_path`` values Spark hands the UDF.
         config: model, weights, images root and limits.
-        plan: how to run (default: from the running task's resources, :func:`current_task_plan`).
+        plan: how to run (default: from the running task's resources, :func:`run_plan`).
         count_images: called with the number of images each model call embeds.
 
     Yields:
@@ -357,7 +396,7 @@ def embed_path_batches(
     """
     import torch
 
-    plan = plan or current_task_plan(config.device)
+    plan = plan or run_plan(config)
     torch.set_num_threads(plan.torch_threads)
     reader = ImageReader(config.images_root, config.max_bytes)
 
