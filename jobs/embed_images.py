@@ -29,9 +29,10 @@ import importlib.metadata
 import json
 import logging
 import math
+import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -621,14 +622,19 @@ def probe_executor(spark: SparkSession, spec: EmbedSpec) -> Future[tuple[str | N
     """Ask one executor task, in the background, how it would run the model: whether CUDA is usable
     (``--device cuda``) and the autocast dtype ``--precision`` resolves to on its device
     (:func:`udfs.embed_images.probe_task`). Where GPU resources are configured, every task runs on a GPU
-    executor."""
+    executor. A daemon thread: a job that fails before it needs the answer exits without waiting for it."""
     device, precision = spec.device, spec.precision
     task = spark.sparkContext.parallelize([0], 1)
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="embed-probe")
-    try:
-        return pool.submit(lambda: task.map(lambda _: probe_task(device, precision)).first())
-    finally:
-        pool.shutdown(wait=False)
+    answer: Future[tuple[str | None, str | None]] = Future()
+
+    def ask() -> None:
+        try:
+            answer.set_result(task.map(lambda _: probe_task(device, precision)).first())
+        except BaseException as error:  # handed to the caller of result()
+            answer.set_exception(error)
+
+    threading.Thread(target=ask, name="embed-probe", daemon=True).start()
+    return answer
 
 
 def resolve_autocast(probe: Future[tuple[str | None, str | None]]) -> str | None:

@@ -19,6 +19,7 @@ from chispa import assert_df_equality
 
 from jobs import embed_images
 from jobs.common import storage
+from jobs.transforms.embed_reuse import config_differences
 from schemas import embeddings as E
 from tests.test_embed_job import write_catalog
 from tests.test_embed_models import CPU_PLAN, drawn_image
@@ -165,6 +166,24 @@ def write_partition(dataset: Path, run_date: str, config: dict[str, Any] | None,
     if config is not None:
         (folder / embed_images.CONFIG_FILE).write_text(json.dumps(config))
     return folder
+
+
+def test_the_run_dtype_is_part_of_the_fingerprint() -> None:
+    """Vectors computed in bf16 and in fp32 are never mixed: the dtype the run resolved differs the
+    fingerprint, whatever this machine's CPU (the job tests cover the resolution itself)."""
+    weights = M.resolve_weights("resnet18", "random:0")
+    fp32 = U.EmbedConfig("resnet18", weights, ".", autocast=None)
+    details = {"model": "resnet18", "weights_sha256": weights.sha256, "head_sha256": None}
+
+    def fingerprint(config: U.EmbedConfig) -> dict[str, Any]:
+        return embed_images.embed_fingerprint(config, details, {})
+
+    bf16 = dataclasses.replace(fp32, autocast="bfloat16")
+    assert (fingerprint(fp32)["autocast"], fingerprint(bf16)["autocast"]) == (None, "bfloat16")
+    assert config_differences(fingerprint(fp32), fingerprint(bf16)) == ["autocast"]
+    # The requested precision alone is not a difference: the numbers follow the resolved dtype.
+    asked_fp32 = dataclasses.replace(fp32, precision="fp32")
+    assert config_differences(fingerprint(fp32), fingerprint(asked_fp32)) == []
 
 
 def test_previous_partition_choice_and_every_fallback(tmp_path: Path) -> None:

@@ -281,7 +281,7 @@ def probe_task(requested: str, precision: str) -> tuple[str | None, str | None]:
         reason = M.cuda_unavailable_reason()
         if reason:
             return reason, None
-    if requested == M.DEVICE_CPU or not M.cuda_may_be_visible():
+    if requested == M.DEVICE_CPU or (requested == M.DEVICE_AUTO and not M.cuda_may_be_visible()):
         # No GPU can be in play: the CPU plan's dtype, without importing torch.
         plan = M.plan_execution(
             M.DEVICE_CPU, gpu_addresses=[], task_cpus=1, cuda_available=False, device_count=0,

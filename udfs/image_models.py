@@ -733,8 +733,9 @@ def plan_execution(
 # CPU flags (as Linux lists them in /proc/cpuinfo) under which oneDNN's bf16 convolutions run natively;
 # elsewhere it would emulate bf16, slower than fp32.
 NATIVE_BF16_CPU_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-# Device files of an NVIDIA driver (WSL2: /dev/dxg): without any, no CUDA device can be visible.
-CUDA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg")
+# Device files of a GPU driver torch.cuda can use (NVIDIA; WSL2: /dev/dxg; ROCm: /dev/kfd): without any,
+# no CUDA device can be visible.
+CUDA_DEVICE_FILES = ("/dev/nvidiactl", "/dev/dxg", "/dev/kfd")
 
 
 def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
@@ -751,7 +752,7 @@ def cpu_has_native_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
 
 
 def cuda_may_be_visible(device_files: Sequence[str] = CUDA_DEVICE_FILES) -> bool:
-    """False where no NVIDIA driver device file exists, so torch could not see a GPU (checked without
+    """False where no GPU driver device file exists, so torch could not see a GPU (checked without
     importing torch); True means only torch can tell."""
     return any(os.path.exists(path) for path in device_files)
 
