@@ -371,34 +371,22 @@ def _direction(similarity_report: dict[str, Any] | None, export_uri: str) -> boo
     return bool(manifest.get("higher_is_closer", True))
 
 
-def _plot_sections(
-    pool: ThreadPoolExecutor,
-    spark: SparkSession,
-    workdir: str,
-    run_date: str,
-    interactions: str | None,
-    similarity_report: Mapping[str, Any],
+def plot_sections(
+    ncf: Mapping[str, Section],
+    similarity: Mapping[str, Section],
+    events: Section,
+    metric: str,
     higher_is_closer: bool,
-) -> tuple[dict[str, Section], Section]:
-    """The plots by name, as :func:`jobs.render.report_page.render_page` takes them, and the NCF set sizes
-    (their queries run on ``pool``'s threads, side by side)."""
-    products = similarity_report.get("products")
-    ncf_future = pool.submit(ncf_stats, spark, workdir, run_date)
-    similarity_future = pool.submit(
-        similarity_stats, spark, workdir, run_date, products if isinstance(products, int) else None
-    )
-    events_future = pool.submit(events_stats, spark, interactions)
-    ncf, similarity = ncf_future.result(), similarity_future.result()
-    metric = similarity_report.get("metric", "score")
-    plots = {
-        "events": events_future.result(),
+) -> dict[str, Section]:
+    """The plots by name, as :func:`jobs.render.report_page.render_page` takes them."""
+    return {
+        "events": events,
         "user_degree": ncf["user_degree"],
         "item_degree": ncf["item_degree"],
         "scores": similarity["scores"],
         "score_axis": Section(f"{metric} ({'higher' if higher_is_closer else 'lower'} is closer)"),
         "neighbours": similarity["neighbours"],
     }
-    return plots, ncf["sizes"]
 
 
 def _publish_page(output: str, page: str) -> str:
@@ -476,13 +464,19 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         seed=args.seed,
     )
     embeddings_uri = storage.partition_uri(args.workdir, "style/embeddings", run_date)
+    products = similarity_report.get("products")
     # The sections read different outputs, and each of their queries is small: one at a time, a query
-    # mostly waits on the driver's planning and scheduling. Side by side they fill both.
+    # mostly waits on the driver's planning and scheduling. Side by side they fill both cores.
     with ThreadPoolExecutor(max_workers=4, thread_name_prefix="report") as pool:
         gallery_future = pool.submit(gallery, spark, export_uri, embeddings_uri, options)
-        plots, sizes = _plot_sections(
-            pool, spark, args.workdir, run_date, args.interactions, similarity_report, higher_is_closer
+        ncf_future = pool.submit(ncf_stats, spark, args.workdir, run_date)
+        similarity_future = pool.submit(
+            similarity_stats, spark, args.workdir, run_date, products if isinstance(products, int) else None
         )
+        events_future = pool.submit(events_stats, spark, args.interactions)
+        ncf, similarity, events = ncf_future.result(), similarity_future.result(), events_future.result()
+        metric = similarity_report.get("metric", "score")
+        plots = plot_sections(ncf, similarity, events, metric, higher_is_closer)
         gallery_section = gallery_future.result()
     page = render_page(
         run_date=run_date,
@@ -490,7 +484,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         reports=reports,
         quality=quality,
         plots=plots,
-        sizes=sizes,
+        sizes=ncf["sizes"],
         gallery_section=gallery_section,
         higher_is_closer=higher_is_closer,
         neighbours=args.neighbours,
