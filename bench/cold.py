@@ -186,7 +186,11 @@ def min_cosine(vectors: dict[str, Any], reference: dict[str, Any]) -> float:
     """The smallest cosine similarity between the two contenders' vectors of the same sku."""
     import numpy as np
 
-    skus = sorted(set(vectors) & set(reference))
+    if set(vectors) != set(reference):  # a contender that lost images cannot hide behind the others
+        raise RuntimeError(
+            f"the contenders embedded different products: {len(vectors)} against {len(reference)}"
+        )
+    skus = sorted(vectors)
     a = np.stack([vectors[s] for s in skus])
     b = np.stack([reference[s] for s in skus])
     return float(((a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))).min())

@@ -5,8 +5,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import io
+import json
 import logging
 import struct
+import subprocess
+import sys
 import zlib
 from pathlib import Path
 
@@ -382,6 +385,23 @@ def test_native_bf16_and_cuda_device_checks_without_torch(tmp_path: Path) -> Non
     assert not M.cuda_may_be_visible([str(tmp_path / "dxg")])
     if not M.cuda_may_be_visible():  # no driver file: torch sees no GPU either
         assert not torch.cuda.is_available()
+
+
+def test_the_cpu_probe_answers_without_importing_torch() -> None:
+    """Where no GPU can be in play, the executor's answer on the dtype costs no torch import."""
+    requests = ["cpu"] + (["auto"] if not M.cuda_may_be_visible() else [])
+    code = (
+        "import json, sys\n"
+        "from udfs import embed_images as U\n"
+        f"answers = [U.probe_task(device, 'auto') for device in {requests!r}]\n"
+        "print(json.dumps({'answers': answers, 'torch': 'torch' in sys.modules}))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    own = "bfloat16" if M.cpu_has_native_bf16() else None
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {
+        "answers": [[None, own]] * len(requests), "torch": False
+    }
 
 
 def test_every_task_computes_in_the_dtype_the_driver_resolved(caplog: pytest.LogCaptureFixture) -> None:

@@ -690,11 +690,11 @@ def plan_execution(
 ) -> ExecutionPlan:
     """Decide how a task runs the model (pure: every input is a parameter).
 
-    * ``cpu``, or ``auto`` without CUDA: ``channels_last`` (oneDNN's convolutions run faster on NHWC:
-      1.2x for ResNet-152), ``task_cpus`` torch threads (the cores Spark gave the task, so concurrent
+    * ``cpu``, or ``auto`` without CUDA: ``channels_last`` (oneDNN's convolutions run faster on NHWC),
+      ``task_cpus`` torch threads (the cores Spark gave the task, so concurrent
       tasks do not oversubscribe the executor), one decode thread overlapping the next batch's decoding
       with the current forward pass. Precision ``auto`` autocasts to bf16 where the CPU computes it
-      natively (``cpu_bf16``: AVX512-BF16 or AMX; ResNet-152 runs 1.9x faster on a Zen 4 core), else fp32.
+      natively (``cpu_bf16``: AVX512-BF16 or AMX; whole-process rates in bench/RESULTS.md), else fp32.
     * ``cuda``, or ``auto`` with CUDA: the GPU Spark assigned (:func:`gpu_index`), ``channels_last``,
       precision ``auto`` autocasts to bf16 where the GPU supports it (Ampere and later) else fp16, and at
       least two decode threads so JPEG decoding keeps up with the GPU.
