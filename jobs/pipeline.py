@@ -78,6 +78,7 @@ class Stage:
         args: ``(option, template)`` pairs; templates use the fields of :func:`template_values`.
         targets: where the stage is part of the plan (``local``, ``production``).
         writes_report: the job writes ``<reports>/<name>/dt=<run date>.json``.
+        uses_spark: the job runs Spark (the local runner starts the run's session only for these).
     """
 
     name: str
@@ -86,6 +87,7 @@ class Stage:
     args: tuple[tuple[str, str], ...]
     targets: frozenset[str] = frozenset({LOCAL, PRODUCTION})
     writes_report: bool = True
+    uses_spark: bool = True
 
     @property
     def job_name(self) -> str:
@@ -151,6 +153,7 @@ STAGES: tuple[Stage, ...] = (
         module="jobs.validate_gremlin_csv",
         engine=CPU,
         args=(("--vertices", "{export}/vertices"), ("--edges", "{export}/edges")),
+        uses_spark=False,
     ),
     Stage(
         name="report",
@@ -177,6 +180,7 @@ STAGES: tuple[Stage, ...] = (
         ),
         targets=frozenset({PRODUCTION}),
         writes_report=False,
+        uses_spark=False,
     ),
 )
 
@@ -413,10 +417,19 @@ def run_local(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if sample is not None:
         _ensure_sample(sample, params.seed, str(params.run_date))
+    # The one session every Spark stage runs in, sized for the whole run's input (a sample-sized run's
+    # JVM compiles with C1 only: jobs.common.spark.SMALL_INPUT_BYTES); it starts while the jobs import.
+    starting = None
+    if any(call.stage.uses_spark for call in calls):
+        starting = importlib.import_module("jobs.common.spark").start_spark(
+            "stylegraph-pipeline", inputs=[params.input_root]
+        )
     reports = template_values(params)["reports"]
     results: list[StageResult] = []
-    for call in calls:
-        main = _load_main(call.stage.module)
+    mains = [_load_main(call.stage.module) for call in calls]
+    if starting is not None:
+        starting.result()
+    for call, main in zip(calls, mains, strict=True):
         LOG.info("%-11s running %s %s", call.name, call.stage.module, " ".join(call.argv))
         started = time.time()
         try:

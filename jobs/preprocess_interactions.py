@@ -439,7 +439,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     inputs = input_files(spec.input, run.spec.run_date, spec.lookback_days)
     run.check_output(inputs={"--input": spec.input})
     LOG.info("reading %d files (%d of the run date)", len(inputs.files), len(inputs.run_day))
-    spark = get_spark(APP_NAME, conf=SPARK_CONF)
+    spark = get_spark(APP_NAME, conf=SPARK_CONF, inputs=inputs.files)
     with run:
         parsed = parse_lines(spark, run, inputs, spec.input)
         run.lap("parse")

@@ -449,7 +449,7 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
             "--workdir style": storage.join(args.workdir, "style"),
         },
     )
-    spark = get_spark(APP_NAME)
+    spark = get_spark(APP_NAME, inputs=[args.interactions, args.workdir])
     reports = read_stage_reports(args.reports, run_date)
     quality = read_quality(args.reports, run_date)
     similarity_report = reports.get("similarity") or {}

@@ -79,10 +79,69 @@ def test_partition_keys_land_in_their_partition(spark, partitions: int) -> None:
 def test_start_spark_gives_the_session_and_raises_what_building_it_raised(spark, monkeypatch):
     assert spark_module.start_spark("stylegraph-test").result() is spark
 
-    def refuse(app_name, conf=None):
+    def refuse(app_name, conf=None, inputs=()):
         raise RuntimeError(f"no JVM for {app_name}")
 
     monkeypatch.setattr(spark_module, "get_spark", refuse)
     starting = spark_module.start_spark("refused")
     with pytest.raises(RuntimeError, match="no JVM for refused"):
         starting.result()
+
+
+def test_small_local_inputs_get_a_c1_only_jvm(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The compiler follows the input: C1 only up to SMALL_INPUT_BYTES, the tiered compiler above it and
+    when the size is unknown (remote inputs, spark-submit, Glue)."""
+    small = spark_module.SMALL_INPUT_BYTES
+    assert spark_module.C1_ONLY not in spark_module.local_settings()["spark.driver.extraJavaOptions"]
+    assert spark_module.C1_ONLY in spark_module.local_settings(small)["spark.driver.extraJavaOptions"].split()
+    assert spark_module.C1_ONLY not in spark_module.local_settings(small + 1)["spark.driver.extraJavaOptions"]
+    # Every other local setting is the same whichever compiler runs.
+    without = spark_module.local_settings(small + 1)
+    with_c1 = spark_module.local_settings(0)
+    assert {k: v for k, v in with_c1.items() if k != "spark.driver.extraJavaOptions"} == {
+        k: v for k, v in without.items() if k != "spark.driver.extraJavaOptions"
+    }
+    assert with_c1["spark.driver.extraJavaOptions"].startswith(without["spark.driver.extraJavaOptions"])
+
+    monkeypatch.setattr(spark_module.SparkContext, "_active_spark_context", None)
+    monkeypatch.delenv("PYSPARK_GATEWAY_PORT", raising=False)
+    logs = tmp_path / "logs"
+    (logs / "dt=2024-03-30").mkdir(parents=True)
+    (logs / "dt=2024-03-30" / "part-0.jsonl").write_bytes(b"x" * 1000)
+    (logs / "dt=2024-03-30" / "part-1.jsonl").write_bytes(b"x" * 24)
+    catalog = tmp_path / "catalog.csv"
+    catalog.write_bytes(b"y" * 7)
+    assert spark_module.input_size([str(logs), f"file://{catalog}"]) == 1031
+    assert spark_module.input_size([str(tmp_path / "missing")]) == 0
+    assert spark_module.input_size([str(catalog), "s3://bucket/logs/"]) is None
+    monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "40123")  # spark-submit's settings win: nothing to size
+    assert spark_module.input_size([str(catalog)]) is None
+
+
+def test_a_running_session_is_reused_without_sizing_inputs(spark, monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_listing(uris):
+        raise AssertionError(f"sized {uris} although the JVM is running")
+
+    monkeypatch.setattr(spark_module, "input_size", no_listing)
+    assert spark_module.get_spark("another-job", inputs=["/no/such/input"]) is spark
+
+
+def test_a_local_jvm_started_for_a_small_input_compiles_with_c1_only(tmp_path) -> None:
+    """A real JVM: the option reaches it for a small input and not for an unknown one."""
+    import subprocess
+    import sys
+
+    (tmp_path / "input.csv").write_text("sku\n1\n")
+    script = (
+        "import sys\n"
+        "from jobs.common.spark import get_spark\n"
+        "spark = get_spark('jit-check', master='local[1]', inputs=sys.argv[1:])\n"
+        "bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()\n"
+        "print('ARGS', ' '.join(bean.getInputArguments()))\n"
+    )
+    for inputs, expected in (([str(tmp_path / "input.csv")], True), ([], False)):
+        done = subprocess.run(
+            [sys.executable, "-c", script, *inputs], capture_output=True, text=True, timeout=120, check=True
+        )
+        args = next(line for line in done.stdout.splitlines() if line.startswith("ARGS "))
+        assert (spark_module.C1_ONLY in args.split()) is expected, args

@@ -7,6 +7,7 @@ import logging
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -189,3 +190,38 @@ def test_the_plan_formats_partition_paths_through_their_one_owner(monkeypatch: p
     outputs = pipeline.stage_outputs("preprocess", params)
     assert outputs["train"] == "s3://b/w/ncf/train/day=2024-03-31"
     assert outputs["run report"] == "s3://b/w/_reports/preprocess/day=2024-03-31.json"
+
+
+def test_the_local_runner_starts_the_session_for_the_run_input_before_its_spark_stages(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One session for the run, sized by the whole input root (its JVM's compiler follows that size),
+    started before the first Spark stage; a run of stages without Spark starts none."""
+    import jobs.similarity
+    from jobs.common import spark as spark_module
+
+    events: list[Any] = []
+
+    class Starting:
+        def result(self) -> None:
+            events.append("session ready")
+
+    def start_spark(app_name: str, *, conf: Any = None, inputs: Any = ()) -> Starting:
+        events.append((app_name, list(inputs)))
+        return Starting()
+
+    def similarity_main(argv: Any) -> dict[str, Any]:
+        events.append("similarity ran")
+        return {}
+
+    monkeypatch.setattr(spark_module, "start_spark", start_spark)
+    monkeypatch.setattr(jobs.similarity, "main", similarity_main)
+    work = tmp_path / "work"
+    params = pipeline.PipelineParams(
+        input_root=str(tmp_path / "sample"), work_root=str(work), run_date=RUN_DATE
+    )
+    write_export(work / "style" / "gremlin" / f"dt={RUN_DATE}", ["a-b,a,b,similar,0.9"])
+    pipeline.run_local(params, stages="validate")
+    assert events == []
+    pipeline.run_local(params, stages="similarity")
+    assert events == [("stylegraph-pipeline", [str(tmp_path / "sample")]), "session ready", "similarity ran"]
