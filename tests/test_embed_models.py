@@ -19,6 +19,7 @@ import torch
 import torchvision
 from PIL import Image, ImageDraw, ImageOps
 from torchvision import transforms
+from torchvision.transforms import functional as TF
 
 from udfs import embed_images as U
 from udfs import image_models as M
@@ -200,6 +201,49 @@ def test_classifier_removed_gives_pooled_features(name: str, dims: int) -> None:
     model = M.strip_classifier(M.build_classifier(name, device="meta"), name)
     assert model(torch.empty(2, 3, 224, 224, device="meta")).shape == (2, dims)
     assert M.feature_dim(name) == dims
+
+
+@pytest.mark.parametrize("name", ["resnet152", "resnet50", "resnet34", "resnet18", "vgg16"])
+def test_the_networks_are_torchvisions(name: str) -> None:
+    """Built without torchvision, the same network: torchvision's weights after the same seed, bit for
+    bit, and the same outputs."""
+    ours = M.build_classifier(name, seed=11).eval()
+    torch.manual_seed(11)
+    theirs = getattr(torchvision.models, name)(weights=None).eval()
+    expected = theirs.state_dict()
+    actual = ours.state_dict()
+    assert list(actual) == list(expected)
+    assert all(torch.equal(actual[key], expected[key]) for key in actual)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        assert torch.equal(ours(images), theirs(images))
+
+
+@pytest.mark.parametrize("size", [(256, 256), (300, 200), (200, 300), (999, 333), (224, 224), (257, 1000)])
+def test_resize_and_crop_are_torchvisions(size: tuple[int, int]) -> None:
+    """Down- and upscaled, portrait and landscape, and an image already at the resize's size."""
+    image = drawn_image(size, 3)
+    expected = TF.pil_to_tensor(TF.center_crop(TF.resize(image, 256, antialias=True), 224))
+    assert torch.equal(M.image_to_tensor(image), expected)
+
+
+def test_an_embedding_worker_does_not_import_torchvision(tmp_path: Path) -> None:
+    """A worker builds the model, reads an image and embeds it with torch and Pillow only: neither
+    torchvision nor ``torch._dynamo`` is imported (each is over a second of every worker's start)."""
+    write_good_images(tmp_path)
+    torch.save(M.build_classifier("resnet18", seed=3).state_dict(), tmp_path / "resnet18.pth")
+    code = (
+        "import sys\n"
+        "from udfs import embed_images as U, image_models as M\n"
+        "weights = M.resolve_weights('resnet18', sys.argv[1] + '/resnet18.pth')\n"
+        "config = U.EmbedConfig('resnet18', weights, sys.argv[1])\n"
+        "plan = M.ExecutionPlan('cpu', None, channels_last=True, torch_threads=1, decode_threads=1)\n"
+        "frames = list(U.embed_path_batches([__import__('pandas').Series(['rgb.jpg'])], config, plan))\n"
+        "print(frames[0]['status'].tolist(), 'torchvision' in sys.modules, 'torch._dynamo' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path)], capture_output=True, text=True,
+                          check=True, cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.strip().splitlines()[-1] == "['ok'] False False"
 
 
 def test_unknown_model_is_a_config_error() -> None:

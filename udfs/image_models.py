@@ -32,7 +32,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from udfs import model_shapes
+from udfs import backbones, model_shapes
 from udfs.model_shapes import Shape
 
 LOG = logging.getLogger("stylegraph.image_models")
@@ -152,7 +152,8 @@ def _family(name: str) -> str:
 
 
 def build_classifier(name: str, *, seed: int | None = None, device: str = "cpu") -> Any:
-    """torchvision's full classification network, no pretrained weights.
+    """torchvision's full classification network, no pretrained weights (built by
+    :mod:`udfs.backbones`, without importing torchvision).
 
     Args:
         name: a key of MODEL_FEATURE_DIMS.
@@ -161,17 +162,16 @@ def build_classifier(name: str, *, seed: int | None = None, device: str = "cpu")
         device: ``"meta"`` builds shapes only (no memory, no initialisation cost).
     """
     import torch
-    import torchvision
 
-    constructor = getattr(torchvision.models, check_model_name(name))
+    name = check_model_name(name)
     if device == "meta":
         with torch.device("meta"):
-            return constructor(weights=None)
+            return backbones.build(name, initialise=False)
     if seed is None:
-        return constructor(weights=None)
+        return backbones.build(name)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return constructor(weights=None)
+        return backbones.build(name)
 
 
 def strip_classifier(model: Any, name: str) -> Any:
@@ -614,14 +614,10 @@ def decode_image(data: bytes, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> Any
 def image_to_tensor(image: Any) -> Any:
     """Resize(256) bilinear antialiased, CenterCrop(224), as a uint8 tensor [3, 224, 224].
 
-    Uses torchvision's own functional ops, so sizes and pixels are those of the reference Compose;
-    the float conversion and normalisation are done per batch by :func:`normalize_batch`.
+    The sizes and pixels of torchvision's reference Compose (:func:`udfs.backbones.resize_and_crop`); the
+    float conversion and normalisation are done per batch by :func:`normalize_batch`.
     """
-    from torchvision.transforms import InterpolationMode
-    from torchvision.transforms import functional as TF
-
-    resized = TF.resize(image, RESIZE_SIZE, interpolation=InterpolationMode.BILINEAR, antialias=True)
-    return TF.pil_to_tensor(TF.center_crop(resized, CROP_SIZE))
+    return backbones.resize_and_crop(image, RESIZE_SIZE, CROP_SIZE)
 
 
 def normalize_batch(batch_uint8: Any) -> Any:

@@ -25,14 +25,14 @@ from typing import IO, Any
 Shape = tuple[int, ...]
 
 # ResNet: (block kind, blocks per stage); stage widths 64, 128, 256, 512 (torchvision.models.resnet).
-_RESNETS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
+RESNET_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
     "resnet50": ("bottleneck", (3, 4, 6, 3)),
     "resnet152": ("bottleneck", (3, 8, 36, 3)),
 }
 # VGG16's feature extractor: output channels of each 3x3 convolution, "M" a max-pool (configuration "D").
-_VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
+VGG16_LAYERS = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 _IMAGENET_CLASSES = 1000
 
 # torchvision's default ImageNet weights per backbone (``get_model_weights(name).DEFAULT.url``).
@@ -80,7 +80,7 @@ def _resnet(kind: str, blocks: tuple[int, ...]) -> dict[str, Shape]:
 def _vgg16() -> dict[str, Shape]:
     shapes: dict[str, Shape] = {}
     index, channels = 0, 3
-    for layer in _VGG16:
+    for layer in VGG16_LAYERS:
         if layer == "M":
             index += 1
             continue
@@ -102,7 +102,7 @@ def backbone_shapes(name: str) -> dict[str, Shape]:
     """
     if name == "vgg16":
         return _vgg16()
-    kind, blocks = _RESNETS[name]
+    kind, blocks = RESNET_LAYOUTS[name]
     return _resnet(kind, blocks)
 
 
