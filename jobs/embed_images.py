@@ -25,12 +25,14 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import importlib.metadata
 import json
 import logging
 import math
 import threading
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from contextlib import contextmanager
@@ -38,16 +40,25 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import unquote, urlparse
 
+import pyarrow as pa
 from pyspark import StorageLevel
 from pyspark.sql import DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
-from jobs.common import storage
+from jobs.common import quality_pass, storage
 from jobs.common.catalog import check_catalog_header
 from jobs.common.cli import JobError, job_parser, positive_int
 from jobs.common.cli import run as run_job
-from jobs.common.quality import EMBEDDING_DIM, EMBEDDINGS, ROWS_IN, ROWS_REJECTED, add_quality_args
+from jobs.common.quality import (
+    EMBEDDING_DIM,
+    EMBEDDINGS,
+    ROWS_IN,
+    ROWS_REJECTED,
+    Checked,
+    WrittenCounts,
+    add_quality_args,
+)
 from jobs.common.report import Funnel, check_funnel
 from jobs.common.run import RunSpec, StagedRun
 from jobs.common.spark import partition_keys, start_spark, task_slots
@@ -437,11 +448,6 @@ def with_content_hash(products_df: DataFrame, hash_udf: Any) -> DataFrame:
     )
 
 
-def error_reason(error: Any) -> Any:
-    """Column: the reason word of an ``error`` value (``"missing_file: ..."`` -> ``missing_file``)."""
-    return F.substring_index(error, ":", 1)
-
-
 def partition_count(rows: int, slots: int, batch_size: int) -> int:
     """Partitions for the UDF: one per task slot, none smaller than a batch, none over
     MAX_ROWS_PER_PARTITION rows (then a multiple of the slots, so every round keeps all slots busy)."""
@@ -498,10 +504,6 @@ def sql_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]
             else:
                 spark.conf.set(key, value)
 
-
-def _counts(df: DataFrame, *columns: Any) -> dict[tuple[Any, ...], int]:
-    """Row counts per group (a handful of groups: safe to collect)."""
-    return {tuple(row[:-1]): int(row[-1]) for row in df.groupBy(*columns).count().collect()}
 
 
 def read_embeddings(spark: SparkSession, uri: str) -> DataFrame:
@@ -676,17 +678,38 @@ def stage_outputs(
     return embed_seconds
 
 
+def read_staged(run: StagedRun, with_vectors: bool) -> pa.Table:
+    """The staged embeddings' status and error columns, read back on the driver (and their sku and
+    embedding columns for the quality gate: the driver holds every vector, as the similarity job's does)."""
+    columns = [embeddings_schema.STATUS, embeddings_schema.ERROR]
+    if with_vectors:
+        columns += [embeddings_schema.SKU, embeddings_schema.EMBEDDING]
+    return storage.read_parquet(run.staged(EMBEDDINGS_DIR), columns=columns)
+
+
+def _reason(error: str | None) -> str | None:
+    """The reason word of an error value (``"missing_file: ..."`` -> ``missing_file``)."""
+    return None if error is None else error.split(":", 1)[0]
+
+
 def count_outputs(
-    spark: SparkSession, run: StagedRun, checked_df: DataFrame, rows_in: int, plan: EmbedPlan,
-    previous: PreviousRun,
+    spark: SparkSession, run: StagedRun, written: pa.Table, checked_df: DataFrame, rows_in: int,
+    plan: EmbedPlan, previous: PreviousRun,
 ) -> EmbedOutcome:
-    """Count what was staged; the funnel must balance and every product have exactly one row."""
-    written_df = read_embeddings(spark, run.staged(EMBEDDINGS_DIR))
-    by_status = _counts(written_df, embeddings_schema.STATUS, error_reason(F.col(embeddings_schema.ERROR)))
-    rejects_df = spark.read.schema(embeddings_schema.EMBED_REJECT_SCHEMA).parquet(
-        storage.spark_path(run.staged(REJECTS_DIR))
+    """Count what was staged (``written``: :func:`read_staged`); the funnel must balance and every product
+    have exactly one row."""
+    by_status = Counter(
+        zip(
+            written.column(embeddings_schema.STATUS).to_pylist(),
+            map(_reason, written.column(embeddings_schema.ERROR).to_pylist()),
+            strict=True,
+        )
     )
-    rejects_by_reason = {key[0]: n for key, n in _counts(rejects_df, embeddings_schema.REJECT_REASON).items()}
+    try:
+        rejects = storage.read_parquet(run.staged(REJECTS_DIR), columns=[embeddings_schema.REJECT_REASON])
+        rejects_by_reason = dict(Counter(rejects.column(embeddings_schema.REJECT_REASON).to_pylist()))
+    except FileNotFoundError:  # no rejects file: no reject
+        rejects_by_reason = {}
     ok = sum(n for (status, _), n in by_status.items() if status == embeddings_schema.STATUS_OK)
     errors_by_reason = {
         str(reason): n for (status, reason), n in sorted(by_status.items())
@@ -771,17 +794,26 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         embed_seconds = stage_outputs(
             spark, run, checked_df, plan, fingerprint=fingerprint, batch_size=spec.batch_size
         )
-        outcome = count_outputs(spark, run, checked_df, rows_in, plan, previous)
+        context = {EMBEDDING_DIM: details["dimensions"]}
+        suite = run.suite(EMBEDDINGS, context)
+        written = read_staged(run, with_vectors=suite is not None)
+        outcome = count_outputs(spark, run, written, checked_df, rows_in, plan, previous)
         run.lap("counts")
         if outcome.ok == 0:
             raise JobError(
                 f"no image could be embedded ({outcome.rows_written} products, errors by reason "
                 f"{outcome.errors_by_reason}): check --images-root {spec.images_root}"
             )
+        staged_df = functools.partial(read_embeddings, spark, run.staged(EMBEDDINGS_DIR))
+        # The gate counts the suite on the table the counts were read from; Spark checks the staged files
+        # only when those counts do not prove every expectation met (then with examples).
+        checked: Checked = staged_df() if suite is None else WrittenCounts(
+            suite, (quality_pass.table_partial(suite, written),), staged=staged_df, counted_by="driver"
+        )
         run.gate(
-            {EMBEDDINGS: read_embeddings(spark, run.staged(EMBEDDINGS_DIR))},
+            {EMBEDDINGS: checked},
             context={
-                EMBEDDING_DIM: details["dimensions"],
+                **context,
                 ROWS_IN: outcome.funnel.rows_in,
                 ROWS_REJECTED: outcome.funnel.rows_rejected,
             },

@@ -43,6 +43,7 @@ from schemas.quality_terms import (
     RAW_INTERACTIONS,
     REJECT_FRACTION,
     ROWS_IN,
+    RULE_BAD_VECTORS,
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
     RULE_GROUPS_WHERE,
@@ -102,6 +103,13 @@ def _rule_rows(rule: RowsRule, shown: Sequence[str], *, severity: str, descripti
         )
     elif rule.kind == RULE_GROUPS_WHERE:
         query = _per_group(rule)
+    elif rule.kind == RULE_BAD_VECTORS:
+        status, vector = columns
+        wrong_size = f"size({vector}) != {rule.size}" if rule.size is not None else f"size({vector}) = 0"
+        query = (
+            f"SELECT {select} FROM {{batch}} WHERE {status} = '{rule.value}' AND ({vector} IS NULL OR "
+            f"{wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) OR abs(x) = double('inf')))"
+        )
     else:
         keys = ", ".join(columns)
         query = f"SELECT {keys}, count(*) AS n FROM {{batch}} GROUP BY {keys} HAVING count(*) > {rule.limit}"
@@ -304,7 +312,18 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
     """
     status, vector = _q(embeddings.STATUS), _q(embeddings.EMBEDDING)
     dim = context.get(EMBEDDING_DIM)
-    wrong_size = f"size({vector}) != {int(dim)}" if dim is not None else f"size({vector}) = 0"
+    size = int(dim) if dim is not None else None
+    # With the size known, the finite-vector rule also checks every vector has it: one size for all.
+    same_size = [] if size is not None else [
+        _rows(
+            (
+                f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
+                f"WHERE {status} = '{embeddings.STATUS_OK}') WHERE n > 1"
+            ),
+            severity=CRITICAL,
+            description="all embeddings have the same size",
+        ),
+    ]
     return [
         *_table((embeddings.SKU, embeddings.EMBEDDING, embeddings.STATUS)),
         _not_null(embeddings.SKU),
@@ -319,23 +338,16 @@ def embeddings_suite(thresholds: QualityThresholds, context: Mapping[str, Any]) 
             severity=CRITICAL,
             description="status is ok or error",
         ),
-        _rows(
-            (
-                f"SELECT {_q(embeddings.SKU)} FROM {{batch}} WHERE {status} = '{embeddings.STATUS_OK}' AND "
-                f"({vector} IS NULL OR {wrong_size} OR exists({vector}, x -> x IS NULL OR isnan(x) "
-                f"OR abs(x) = double('inf')))"
+        _rule_rows(
+            RowsRule(
+                RULE_BAD_VECTORS, (embeddings.STATUS, embeddings.EMBEDDING), value=embeddings.STATUS_OK,
+                size=size,
             ),
+            (embeddings.SKU,),
             severity=CRITICAL,
-            description="every ok row has a finite embedding" + (f" of {int(dim)} floats" if dim else ""),
+            description="every ok row has a finite embedding" + (f" of {size} floats" if size else ""),
         ),
-        _rows(
-            (
-                f"SELECT n FROM (SELECT count(DISTINCT size({vector})) AS n FROM {{batch}} "
-                f"WHERE {status} = '{embeddings.STATUS_OK}') WHERE n > 1"
-            ),
-            severity=CRITICAL,
-            description="all embeddings have the same size",
-        ),
+        *same_size,
     ]
 
 

@@ -72,23 +72,35 @@ GROUP_FLAGGED = "flagged"  # its rows where columns[2] = 1
 GROUP_STATS = (GROUP_ROWS, GROUP_REPEATS, GROUP_FLAGGED)
 GROUP_OPS = ("!=", "<", ">")
 RULE_GROUPS_WHERE = "groups_where"
-RULES = (RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE, RULE_TEXT_NOT_FINITE, RULE_GROUPS_WHERE)
+# rows where columns[0] = `value` and the float list columns[1] is null, not of `size` elements (no `size`:
+# empty), or holds a null, NaN or +-Infinity
+RULE_BAD_VECTORS = "bad_vectors"
+RULES = (
+    RULE_COLUMNS_EQUAL, RULE_NOT_FINITE, RULE_GROUPS_ABOVE, RULE_TEXT_NOT_FINITE, RULE_GROUPS_WHERE,
+    RULE_BAD_VECTORS,
+)
 
 
 @dataclass(frozen=True)
 class RowsRule:
     """The rows an unexpected-rows query returns, as data: ``kind`` (one of :data:`RULES`) over
     ``columns``; ``limit`` is the largest allowed group (``groups_above``) or what a group's statistic
-    ``stat`` is compared to with ``op`` (``groups_where``: groups of ``columns = (key, value, flag)``)."""
+    ``stat`` is compared to with ``op`` (``groups_where``: groups of ``columns = (key, value, flag)``);
+    ``value`` and ``size`` are the status and vector size of ``bad_vectors``."""
 
     kind: str
     columns: tuple[str, ...]
     limit: int | None = None
     stat: str | None = None
     op: str | None = None
+    value: str | None = None
+    size: int | None = None
 
     def __post_init__(self) -> None:
-        arity = {RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1, RULE_TEXT_NOT_FINITE: 1, RULE_GROUPS_WHERE: 3}
+        arity = {
+            RULE_COLUMNS_EQUAL: 2, RULE_NOT_FINITE: 1, RULE_TEXT_NOT_FINITE: 1, RULE_GROUPS_WHERE: 3,
+            RULE_BAD_VECTORS: 2,
+        }
         if self.kind not in RULES:
             raise ValueError(f"rule kind must be one of {RULES}, got {self.kind!r}")
         if self.kind in arity and len(self.columns) != arity[self.kind]:
@@ -101,6 +113,11 @@ class RowsRule:
             not compared and (self.stat, self.op) != (None, None)
         ):
             raise ValueError(f"{self.kind}: statistic {self.stat!r} {self.op!r}")
+        vectors = self.kind == RULE_BAD_VECTORS
+        if vectors != (self.value is not None) or (not vectors and self.size is not None):
+            raise ValueError(f"{self.kind}: value {self.value!r}, size {self.size!r}")
+        if self.value is not None and "'" in self.value:
+            raise ValueError(f"{self.kind}: a value with a quote cannot be written in its query")
 
 
 @dataclass(frozen=True)

@@ -169,6 +169,9 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, 
     assert report["catalog_rejects_by_reason"] == {"missing_sku": 2, "duplicate_sku": 1}
     on_disk = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.json").read_text())
     assert on_disk["funnel"] == report["funnel"]
+    # The gate decided on the table the driver counted (no Spark pass over the vectors).
+    gate = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.quality.json").read_text())
+    assert gate["success"] and gate["datasets"]["embeddings"]["counted_by"] == "driver"
     assert files_under(output / "_staging") == []
 
 

@@ -107,7 +107,6 @@ CASES = {
             "one row per sku",
             "status is ok or error",
             "every ok row has a finite embedding of 2 floats",
-            "all embeddings have the same size",
         },
     ),
     quality.SIMILARITY_EDGES: (

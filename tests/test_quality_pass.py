@@ -58,7 +58,7 @@ def _gate(
 
 
 # Datasets whose whole suite the writers can count (the others hold SQL a pass does not run).
-COUNTED = (quality.SIMILARITY_EDGES, quality.GREMLIN_VERTICES, quality.GREMLIN_EDGES)
+COUNTED = (quality.SIMILARITY_EDGES, quality.GREMLIN_VERTICES, quality.GREMLIN_EDGES, quality.EMBEDDINGS)
 
 
 @pytest.mark.parametrize("dataset", COUNTED)
@@ -183,6 +183,34 @@ def test_each_row_rule_counts_what_its_query_returns(spark, description):
     spark.createDataFrame(rows, EDGES_SCHEMA).createOrReplaceTempView("rule_rows")
     query = suite[index].kwargs["unexpected_rows_query"].format(batch="rule_rows")
     assert counted == spark.sql(query).count() > 0
+
+
+@pytest.mark.parametrize("dim", [2, None])
+def test_the_vector_rule_counts_what_its_query_returns(spark, dim):
+    rows = [
+        ("a", [0.5, 1.0], "ok", None),
+        ("b", [NAN, 1.0], "ok", None),
+        ("c", [1.0, float("inf")], "ok", None),
+        ("d", [1.0, None], "ok", None),
+        ("e", None, "ok", None),
+        ("f", [], "ok", None),
+        ("g", [1.0, 2.0, 3.0], "ok", None),
+        ("h", [NAN], "error", "corrupt_image: x"),
+        ("i", None, None, None),
+        ("j", [-float("inf"), 0.0], "ok", None),
+    ]
+    context = {quality.EMBEDDING_DIM: dim} if dim else {}
+    suite = _suite(quality.EMBEDDINGS, context)
+    index = _index(suite, "every ok row has a finite embedding" + (f" of {dim} floats" if dim else ""))
+    counted = _partials(suite, quality.EMBEDDINGS, [rows])[0][quality_pass.COUNTS][str(index)]
+    spark.createDataFrame(rows, CASES[quality.EMBEDDINGS][0]).createOrReplaceTempView("vector_rows")
+    query = suite[index].kwargs["unexpected_rows_query"].format(batch="vector_rows")
+    selected = sorted(row["sku"] for row in spark.sql(query).collect())
+    assert selected == (["b", "c", "d", "e", "f", "g", "j"] if dim else ["b", "c", "d", "e", "f", "j"])
+    assert counted == len(selected)
+    # Without a size, the sizes are compared with each other (a query the pass leaves to Spark).
+    descriptions = [spec.description for spec in suite]
+    assert ("all embeddings have the same size" in descriptions) is (dim is None)
 
 
 def test_the_text_score_rule_counts_what_its_query_returns_and_never_less():

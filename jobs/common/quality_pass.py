@@ -55,6 +55,7 @@ from schemas.quality_terms import (
     GROUP_FLAGGED,
     GROUP_REPEATS,
     GROUP_ROWS,
+    RULE_BAD_VECTORS,
     RULE_COLUMNS_EQUAL,
     RULE_GROUPS_ABOVE,
     RULE_GROUPS_WHERE,
@@ -160,6 +161,12 @@ def _uncountable(spec: ExpectationSpec, schema: pa.Schema) -> str | None:
             return f"{spec.rule.kind} on {types}"  # NaN = NaN is true in Spark, false in Arrow
         if spec.rule.kind == RULE_GROUPS_WHERE and not (
             _is_exact_key(types[1]) and (pa.types.is_integer(types[2]) or pa.types.is_floating(types[2]))
+        ):
+            return f"{spec.rule.kind} on {types}"
+        if spec.rule.kind == RULE_BAD_VECTORS and not (
+            (pa.types.is_string(types[0]) or pa.types.is_large_string(types[0]))
+            and (pa.types.is_list(types[1]) or pa.types.is_large_list(types[1]))
+            and pa.types.is_floating(types[1].value_type)
         ):
             return f"{spec.rule.kind} on {types}"
         return None
@@ -278,6 +285,21 @@ def _text_not_finite(values: pa.ChunkedArray) -> int:
 
 
 _GROUP_OPS: dict[str, np.ufunc] = {"!=": np.not_equal, "<": np.less, ">": np.greater}
+
+
+def _bad_vectors(status: pa.ChunkedArray, vectors: pa.ChunkedArray, rule: Any) -> int:
+    """Rows of status ``rule.value`` whose vector is null, of another size than ``rule.size`` (none given:
+    empty), or holds a null, NaN or infinite element: what the rule's query selects."""
+    vectors = vectors.combine_chunks()
+    chosen = pc.fill_null(pc.equal(status.combine_chunks(), rule.value), False).to_numpy(zero_copy_only=False)
+    lengths = pc.list_value_length(vectors)
+    wrong = pc.not_equal(lengths, rule.size) if rule.size is not None else pc.equal(lengths, 0)
+    bad = np.array(pc.fill_null(wrong, True).to_numpy(zero_copy_only=False))  # a null vector is bad
+    values = pc.list_flatten(vectors)
+    not_finite = pc.fill_null(pc.invert(pc.is_finite(values)), True).to_numpy(zero_copy_only=False)
+    parents = pc.list_parent_indices(vectors).to_numpy()
+    bad[parents[not_finite]] = True
+    return int(np.count_nonzero(chosen & bad))
 
 
 def _group_stats(table: pa.Table, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -422,6 +444,8 @@ class PassMetrics:
             return int(pc.sum(pc.invert(pc.is_finite(values))).as_py() or 0)
         if rule is not None and rule.kind == RULE_TEXT_NOT_FINITE:
             return _text_not_finite(table.column(rule.columns[0]))
+        if rule is not None and rule.kind == RULE_BAD_VECTORS:
+            return _bad_vectors(table.column(rule.columns[0]), table.column(rule.columns[1]), rule)
         keys = group_keys(spec)
         assert keys is not None
         if rule is not None:  # groups above a limit
