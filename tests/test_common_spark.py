@@ -112,6 +112,8 @@ def test_small_local_inputs_get_a_c1_only_jvm(tmp_path, monkeypatch: pytest.Monk
     catalog = tmp_path / "catalog.csv"
     catalog.write_bytes(b"y" * 7)
     assert spark_module.input_size([str(logs), f"file://{catalog}"]) == 1031
+    (logs / "dt=2024-03-30" / "gone.jsonl").symlink_to(tmp_path / "nowhere")  # a dangling link counts 0
+    assert spark_module.input_size([None, str(logs), None, str(catalog)]) == 1031  # an option not given
     assert spark_module.input_size([str(tmp_path / "missing")]) == 0
     assert spark_module.input_size([str(catalog), "s3://bucket/logs/"]) is None
     monkeypatch.setenv("PYSPARK_GATEWAY_PORT", "40123")  # spark-submit's settings win: nothing to size

@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 
 from jobs import embed_images
 from jobs.common.cli import JobError
+from jobs.common.quality import QualityGateError
 from tests.test_embed_models import (
     assert_close,
     drawn_image,
@@ -229,6 +230,37 @@ def test_weights_file_head_and_normalize(spark: Any, tmp_path: Path) -> None:
     assert_close(actual, expected)
     assert report["head_sha256"] == hashlib.sha256(head_path.read_bytes()).hexdigest()
     assert report["dimensions"] == 8
+
+
+def test_vectors_the_gate_refuses_are_checked_with_spark_and_nothing_is_published(
+    spark: Any, tmp_path: Path
+) -> None:
+    """A head that gives NaN vectors: the driver's counts do not prove the suite, Spark's gate counts the
+    bad rows, and the run fails with exit 2 and publishes nothing."""
+    images = tmp_path / "images"
+    names = sorted(write_good_images(images))[:3]
+    head = torch.nn.Linear(512, 4)
+    with torch.no_grad():
+        head.weight.fill_(float("nan"))
+    head_path = tmp_path / "nan-head.pth"
+    torch.save(head.state_dict(), head_path)
+    rows = [[f"s{i}", "n", "b", "c", "s", name] for i, name in enumerate(names)]
+    catalog = write_catalog(tmp_path / "catalog.csv", rows)
+    output = tmp_path / "out"
+    with pytest.raises(JobError, match="every ok row has a finite embedding of 4 floats") as failed:
+        embed_images.main(
+            ["--catalog", str(catalog), "--images-root", str(images), "--output", str(output), "--model",
+             "resnet18", "--weights", "random:0", "--head", str(head_path), "--precision", "fp32",
+             "--run-date", RUN_DATE]
+        )
+    assert isinstance(failed.value, QualityGateError)  # exit 2, one line
+    gate = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.quality.json").read_text())
+    checked = gate["datasets"]["embeddings"]
+    assert checked["counted_by"] == "spark" and not gate["success"]
+    (vectors,) = [c for c in checked["expectations"] if not c["success"]]
+    assert vectors["description"] == "every ok row has a finite embedding of 4 floats"
+    assert vectors["observed_value"] == 3  # every product's vector, counted by Spark's query
+    assert not (output / "embeddings").exists() and files_under(output / "_staging") == []
 
 
 def test_images_root_listing_without_catalog(spark: Any, tmp_path: Path) -> None:

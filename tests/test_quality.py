@@ -530,3 +530,15 @@ def test_a_job_gate_runs_without_importing_great_expectations(tmp_path):
     ]
     written = json.loads((tmp_path / "similarity" / "dt=2024-04-01.quality.json").read_text())
     assert written["failed_critical"] == outcome["failed"]
+
+
+def test_the_funnel_frame_uses_the_session_built_on_another_thread(spark, monkeypatch):
+    """A job whose session was built by start_spark's thread has no active session on its main thread:
+    a failing funnel is still checked with Spark (exit 2 with examples), not a RuntimeError."""
+    from pyspark.sql import SparkSession
+
+    monkeypatch.setattr(SparkSession, "getActiveSession", classmethod(lambda cls: None))
+    assert quality._active_session() is spark
+    monkeypatch.setattr(SparkSession, "_instantiatedSession", None)
+    with pytest.raises(RuntimeError, match="needs a SparkSession"):
+        quality._active_session()

@@ -421,7 +421,9 @@ def _funnel_counts(
 def _active_session() -> Any:
     from pyspark.sql import SparkSession
 
-    session = SparkSession.getActiveSession()
+    # The thread's active session, else the process's: a session built on another thread (start_spark) is
+    # not the main thread's active one.
+    session = SparkSession.getActiveSession() or SparkSession._instantiatedSession
     if session is None:
         raise RuntimeError("run_gate needs a SparkSession to check the funnel")
     return session

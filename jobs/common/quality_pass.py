@@ -287,19 +287,24 @@ def _text_not_finite(values: pa.ChunkedArray) -> int:
 _GROUP_OPS: dict[str, np.ufunc] = {"!=": np.not_equal, "<": np.less, ">": np.greater}
 
 
-def _bad_vectors(status: pa.ChunkedArray, vectors: pa.ChunkedArray, rule: Any) -> int:
-    """Rows of status ``rule.value`` whose vector is null, of another size than ``rule.size`` (none given:
-    empty), or holds a null, NaN or infinite element: what the rule's query selects."""
-    vectors = vectors.combine_chunks()
-    chosen = pc.fill_null(pc.equal(status.combine_chunks(), rule.value), False).to_numpy(zero_copy_only=False)
-    lengths = pc.list_value_length(vectors)
-    wrong = pc.not_equal(lengths, rule.size) if rule.size is not None else pc.equal(lengths, 0)
-    bad = np.array(pc.fill_null(wrong, True).to_numpy(zero_copy_only=False))  # a null vector is bad
-    values = pc.list_flatten(vectors)
-    not_finite = pc.fill_null(pc.invert(pc.is_finite(values)), True).to_numpy(zero_copy_only=False)
-    parents = pc.list_parent_indices(vectors).to_numpy()
-    bad[parents[not_finite]] = True
-    return int(np.count_nonzero(chosen & bad))
+def _bad_vectors(table: pa.Table, rule: Any) -> int:
+    """Rows where ``rule.columns[0]`` is ``rule.value`` and the vector ``rule.columns[1]`` is null, of
+    another size than ``rule.size`` (none given: empty), or holds a null, NaN or infinite element: what
+    the rule's query selects. Counted record batch by record batch (memory: one batch's flags)."""
+    found = 0
+    for batch in table.select(list(rule.columns)).to_batches():
+        status, vectors = batch.column(0), batch.column(1)
+        chosen = pc.fill_null(pc.equal(status, rule.value), False).to_numpy(zero_copy_only=False)
+        lengths = pc.list_value_length(vectors)
+        wrong = pc.not_equal(lengths, rule.size) if rule.size is not None else pc.equal(lengths, 0)
+        bad = np.array(pc.fill_null(wrong, True).to_numpy(zero_copy_only=False))  # a null vector is bad
+        values = pc.list_flatten(vectors)  # the elements of the non-null vectors, in row order
+        if len(values):
+            rows = np.repeat(np.arange(len(vectors)), pc.fill_null(lengths, 0).to_numpy(zero_copy_only=False))
+            not_finite = pc.fill_null(pc.invert(pc.is_finite(values)), True).to_numpy(zero_copy_only=False)
+            bad[rows[not_finite]] = True
+        found += int(np.count_nonzero(chosen & bad))
+    return found
 
 
 def _group_stats(table: pa.Table, columns: Sequence[str]) -> dict[str, np.ndarray]:
@@ -445,7 +450,7 @@ class PassMetrics:
         if rule is not None and rule.kind == RULE_TEXT_NOT_FINITE:
             return _text_not_finite(table.column(rule.columns[0]))
         if rule is not None and rule.kind == RULE_BAD_VECTORS:
-            return _bad_vectors(table.column(rule.columns[0]), table.column(rule.columns[1]), rule)
+            return _bad_vectors(table, rule)
         keys = group_keys(spec)
         assert keys is not None
         if rule is not None:  # groups above a limit

@@ -77,21 +77,26 @@ def local_settings(input_bytes: int | None = None) -> dict[str, str]:
     return settings
 
 
-def input_size(uris: Iterable[str]) -> int | None:
-    """Bytes of the local files at ``uris`` (a file, or every file below a folder; a missing one counts
-    0); None when one is remote (sizing it would mean listing object storage) or when a local session
-    would not be started here (spark-submit, Glue, or a session already running)."""
+def input_size(uris: Iterable[str | None]) -> int | None:
+    """Bytes of the local files at ``uris`` (a file, or every file below a folder; a missing one, an
+    unreadable one or a None counts 0); None when one is remote (sizing it would mean listing object
+    storage) or when a local session would not be started here (spark-submit, Glue, or a session already
+    running)."""
     if is_cluster_launched():
         return None
     total = 0
-    for uri in uris:
+    for uri in filter(None, uris):
         if storage.is_remote(uri):
             return None
         path = storage.local_path(uri)
-        if os.path.isfile(path):
-            total += os.path.getsize(path)
-        for folder, _, names in os.walk(path):
-            total += sum(os.path.getsize(os.path.join(folder, name)) for name in names)
+        files = [path] if os.path.isfile(path) else [
+            os.path.join(folder, name) for folder, _, names in os.walk(path) for name in names
+        ]
+        for file in files:
+            try:
+                total += os.path.getsize(file)
+            except OSError:  # gone since the listing, or a dangling link: nothing a job will read
+                continue
     return total
 
 
@@ -105,7 +110,7 @@ def get_spark(
     *,
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
-    inputs: Sequence[str] = (),
+    inputs: Sequence[str | None] = (),
 ) -> SparkSession:
     """Return the active SparkSession or build one.
 
@@ -126,8 +131,7 @@ def get_spark(
         # Python workers (pandas UDFs) run this interpreter, the venv's, not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get(MASTER_ENV, DEFAULT_LOCAL_MASTER))
-        starts_jvm = SparkContext._active_spark_context is None
-        settings = local_settings(input_size(inputs) if starts_jvm and inputs else None)
+        settings = local_settings(input_size(inputs) if inputs else None)
         for key, value in settings.items():
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -198,7 +202,7 @@ class SparkStart:
     driver checks its arguments and inputs, which needs no Spark. :meth:`result` waits for it."""
 
     def __init__(
-        self, app_name: str, conf: Mapping[str, str] | None = None, inputs: Sequence[str] = ()
+        self, app_name: str, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] = ()
     ) -> None:
         self._session: SparkSession | None = None
         self._error: BaseException | None = None
@@ -208,7 +212,7 @@ class SparkStart:
         )
         self._thread.start()
 
-    def _build(self, app_name: str, conf: Mapping[str, str] | None, inputs: Sequence[str]) -> None:
+    def _build(self, app_name: str, conf: Mapping[str, str] | None, inputs: Sequence[str | None]) -> None:
         try:
             session = get_spark(app_name, conf=conf, inputs=inputs)
             # A first DataFrame, analysed and never run, builds the session's SQL state (analyser,
@@ -228,7 +232,7 @@ class SparkStart:
 
 
 def start_spark(
-    app_name: str, *, conf: Mapping[str, str] | None = None, inputs: Sequence[str] = ()
+    app_name: str, *, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] = ()
 ) -> SparkStart:
     """Start building the job's session (:func:`get_spark`) in the background; ``.result()`` gives it.
 
