@@ -768,8 +768,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     args = build_parser().parse_args(argv)
     spec = EmbedSpec.from_args(args)
     run = StagedRun(RunSpec.from_args(STAGE, args), [EMBEDDINGS_DIR, REJECTS_DIR], log=LOG)
-    # The JVM starts while the driver checks the model and the inputs.
-    starting = start_spark(JOB_NAME, inputs=[uri for uri in (spec.catalog, spec.images_root) if uri])
+    # The JVM starts while the driver checks the model and the inputs. Its rows are the catalog's (or the
+    # images root's listing, one short row per file): the images themselves only the Python workers read.
+    starting = start_spark(JOB_NAME, inputs=[spec.catalog])
     config, details = resolve_model(spec)
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})

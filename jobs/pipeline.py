@@ -417,12 +417,14 @@ def run_local(
     os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
     if sample is not None:
         _ensure_sample(sample, params.seed, str(params.run_date))
-    # The one session every Spark stage runs in, sized for the whole run's input (a sample-sized run's
-    # JVM compiles with C1 only: jobs.common.spark.SMALL_INPUT_BYTES); it starts while the jobs import.
+    # The one session every Spark stage runs in, sized for the rows its JVM reads, the logs' and the
+    # catalog's (a sample-sized run's JVM compiles with C1 only: jobs.common.spark.SMALL_INPUT_BYTES; the
+    # images only Python workers read). It starts while the jobs import.
     starting = None
     if any(call.stage.uses_spark for call in calls):
+        values = template_values(params)
         starting = importlib.import_module("jobs.common.spark").start_spark(
-            "stylegraph-pipeline", inputs=[params.input_root]
+            "stylegraph-pipeline", inputs=[f"{values['input']}/interactions", values["catalog"]]
         )
     reports = template_values(params)["reports"]
     results: list[StageResult] = []

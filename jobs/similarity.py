@@ -522,7 +522,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     if not storage.exists(spec.input):
         raise JobError(f"--input {spec.input} does not exist")
     run.check_output(inputs={"--input": spec.input})
-    starting = start_spark(APP_NAME)  # the JVM starts while the driver checks every input row
+    # The JVM starts while the driver checks every input row. It reads none of them: the tile tasks read
+    # the vectors in Python, so its compiler is sized for no input (C1 only, jobs.common.spark).
+    starting = start_spark(APP_NAME, inputs=[])
     with run:
         checked = check_input(spec, run)
         spark = starting.result()

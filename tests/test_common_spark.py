@@ -129,7 +129,8 @@ def test_a_running_session_is_reused_without_sizing_inputs(spark, monkeypatch: p
 
 
 def test_a_local_jvm_started_for_a_small_input_compiles_with_c1_only(tmp_path) -> None:
-    """A real JVM: the option reaches it for a small input and not for an unknown one."""
+    """A real JVM: the option reaches it for a small input and for none (a job whose rows only Python
+    tasks read), not for an unknown one."""
     import subprocess
     import sys
 
@@ -137,11 +138,12 @@ def test_a_local_jvm_started_for_a_small_input_compiles_with_c1_only(tmp_path) -
     script = (
         "import sys\n"
         "from jobs.common.spark import get_spark\n"
-        "spark = get_spark('jit-check', master='local[1]', inputs=sys.argv[1:])\n"
+        "inputs = None if sys.argv[1:] == ['unknown'] else sys.argv[1:]\n"
+        "spark = get_spark('jit-check', master='local[1]', inputs=inputs)\n"
         "bean = spark.sparkContext._jvm.java.lang.management.ManagementFactory.getRuntimeMXBean()\n"
         "print('ARGS', ' '.join(bean.getInputArguments()))\n"
     )
-    for inputs, expected in (([str(tmp_path / "input.csv")], True), ([], False)):
+    for inputs, expected in (([str(tmp_path / "input.csv")], True), ([], True), (["unknown"], False)):
         done = subprocess.run(
             [sys.executable, "-c", script, *inputs], capture_output=True, text=True, timeout=120, check=True
         )

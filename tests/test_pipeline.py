@@ -195,8 +195,8 @@ def test_the_plan_formats_partition_paths_through_their_one_owner(monkeypatch: p
 def test_the_local_runner_starts_the_session_for_the_run_input_before_its_spark_stages(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """One session for the run, sized by the whole input root (its JVM's compiler follows that size),
-    started before the first Spark stage; a run of stages without Spark starts none."""
+    """One session for the run, sized by the logs and the catalog, the rows its JVM reads (its compiler
+    follows that size), started before the first Spark stage; a run of stages without Spark starts none."""
     import jobs.similarity
     from jobs.common import spark as spark_module
 
@@ -224,4 +224,5 @@ def test_the_local_runner_starts_the_session_for_the_run_input_before_its_spark_
     pipeline.run_local(params, stages="validate")
     assert events == []
     pipeline.run_local(params, stages="similarity")
-    assert events == [("stylegraph-pipeline", [str(tmp_path / "sample")]), "session ready", "similarity ran"]
+    sized = [str(tmp_path / "sample" / "interactions"), str(tmp_path / "sample" / "catalog" / "catalog.csv")]
+    assert events == [("stylegraph-pipeline", sized), "session ready", "similarity ran"]

@@ -5,8 +5,8 @@ Run by hand, by ``python -m jobs.<name>`` or by the tests, the session gets loca
 ``spark-submit`` in ``make dist``'s test) or inside AWS Glue, the cluster's settings win: the
 builder then sets nothing but the application name and the job's own runtime SQL settings.
 
-A local JVM started for small inputs compiles with C1 only (:data:`SMALL_INPUT_BYTES`): on a sample-sized
-run the JVM spends more CPU compiling with C2 than C2's code ever saves.
+A local JVM that will read few rows compiles with C1 only (:data:`SMALL_INPUT_BYTES`): on a sample-sized
+run, or where Python tasks read the data, the JVM spends more CPU compiling with C2 than C2's code saves.
 """
 from __future__ import annotations
 
@@ -48,11 +48,13 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.sql.warehouse.dir": os.path.join(os.environ.get("TMPDIR", "/tmp"), "stylegraph-warehouse"),
 }
 
-# A local JVM whose job reads at most this many bytes compiles with C1 only (``-XX:TieredStopAtLevel=1``).
-# There, most of the run is the JVM's first pass through Spark's own code, and C2's optimising
-# compiles cost more CPU than their code saves: preprocess on the sample (0.6 MB) took 20-23 s instead
-# of 25-27, 32 instead of 46 core-seconds; on 300 k events (46 MB) 26-30 s instead of 30-32. Bigger runs
-# keep the tiered compiler: on 1 M events (152 MB) C1 alone took 52-55 s against 42-45.
+# A local JVM whose job reads at most this many bytes of rows in the JVM compiles with C1 only
+# (``-XX:TieredStopAtLevel=1``). There, most of the JVM's work is its first pass through Spark's own
+# code, and C2's optimising compiles cost more CPU than their code saves: preprocess on the sample
+# (0.6 MB) took 20-23 s instead of 25-27, 32 instead of 46 core-seconds; on 300 k events (46 MB) 26-30 s
+# instead of 30-32; the similarity job, whose vectors only Python tasks read, 11.0 s instead of 12.3 on
+# 50,000 x 256. Bigger row counts keep the tiered compiler: preprocess on 1 M events (152 MB) took
+# 52-55 s with C1 alone against 42-45.
 SMALL_INPUT_BYTES = 32 * 1024 * 1024
 C1_ONLY = "-XX:TieredStopAtLevel=1"
 
@@ -110,7 +112,7 @@ def get_spark(
     *,
     master: str | None = None,
     conf: Mapping[str, str] | None = None,
-    inputs: Sequence[str | None] = (),
+    inputs: Sequence[str | None] | None = None,
 ) -> SparkSession:
     """Return the active SparkSession or build one.
 
@@ -120,8 +122,9 @@ def get_spark(
             or ``local[*]``. Ignored under spark-submit or Glue.
         conf: runtime SQL settings the job needs (e.g. Arrow batch size); set on the session
             whichever way it was launched.
-        inputs: what the job reads (local paths or URIs): a local JVM started for inputs of at most
-            :data:`SMALL_INPUT_BYTES` compiles with C1 only. Measured only when a local JVM starts.
+        inputs: the files whose rows the job's JVM reads (local paths or URIs; ``[]``: none, the data
+            goes through Python tasks only); None: not known. A local JVM started for at most
+            :data:`SMALL_INPUT_BYTES` of them compiles with C1 only. Measured only when a local JVM starts.
 
     Returns:
         The session. Under spark-submit or Glue, the one their settings built.
@@ -131,7 +134,7 @@ def get_spark(
         # Python workers (pandas UDFs) run this interpreter, the venv's, not whatever python3 is on PATH.
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = builder.master(master or os.environ.get(MASTER_ENV, DEFAULT_LOCAL_MASTER))
-        settings = local_settings(input_size(inputs) if inputs else None)
+        settings = local_settings(input_size(inputs) if inputs is not None else None)
         for key, value in settings.items():
             builder = builder.config(key, value)
     spark = builder.getOrCreate()
@@ -202,7 +205,7 @@ class SparkStart:
     driver checks its arguments and inputs, which needs no Spark. :meth:`result` waits for it."""
 
     def __init__(
-        self, app_name: str, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] = ()
+        self, app_name: str, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] | None = None
     ) -> None:
         self._session: SparkSession | None = None
         self._error: BaseException | None = None
@@ -212,7 +215,9 @@ class SparkStart:
         )
         self._thread.start()
 
-    def _build(self, app_name: str, conf: Mapping[str, str] | None, inputs: Sequence[str | None]) -> None:
+    def _build(
+        self, app_name: str, conf: Mapping[str, str] | None, inputs: Sequence[str | None] | None
+    ) -> None:
         try:
             session = get_spark(app_name, conf=conf, inputs=inputs)
             # A first DataFrame, analysed and never run, builds the session's SQL state (analyser,
@@ -232,7 +237,7 @@ class SparkStart:
 
 
 def start_spark(
-    app_name: str, *, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] = ()
+    app_name: str, *, conf: Mapping[str, str] | None = None, inputs: Sequence[str | None] | None = None
 ) -> SparkStart:
     """Start building the job's session (:func:`get_spark`) in the background; ``.result()`` gives it.
 
