@@ -620,18 +620,32 @@ def count_input(checked_df: DataFrame, spec: EmbedSpec) -> int:
     return rows_in
 
 
+PROBE_SCHEMA = pa.schema([("reason", pa.string()), ("autocast", pa.string())])
+
+
 def probe_executor(spark: SparkSession, spec: EmbedSpec) -> Future[tuple[str | None, str | None]]:
     """Ask one executor task, in the background, how it would run the model: whether CUDA is usable
     (``--device cuda``) and the autocast dtype ``--precision`` resolves to on its device
     (:func:`udfs.embed_images.probe_task`). Where GPU resources are configured, every task runs on a GPU
-    executor. A daemon thread: a job that fails before it needs the answer exits without waiting for it."""
+    executor. A daemon thread: a job that fails before it needs the answer exits without waiting for it.
+
+    The task is a SQL one (``mapInArrow``), like the embedding's: Spark keeps another daemon and other
+    Python workers for RDD tasks, so the worker the probe starts is one the embedding reuses."""
     device, precision = spec.device, spec.precision
-    task = spark.sparkContext.parallelize([0], 1)
+
+    def probe(batches: Iterator[pa.RecordBatch]) -> Iterator[pa.RecordBatch]:
+        for batch in batches:
+            answers = [probe_task(device, precision) for _ in range(batch.num_rows)]
+            rows = [dict(zip(PROBE_SCHEMA.names, answer, strict=True)) for answer in answers]
+            yield pa.RecordBatch.from_pylist(rows, schema=PROBE_SCHEMA)
+
+    task = spark.range(0, 1, 1, 1).mapInArrow(probe, "reason string, autocast string")
     answer: Future[tuple[str | None, str | None]] = Future()
 
     def ask() -> None:
         try:
-            answer.set_result(task.map(lambda _: probe_task(device, precision)).first())
+            (row,) = task.collect()
+            answer.set_result((row["reason"], row["autocast"]))
         except BaseException as error:  # handed to the caller of result()
             answer.set_exception(error)
 
