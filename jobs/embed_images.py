@@ -505,7 +505,6 @@ def sql_conf(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]
                 spark.conf.set(key, value)
 
 
-
 def read_embeddings(spark: SparkSession, uri: str) -> DataFrame:
     """An embeddings partition with its declared schema."""
     return spark.read.schema(embeddings_schema.EMBEDDING_SCHEMA).parquet(storage.spark_path(uri))
@@ -719,11 +718,9 @@ def count_outputs(
             strict=True,
         )
     )
-    try:
-        rejects = storage.read_parquet(run.staged(REJECTS_DIR), columns=[embeddings_schema.REJECT_REASON])
-        rejects_by_reason = dict(Counter(rejects.column(embeddings_schema.REJECT_REASON).to_pylist()))
-    except FileNotFoundError:  # no rejects file: no reject
-        rejects_by_reason = {}
+    # Spark writes a file for an empty frame too: no file here is a fault, and read_parquet says so.
+    rejects = storage.read_parquet(run.staged(REJECTS_DIR), columns=[embeddings_schema.REJECT_REASON])
+    rejects_by_reason = dict(Counter(rejects.column(embeddings_schema.REJECT_REASON).to_pylist()))
     ok = sum(n for (status, _), n in by_status.items() if status == embeddings_schema.STATUS_OK)
     errors_by_reason = {
         str(reason): n for (status, reason), n in sorted(by_status.items())

@@ -420,13 +420,13 @@ def run_local(
     # The one session every Spark stage runs in, sized for the rows its JVM reads, the logs' and the
     # catalog's (a sample-sized run's JVM compiles with C1 only: jobs.common.spark.SMALL_INPUT_BYTES; the
     # images only Python workers read). It starts while the jobs import.
+    values = template_values(params)
     starting = None
     if any(call.stage.uses_spark for call in calls):
-        values = template_values(params)
         starting = importlib.import_module("jobs.common.spark").start_spark(
             "stylegraph-pipeline", inputs=[f"{values['input']}/interactions", values["catalog"]]
         )
-    reports = template_values(params)["reports"]
+    reports = values["reports"]
     results: list[StageResult] = []
     mains = [_load_main(call.stage.module) for call in calls]
     if starting is not None:

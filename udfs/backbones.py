@@ -13,9 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from udfs.model_shapes import RESNET_LAYOUTS, VGG16_LAYERS
-
-RESNET_WIDTHS = (64, 128, 256, 512)
+from udfs.model_shapes import RESNET_LAYOUTS, RESNET_WIDTHS, VGG16_LAYERS
 
 
 def _modules() -> Any:

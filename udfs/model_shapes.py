@@ -24,7 +24,8 @@ from typing import IO, Any
 
 Shape = tuple[int, ...]
 
-# ResNet: (block kind, blocks per stage); stage widths 64, 128, 256, 512 (torchvision.models.resnet).
+# ResNet: (block kind, blocks per stage) and the stages' widths (torchvision.models.resnet).
+RESNET_WIDTHS = (64, 128, 256, 512)
 RESNET_LAYOUTS: dict[str, tuple[str, tuple[int, int, int, int]]] = {
     "resnet18": ("basic", (2, 2, 2, 2)),
     "resnet34": ("basic", (3, 4, 6, 3)),
@@ -57,7 +58,7 @@ def _resnet(kind: str, blocks: tuple[int, ...]) -> dict[str, Shape]:
     expansion = 4 if kind == "bottleneck" else 1
     shapes: dict[str, Shape] = {"conv1.weight": (64, 3, 7, 7), **_batchnorm("bn1", 64)}
     inplanes = 64
-    for stage, (planes, count) in enumerate(zip((64, 128, 256, 512), blocks, strict=True), start=1):
+    for stage, (planes, count) in enumerate(zip(RESNET_WIDTHS, blocks, strict=True), start=1):
         for index in range(count):
             block = f"layer{stage}.{index}"
             if kind == "bottleneck":

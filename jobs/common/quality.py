@@ -419,14 +419,15 @@ def _funnel_counts(
 
 
 def _active_session() -> Any:
+    from pyspark.errors import PySparkRuntimeError
     from pyspark.sql import SparkSession
 
     # The thread's active session, else the process's: a session built on another thread (start_spark) is
     # not the main thread's active one.
-    session = SparkSession.getActiveSession() or SparkSession._instantiatedSession
-    if session is None:
-        raise RuntimeError("run_gate needs a SparkSession to check the funnel")
-    return session
+    try:
+        return SparkSession.active()
+    except PySparkRuntimeError as error:
+        raise RuntimeError("run_gate needs a SparkSession to check the funnel") from error
 
 
 def _describe(check: Mapping[str, Any]) -> str:

@@ -50,11 +50,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
 
 # A local JVM whose job reads at most this many bytes of rows in the JVM compiles with C1 only
 # (``-XX:TieredStopAtLevel=1``). There, most of the JVM's work is its first pass through Spark's own
-# code, and C2's optimising compiles cost more CPU than their code saves: preprocess on the sample
-# (0.6 MB) took 20-23 s instead of 25-27, 32 instead of 46 core-seconds; on 300 k events (46 MB) 26-30 s
-# instead of 30-32; the similarity job, whose vectors only Python tasks read, 11.0 s instead of 12.3 on
-# 50,000 x 256. Bigger row counts keep the tiered compiler: preprocess on 1 M events (152 MB) took
-# 52-55 s with C1 alone against 42-45.
+# code, and C2's optimising compiles cost more CPU than their code saves; past a few tens of MB of rows
+# C2's faster code wins. The threshold rests on by-hand runs of preprocess at 0.6, 46 and 152 MB of logs
+# and of similarity, listed in bench/RESULTS.md ("cold"); `bench.cold` measures the result.
 SMALL_INPUT_BYTES = 32 * 1024 * 1024
 C1_ONLY = "-XX:TieredStopAtLevel=1"
 
