@@ -396,6 +396,11 @@ def test_no_input_images_is_an_error_and_writes_nothing(spark: Any, tmp_path: Pa
     catalog = write_catalog(tmp_path / "some.csv", [["s1", "n", "b", "c", "s", "x/1.jpg"]])
     with pytest.raises(JobError, match=r"no image could be embedded .*missing_file"):
         embed_images.main(["--catalog", str(catalog), "--images-root", str(empty_root), *common])
+    # Every catalog row quarantined (blank skus): the staged embeddings file is empty, read back as no rows.
+    blank_rows = [[" ", "n", "b", "c", "s", "x/1.jpg"], [None, "n", "b", "c", "s", "x/2.jpg"]]
+    blank = write_catalog(tmp_path / "blank.csv", blank_rows)
+    with pytest.raises(JobError, match=r"no image could be embedded \(0 products"):
+        embed_images.main(["--catalog", str(blank), "--images-root", str(empty_root), *common])
     assert files_under(output) == []
 
 
