@@ -258,12 +258,12 @@ def load_backbone_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> A
 
     backbone = backbone_state_dict(name, state_dict)
     model = strip_classifier(build_classifier(name, device="meta"), name)
-    # Allocate without running the random initialisation (seconds for ResNet-152), then copy the weights in.
-    model = model.to_empty(device="cpu")
+    # Built without memory or the random initialisation (seconds for ResNet-152); the module then takes the
+    # given tensors as they are (a mapped file's pages: no copy).
     for key, buffer in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in backbone:
-            backbone[key] = torch.zeros_like(buffer)
-    model.load_state_dict(backbone, strict=True)
+            backbone[key] = torch.zeros(buffer.shape, dtype=buffer.dtype)
+    model.load_state_dict(backbone, strict=True, assign=True)
     return model.eval()
 
 
@@ -275,14 +275,18 @@ def inference_form(model: Any, name: str) -> Any:
     rounding (about 5e-7 of their largest magnitude for ResNet-152). VGG16 has no BatchNorm: unchanged.
     """
     import torch
-    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    from torch.nn.utils.fusion import fuse_conv_bn_weights
 
     if _family(name) != "resnet":
         return model
     model.eval()
 
     def fold(owner: Any, conv: str, norm: str) -> None:
-        setattr(owner, conv, fuse_conv_bn_eval(getattr(owner, conv), getattr(owner, norm)))
+        # torch's fuse_conv_bn_eval without its deep copy of the convolution (a copy of every weight).
+        layer, bn = getattr(owner, conv), getattr(owner, norm)
+        layer.weight, layer.bias = fuse_conv_bn_weights(
+            layer.weight, layer.bias, bn.running_mean, bn.running_var, bn.eps, bn.weight, bn.bias
+        )
         setattr(owner, norm, torch.nn.Identity())
 
     fold(model, "conv1", "bn1")
