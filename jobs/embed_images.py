@@ -61,7 +61,7 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, check_funnel
 from jobs.common.run import RunSpec, StagedRun
-from jobs.common.spark import partition_keys, start_spark, task_slots
+from jobs.common.spark import partition_keys, preload_worker_modules, start_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
     filter_changed,
@@ -72,7 +72,7 @@ from jobs.transforms.embed_reuse import (
 from schemas import catalog as catalog_schema
 from schemas import embeddings as embeddings_schema
 from udfs import image_models
-from udfs.embed_images import EmbedConfig, make_embed_udf, make_hash_udf, probe_task
+from udfs.embed_images import WORKER_MODULES, EmbedConfig, make_embed_udf, make_hash_udf, probe_task
 
 LOG = logging.getLogger("stylegraph.embed_images")
 
@@ -671,14 +671,16 @@ def log_mode(previous: PreviousRun, is_full: bool) -> None:
         LOG.warning("full run (every product is embedded): %s", previous.reason)
 
 
-def stage_outputs(
-    spark: SparkSession, run: StagedRun, checked_df: DataFrame, plan: EmbedPlan, *,
-    fingerprint: dict[str, Any], batch_size: int,
-) -> float:
-    """Write the rejects and the embeddings (with the fingerprint beside them) to staging; returns the
-    seconds the embeddings write took."""
+def stage_rejects(run: StagedRun, checked_df: DataFrame) -> None:
+    """Write the catalog rows quarantined with their reason to staging."""
     checked_df.transform(select_rejects).write.parquet(storage.spark_path(run.staged(REJECTS_DIR)))
     run.lap("rejects")
+
+
+def stage_embeddings(
+    spark: SparkSession, run: StagedRun, plan: EmbedPlan, *, fingerprint: dict[str, Any], batch_size: int,
+) -> float:
+    """Write the embeddings (with the fingerprint beside them) to staging; returns the seconds it took."""
     staged_embeddings = run.staged(EMBEDDINGS_DIR)
     embed_started = time.time()
     # One Arrow batch = one model batch: executor memory stays flat whatever the catalog size.
@@ -786,6 +788,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
     spark = starting.result()
+    # The probe, the session's first Python task, starts the executors' worker daemon: it imports torch
+    # and the embedding code while the catalog is read, and every embedding worker forks with them.
+    preload_worker_modules(spark, WORKER_MODULES)
     probe = probe_executor(spark, spec)  # the catalog is read meanwhile
     if spec.device == image_models.DEVICE_CUDA:
         resolve_autocast(probe)  # a missing GPU is refused before any input is read
@@ -794,7 +799,9 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         checked_df = run.persist(read_input(spark, spec), StorageLevel.MEMORY_AND_DISK_DESER)
         rows_in = count_input(checked_df, spec)
         run.lap("read_catalog")
+        stage_rejects(run, checked_df)  # needs no model: written while the probe's daemon imports torch
         config = dataclasses.replace(config, autocast=resolve_autocast(probe))
+        run.lap("workers_ready")  # the probe answers once the worker daemon has its modules
         details["autocast"] = config.autocast or "fp32"
         fingerprint = embed_fingerprint(config, details, spark.sparkContext.getConf())
         previous = find_previous(run.spec.output, run.spec.run_date, fingerprint, is_full=spec.is_full)
@@ -803,8 +810,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
         plan = plan_embeddings(spark, checked_df, rows_in, config, details, previous, model_images)
         run.on_exit(plan.release)
         run.lap("previous_and_hashes")
-        embed_seconds = stage_outputs(
-            spark, run, checked_df, plan, fingerprint=fingerprint, batch_size=spec.batch_size
+        embed_seconds = stage_embeddings(
+            spark, run, plan, fingerprint=fingerprint, batch_size=spec.batch_size
         )
         context = {EMBEDDING_DIM: details["dimensions"]}
         suite = run.suite(EMBEDDINGS, context)

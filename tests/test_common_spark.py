@@ -1,6 +1,11 @@
 """The one SparkSession builder: local defaults by hand, cluster settings win under spark-submit."""
 from __future__ import annotations
 
+import json
+import os
+import sys
+from pathlib import Path
+
 import pytest
 
 from jobs.common import spark as spark_module
@@ -149,3 +154,88 @@ def test_a_local_jvm_started_for_a_small_input_compiles_with_c1_only(tmp_path) -
         )
         args = next(line for line in done.stdout.splitlines() if line.startswith("ARGS "))
         assert (spark_module.C1_ONLY in args.split()) is expected, args
+
+
+def _loaded_in_worker(spark, names: tuple[str, ...]) -> list[str]:
+    """Which of ``names`` a Python worker holds when its task starts (a SQL task, as the jobs' UDFs)."""
+    import pyarrow as pa
+
+    def report(batches):
+        import sys
+
+        for _ in batches:
+            yield pa.RecordBatch.from_pylist([{"loaded": ",".join(n for n in names if n in sys.modules)}])
+
+    (row,) = spark.range(0, 1, 1, 1).mapInArrow(report, "loaded string").collect()
+    return [name for name in row["loaded"].split(",") if name]
+
+
+def test_python_workers_fork_with_the_modules_a_job_preloads(spark) -> None:
+    """Real workers: after ``preload_worker_modules`` the session's tasks run in workers that hold the
+    modules before the task imports anything; a module that cannot be imported, or one that writes to
+    stdout (the daemon's channel for its port), does not stop the daemon."""
+    probes = ("wave", "xml.dom.minidom")  # standard modules no worker imports on its own
+    environment = spark.sparkContext.environment
+    saved = dict(environment)
+    try:
+        assert _loaded_in_worker(spark, probes) == []
+        spark_module.preload_worker_modules(spark, [*probes, "this", "stylegraph_no_such_module"])
+        assert _loaded_in_worker(spark, probes) == list(probes)
+    finally:  # the shared session's later tasks: the daemon of its usual environment
+        environment.clear()
+        environment.update(saved)
+    assert _loaded_in_worker(spark, probes) == []
+
+
+def test_the_daemons_preload_reports_failures_on_stderr_and_keeps_stdout_clean(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from jobs.common import worker_daemon
+
+    monkeypatch.delitem(sys.modules, "this", raising=False)  # prints the Zen of Python when imported
+    assert worker_daemon.modules_to_preload(" torch, ,udfs.embed_images ") == ["torch", "udfs.embed_images"]
+    assert worker_daemon.modules_to_preload(None) == []
+    assert worker_daemon.preload(["this", "stylegraph_no_such_module"]) == ["stylegraph_no_such_module"]
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert "Beautiful is better than ugly" in err
+    assert "cannot preload stylegraph_no_such_module: ModuleNotFoundError" in err
+
+
+def test_the_embedding_modules_are_what_an_embedding_worker_imports(tmp_path) -> None:
+    """In a fresh interpreter holding only what the embed job preloads, the embedding UDF's body on real
+    images and a weights file (model load, decode, embed) imports nothing of torch, pandas, pyarrow or
+    numpy of its own (Pillow's format plugins, milliseconds, it imports as images need them)."""
+    import subprocess
+
+    import torch
+
+    from tests.test_embed_models import write_good_images
+    from udfs import image_models as M
+
+    names = [path.name for path in write_good_images(tmp_path / "images").values()]
+    torch.save(M.build_classifier("resnet18", seed=1).state_dict(), tmp_path / "weights.pth")
+    script = (
+        "import importlib, json, sys\n"
+        "from udfs import embed_images as E\n"
+        "for name in E.WORKER_MODULES: importlib.import_module(name)\n"
+        "before = set(sys.modules)\n"
+        "import pandas as pd\n"
+        "from udfs import image_models as M\n"
+        "root, names = sys.argv[1], json.loads(sys.argv[2])\n"
+        "weights = M.WeightsSpec('file', 'not checked here', uri=root + '/weights.pth')\n"
+        "config = E.EmbedConfig(\n"
+        "    model='resnet18', weights=weights, images_root=root + '/images', batch_size=2\n"
+        ")\n"
+        "frames = list(E.embed_path_batches([pd.Series(names)], config))\n"
+        "assert sum(f['status'].eq('ok').sum() for f in frames) == len(names), frames\n"
+        "heavy = ('torch', 'pandas', 'pyarrow', 'numpy')\n"
+        "print(sorted(m for m in set(sys.modules) - before if m.split('.')[0] in heavy))\n"
+    )
+    root = Path(__file__).resolve().parent.parent
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path), json.dumps(names)], capture_output=True, text=True,
+        cwd=root, env={**os.environ, "PYTHONPATH": str(root)}, timeout=300, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"

@@ -16,6 +16,7 @@ import torchvision
 from pyspark.sql import functions as F
 
 from jobs import embed_images
+from jobs.common import worker_daemon
 from jobs.common.cli import JobError
 from jobs.common.quality import QualityGateError
 from tests.test_embed_models import (
@@ -28,6 +29,7 @@ from tests.test_embed_models import (
     write_good_images,
 )
 from udfs import image_models as M
+from udfs.embed_images import WORKER_MODULES
 
 RUN_DATE = "2024-03-31"
 HEADER = ["sku", "name", "brand", "category", "subcategory", "image_path"]
@@ -174,6 +176,9 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, 
     gate = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.quality.json").read_text())
     assert gate["success"] and gate["datasets"]["embeddings"]["counted_by"] == "driver"
     assert files_under(output / "_staging") == []
+    # Its workers forked from a daemon that imported torch and the embedding code once.
+    preload = spark.sparkContext.environment[worker_daemon.PRELOAD_ENV]
+    assert worker_daemon.modules_to_preload(preload) == list(WORKER_MODULES)
 
 
 def test_weights_file_head_and_normalize(spark: Any, tmp_path: Path) -> None:

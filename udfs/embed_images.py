@@ -182,6 +182,21 @@ def content_sha256(reader: ImageReader, value: Any) -> str | None:
         return None
 
 
+# What an embedding worker imports before its first image. The job has Spark's worker daemon import them
+# once per executor, before it forks the workers (jobs.common.worker_daemon): torch alone is over a
+# second of CPU per worker.
+WORKER_MODULES = (
+    "torch",
+    "torch.nn.utils.fusion",
+    "torch.utils.serialization",
+    "torch.utils._device",  # the model is built under `with torch.device("meta")`
+    "PIL.Image",
+    "pyspark.sql.pandas.serializers",
+    "jobs.common.storage",
+    "udfs.embed_images",
+)
+
+
 # --------------------------------------------------------------------------------------------- model
 
 

@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
 
-from jobs.common import jvm_archive, storage
+from jobs.common import jvm_archive, storage, worker_daemon
 
 LOG = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ LOCAL_DEFAULTS: dict[str, str] = {
     # Only loopback is reachable on laptops and CI sandboxes; don't guess a public interface.
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
+    # Python workers fork from a daemon that first imports the modules a job names
+    # (preload_worker_modules); without a name, PySpark's own daemon.
+    "spark.python.daemon.module": worker_daemon.__name__,
     # Local runs write where the user points, not into ./spark-warehouse.
     "spark.sql.warehouse.dir": os.path.join(os.environ.get("TMPDIR", "/tmp"), "stylegraph-warehouse"),
 }
@@ -140,6 +143,17 @@ def get_spark(
         spark.conf.set(key, value)
     LOG.debug("SparkSession %s on %s", app_name, spark.sparkContext.master)
     return spark
+
+
+def preload_worker_modules(spark: SparkSession, modules: Sequence[str]) -> None:
+    """Have the executors' Python worker daemon import ``modules`` before it forks the workers of this
+    session's later Python tasks (:mod:`jobs.common.worker_daemon`): each executor imports them once
+    instead of each worker. Call it before the job's first Python task.
+
+    Where the daemon is PySpark's own (a cluster that does not set ``spark.python.daemon.module`` to
+    :mod:`jobs.common.worker_daemon`), the variable is set and nothing else changes. Spark keeps a daemon
+    per worker environment: tasks created before the call keep theirs."""
+    spark.sparkContext.environment[worker_daemon.PRELOAD_ENV] = ",".join(modules)
 
 
 def task_slots(spark: SparkSession) -> int:
