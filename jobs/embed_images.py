@@ -61,7 +61,7 @@ from jobs.common.quality import (
 )
 from jobs.common.report import Funnel, check_funnel
 from jobs.common.run import RunSpec, StagedRun
-from jobs.common.spark import partition_keys, preload_worker_modules, start_spark, task_slots
+from jobs.common.spark import partition_keys, preloaded_workers, start_spark, task_slots
 from jobs.transforms.embed_reuse import (
     config_differences,
     filter_changed,
@@ -788,9 +788,17 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
     spark = starting.result()
-    # The probe, the session's first Python task, starts the executors' worker daemon: it imports torch
-    # and the embedding code while the catalog is read, and every embedding worker forks with them.
-    preload_worker_modules(spark, WORKER_MODULES)
+    # The job's Python tasks fork from a worker daemon that has imported torch and the embedding code. The
+    # probe, the first of them, starts it: it imports them while the catalog is read, once per executor.
+    with preloaded_workers(spark, WORKER_MODULES):
+        return embed_and_publish(spark, spec, run, config, details)
+
+
+def embed_and_publish(
+    spark: SparkSession, spec: EmbedSpec, run: StagedRun, config: EmbedConfig, details: dict[str, Any]
+) -> dict[str, Any]:
+    """The run once the session is up and the model and inputs are checked: read and check the input,
+    stage the rejects and the embeddings, gate and publish them; returns the run report."""
     probe = probe_executor(spark, spec)  # the catalog is read meanwhile
     if spec.device == image_models.DEVICE_CUDA:
         resolve_autocast(probe)  # a missing GPU is refused before any input is read

@@ -171,20 +171,17 @@ def _loaded_in_worker(spark, names: tuple[str, ...]) -> list[str]:
 
 
 def test_python_workers_fork_with_the_modules_a_job_preloads(spark) -> None:
-    """Real workers: after ``preload_worker_modules`` the session's tasks run in workers that hold the
-    modules before the task imports anything; a module that cannot be imported, or one that writes to
-    stdout (the daemon's channel for its port), does not stop the daemon."""
+    """Real workers: inside ``preloaded_workers`` the job's tasks run in workers that hold the modules
+    before the task imports anything; a module that cannot be imported, or one that writes to stdout (the
+    daemon's channel for its port), does not stop the daemon. After the block the session's tasks (another
+    job's) run in workers without them again."""
     probes = ("wave", "xml.dom.minidom")  # standard modules no worker imports on its own
-    environment = spark.sparkContext.environment
-    saved = dict(environment)
-    try:
-        assert _loaded_in_worker(spark, probes) == []
-        spark_module.preload_worker_modules(spark, [*probes, "this", "stylegraph_no_such_module"])
-        assert _loaded_in_worker(spark, probes) == list(probes)
-    finally:  # the shared session's later tasks: the daemon of its usual environment
-        environment.clear()
-        environment.update(saved)
+    environment = dict(spark.sparkContext.environment)
     assert _loaded_in_worker(spark, probes) == []
+    with spark_module.preloaded_workers(spark, [*probes, "this", "stylegraph_no_such_module"]):
+        assert _loaded_in_worker(spark, probes) == list(probes)
+    assert _loaded_in_worker(spark, probes) == []
+    assert spark.sparkContext.environment == environment
 
 
 def test_the_daemons_preload_reports_failures_on_stderr_and_keeps_stdout_clean(

@@ -56,7 +56,9 @@ def files_under(folder: Path) -> list[Path]:
     return sorted(p for p in folder.rglob("*") if p.is_file()) if folder.exists() else []
 
 
-def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, tmp_path: Path) -> None:
+def test_catalog_run_matches_torchvision_and_accounts_for_every_row(
+    spark: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     images = tmp_path / "images"
     good = write_good_images(images / "Shoes" / "Boots")
     bad = images / "Shoes" / "Broken"
@@ -103,6 +105,14 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, 
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     output = tmp_path / "out"
 
+    preload_at_probe = []
+    probe_executor = embed_images.probe_executor
+
+    def probe_recording_the_workers_environment(spark: Any, spec: Any) -> Any:
+        preload_at_probe.append(spark.sparkContext.environment.get(worker_daemon.PRELOAD_ENV))
+        return probe_executor(spark, spec)
+
+    monkeypatch.setattr(embed_images, "probe_executor", probe_recording_the_workers_environment)
     report = embed_images.main(
         [
             "--catalog",
@@ -176,9 +186,10 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(spark: Any, 
     gate = json.loads((output / "_reports" / "embed" / f"dt={RUN_DATE}.quality.json").read_text())
     assert gate["success"] and gate["datasets"]["embeddings"]["counted_by"] == "driver"
     assert files_under(output / "_staging") == []
-    # Its workers forked from a daemon that imported torch and the embedding code once.
-    preload = spark.sparkContext.environment[worker_daemon.PRELOAD_ENV]
-    assert worker_daemon.modules_to_preload(preload) == list(WORKER_MODULES)
+    # Its Python tasks, the probe first, forked from a daemon that imported torch and the embedding code
+    # once; the session's later tasks (another job's) do not.
+    assert worker_daemon.modules_to_preload(preload_at_probe[0]) == list(WORKER_MODULES)
+    assert worker_daemon.PRELOAD_ENV not in spark.sparkContext.environment
 
 
 def test_weights_file_head_and_normalize(spark: Any, tmp_path: Path) -> None:

@@ -15,7 +15,8 @@ import os
 import re
 import sys
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
 from pyspark import SparkContext
 from pyspark.sql import SparkSession
@@ -45,7 +46,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.host": "127.0.0.1",
     "spark.driver.bindAddress": "127.0.0.1",
     # Python workers fork from a daemon that first imports the modules a job names
-    # (preload_worker_modules); without a name, PySpark's own daemon.
+    # (preloaded_workers); without a name, PySpark's own daemon.
     "spark.python.daemon.module": worker_daemon.__name__,
     # Local runs write where the user points, not into ./spark-warehouse.
     "spark.sql.warehouse.dir": os.path.join(os.environ.get("TMPDIR", "/tmp"), "stylegraph-warehouse"),
@@ -145,15 +146,26 @@ def get_spark(
     return spark
 
 
-def preload_worker_modules(spark: SparkSession, modules: Sequence[str]) -> None:
-    """Have the executors' Python worker daemon import ``modules`` before it forks the workers of this
-    session's later Python tasks (:mod:`jobs.common.worker_daemon`): each executor imports them once
-    instead of each worker. Call it before the job's first Python task.
+@contextmanager
+def preloaded_workers(spark: SparkSession, modules: Sequence[str]) -> Iterator[None]:
+    """Within the block, the Python tasks the job creates run in workers forked from a daemon that has
+    imported ``modules`` first (:mod:`jobs.common.worker_daemon`): each executor imports them once
+    instead of each worker. Enter it before the job's first Python task.
 
-    Where the daemon is PySpark's own (a cluster that does not set ``spark.python.daemon.module`` to
-    :mod:`jobs.common.worker_daemon`), the variable is set and nothing else changes. Spark keeps a daemon
-    per worker environment: tasks created before the call keep theirs."""
-    spark.sparkContext.environment[worker_daemon.PRELOAD_ENV] = ",".join(modules)
+    Spark keeps a daemon, and its idle workers, per worker environment: tasks created outside the block
+    (another job of the same session) keep the daemon they had, without the job's modules. Where the
+    daemon is PySpark's own (a cluster that does not set ``spark.python.daemon.module`` to
+    :mod:`jobs.common.worker_daemon`), nothing changes."""
+    environment = spark.sparkContext.environment
+    previous = environment.get(worker_daemon.PRELOAD_ENV)
+    environment[worker_daemon.PRELOAD_ENV] = ",".join(modules)
+    try:
+        yield
+    finally:
+        if previous is None:
+            environment.pop(worker_daemon.PRELOAD_ENV, None)
+        else:
+            environment[worker_daemon.PRELOAD_ENV] = previous
 
 
 def task_slots(spark: SparkSession) -> int:

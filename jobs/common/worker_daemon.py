@@ -7,8 +7,9 @@ second of CPU per worker. Modules this daemon imports before its first fork are 
 first instruction, their pages shared copy-on-write: paid once per executor, not once per worker.
 
 The modules are named, comma-separated, in the worker environment variable :data:`PRELOAD_ENV`, which a
-job sets on its session before its first Python task (``jobs.common.spark.preload_worker_modules``). The
-daemon for an environment without it is PySpark's, unchanged. A module that fails to import is reported on
+job sets for the Python tasks it creates (``jobs.common.spark.preloaded_workers``). Spark keeps a daemon
+per worker environment, so other jobs of the session keep theirs: for an environment without the variable
+this daemon is PySpark's, unchanged. A module that fails to import is reported on
 stderr and left to the workers, which then fail (or not) as they would have without the daemon.
 
 Forking after importing torch is what PyTorch's own data loader does with its workers. CUDA is initialised
