@@ -26,6 +26,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from jobs.common import worker_daemon
 from jobs.common.glue_catalog import DATABASE_ENV, checked_database
 
 RELEASE_LABEL = "emr-7.5.0"
@@ -70,6 +71,10 @@ PYTHON_CONFIGURATIONS: list[dict[str, Any]] = [
             "spark.sql.sources.partitionOverwriteMode": "dynamic",
             "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
             "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
+            # Python workers fork from a daemon that first imports what a job names (the embed job:
+            # torch), once per executor instead of once per core. The bootstrap installs the wheel that
+            # holds it on every node; a job that names nothing gets PySpark's daemon, unchanged.
+            "spark.python.daemon.module": worker_daemon.__name__,
         },
     },
 ]

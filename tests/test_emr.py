@@ -217,6 +217,9 @@ def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, 
     defaults = configurations["spark-defaults"]["Properties"]
     assert defaults["spark.yarn.appMasterEnv.STYLEGRAPH_GLUE_DATABASE"] == "shop_catalog"
     assert defaults["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "/usr/bin/python3.11"
+    # The executors' Python workers fork from the daemon that preloads what a job names (installed on
+    # every node by the bootstrap, with the rest of the stylegraph wheel).
+    assert defaults["spark.python.daemon.module"] == "jobs.common.worker_daemon"
     assert clusters.configured_glue_database(cluster["Configurations"]) == "shop_catalog"
 
     # A running cluster's configuration is what its drivers get: reusing it with the same database works,
