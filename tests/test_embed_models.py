@@ -277,6 +277,8 @@ def test_weights_file_checks_and_loads(tmp_path: Path) -> None:
         if not k.startswith("fc.") and not k.endswith("num_batches_tracked")
     }
     torch.save({"state_dict": backbone_only}, wrapped)
+    half = tmp_path / "half.pth"  # saved in half precision: loaded as float32
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in source.state_dict().items()}, half)
 
     spec = M.resolve_weights("resnet18", str(full))
     assert spec == M.WeightsSpec("file", hashlib.sha256(full.read_bytes()).hexdigest(), uri=str(full))
@@ -287,6 +289,11 @@ def test_weights_file_checks_and_loads(tmp_path: Path) -> None:
         for path in (full, wrapped):
             loaded = M.load_backbone("resnet18", M.resolve_weights("resnet18", str(path)))
             assert_close(loaded(images).numpy(), expected, 1e-6)
+        widened = M.load_backbone("resnet18", M.resolve_weights("resnet18", str(half)))
+        assert {t.dtype for t in widened.state_dict().values() if t.is_floating_point()} == {torch.float32}
+        source.load_state_dict({k: v.float() for k, v in torch.load(half).items() if not k.startswith("fc.")},
+                               strict=False)
+        assert_close(widened(images).numpy(), source(images).numpy(), 1e-6)
 
     with pytest.raises(M.ModelConfigError, match="file not found"):
         M.resolve_weights("resnet18", str(tmp_path / "nope.pth"))

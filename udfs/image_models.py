@@ -259,10 +259,13 @@ def load_backbone_from_state_dict(name: str, state_dict: Mapping[str, Any]) -> A
     backbone = backbone_state_dict(name, state_dict)
     model = strip_classifier(build_classifier(name, device="meta"), name)
     # Built without memory or the random initialisation (seconds for ResNet-152); the module then takes the
-    # given tensors as they are (a mapped file's pages: no copy).
+    # given tensors as they are (a mapped file's float32 pages: no copy). A checkpoint saved in half
+    # precision is widened to float32, as copying it into a float32 model did.
     for key, buffer in model.state_dict().items():
         if key.endswith("num_batches_tracked") and key not in backbone:
             backbone[key] = torch.zeros(buffer.shape, dtype=buffer.dtype)
+        elif backbone[key].is_floating_point() and backbone[key].dtype != buffer.dtype:
+            backbone[key] = backbone[key].to(buffer.dtype)
     model.load_state_dict(backbone, strict=True, assign=True)
     return model.eval()
 
@@ -289,14 +292,15 @@ def inference_form(model: Any, name: str) -> Any:
         )
         setattr(owner, norm, torch.nn.Identity())
 
-    fold(model, "conv1", "bn1")
-    for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
-        for block in stage:
-            for index in (1, 2, 3):
-                if hasattr(block, f"bn{index}"):  # BasicBlock (resnet18/34) has two, Bottleneck three
-                    fold(block, f"conv{index}", f"bn{index}")
-            if block.downsample is not None:  # Sequential(conv 1x1, BatchNorm)
-                fold(block.downsample, "0", "1")
+    with torch.no_grad():
+        fold(model, "conv1", "bn1")
+        for stage in (model.layer1, model.layer2, model.layer3, model.layer4):
+            for block in stage:
+                for index in (1, 2, 3):
+                    if hasattr(block, f"bn{index}"):  # BasicBlock (resnet18/34) has two, Bottleneck three
+                        fold(block, f"conv{index}", f"bn{index}")
+                if block.downsample is not None:  # Sequential(conv 1x1, BatchNorm)
+                    fold(block.downsample, "0", "1")
     return model
 
 
