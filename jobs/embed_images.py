@@ -788,8 +788,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
     check_inputs(spec)
     run.check_output(inputs={"--catalog": spec.catalog, "--images-root": spec.images_root})
     spark = starting.result()
-    # The job's Python tasks fork from a worker daemon that has imported torch and the embedding code. The
-    # probe, the first of them, starts it: it imports them while the catalog is read, once per executor.
+    # The job's Python tasks fork from a worker daemon that has imported torch and the embedding code, once
+    # per executor. The probe, the first of them, starts its executor's daemon while the catalog is read.
     with preloaded_workers(spark, WORKER_MODULES):
         return embed_and_publish(spark, spec, run, config, details)
 

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from jobs.common import spark as spark_module
+from jobs.common import worker_daemon
 
 
 def test_jobs_reuse_the_running_session_and_get_runtime_settings(spark) -> None:
@@ -178,25 +179,39 @@ def test_python_workers_fork_with_the_modules_a_job_preloads(spark) -> None:
     probes = ("wave", "xml.dom.minidom")  # standard modules no worker imports on its own
     environment = dict(spark.sparkContext.environment)
     assert _loaded_in_worker(spark, probes) == []
-    with spark_module.preloaded_workers(spark, [*probes, "this", "stylegraph_no_such_module"]):
+    with spark_module.preloaded_workers(spark, [*probes, "this"]):
         assert _loaded_in_worker(spark, probes) == list(probes)
+        with spark_module.preloaded_workers(spark, ["wave"]):
+            assert _loaded_in_worker(spark, probes) == ["wave"]
+        assert spark.sparkContext.environment[worker_daemon.PRELOAD_ENV] == "wave,xml.dom.minidom,this"
     assert _loaded_in_worker(spark, probes) == []
     assert spark.sparkContext.environment == environment
+    # A module that cannot be imported: the daemon starts again as PySpark's, nothing half imported.
+    with spark_module.preloaded_workers(spark, [*probes, "stylegraph_no_such_module"]):
+        assert _loaded_in_worker(spark, probes) == []
 
 
-def test_the_daemons_preload_reports_failures_on_stderr_and_keeps_stdout_clean(
-    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+def test_the_daemons_preload_keeps_stdout_clean_and_bounds_what_it_writes(
+    capfd: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from jobs.common import worker_daemon
-
-    monkeypatch.delitem(sys.modules, "this", raising=False)  # prints the Zen of Python when imported
+    """stdout carries the daemon's port; stderr is not read before it, so what the imports write there
+    is held and its end passed on; the first failure stops the preload."""
+    for name in ("this", "wave"):  # this prints the Zen of Python when imported
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    (tmp_path / "stylegraph_chatty.py").write_text("print('x' * 20000, end='')\nprint('the end')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
     assert worker_daemon.modules_to_preload(" torch, ,udfs.embed_images ") == ["torch", "udfs.embed_images"]
     assert worker_daemon.modules_to_preload(None) == []
-    assert worker_daemon.preload(["this", "stylegraph_no_such_module"]) == ["stylegraph_no_such_module"]
+    assert worker_daemon.preload(["this", "stylegraph_chatty"]) == []
     out, err = capfd.readouterr()
     assert out == ""
-    assert "Beautiful is better than ugly" in err
-    assert "cannot preload stylegraph_no_such_module: ModuleNotFoundError" in err
+    assert len(err.encode()) == worker_daemon.MAX_OUTPUT_BYTES and err.endswith("x" * 100 + "the end\n")
+    assert worker_daemon.preload(["stylegraph_no_such_module", "wave"]) == ["stylegraph_no_such_module"]
+    out, err = capfd.readouterr()
+    assert out == ""
+    assert err == ("stylegraph worker daemon: cannot preload stylegraph_no_such_module: ModuleNotFoundError: "
+                   "No module named 'stylegraph_no_such_module'\n")
+    assert "wave" not in sys.modules
 
 
 def test_the_embedding_modules_are_what_an_embedding_worker_imports(tmp_path) -> None:

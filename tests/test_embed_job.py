@@ -105,14 +105,20 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(
     catalog = write_catalog(tmp_path / "catalog.csv", rows)
     output = tmp_path / "out"
 
-    preload_at_probe = []
-    probe_executor = embed_images.probe_executor
+    # The worker environment each of the job's Python functions is defined in (Spark takes it then).
+    preloads: dict[str, str | None] = {}
+    probe_executor, make_embed_udf = embed_images.probe_executor, embed_images.make_embed_udf
 
-    def probe_recording_the_workers_environment(spark: Any, spec: Any) -> Any:
-        preload_at_probe.append(spark.sparkContext.environment.get(worker_daemon.PRELOAD_ENV))
+    def probe_in(spark: Any, spec: Any) -> Any:
+        preloads["probe"] = spark.sparkContext.environment.get(worker_daemon.PRELOAD_ENV)
         return probe_executor(spark, spec)
 
-    monkeypatch.setattr(embed_images, "probe_executor", probe_recording_the_workers_environment)
+    def embed_udf_in(*args: Any) -> Any:
+        preloads["embed"] = spark.sparkContext.environment.get(worker_daemon.PRELOAD_ENV)
+        return make_embed_udf(*args)
+
+    monkeypatch.setattr(embed_images, "probe_executor", probe_in)
+    monkeypatch.setattr(embed_images, "make_embed_udf", embed_udf_in)
     report = embed_images.main(
         [
             "--catalog",
@@ -188,7 +194,9 @@ def test_catalog_run_matches_torchvision_and_accounts_for_every_row(
     assert files_under(output / "_staging") == []
     # Its Python tasks, the probe first, forked from a daemon that imported torch and the embedding code
     # once; the session's later tasks (another job's) do not.
-    assert worker_daemon.modules_to_preload(preload_at_probe[0]) == list(WORKER_MODULES)
+    assert {name: worker_daemon.modules_to_preload(value) for name, value in preloads.items()} == {
+        "probe": list(WORKER_MODULES), "embed": list(WORKER_MODULES)
+    }
     assert worker_daemon.PRELOAD_ENV not in spark.sparkContext.environment
 
 

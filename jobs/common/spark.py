@@ -47,7 +47,7 @@ LOCAL_DEFAULTS: dict[str, str] = {
     "spark.driver.bindAddress": "127.0.0.1",
     # Python workers fork from a daemon that first imports the modules a job names
     # (preloaded_workers); without a name, PySpark's own daemon.
-    "spark.python.daemon.module": worker_daemon.__name__,
+    worker_daemon.DAEMON_CONF: worker_daemon.__name__,
     # Local runs write where the user points, not into ./spark-warehouse.
     "spark.sql.warehouse.dir": os.path.join(os.environ.get("TMPDIR", "/tmp"), "stylegraph-warehouse"),
 }
@@ -148,11 +148,12 @@ def get_spark(
 
 @contextmanager
 def preloaded_workers(spark: SparkSession, modules: Sequence[str]) -> Iterator[None]:
-    """Within the block, the Python tasks the job creates run in workers forked from a daemon that has
-    imported ``modules`` first (:mod:`jobs.common.worker_daemon`): each executor imports them once
-    instead of each worker. Enter it before the job's first Python task.
+    """The Python functions the job defines within the block (UDFs, ``mapInArrow`` functions: Spark takes
+    the worker environment when one is defined) run in workers forked from a daemon that has imported
+    ``modules`` first (:mod:`jobs.common.worker_daemon`): an executor imports them once instead of each
+    worker. Enter it before the job defines its first one.
 
-    Spark keeps a daemon, and its idle workers, per worker environment: tasks created outside the block
+    Spark keeps a daemon, and its idle workers, per worker environment: functions defined outside the block
     (another job of the same session) keep the daemon they had, without the job's modules. Where the
     daemon is PySpark's own (a cluster that does not set ``spark.python.daemon.module`` to
     :mod:`jobs.common.worker_daemon`), nothing changes."""
