@@ -45,12 +45,16 @@ ROOT_VOLUME_GB = 40
 # Minutes a cluster may sit without a step or YARN application before EMR terminates it (60 s to 7 days).
 IDLE_TIMEOUT_MINUTES = 30.0
 
-# Spark settings a GPU stage's spark-submit passes (also the GPU cluster's spark-defaults).
+# Spark settings a GPU stage's spark-submit passes.
 GPU_SPARK_CONF: dict[str, str] = {
     "spark.executor.cores": str(GPU_EXECUTOR_CORES),
     "spark.executor.resource.gpu.amount": "1",
     "spark.task.resource.gpu.amount": str(1 / GPU_EXECUTOR_CORES),
     "spark.executor.resource.gpu.discoveryScript": GPU_DISCOVERY_SCRIPT,
+    # The embed job's Python workers fork from a daemon that has imported torch: once per executor, not
+    # once per core. The bootstrap installs it on every node with the wheel; this step alone names it, so
+    # other applications on the cluster keep PySpark's daemon.
+    worker_daemon.DAEMON_CONF: worker_daemon.__name__,
 }
 
 PYTHON_CONFIGURATIONS: list[dict[str, Any]] = [
@@ -71,10 +75,6 @@ PYTHON_CONFIGURATIONS: list[dict[str, Any]] = [
             "spark.sql.sources.partitionOverwriteMode": "dynamic",
             "spark.yarn.appMasterEnv.PYSPARK_PYTHON": PYTHON,
             "spark.executorEnv.PYSPARK_PYTHON": PYTHON,
-            # Python workers fork from a daemon that first imports what a job names (the embed job:
-            # torch), once per executor instead of once per core. The bootstrap installs the wheel that
-            # holds it on every node; a job that names nothing gets PySpark's daemon, unchanged.
-            "spark.python.daemon.module": worker_daemon.__name__,
         },
     },
 ]

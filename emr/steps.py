@@ -1,8 +1,9 @@
 """EMR steps built from the pipeline definition: ``spark-submit`` through ``command-runner.jar``.
 
 A stage's step runs ``dist/entry/<job>.py`` (uploaded to S3) with the project's zip on ``--py-files``
-and exactly the argv :func:`jobs.pipeline.plan` gives the local runner; GPU stages add the Spark GPU
-resource settings of :data:`emr.clusters.GPU_SPARK_CONF`.
+and exactly the argv :func:`jobs.pipeline.plan` gives the local runner; GPU stages (the embed job) add
+:data:`emr.clusters.GPU_SPARK_CONF`: the Spark GPU resource settings and the worker daemon that imports
+torch once per executor.
 """
 from __future__ import annotations
 

@@ -140,13 +140,15 @@ def test_run_uploads_creates_the_gpu_cluster_adds_the_steps_and_terminates(
         "--run-date", RUN_DATE, "--report-dir", f"s3://{bucket}/work/_reports",
     ]
     embed_args = steps[1]["Config"]["Args"]
-    assert embed_args[:14] == [
+    assert embed_args[:16] == [
         "spark-submit", "--deploy-mode", "cluster", "--py-files", f"{base}/stylegraph.zip",
         "--conf", "spark.executor.cores=4",
         "--conf", "spark.executor.resource.gpu.amount=1",
         "--conf", "spark.task.resource.gpu.amount=0.25",
         "--conf",
         "spark.executor.resource.gpu.discoveryScript=/usr/lib/spark/scripts/gpu/getGpusResources.sh",
+        # Its Python workers fork from a daemon that has imported torch (installed with the wheel).
+        "--conf", "spark.python.daemon.module=jobs.common.worker_daemon",
         f"{base}/entry/embed_images.py",
     ]
     assert embed_args[embed_args.index("--weights") + 1] == f"s3://{bucket}/models/resnet152.pt"
@@ -217,9 +219,8 @@ def test_the_glue_database_reaches_the_driver_in_both_deploy_modes(bucket: str, 
     defaults = configurations["spark-defaults"]["Properties"]
     assert defaults["spark.yarn.appMasterEnv.STYLEGRAPH_GLUE_DATABASE"] == "shop_catalog"
     assert defaults["spark.yarn.appMasterEnv.PYSPARK_PYTHON"] == "/usr/bin/python3.11"
-    # The executors' Python workers fork from the daemon that preloads what a job names (installed on
-    # every node by the bootstrap, with the rest of the stylegraph wheel).
-    assert defaults["spark.python.daemon.module"] == "jobs.common.worker_daemon"
+    # Other applications on the cluster keep PySpark's own worker daemon: only the embed step names ours.
+    assert "spark.python.daemon.module" not in defaults
     assert clusters.configured_glue_database(cluster["Configurations"]) == "shop_catalog"
 
     # A running cluster's configuration is what its drivers get: reusing it with the same database works,
