@@ -132,12 +132,15 @@ def embed_case(
     cosine: dict[str, float] = {}
     for n in sizes:
         write_catalog(work / f"catalog-{n}.csv", rel_paths[:n])
-    for _ in range(repeats):
+    order = list(contenders.items())
+    for round_index in range(repeats):
         for n in sizes:
             common = ["--catalog", str(work / f"catalog-{n}.csv"), "--images-root", str(images),
                       "--weights", str(weights), "--model", model]
             vectors: dict[str, dict[str, Any]] = {}
-            for index, (label, (module, extra, _)) in enumerate(contenders.items()):
+            # Each round starts from another contender: none always runs first, after a cooler machine.
+            shift = round_index % len(order)
+            for index, (label, (module, extra, _)) in enumerate(order[shift:] + order[:shift]):
                 out = work / f"embed-{n}" / str(index)
                 shutil.rmtree(out, ignore_errors=True)  # every run a fresh, full one
                 if module.startswith("jobs."):
