@@ -235,6 +235,7 @@ def test_emr_steps_are_the_pipelines_argv_for_the_day(dag, render):
         "--conf", "spark.task.resource.gpu.amount=0.25",
         "--conf",
         "spark.executor.resource.gpu.discoveryScript=/usr/lib/spark/scripts/gpu/getGpusResources.sh",
+        "--conf", "spark.python.daemon.module=jobs.common.worker_daemon",
         f"{artifacts}/entry/embed_images.py",
         "--catalog", "s3://shop-data/raw/catalog/catalog.csv",
         "--images-root", "s3://shop-data/raw/images",
